@@ -1,0 +1,53 @@
+"""attnsteer: steer and inspect the self-attention of video diffusion models.
+
+Declare rules (query selector, key selector, schedule, transform, branch, layer and head filters),
+apply them to an unmodified model with :func:`steer`, and record frame-level attention with
+:func:`inspect`.
+"""
+
+from . import kernels
+from .errors import AttnsteerError, ConfigError, SteeringError, UnsupportedModelError
+from .layout import Segment, TokenLayout
+from .rules import Recipe, Rule
+from .schedules import always, progress, steps, timesteps
+from .selectors import frames, text, tokens, video
+from .record import Record
+from .session import inspect, steer
+from .transforms import bias, block, scale
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttnsteerError",
+    "ConfigError",
+    "Recipe",
+    "Record",
+    "Rule",
+    "Segment",
+    "SteeringError",
+    "TokenLayout",
+    "UnsupportedModelError",
+    "always",
+    "bias",
+    "block",
+    "frames",
+    "inspect",
+    "kernels",
+    "progress",
+    "scale",
+    "steer",
+    "steps",
+    "text",
+    "timesteps",
+    "tokens",
+    "video",
+]
+
+
+def __getattr__(name: str):
+    """Import the heavier parts (recipes, viz, metrics, toy) on first use."""
+    import importlib
+
+    if name in ("recipes", "viz", "metrics", "toy", "video_io"):
+        return importlib.import_module(f".{'video' if name == 'video_io' else name}", __name__)
+    raise AttributeError(f"module 'attnsteer' has no attribute {name!r}")

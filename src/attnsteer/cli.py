@@ -1,0 +1,254 @@
+"""The ``attnsteer`` command: run, inspect, sweep, recipes, demo."""
+
+from __future__ import annotations
+
+import argparse
+import inspect as pyinspect
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import AttnsteerError
+
+RECIPE_PARAM_TYPES = {bool: "flag", int: int, float: float, str: str}
+
+
+def _recipes() -> dict[str, Any]:
+    from .recipes import RECIPES
+
+    return RECIPES
+
+
+def _recipe_parameters() -> dict[str, pyinspect.Parameter]:
+    """Every parameter of every recipe, by name (recipes sharing a name share the option)."""
+    params: dict[str, pyinspect.Parameter] = {}
+    for fn in _recipes().values():
+        for p in pyinspect.signature(fn).parameters.values():
+            params.setdefault(p.name, p)
+    return params
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "tiny-wan") -> None:
+    parser.add_argument("--model", default=default_model,
+                        help="a diffusers pipeline directory or hub name, 'toy', or a built-in tiny model (tiny-wan, ...)")
+    parser.add_argument("--image", help="reference image (PNG/JPEG); default: a built-in test image")
+    parser.add_argument("--prompt", default="", help="text prompt")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, help="number of denoising steps (model default if omitted)")
+    parser.add_argument("--frames", type=int, help="number of video frames (model default if omitted)")
+    parser.add_argument("--guidance", type=float, help="guidance scale (model default if omitted)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (real pipelines)")
+    parser.add_argument("--format", default="mp4", choices=["mp4", "gif"], help="video file format")
+    parser.add_argument("--fps", type=int, default=8)
+
+
+def _add_recipe_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument("--recipe", choices=sorted(_recipes()), required=required, help="recipe to apply")
+    for name, p in _recipe_parameters().items():
+        kind = RECIPE_PARAM_TYPES.get(type(p.default), str)
+        flag = "--" + name.replace("_", "-")
+        if kind == "flag":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"recipe parameter {name}")
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=f"recipe parameter {name} (default {p.default!r})")
+
+
+def _recipe_from_args(args: argparse.Namespace, **fixed: Any) -> Any:
+    if not args.recipe:
+        return None
+    fn = _recipes()[args.recipe]
+    names = pyinspect.signature(fn).parameters
+    kwargs = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    kwargs.update(fixed)
+    return fn(**kwargs)
+
+
+def _load(args: argparse.Namespace):
+    from .models import load_model
+
+    model = load_model(args.model, device=args.device, dtype=args.dtype, seed=args.seed)
+    model.show_progress(True)
+    return model
+
+
+def _image(args: argparse.Namespace):
+    from .video import load_image
+
+    if args.image:
+        return load_image(args.image)
+    from .tiny import test_image
+
+    return test_image()
+
+
+def _generate(model, image, args: argparse.Namespace):
+    return model(image, args.prompt, seed=args.seed, num_inference_steps=args.steps, num_frames=args.frames,
+                 guidance_scale=args.guidance)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    for name, fn in _recipes().items():
+        signature = pyinspect.signature(fn)
+        print(f"{name}{signature}")
+        doc = pyinspect.getdoc(fn) or ""
+        for line in doc.splitlines():
+            print(f"    {line}")
+        print(f"    default rules: {fn()!r} -> {[repr(r) for r in fn().rules]}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import attnsteer as at
+
+    from .video import save_video
+
+    recipe = _recipe_from_args(args)
+    model = _load(args)
+    image = _image(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with at.steer(model.pipe, *([recipe] if recipe else [])) as steering:
+        frames = _generate(model, image, args)
+    elapsed = time.perf_counter() - started
+    video_path = save_video(frames, args.out / f"video.{args.format}", fps=args.fps)
+    record = {
+        "model": args.model,
+        "recipe": repr(recipe) if recipe else None,
+        "prompt": args.prompt,
+        "seed": args.seed,
+        "video": video_path.name,
+        "frames": int(frames.shape[0]),
+        "seconds": round(elapsed, 3),
+        "applied": steering.summary(),
+    }
+    _write_json(args.out / "run.json", record)
+    print(f"wrote {video_path} and {args.out / 'run.json'} ({elapsed:.1f} s)")
+    return 0
+
+
+def _record_run(model, image, args, recipe):
+    """Generate once under at.inspect (and the recipe, if any): (frames, record, steering summary)."""
+    import attnsteer as at
+
+    with at.inspect(model.pipe) as rec, at.steer(model.pipe, *([recipe] if recipe else [])) as steering:
+        frames = _generate(model, image, args)
+    rec.metadata["rules"] = steering.summary()
+    return frames, rec
+
+
+def write_record_figures(rec, out: Path, label: str = "") -> list[Path]:
+    """The standard figures of one recording: cond frame map, maps by step, reference mass by step and layer."""
+    from . import viz
+
+    ref = rec.layout.reference_frames
+    prefix = f"{label}_" if label else ""
+    branch = "cond" if "cond" in rec.branches else None
+    paths = [out / f"{prefix}frame_map.png", out / f"{prefix}frame_maps_by_step.png",
+             out / f"{prefix}reference_mass_by_step.png", out / f"{prefix}reference_mass_by_layer.png"]
+    viz.plot_frame_map(rec.frame_map(branch=branch), paths[0], reference_frames=ref,
+                       title=f"{label or 'frame map'} ({branch or 'all'} branch, all steps)")
+    viz.plot_frame_map_grid({f"step {s}": rec.frame_map(steps=[s], branch=branch) for s in rec.steps}, paths[1],
+                            reference_frames=ref, title=f"frame maps by step ({branch or 'all'} branch)")
+    viz.plot_reference_mass({label or "run": rec.reference_mass(by="step", branch=branch)}, paths[2])
+    viz.plot_reference_mass({label or "run": rec.reference_mass(by="layer", branch=branch)}, paths[3],
+                            xlabel="self-attention layer")
+    return paths
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from . import viz
+    from .video import save_video
+
+    recipe = _recipe_from_args(args)
+    model = _load(args)
+    image = _image(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    frames, rec = _record_run(model, image, args, recipe)
+    rec.save(args.out / "record.npz")
+    save_video(frames, args.out / f"video.{args.format}", fps=args.fps)
+    written = write_record_figures(rec, args.out)
+    if recipe is not None:
+        _, vanilla = _record_run(model, image, args, None)
+        vanilla.save(args.out / "vanilla_record.npz")
+        branch = "cond" if "cond" in rec.branches else None
+        viz.plot_frame_map_diff(rec.frame_map(branch=branch), vanilla.frame_map(branch=branch),
+                                args.out / "diff_vs_vanilla.png", labels=(repr(recipe), "vanilla"),
+                                title=f"{recipe!r} minus vanilla ({branch or 'all'} branch)")
+        written.append(args.out / "diff_vs_vanilla.png")
+    print(f"wrote {args.out / 'record.npz'} and {len(written)} figures to {args.out}")
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like -2,-1,0,0.6,1; got {text!r}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep
+
+    model = _load(args)
+    model.show_progress(False)
+    run_sweep(model, _image(args), args, args.gamma)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnsteer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="generate one video with a recipe applied; writes the video and run.json")
+    _add_model_arguments(p)
+    _add_recipe_arguments(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("inspect", help="record frame-level attention; writes record.npz and figures")
+    _add_model_arguments(p)
+    _add_recipe_arguments(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("sweep", help="one generation per gamma with the same seed; videos, curves, contact sheet")
+    _add_model_arguments(p)
+    p.add_argument("--gamma", type=_floats, default=[-2.0, -1.0, 0.0, 0.6, 1.0], help="comma-separated gammas")
+    p.add_argument("--stop", type=float, default=0.2, help="fraction of steps modulated")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("recipes", help="list recipes and their parameters")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("demo", help="DyMoS on the shipped toy model: videos, maps, motion against gamma")
+    p.add_argument("--out", type=Path, default=Path("attnsteer-demo"), help="output folder")
+    p.add_argument("--quick", action="store_true", help="fewer seeds and steps (for smoke tests)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except AttnsteerError as exc:
+        print(f"attnsteer: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

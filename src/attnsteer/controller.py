@@ -1,0 +1,287 @@
+"""One controller per hooked transformer: tracks each forward's step, branch and layout, and
+answers every self-attention call with the rules and recorders of all sessions attached to it.
+
+Sessions (``at.steer``, ``at.inspect``) attach *clients*; the first client installs the hooks and
+the last one to leave removes them, so sessions nest and combine on the same model.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, SteeringError, describe_rule
+from .hooks import AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
+from .kernels import grouped_attention
+from .layout import TokenLayout
+from .plan import build_bias
+from .plugins.base import Adapter, bind_forward_inputs
+from .rules import Rule
+from .schedules import StepInfo
+
+
+@attrs.frozen
+class LayerInfo:
+    """One self-attention module: its index among the model's self-attention layers and its names."""
+
+    index: int
+    name: str
+    component: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        qualified = f"{self.component}.{self.name}" if self.component else self.name
+        return (self.name, qualified)
+
+    @property
+    def qualified(self) -> str:
+        return self.names[1]
+
+
+@attrs.frozen
+class ForwardState:
+    """What one forward of the transformer looks like to its attention calls."""
+
+    layout: TokenLayout
+    step: StepInfo
+    branches: tuple[str, ...] | None
+    context: str | None
+
+
+class Client(Protocol):
+    """What a session attaches: rules to apply and/or a sink for attention mass."""
+
+    rules: tuple[Rule, ...]
+    wants_mass: bool
+
+    def on_call(self, state: ForwardState, layer: LayerInfo, applied: list[Rule], mass: torch.Tensor | None) -> None: ...
+
+
+class StepTracker:
+    """Step index and count of each forward: from the pipeline's scheduler when there is one,
+    otherwise by counting distinct (decreasing) timesteps."""
+
+    def __init__(self) -> None:
+        self.pipeline: Any = None
+        self.num_steps: int | None = None
+        self._last_t: float | None = None
+        self._step = 0
+
+    def info(self, timestep: float | None) -> StepInfo:
+        scheduled = getattr(getattr(self.pipeline, "scheduler", None), "timesteps", None)
+        if timestep is not None and isinstance(scheduled, torch.Tensor) and scheduled.numel():
+            step = int((scheduled.detach().float().cpu() - timestep).abs().argmin())
+            return StepInfo(step=step, num_steps=int(scheduled.numel()), timestep=timestep)
+        if timestep is None:
+            return StepInfo(step=None, num_steps=self.num_steps, timestep=None)
+        if self._last_t is None or timestep > self._last_t:
+            self._step = 0
+        elif timestep < self._last_t:
+            self._step += 1
+        self._last_t = timestep
+        return StepInfo(step=self._step, num_steps=self.num_steps, timestep=timestep)
+
+
+class Controller:
+    """Hooks of one transformer and the clients attached to it."""
+
+    def __init__(self, model: torch.nn.Module, component: str, adapter: Adapter) -> None:
+        self.model = model
+        self.component = component
+        self.adapter = adapter
+        self.clients: list[Client] = []
+        self.steps = StepTracker()
+        self.context: str | None = None
+        self.state: ForwardState | None = None
+        self._installed: list[InstalledHook] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    # --- attaching -----------------------------------------------------------------------
+    def attach(self, client: Client, pipeline: Any = None, num_steps: int | None = None) -> None:
+        if pipeline is not None:
+            self.steps.pipeline = pipeline
+        if num_steps is not None:
+            self.steps.num_steps = num_steps
+        if not self.clients:
+            self._install()
+        self.clients.append(client)
+
+    def detach(self, client: Client) -> None:
+        self.clients.remove(client)
+        if not self.clients:
+            self._uninstall()
+
+    def _install(self) -> None:
+        modules = self.adapter.attention_modules(self.model)
+        if not modules:
+            raise SteeringError(f"{self.adapter!r} found no self-attention modules in {type(self.model).__name__}")
+        try:
+            for index, (name, module) in enumerate(modules):
+                layer = LayerInfo(index=index, name=name, component=self.component)
+                hook = AttentionHook(self._attention_runner(layer, module), self._set_context)
+                self._installed.append(InstalledHook(module, hook))
+            self._handles.append(self.model.register_forward_pre_hook(self._forward_start, with_kwargs=True))
+            self._handles.append(self.model.register_forward_hook(self._forward_end, always_call=True))
+        except BaseException:
+            self._uninstall()
+            raise
+        refresh_registry_caches(self.model)
+
+    def _uninstall(self) -> None:
+        errors = []
+        for item in reversed(self._installed):
+            try:
+                item.remove()
+            except Exception as exc:  # keep removing the others, then report
+                errors.append(exc)
+        for handle in self._handles:
+            handle.remove()
+        self._installed.clear()
+        self._handles.clear()
+        self.state = None
+        refresh_registry_caches(self.model)
+        if errors:
+            raise errors[0]
+
+    # --- per forward ---------------------------------------------------------------------
+    def _set_context(self, name: str | None) -> None:
+        self.context = name
+
+    def _forward_start(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        inputs = bind_forward_inputs(model, args, kwargs)
+        layout = self.adapter.layout(model, inputs)
+        timestep = self.adapter.timestep(model, inputs)
+        batch = _batch_size(inputs)
+        branches = self.adapter.branches(model, inputs, self.context, batch, self.steps.pipeline)
+        self.state = ForwardState(layout=layout, step=self.steps.info(timestep), branches=branches, context=self.context)
+
+    def _forward_end(self, model: torch.nn.Module, args: tuple, output: Any) -> None:
+        self.state = None
+
+    # --- per attention call --------------------------------------------------------------
+    def _active_rules(self, layer: LayerInfo, state: ForwardState) -> list[tuple[Client, Rule]]:
+        active = []
+        for client in self.clients:
+            for rule in client.rules:
+                if not rule.matches_layer(layer.index, layer.names):
+                    continue
+                try:
+                    on = rule.when.active(state.step)
+                except ConfigError as exc:
+                    raise type(exc)(f"{describe_rule(rule, layer.qualified)}: {exc}") from exc
+                if on:
+                    active.append((client, rule))
+        return active
+
+    def _attention_runner(self, layer: LayerInfo, module: torch.nn.Module) -> Callable[[Callable, tuple, dict], Any]:
+        def run(forward: Callable, args: tuple, kwargs: dict) -> Any:
+            state = self.state
+            if state is None:
+                if self.clients:
+                    raise SteeringError(
+                        f"self-attention module {layer.qualified!r} ran outside a forward of its transformer "
+                        f"{type(self.model).__name__}; attnsteer learns the token layout from that forward"
+                    )
+                return forward(*args, **kwargs)
+            active = self._active_rules(layer, state)
+            recorders = [c for c in self.clients if c.wants_mass]
+            if not active and not recorders:
+                return forward(*args, **kwargs)
+            seen = []
+
+            def handle(*sdpa_args: Any, **sdpa_kwargs: Any) -> torch.Tensor:
+                return self._attention_call(layer, state, active, recorders, seen, sdpa_args, sdpa_kwargs)
+
+            with SDPAInterceptor(handle):
+                output = forward(*args, **kwargs)
+            if not seen:
+                what = describe_rule(active[0][1], layer.qualified) if active else f"recording in module {layer.qualified!r}"
+                backend = getattr(getattr(module, "processor", None), "_attention_backend", None)
+                raise SteeringError(
+                    f"{what}: the module computed attention without calling "
+                    "torch.nn.functional.scaled_dot_product_attention (attention backend: "
+                    f"{backend or 'unknown'}), so it cannot be steered or recorded. Non-native backends (flash, sage, "
+                    "xformers, flex) bypass it: call transformer.set_attention_backend('native') first"
+                )
+            return output
+
+        return run
+
+    def _attention_call(
+        self,
+        layer: LayerInfo,
+        state: ForwardState,
+        active: list[tuple[Client, Rule]],
+        recorders: list[Client],
+        seen: list[bool],
+        args: tuple,
+        kwargs: dict,
+    ) -> torch.Tensor:
+        q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = _sdpa_arguments(args, kwargs)
+        if q.shape[-2] != k.shape[-2]:  # cross-attention inside a self-attention module: leave it
+            return F.scaled_dot_product_attention(*args, **kwargs)
+        seen.append(True)
+        layout = state.layout
+        where = describe_rule(active[0][1], layer.qualified) if active else f"recording in module {layer.qualified!r}"
+        if q.dim() != 4 or q.shape[-2] != layout.seq_len:
+            raise SteeringError(
+                f"{where}: the attention call has q of shape {tuple(q.shape)} but {type(self.adapter).__name__} "
+                f"expects [B, H, {layout.seq_len}, D] for layout {layout.describe()}"
+            )
+        if dropout_p or is_causal or enable_gqa:
+            raise SteeringError(
+                f"{where}: unsupported SDPA arguments (dropout_p={dropout_p}, is_causal={is_causal}, "
+                f"enable_gqa={enable_gqa}); attnsteer supports inference-mode bidirectional attention"
+            )
+        try:
+            bias, applied = build_bias(
+                [rule for _, rule in active], layout, state.branches, q.shape[0], q.shape[1], device=q.device
+            )
+        except ConfigError as exc:
+            raise type(exc)(f"in self-attention module {layer.qualified!r}: {exc}") from exc
+        if bias is None and not recorders:
+            return F.scaled_dot_product_attention(*args, **kwargs)
+        groups = layout.group_ids(q.device)
+        out, mass = grouped_attention(
+            q, k, v, groups, groups, bias=bias, scale=scale, attn_mask=attn_mask,
+            return_mass=bool(recorders), num_q_groups=layout.num_groups, num_k_groups=layout.num_groups,
+        )
+        for client in self.clients:
+            mine = [rule for c, rule in active if c is client and rule in applied]
+            if mine or client.wants_mass:
+                client.on_call(state, layer, mine, mass)
+        return out
+
+
+def _sdpa_arguments(args: tuple, kwargs: dict) -> tuple:
+    """F.scaled_dot_product_attention's arguments by name, with its defaults."""
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    defaults = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
+    values = dict(defaults)
+    values.update(zip(names, args))
+    values.update(kwargs)
+    return tuple(values[n] for n in names)
+
+
+def _batch_size(inputs: dict) -> int:
+    for value in inputs.values():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+    raise SteeringError("cannot tell the batch size: the model's forward got no tensor argument")
+
+
+_CONTROLLERS: "weakref.WeakKeyDictionary[torch.nn.Module, Controller]" = weakref.WeakKeyDictionary()
+
+
+def controller_for(model: torch.nn.Module, component: str, adapter: Adapter) -> Controller:
+    """The controller of ``model``, created on first use (one per model, shared by sessions)."""
+    controller = _CONTROLLERS.get(model)
+    if controller is None or not controller.clients:
+        controller = Controller(model, component, adapter)
+        _CONTROLLERS[model] = controller
+    return controller

@@ -1,0 +1,25 @@
+"""Exceptions raised by attnsteer, so callers can tell bad input from a rule that cannot be honoured."""
+
+from __future__ import annotations
+
+
+class AttnsteerError(Exception):
+    """Base class of every error attnsteer raises on purpose."""
+
+
+class ConfigError(AttnsteerError, ValueError):
+    """Bad input: a field has a value outside what it allows. Raised at construction time."""
+
+
+class UnsupportedModelError(AttnsteerError, TypeError):
+    """No adapter knows how to find the self-attention of this model."""
+
+
+class SteeringError(AttnsteerError, RuntimeError):
+    """A rule should apply to an attention call but cannot be honoured there."""
+
+
+def describe_rule(rule: object, module_name: str | None) -> str:
+    """The 'which rule, which module' prefix of a SteeringError message."""
+    where = f" in module {module_name!r}" if module_name else ""
+    return f"rule {rule!r}{where}"

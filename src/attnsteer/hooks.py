@@ -1,0 +1,99 @@
+"""Interception: diffusers ``ModelHook``s on self-attention modules that catch their SDPA call.
+
+Each hooked module runs its own forward inside a ``TorchFunctionMode`` that hands every call of
+``F.scaled_dot_product_attention`` to a handler (the same technique as diffusers' layer-skip hooks),
+so the handler sees the model's own q, k, v after RoPE and normalisation. Nothing else is patched,
+and :func:`remove_hooks` leaves every module as it found it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import StateManager
+from torch.overrides import TorchFunctionMode
+
+HOOK_NAME = "attnsteer"
+
+SDPAHandler = Callable[..., torch.Tensor]
+
+
+class SDPAInterceptor(TorchFunctionMode):
+    """Routes ``F.scaled_dot_product_attention`` to ``handler``; every other torch function runs as is."""
+
+    def __init__(self, handler: SDPAHandler) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return self.handler(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+class ContextListener(StateManager):
+    """Receives the pipeline's ``cache_context`` name (diffusers hands it to stateful hooks' StateManagers)."""
+
+    def __init__(self, on_context: Callable[[str | None], None]) -> None:
+        super().__init__(state_cls=None)
+        self._on_context = on_context
+
+    def set_context(self, context: Any) -> None:
+        self._on_context(None if context is None else context.name)
+
+    def reset(self, *args: Any, **kwargs: Any) -> None:
+        """Recordings live outside diffusers' hook state, so a pipeline's reset clears nothing."""
+
+
+class AttentionHook(ModelHook):
+    """Runs one self-attention module's forward through ``run(forward, args, kwargs)``."""
+
+    _is_stateful = True  # so that diffusers hands us the cache-context name
+
+    def __init__(self, run: Callable[[Callable, tuple, dict], Any], on_context: Callable[[str | None], None]) -> None:
+        super().__init__()
+        self._run = run
+        self.context = ContextListener(on_context)
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return _run_uncompiled(self._run, self.fn_ref.original_forward, args, kwargs)
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module
+
+
+@torch.compiler.disable
+def _run_uncompiled(run: Callable, forward: Callable, args: tuple, kwargs: dict) -> Any:
+    """Keep the hook out of compiled graphs: step and branch change every call and would force recompiles."""
+    return run(forward, args, kwargs)
+
+
+class InstalledHook:
+    """One hook on one module, with what is needed to leave the module exactly as it was."""
+
+    def __init__(self, module: torch.nn.Module, hook: ModelHook) -> None:
+        self.module = module
+        self.had_registry = hasattr(module, "_diffusers_hook")
+        self.had_forward_attr = "forward" in module.__dict__
+        registry = HookRegistry.check_if_exists_or_initialize(module)
+        registry.register_hook(hook, HOOK_NAME)
+
+    def remove(self) -> None:
+        registry = self.module._diffusers_hook
+        registry.remove_hook(HOOK_NAME, recurse=False)
+        if not registry.hooks and not self.had_registry:
+            del self.module._diffusers_hook
+            if not self.had_forward_attr:
+                self.module.__dict__.pop("forward", None)
+
+
+def refresh_registry_caches(root: torch.nn.Module) -> None:
+    """diffusers caches which submodules carry hooks; tell it the set changed."""
+    registry = getattr(root, "_diffusers_hook", None)
+    if registry is not None:
+        registry.invalidate_child_registries_cache()

@@ -1,0 +1,1 @@
+"""Built-in model adapters, found through a pluggy plugin manager."""

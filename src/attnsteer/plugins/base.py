@@ -1,0 +1,67 @@
+"""The adapter interface: the facts attnsteer needs about one model family, in one place."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..layout import TokenLayout
+from .branches import branches_from_context
+
+
+class Adapter:
+    """What attnsteer asks of a model family. Subclass it and return it from ``attnsteer_adapter``.
+
+    - ``attention_modules``: the self-attention modules, in layer order, as (name, module);
+    - ``layout``: the :class:`TokenLayout` of the self-attention calls of one forward;
+    - ``timestep``: the scalar timestep of one forward (None if unknown);
+    - ``branches``: the guidance branch ("cond"/"uncond") of each batch row, or None if unknown.
+    """
+
+    family: str = "base"
+
+    def attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        raise NotImplementedError
+
+    def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
+        raise NotImplementedError
+
+    def timestep(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> float | None:
+        t = inputs.get("timestep")
+        if t is None:
+            return None
+        if isinstance(t, torch.Tensor):
+            return float(t.detach().float().max()) if t.numel() else None
+        return float(t)
+
+    def branches(
+        self, model: torch.nn.Module, inputs: Mapping[str, Any], context: str | None, batch_size: int, pipeline: Any
+    ) -> tuple[str, ...] | None:
+        return branches_from_context(context, batch_size, pipeline)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} family={self.family!r}>"
+
+
+def bind_forward_inputs(model: torch.nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments of one ``model.forward`` call by parameter name (defaults left out)."""
+    signature = inspect.signature(type(model).forward)
+    bound = signature.bind_partial(model, *args, **kwargs)
+    arguments = dict(bound.arguments)
+    arguments.pop(next(iter(signature.parameters)), None)  # self
+    return arguments
+
+
+def has_class_named(model: object, names: tuple[str, ...]) -> bool:
+    """Whether ``model`` is an instance of a class called one of ``names`` (subclasses too), without importing it."""
+    return any(cls.__name__ in names for cls in type(model).__mro__)
+
+
+def self_attention_modules(model: torch.nn.Module, pattern: str) -> list[tuple[str, torch.nn.Module]]:
+    """Submodules whose qualified name fully matches ``pattern``, in registration order."""
+    regex = re.compile(pattern)
+    return [(name, m) for name, m in model.named_modules() if regex.fullmatch(name)]

@@ -1,0 +1,40 @@
+"""Wan 2.1 / 2.2 (and SkyReels-V2) video transformers.
+
+Layout facts: self-attention is ``blocks[i].attn1``; it sees video tokens only, frame-major,
+after a (1, 2, 2) patch embedding; the reference image is latent frame 0 (channel-concat
+condition in I2V, replaced frame with timestep 0 in TI2V). Cross-attention (``attn2``) is left
+alone. Wan pipelines run one forward per guidance branch under ``cache_context("cond"/"uncond")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..layout import TokenLayout
+from .base import Adapter, has_class_named, self_attention_modules
+from .hookspecs import hookimpl
+
+SELF_ATTENTION = r"blocks\.\d+\.attn1"
+WAN_CLASSES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
+
+
+class WanAdapter(Adapter):
+    family = "wan"
+
+    def attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        return self_attention_modules(model, SELF_ATTENTION)
+
+    def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
+        _, _, frames, height, width = inputs["hidden_states"].shape
+        p_t, p_h, p_w = model.config.patch_size
+        return TokenLayout(num_frames=frames // p_t, tokens_per_frame=(height // p_h) * (width // p_w))
+
+
+@hookimpl
+def attnsteer_adapter(model: torch.nn.Module) -> Adapter | None:
+    if has_class_named(model, WAN_CLASSES):
+        return WanAdapter()
+    return None

@@ -1,0 +1,260 @@
+"""Recordings of frame-level attention: where each latent frame's queries put their attention mass.
+
+A :class:`Record` is the client of ``at.inspect``. For every self-attention call it receives the
+per-group mass ``[B, H, G, G]`` that the kernel computes anyway, averages it over the batch rows of
+each guidance branch (and over heads unless ``heads=True``) and adds it to a running sum keyed by
+(step, layer, branch). Storage is O(steps x layers x G^2): it never grows with tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .controller import ForwardState, LayerInfo
+from .errors import ConfigError, SteeringError
+from .layout import TokenLayout
+from .rules import Rule
+from .selectors import GeneratedFrames, Selector, _check_selector
+
+BRANCH_NAMES = ("cond", "uncond", "unknown")
+FORMAT_VERSION = 1
+
+
+class Record:
+    """Frame-level attention aggregated while a pipeline runs (see ``at.inspect``)."""
+
+    wants_mass = True
+    rules: tuple[Rule, ...] = ()
+
+    def __init__(self, heads: bool = False, queries: Selector | None = None) -> None:
+        if not isinstance(heads, bool):
+            raise ConfigError(f"inspect(heads=...) must be True or False, got {heads!r}")
+        self.heads = heads
+        self.queries: Selector = GeneratedFrames() if queries is None else _check_selector(queries, "inspect(queries=...)")
+        self.layout: TokenLayout | None = None
+        self.layers: dict[str, int] = {}
+        self.timesteps: dict[int, float] = {}
+        self.metadata: dict[str, Any] = {}
+        self._sums: dict[tuple[int, str, str], torch.Tensor] = {}
+        self._counts: dict[tuple[int, str, str], int] = {}
+
+    # --- recording -----------------------------------------------------------------------
+    def on_call(self, state: ForwardState, layer: LayerInfo, applied: list[Rule], mass: torch.Tensor | None) -> None:
+        if mass is None:
+            return
+        if self.layout is None:
+            self.layout = state.layout
+        elif state.layout != self.layout:
+            raise SteeringError(
+                f"recording in module {layer.qualified!r}: the token layout changed from {self.layout.describe()} to "
+                f"{state.layout.describe()}; one recording holds one video size, use a new at.inspect block"
+            )
+        step = -1 if state.step.step is None else state.step.step
+        if state.step.timestep is not None:
+            self.timesteps[step] = state.step.timestep
+        self.layers.setdefault(layer.qualified, layer.index)
+        branches = state.branches or ("unknown",) * mass.shape[0]
+        mass = mass.detach().to("cpu", torch.float64)
+        for branch in dict.fromkeys(branches):
+            rows = [i for i, b in enumerate(branches) if b == branch]
+            m = mass[rows].mean(0)  # [H, G, G]
+            if not self.heads:
+                m = m.mean(0, keepdim=True)
+            key = (step, layer.qualified, branch)
+            if key in self._sums:
+                self._sums[key] += m
+                self._counts[key] += 1
+            else:
+                self._sums[key] = m.clone()
+                self._counts[key] = 1
+
+    # --- selection -----------------------------------------------------------------------
+    @property
+    def steps(self) -> list[int]:
+        return sorted({k[0] for k in self._sums})
+
+    @property
+    def branches(self) -> list[str]:
+        return sorted({k[2] for k in self._sums})
+
+    def _keys(self, steps: Iterable[int] | None, layers: Any, branch: str | None) -> list[tuple[int, str, str]]:
+        if branch is not None and branch not in BRANCH_NAMES:
+            raise ConfigError(f"branch must be one of {BRANCH_NAMES} or None, got {branch!r}")
+        wanted_steps = None if steps is None else set(_ints(steps, "steps"))
+        wanted_layers = None if layers is None else self._layer_names(layers)
+        keys = [
+            k for k in self._sums
+            if (wanted_steps is None or k[0] in wanted_steps)
+            and (wanted_layers is None or k[1] in wanted_layers)
+            and (branch is None or k[2] == branch)
+        ]
+        if not keys:
+            raise ConfigError(
+                f"no recorded attention matches steps={steps!r}, layers={layers!r}, branch={branch!r}; recorded steps "
+                f"{self.steps}, layers {list(self.layers)}, branches {self.branches}"
+            )
+        return sorted(keys)
+
+    def _layer_names(self, layers: Any) -> set[str]:
+        import re
+
+        items = [layers] if isinstance(layers, (int, str)) else list(layers)
+        names = set()
+        for item in items:
+            if isinstance(item, int) and not isinstance(item, bool):
+                names |= {n for n, i in self.layers.items() if i == item}
+            elif isinstance(item, str):
+                names |= {n for n in self.layers if n == item or re.fullmatch(item, n)}
+            else:
+                raise ConfigError(f"layers must hold layer indices or names/regexes, got {item!r}")
+        return names
+
+    def group_mass(
+        self, steps: Iterable[int] | None = None, layers: Any = None, branch: str | None = None, heads: Any = None
+    ) -> torch.Tensor:
+        """Mean over the selected records (and heads) of the group-to-group mass: [G, G] float32."""
+        keys = self._keys(steps, layers, branch)
+        stacked = torch.stack([self._sums[k] / self._counts[k] for k in keys])  # [R, H', G, G]
+        if heads is not None:
+            if not self.heads:
+                raise ConfigError("heads=... needs a recording made with at.inspect(target, heads=True)")
+            index = _ints([heads] if isinstance(heads, int) else heads, "heads")
+            if max(index) >= stacked.shape[1]:
+                raise ConfigError(f"heads {index} out of range: the recording has {stacked.shape[1]} heads")
+            stacked = stacked[:, index]
+        return stacked.mean(dim=(0, 1)).float()
+
+    def frame_map(
+        self, steps: Iterable[int] | None = None, layers: Any = None, branch: str | None = None, heads: Any = None
+    ) -> torch.Tensor:
+        """[F, F]: mass that query frame i puts on key frame j, averaged over query tokens, heads and records."""
+        f = self._require_layout().num_frames
+        return self.group_mass(steps, layers, branch, heads)[:f, :f]
+
+    def text_mass(
+        self, steps: Iterable[int] | None = None, layers: Any = None, branch: str | None = None, heads: Any = None
+    ) -> torch.Tensor:
+        """[F]: mass each query frame puts on text tokens (zeros when the sequence has none)."""
+        layout = self._require_layout()
+        text = [layout.segment_group(i) for i, s in enumerate(layout.segments) if s.kind == "text"]
+        mass = self.group_mass(steps, layers, branch, heads)[: layout.num_frames]
+        return mass[:, text].sum(-1) if text else torch.zeros(layout.num_frames)
+
+    def reference_mass(
+        self, by: str = "step", steps: Iterable[int] | None = None, layers: Any = None, branch: str | None = "cond",
+        heads: Any = None,
+    ) -> tuple[list[int], torch.Tensor]:
+        """Mass the query frames (``queries``, default the generated ones) put on the reference frame(s),
+        as a curve over steps (``by="step"``) or over layers (``by="layer"``): (x, y)."""
+        layout = self._require_layout()
+        rows = sorted(g for g in self.queries.groups(layout) if g < layout.num_frames)
+        if not rows:
+            raise ConfigError(f"inspect(queries={self.queries!r}) selects no query frame in this layout")
+        ref = list(layout.reference_frames)
+        keys = self._keys(steps, layers, branch)
+        if by == "step":
+            xs = sorted({k[0] for k in keys})
+            curve = [self.group_mass([x], layers, branch, heads)[rows][:, ref].sum(-1).mean() for x in xs]
+        elif by == "layer":
+            names = sorted({k[1] for k in keys}, key=lambda n: (self.layers[n], n))
+            xs = [self.layers[n] for n in names]
+            curve = [self.group_mass(steps, n, branch, heads)[rows][:, ref].sum(-1).mean() for n in names]
+        else:
+            raise ConfigError(f"reference_mass(by=...) must be 'step' or 'layer', got {by!r}")
+        return xs, torch.stack(curve)
+
+    def diff(self, other: Record) -> RecordDiff:
+        """This recording minus ``other`` (same layout), with the same selection methods."""
+        if not isinstance(other, Record):
+            raise ConfigError(f"diff(other) takes a Record, got {type(other).__name__}")
+        if self._require_layout().num_frames != other._require_layout().num_frames:
+            raise ConfigError(
+                f"diff needs recordings of the same layout: {self.layout.num_frames} vs {other.layout.num_frames} frames"
+            )
+        return RecordDiff(self, other)
+
+    def _require_layout(self) -> TokenLayout:
+        if self.layout is None:
+            raise ConfigError("the recording is empty: run the pipeline inside `with at.inspect(pipe) as rec:` first")
+        return self.layout
+
+    # --- persistence ---------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the recording as ``.npz`` (arrays plus JSON metadata); loads with :meth:`Record.load`."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            raise ConfigError(f"Record.save(path) needs a .npz path, got {str(path)!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keys = sorted(self._sums)
+        meta = {
+            "format": FORMAT_VERSION,
+            "heads": self.heads,
+            "queries": repr(self.queries),
+            "layout": None if self.layout is None else self.layout.describe(),
+            "layers": self.layers,
+            "timesteps": {str(k): v for k, v in self.timesteps.items()},
+            "keys": [list(k) for k in keys],
+            "counts": [self._counts[k] for k in keys],
+            **self.metadata,
+        }
+        sums = np.stack([self._sums[k].numpy() for k in keys]) if keys else np.zeros((0, 1, 1, 1))
+        np.savez_compressed(path, sums=sums, metadata=np.array(json.dumps(meta)))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Record:
+        """Read a recording written by :meth:`save`."""
+        with np.load(Path(path), allow_pickle=False) as data:
+            meta = json.loads(str(data["metadata"]))
+            sums = data["sums"]
+        if meta.get("format") != FORMAT_VERSION:
+            raise ConfigError(f"{path}: unknown recording format {meta.get('format')!r} (expected {FORMAT_VERSION})")
+        rec = cls(heads=meta.pop("heads"))
+        layout = meta.pop("layout")
+        if layout is not None:
+            from .layout import Segment
+
+            rec.layout = TokenLayout(
+                num_frames=layout["num_frames"], tokens_per_frame=layout["tokens_per_frame"],
+                video_start=layout["video_start"], segments=[Segment(**s) for s in layout["segments"]],
+                reference_frames=tuple(layout["reference_frames"]),
+            )
+        rec.layers = meta.pop("layers")
+        rec.timesteps = {int(k): v for k, v in meta.pop("timesteps").items()}
+        for (step, layer, branch), count, s in zip(meta.pop("keys"), meta.pop("counts"), sums):
+            rec._sums[(int(step), layer, branch)] = torch.from_numpy(s)
+            rec._counts[(int(step), layer, branch)] = int(count)
+        meta.pop("format")
+        meta.pop("queries")
+        rec.metadata = meta
+        return rec
+
+    def __repr__(self) -> str:
+        shape = "empty" if self.layout is None else f"{self.layout.num_frames} frames"
+        return f"Record({shape}, steps={self.steps}, layers={len(self.layers)}, branches={self.branches})"
+
+
+class RecordDiff:
+    """The difference of two recordings: each method returns ``a.method(...) - b.method(...)``."""
+
+    def __init__(self, a: Record, b: Record) -> None:
+        self.a, self.b = a, b
+
+    def frame_map(self, **selection: Any) -> torch.Tensor:
+        return self.a.frame_map(**selection) - self.b.frame_map(**selection)
+
+    def text_mass(self, **selection: Any) -> torch.Tensor:
+        return self.a.text_mass(**selection) - self.b.text_mass(**selection)
+
+
+def _ints(values: Iterable[Any], field: str) -> list[int]:
+    out = list(values)
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in out):
+        raise ConfigError(f"{field} must be integers, got {out!r}")
+    return [int(v) for v in out]

@@ -1,0 +1,152 @@
+"""Rules and recipes: declarative attention interventions, pure data validated at construction."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from typing import Union as TypingUnion
+
+import attrs
+
+from .errors import ConfigError
+from .schedules import Schedule, always
+from .selectors import Selector, _check_selector
+from .transforms import Transform
+
+BRANCHES = ("cond", "uncond", "all")
+
+LayerSpec = TypingUnion[int, str, "re.Pattern[str]"]
+
+
+def _selector(field: str):
+    def convert(value: object) -> Selector:
+        return _check_selector(value, f"Rule.{field}")
+
+    return convert
+
+
+def _transform(value: object) -> Transform:
+    if not isinstance(value, Transform):
+        raise ConfigError(f"Rule.transform must be at.bias(x), at.scale(f) or at.block(), got {value!r}")
+    return value
+
+
+def _schedule(value: object) -> Schedule:
+    if not isinstance(value, Schedule):
+        raise ConfigError(
+            f"Rule.when must be at.steps(...), at.progress(...), at.timesteps(...) or at.always, got {value!r}"
+        )
+    return value
+
+
+def _branch(value: object) -> str:
+    if value not in BRANCHES:
+        raise ConfigError(f"Rule.branch must be one of {BRANCHES}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _layers(value: object) -> tuple[LayerSpec, ...] | None:
+    """None, or a tuple of layer indices, exact names and compiled regexes (a string is tried as both)."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, (int, str, re.Pattern)) else list(value)  # type: ignore[arg-type]
+    out: list[LayerSpec] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, str, re.Pattern)):
+            raise ConfigError(f"Rule.layers items must be layer indices, module names or regexes, got {item!r}")
+        if isinstance(item, int) and item < 0:
+            raise ConfigError(f"Rule.layers indices must be >= 0, got {item}")
+        if isinstance(item, str):
+            try:
+                re.compile(item)
+            except re.error as exc:
+                raise ConfigError(f"Rule.layers entry {item!r} is neither a module name nor a valid regex: {exc}")
+        out.append(item)
+    if not out:
+        raise ConfigError("Rule.layers must not be empty (use None for every layer)")
+    return tuple(out)
+
+
+def _heads(value: object) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, int) else list(value)  # type: ignore[arg-type]
+    if not items or any(isinstance(h, bool) or not isinstance(h, int) or h < 0 for h in items):
+        raise ConfigError(f"Rule.heads must be None or non-empty head indices >= 0, got {value!r}")
+    return tuple(sorted(set(items)))
+
+
+@attrs.frozen
+class Rule:
+    """Apply ``transform`` to logits from ``query`` tokens to ``key`` tokens, when ``when`` is on.
+
+    ``branch`` picks the guidance branch ("cond", "uncond" or "all"); ``layers`` filters the
+    self-attention modules (indices, names or regexes on the module name); ``heads`` filters heads.
+    """
+
+    query: Selector = attrs.field(converter=_selector("query"))
+    key: Selector = attrs.field(converter=_selector("key"))
+    transform: Transform = attrs.field(converter=_transform)
+    when: Schedule = attrs.field(default=always, converter=_schedule)
+    branch: str = attrs.field(default="all", converter=_branch)
+    layers: tuple[LayerSpec, ...] | None = attrs.field(default=None, converter=_layers)
+    heads: tuple[int, ...] | None = attrs.field(default=None, converter=_heads)
+
+    def matches_layer(self, index: int, names: Iterable[str]) -> bool:
+        """Whether this rule covers the self-attention layer ``index`` known under ``names``."""
+        if self.layers is None:
+            return True
+        names = list(names)
+        for spec in self.layers:
+            if isinstance(spec, int):
+                if spec == index:
+                    return True
+            elif isinstance(spec, re.Pattern):
+                if any(spec.fullmatch(n) for n in names):
+                    return True
+            elif spec in names or any(re.fullmatch(spec, n) for n in names):
+                return True
+        return False
+
+
+def _params(value: object) -> tuple[tuple[str, object], ...]:
+    return tuple(dict(value).items()) if value is not None else ()  # type: ignore[call-overload]
+
+
+@attrs.frozen(repr=False)
+class Recipe:
+    """A named, parameterised group of rules; its repr reads like the call that made it."""
+
+    name: str
+    rules: tuple[Rule, ...] = attrs.field(converter=tuple)
+    params: tuple[tuple[str, object], ...] = attrs.field(default=(), converter=_params)
+
+    def __attrs_post_init__(self) -> None:
+        for r in self.rules:
+            if not isinstance(r, Rule):
+                raise ConfigError(f"Recipe {self.name!r} rules must be at.Rule objects, got {r!r}")
+
+    def __iter__(self) -> Iterator[Rule]:
+        return iter(self.rules)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params)
+        return f"{self.name}({args})"
+
+
+def flatten_rules(items: Iterable[object]) -> tuple[Rule, ...]:
+    """Rules from a mix of rules, recipes and iterables of them (what at.steer accepts)."""
+    out: list[Rule] = []
+    for item in items:
+        if isinstance(item, Rule):
+            out.append(item)
+        elif isinstance(item, Recipe):
+            out.extend(item.rules)
+        elif isinstance(item, (list, tuple)):
+            out.extend(flatten_rules(item))
+        else:
+            raise ConfigError(f"at.steer takes rules and recipes (at.Rule, at.recipes.dymos(...)), got {item!r}")
+    return tuple(out)

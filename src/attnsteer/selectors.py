@@ -1,0 +1,209 @@
+"""Token selectors: which groups of tokens (frames, text spans) a rule's queries or keys are.
+
+Selectors are pure data. ``groups(layout)`` resolves one against the layout of an attention call;
+they combine with ``|`` (union), ``&`` (intersection) and ``~`` (complement).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from .errors import ConfigError
+from .layout import TokenLayout
+
+
+class Selector:
+    """Base class: a set of token groups, resolved per attention call."""
+
+    def groups(self, layout: TokenLayout) -> frozenset[int]:
+        raise NotImplementedError
+
+    def __or__(self, other: Selector) -> Selector:
+        return Union(self, _check_selector(other, "right operand of |"))
+
+    def __and__(self, other: Selector) -> Selector:
+        return Intersection(self, _check_selector(other, "right operand of &"))
+
+    def __invert__(self) -> Selector:
+        return Complement(self)
+
+
+def _check_selector(value: object, field: str) -> Selector:
+    if not isinstance(value, Selector):
+        raise ConfigError(
+            f"{field} must be a selector (at.frames[...], at.frames.reference, at.frames.generated, at.text, "
+            f"at.video, at.tokens, or a combination with | & ~), got {value!r}"
+        )
+    return value
+
+
+def _frames_with_segments(layout: TokenLayout, frames: set[int]) -> frozenset[int]:
+    """Frame groups plus the segments tied to those frames."""
+    tied = {layout.segment_group(i) for i, s in enumerate(layout.segments) if s.frame in frames}
+    return frozenset(frames) | tied
+
+
+def _is_index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _optional_index(instance: object, attribute: attrs.Attribute, value: object) -> None:
+    if value is not None and not _is_index(value):
+        raise ConfigError(f"frames[...] slice {attribute.name} must be an int or None, got {value!r}")
+
+
+@attrs.frozen(repr=False)
+class FrameIndex(Selector):
+    """One latent frame; negative indices count from the end."""
+
+    index: int
+
+    def __attrs_post_init__(self) -> None:
+        if not _is_index(self.index):
+            raise ConfigError(f"frames[...] index must be an int or a slice, got {self.index!r}")
+
+    def groups(self, layout: TokenLayout) -> frozenset[int]:
+        n = layout.num_frames
+        if not -n <= self.index < n:
+            raise ConfigError(
+                f"{self!r} is out of range for a model call with {n} latent frames (allowed indices: {-n}..{n - 1})"
+            )
+        return _frames_with_segments(layout, {self.index % n})
+
+    def __repr__(self) -> str:
+        return f"frames[{self.index}]"
+
+
+@attrs.frozen(repr=False)
+class FrameSlice(Selector):
+    """A slice of latent frames, with Python slice semantics (an empty slice selects nothing)."""
+
+    start: int | None = attrs.field(default=None, validator=_optional_index)
+    stop: int | None = attrs.field(default=None, validator=_optional_index)
+    step: int | None = attrs.field(default=None, validator=_optional_index)
+
+    def __attrs_post_init__(self) -> None:
+        if self.step == 0:
+            raise ConfigError("frames[...] slice step must not be 0")
+
+    def groups(self, layout: TokenLayout) -> frozenset[int]:
+        return _frames_with_segments(layout, set(range(layout.num_frames)[self.start : self.stop : self.step]))
+
+    def __repr__(self) -> str:
+        parts = ["" if p is None else str(p) for p in (self.start, self.stop)]
+        text = ":".join(parts) + ("" if self.step is None else f":{self.step}")
+        return f"frames[{text}]"
+
+
+@attrs.frozen(repr=False)
+class ReferenceFrames(Selector):
+    """The frames the model treats as the conditioning image (from the adapter's layout)."""
+
+    def groups(self, layout: TokenLayout) -> frozenset[int]:
+        return _frames_with_segments(layout, set(layout.reference_frames))
+
+    def __repr__(self) -> str:
+        return "frames.reference"
+
+
+@attrs.frozen(repr=False)
+class GeneratedFrames(Selector):
+    """Every latent frame that is not a reference frame."""
+
+    def groups(self, layout: TokenLayout) -> frozenset[int]:
+        return _frames_with_segments(layout, set(layout.generated_frames))
+
+    def __repr__(self) -> str:
+        return "frames.generated"
+
+
+@attrs.frozen(repr=False)
+class Text(Selector):
+    """Text tokens inside a joint text+video sequence."""
+
+    def groups(self, layout: TokenLayout) -> frozenset[int]:
+        found = frozenset(layout.segment_group(i) for i, s in enumerate(layout.segments) if s.kind == "text")
+        if not found:
+            raise ConfigError("at.text selects nothing: this model's self-attention holds no text tokens")
+        return found
+
+    def __repr__(self) -> str:
+        return "text"
+
+
+@attrs.frozen(repr=False)
+class Video(Selector):
+    """Every video token: all frames and the segments tied to a frame."""
+
+    def groups(self, layout: TokenLayout) -> frozenset[int]:
+        return _frames_with_segments(layout, set(range(layout.num_frames)))
+
+    def __repr__(self) -> str:
+        return "video"
+
+
+@attrs.frozen(repr=False)
+class AllTokens(Selector):
+    """Every token of the sequence."""
+
+    def groups(self, layout: TokenLayout) -> frozenset[int]:
+        return frozenset(range(layout.num_groups))
+
+    def __repr__(self) -> str:
+        return "tokens"
+
+
+@attrs.frozen(repr=False)
+class Union(Selector):
+    left: Selector
+    right: Selector
+
+    def groups(self, layout: TokenLayout) -> frozenset[int]:
+        return self.left.groups(layout) | self.right.groups(layout)
+
+    def __repr__(self) -> str:
+        return f"({self.left!r} | {self.right!r})"
+
+
+@attrs.frozen(repr=False)
+class Intersection(Selector):
+    left: Selector
+    right: Selector
+
+    def groups(self, layout: TokenLayout) -> frozenset[int]:
+        return self.left.groups(layout) & self.right.groups(layout)
+
+    def __repr__(self) -> str:
+        return f"({self.left!r} & {self.right!r})"
+
+
+@attrs.frozen(repr=False)
+class Complement(Selector):
+    inner: Selector
+
+    def groups(self, layout: TokenLayout) -> frozenset[int]:
+        return frozenset(range(layout.num_groups)) - self.inner.groups(layout)
+
+    def __repr__(self) -> str:
+        return f"~{self.inner!r}"
+
+
+class FrameSelectors:
+    """``at.frames``: index or slice it for latent frames; ``.reference`` and ``.generated``."""
+
+    reference = ReferenceFrames()
+    generated = GeneratedFrames()
+
+    def __getitem__(self, item: int | slice) -> Selector:
+        if isinstance(item, slice):
+            return FrameSlice(item.start, item.stop, item.step)
+        return FrameIndex(item)
+
+    def __repr__(self) -> str:
+        return "frames"
+
+
+frames = FrameSelectors()
+text = Text()
+video = Video()
+tokens = AllTokens()

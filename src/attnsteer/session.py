@@ -1,0 +1,175 @@
+"""``at.steer`` and ``at.inspect``: context managers that attach rules or a recorder to a target.
+
+A target is a diffusers pipeline (every transformer component an adapter recognises, e.g. both
+Wan 2.2 experts), a transformer, or any module an adapter is given for. On exit, normal or by
+exception, the last session to leave a model removes every hook it installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import torch
+
+from .controller import Client, Controller, ForwardState, LayerInfo, controller_for
+from .errors import ConfigError, UnsupportedModelError
+from .plugins.base import Adapter
+from .plugins.manager import find_adapter, require_adapter, supported_families
+from .rules import Recipe, Rule, flatten_rules
+
+PIPELINE_DENOISERS = ("transformer", "transformer_2", "unet")
+
+
+@attrs.frozen
+class Target:
+    """One model to hook: its component name in the pipeline, the module, its adapter."""
+
+    component: str
+    model: torch.nn.Module
+    adapter: Adapter
+
+
+def resolve_targets(target: Any, adapter: Adapter | None = None) -> tuple[list[Target], Any]:
+    """The models to hook in ``target`` and the pipeline they belong to (None for a bare module)."""
+    if isinstance(target, torch.nn.Module):
+        return [Target("", target, adapter or require_adapter(target))], None
+    components = getattr(target, "components", None)
+    if not isinstance(components, dict):
+        raise UnsupportedModelError(
+            f"target must be a diffusers pipeline or a torch.nn.Module, got {type(target).__name__}"
+        )
+    found = []
+    for name, module in components.items():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        if adapter is not None:
+            chosen = adapter if name in PIPELINE_DENOISERS else None
+        else:
+            chosen = find_adapter(module)
+        if chosen is not None:
+            found.append(Target(name, module, chosen))
+    if not found:
+        modules = {n: type(m).__name__ for n, m in components.items() if isinstance(m, torch.nn.Module)}
+        raise UnsupportedModelError(
+            f"unsupported model: no adapter recognises any component of {type(target).__name__} ({modules}); "
+            f"supported families: {', '.join(supported_families())}"
+        )
+    return found, target
+
+
+class Session:
+    """Attaches one client to every model of a target while the ``with`` block runs."""
+
+    def __init__(self, target: Any, client: Client, *, adapter: Adapter | None = None, num_steps: int | None = None) -> None:
+        if num_steps is not None and (not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1):
+            raise ConfigError(f"num_steps must be a positive int or None, got {num_steps!r}")
+        self.targets, self.pipeline = resolve_targets(target, adapter)
+        self.client = client
+        self.num_steps = num_steps
+        self._attached: list[Controller] = []
+
+    def __enter__(self) -> Any:
+        try:
+            for t in self.targets:
+                controller = controller_for(t.model, t.component, t.adapter)
+                controller.attach(self.client, pipeline=self.pipeline, num_steps=self.num_steps)
+                self._attached.append(controller)
+        except BaseException:
+            self._detach_all()
+            raise
+        return self.client
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._detach_all()
+
+    def _detach_all(self) -> None:
+        errors = []
+        while self._attached:
+            try:
+                self._attached.pop().detach(self.client)
+            except Exception as exc:  # detach the rest before reporting
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+class Steering:
+    """The client of ``at.steer``: its rules, and a log of where each rule was applied."""
+
+    wants_mass = False
+
+    def __init__(self, rules: tuple[Rule, ...], sources: tuple[Rule | Recipe, ...]) -> None:
+        self.rules = rules
+        self.sources = sources
+        self._index = {id(rule): i for i, rule in enumerate(rules)}
+        self._hits: dict[int, dict[str, set]] = {}
+        self.calls = 0
+
+    def on_call(self, state: ForwardState, layer: LayerInfo, applied: list[Rule], mass: torch.Tensor | None) -> None:
+        self.calls += 1
+        for rule in applied:
+            hits = self._hits.setdefault(self._index[id(rule)], {"steps": set(), "layers": set(), "branches": set()})
+            if state.step.step is not None:
+                hits["steps"].add(state.step.step)
+            hits["layers"].add(layer.qualified)
+            for b in state.branches or ("unknown",):
+                hits["branches"].add(b)
+
+    def summary(self) -> dict:
+        """JSON-friendly: the rules as given and, per rule, the steps, layers and branches it touched."""
+        return {
+            "given": [repr(s) for s in self.sources],
+            "rules": [
+                {
+                    "rule": repr(rule),
+                    "steps": sorted(self._hits.get(i, {}).get("steps", ())),
+                    "layers": sorted(self._hits.get(i, {}).get("layers", ())),
+                    "branches": sorted(self._hits.get(i, {}).get("branches", ())),
+                }
+                for i, rule in enumerate(self.rules)
+            ],
+            "attention_calls_steered": self.calls,
+        }
+
+    def __repr__(self) -> str:
+        return f"Steering({', '.join(repr(s) for s in self.sources)})"
+
+
+def steer(
+    target: Any,
+    *rules_or_recipes: Rule | Recipe | Iterable[Rule],
+    adapter: Adapter | None = None,
+    num_steps: int | None = None,
+) -> Session:
+    """Apply rules to ``target``'s self-attention inside a ``with`` block; yields a :class:`Steering`.
+
+    ``num_steps`` gives the step count when the target is a bare transformer (for ``at.progress``).
+    """
+    sources = tuple(rules_or_recipes)
+    return Session(target, Steering(flatten_rules(sources), sources), adapter=adapter, num_steps=num_steps)
+
+
+def inspect(
+    target: Any,
+    heads: bool = False,
+    queries: Any = None,
+    *,
+    adapter: Adapter | None = None,
+    num_steps: int | None = None,
+) -> Session:
+    """Record frame-level attention of ``target`` inside a ``with`` block; yields a :class:`~attnsteer.record.Record`.
+
+    ``heads=True`` keeps one map per head; ``queries`` (a selector, default ``at.frames.generated``)
+    picks the query frames that ``reference_mass`` averages over. Combines with ``at.steer``.
+    """
+    from .record import Record
+
+    record = Record(heads=heads, queries=queries)
+    record.metadata["model"] = _describe_target(target)
+    return Session(target, record, adapter=adapter, num_steps=num_steps)
+
+
+def _describe_target(target: Any) -> str:
+    return type(target).__name__

@@ -1,0 +1,93 @@
+"""Tiny random-weight pipelines built from configs: no download, a few seconds on a CPU.
+
+They prove that rules are applied exactly (tests, ``attnsteer run --model tiny-wan``); they make
+no meaningful videos. Text prompts become deterministic pseudo-embeddings of the string, since
+no tokenizer or text encoder can be loaded offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+
+def prompt_embedding(text: str, length: int, dim: int) -> torch.Tensor:
+    """A fixed [1, length, dim] embedding for ``text`` (seeded by its hash), standing in for a text encoder."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    return torch.randn(1, length, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def test_image(size: int = 64) -> Any:
+    """A deterministic RGB test image: a colour gradient with a disc, the default ``--image``."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:size, 0:size] / (size - 1)
+    rgb = np.stack([x, y, 1 - x * y], axis=-1)
+    disc = (x - 0.35) ** 2 + (y - 0.55) ** 2 < 0.04
+    rgb[disc] = (0.95, 0.8, 0.1)
+    return Image.fromarray((rgb * 255).astype("uint8"))
+
+
+def _clip_image_encoder() -> tuple[Any, Any]:
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(
+        hidden_size=16, projection_dim=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        image_size=32, patch_size=8,
+    )
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return CLIPVisionModelWithProjection(config), processor
+
+
+def tiny_wan(seed: int = 0) -> Any:
+    """A Wan 2.1-style image-to-video pipeline (CLIP image tokens in cross-attention), random weights."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32, image_dim=16, added_kv_proj_dim=24,
+    )
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    image_encoder, image_processor = _clip_image_encoder()
+    pipe = WanImageToVideoPipeline(
+        tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler,
+        image_encoder=image_encoder, image_processor=image_processor,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def wan_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for a fast call of :func:`tiny_wan` (64x64, 9 frames = 3 latent frames, 4 steps)."""
+    kwargs: dict[str, Any] = dict(
+        prompt_embeds=prompt_embedding(prompt, 512, 32),
+        negative_prompt_embeds=prompt_embedding(negative_prompt, 512, 32),
+        height=64, width=64, num_frames=9, num_inference_steps=4, guidance_scale=5.0, output_type="np",
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]] = {
+    "tiny-wan": (tiny_wan, wan_call_kwargs),
+}
+
+
+def build_tiny(name: str, seed: int = 0) -> tuple[Any, Callable[..., dict[str, Any]]]:
+    """The tiny pipeline called ``name`` and the function that makes its call arguments."""
+    if name not in TINY_MODELS:
+        raise ConfigError(f"model {name!r} is not a built-in tiny model; choose one of {sorted(TINY_MODELS)}")
+    build, call_kwargs = TINY_MODELS[name]
+    return build(seed), call_kwargs

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny offline pipelines and a fixed reference image."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests/dense_reference.py
+
+
+@pytest.fixture(scope="session")
+def image() -> Image.Image:
+    rng = np.random.RandomState(0)
+    return Image.fromarray((rng.rand(64, 64, 3) * 255).astype("uint8"))
+
+
+@pytest.fixture(scope="session")
+def wan_pipe():
+    from attnsteer.tiny import tiny_wan
+
+    return tiny_wan()
+
+
+@pytest.fixture
+def run_wan(wan_pipe, image):
+    """Run the tiny Wan I2V pipeline with a fixed seed; keyword arguments override the defaults."""
+    from attnsteer.tiny import wan_call_kwargs
+
+    def run(**overrides):
+        kwargs = wan_call_kwargs(**overrides)
+        return wan_pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs).frames[0]
+
+    return run
