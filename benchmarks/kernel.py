@@ -1,0 +1,110 @@
+"""Benchmark: DyMoS steering with grouped_attention against plain SDPA and the usual alternatives.
+
+Prints, side by side in one run, at Wan-like shapes: plain SDPA (baseline), grouped_attention with
+DyMoS groups (2 fused calls), grouped_attention with the frame mass (one call per frame), SDPA with
+a dense additive mask (the DyMoS authors' fallback) and compiled FlexAttention with a score_mod
+(the authors' main path). Time is the median ratio to plain SDPA; memory the peak growth of one
+call in a fresh process.
+
+    python benchmarks/kernel.py            # full table (a few minutes on 2 CPU cores)
+    python benchmarks/kernel.py --quick    # one small shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import format_row, machine, measure_in_this_process, peak_memory_mb, time_interleaved  # noqa: E402
+
+from attnsteer.kernels import grouped_attention  # noqa: E402
+
+GAMMA = 0.6
+METHODS = ("sdpa", "grouped_dymos", "grouped_mass", "sdpa_dense_mask", "flex_score_mod")
+FULL = [dict(frames=3, tokens=1560, heads=8, dim=64), dict(frames=5, tokens=1560, heads=8, dim=64),
+        dict(frames=4, tokens=1560, heads=8, dim=128)]
+QUICK = [dict(frames=3, tokens=1024, heads=8, dim=64)]
+
+
+def make_inputs(frames: int, tokens: int, heads: int, dim: int, device: str = "cpu"):
+    g = torch.Generator().manual_seed(0)
+    n = frames * tokens
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    q, k, v = (torch.randn(1, heads, n, dim, generator=g).to(device, dtype) for _ in range(3))
+    groups = torch.arange(frames, device=device).repeat_interleave(tokens)
+    return q, k, v, groups
+
+
+def build(method: str, config: dict, device: str):
+    """A zero-argument function that runs ``method`` once on the config's inputs."""
+    q, k, v, groups = make_inputs(device=device, **config)
+    frames, tokens = config["frames"], config["tokens"]
+    bias = torch.zeros(frames, frames, device=device)
+    bias[1:, 0] = -GAMMA
+    if method == "sdpa":
+        return lambda: F.scaled_dot_product_attention(q, k, v)
+    if method == "grouped_dymos":
+        return lambda: grouped_attention(q, k, v, groups, groups, bias=bias)
+    if method == "grouped_mass":
+        return lambda: grouped_attention(q, k, v, groups, groups, bias=bias, return_mass=True)
+    if method == "sdpa_dense_mask":  # the authors' fallback builds an N x N additive mask per call
+        return lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias[groups][:, groups].to(q.dtype))
+    if method == "flex_score_mod":
+        from torch.nn.attention.flex_attention import flex_attention
+
+        gamma = torch.tensor(GAMMA, device=device)  # a Python float in score_mod crashes CPU inductor
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return torch.where((q_idx >= tokens) & (kv_idx < tokens), score - gamma, score)
+
+        compiled = torch.compile(flex_attention, dynamic=False)
+        return lambda: compiled(q, k, v, score_mod=score_mod)
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compile takes ~30 s on CPU)")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.measure:
+        print(measure_in_this_process(lambda: build(args.measure, json.loads(args.config), device)))
+        return
+
+    print(f"# grouped_attention benchmark on {machine()}")
+    widths = [22, 16, 10, 10]
+    print(format_row(["method", "shape F x T, H, D", "time/SDPA", "peak MB"], widths))
+    for config in QUICK if args.quick else FULL:
+        methods = [m for m in METHODS if not (args.no_flex and m == "flex_score_mod")]
+        fns, notes = {}, {}
+        for m in methods:
+            try:
+                fns[m] = build(m, config, device)
+                if m == "flex_score_mod":
+                    fns[m]()  # compile outside the timed rounds
+            except Exception as exc:  # report and go on: FlexAttention may not compile on this machine
+                notes[m] = f"skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
+        times = time_interleaved(fns, repeats=args.repeats)
+        shape = f"{config['frames']}x{config['tokens']}, {config['heads']}, {config['dim']}"
+        for m in methods:
+            if m in notes:
+                print(format_row([m, shape, "-", "-"], widths) + f"  ({notes[m]})")
+                continue
+            peak = peak_memory_mb(__file__, m, config)
+            peak_text = "?" if peak is None else f"{peak:.0f}"
+            print(format_row([m, shape, f"{times[m] / times['sdpa']:.3f}", peak_text], widths)
+                  + ("" if m != "sdpa" else f"  ({times[m] * 1e3:.0f} ms)"))
+
+
+if __name__ == "__main__":
+    main()

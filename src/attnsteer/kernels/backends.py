@@ -1,0 +1,75 @@
+"""One fused attention call that also returns the log-sum-exp of each query row.
+
+``attention_with_lse(q, k, v, scale, mask)`` picks the fastest fused op of the device that
+supports the inputs: the flash kernel on CPU, flash / memory-efficient on CUDA; anything else
+falls back to a math path chunked over queries (memory O(chunk x Nk), never Nq x Nk).
+"""
+
+from __future__ import annotations
+
+import torch
+
+QUERY_CHUNK = 1024
+
+
+def attention_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [B, H, Nq, Dv] in q's dtype, lse [B, H, Nq] float32) of softmax(q k^T * scale + mask) v.
+
+    ``mask`` is additive in q's dtype, broadcastable to [B, H, Nq, Nk]. Rows whose keys are all
+    masked come back with arbitrary output; the caller tells them from the mask.
+    """
+    if q.device.type == "cpu":
+        return _cpu_flash(q, k, v, scale, mask)
+    if q.device.type == "cuda":
+        return _cuda_fused(q, k, v, scale, mask)
+    return _chunked_math(q, k, v, scale, mask)
+
+
+def _cpu_flash(q, k, v, scale, mask):
+    """aten's CPU flash kernel; it needs equal head sizes, so the narrower of qk / v is zero-padded."""
+    d, dv = q.shape[-1], v.shape[-1]
+    if dv < d:
+        v = torch.nn.functional.pad(v, (0, d - dv))
+    elif d < dv:
+        q, k = (torch.nn.functional.pad(t, (0, dv - d)) for t in (q, k))
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask, scale=scale)
+    return out[..., :dv], lse.float()
+
+
+def _cuda_fused(q, k, v, scale, mask):
+    """Flash for half precision without a mask; the memory-efficient kernel otherwise (both return lse).
+
+    Not exercised by the CPU test suite; the CPU path and the chunked fallback share its contract.
+    """
+    nq = q.shape[-2]
+    try:
+        if mask is None and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] == v.shape[-1]:
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, scale=scale)[:2]
+        else:
+            if mask is not None:
+                mask = mask.expand(q.shape[0], q.shape[1], nq, k.shape[-2])
+            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+                q, k, v, mask, compute_log_sumexp=True, scale=scale
+            )[:2]
+    except RuntimeError:  # unsupported head size or dtype for the fused kernels
+        return _chunked_math(q, k, v, scale, mask)
+    return out, lse[..., :nq].float()
+
+
+def _chunked_math(q, k, v, scale, mask):
+    """Plain math, QUERY_CHUNK query rows at a time, accumulated in float32."""
+    outs, lses = [], []
+    kt = k.float().transpose(-1, -2)
+    for start in range(0, q.shape[-2], QUERY_CHUNK):
+        stop = start + QUERY_CHUNK
+        logits = (q[..., start:stop, :].float() @ kt) * scale
+        if mask is not None:
+            rows = mask[..., start:stop, :] if mask.shape[-2] > 1 else mask
+            logits = logits + rows.float()
+        lse = torch.logsumexp(logits, dim=-1)
+        weights = torch.exp(logits - lse[..., None].clamp_min(torch.finfo(torch.float32).min))
+        outs.append((weights @ v.float()).to(q.dtype))
+        lses.append(lse)
+    return torch.cat(outs, dim=-2), torch.cat(lses, dim=-1)

@@ -1,0 +1,187 @@
+"""Exact attention with a logit bias that is constant per (query group, key group), and the
+attention mass each query group puts on each key group, from fused kernels.
+
+Why it is exact: for a partition of the keys into classes c, softmax attention equals
+``sum_c w_c * out_c`` with ``out_c`` the attention restricted to class c and
+``w_c = exp(lse_c + bias_c - lse_total)``, where ``lse_c`` is class c's log-sum-exp. A bias that
+is constant over a class moves only ``w_c``. So one fused call per class plus a float32
+log-sum-exp merge gives the biased softmax; the total work is one attention call and the memory
+O(N * (D + G)). The ``w_c`` are the attention mass per key class, so frame maps come for free.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .backends import attention_with_lse
+
+
+def grouped_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_groups: torch.Tensor,
+    k_groups: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    scale: float | None = None,
+    attn_mask: torch.Tensor | None = None,
+    return_mass: bool = False,
+    *,
+    num_q_groups: int | None = None,
+    num_k_groups: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``softmax(q k^T * scale + bias[q_groups][:, k_groups] + attn_mask) @ v`` and, with
+    ``return_mass``, the mass [B, H, Gq, Gk] (float32): per query group, the mean over its queries
+    of the total attention weight on each key group.
+
+    Shapes: q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv]; groups LongTensor [Nq] / [Nk];
+    bias [Gq, Gk] | [B, Gq, Gk] | [B, H, Gq, Gk] (``-inf`` allowed); attn_mask boolean (True =
+    attend) or additive, broadcastable to [B, H, Nq, Nk].
+    """
+    b, h, nq, d = _check_qkv(q, k, v)
+    nk = k.shape[-2]
+    gq, gk = _group_counts(q_groups, k_groups, nq, nk, bias, num_q_groups, num_k_groups)
+    bias4 = _bias4(bias, b, h, gq, gk)
+    scale = d**-0.5 if scale is None else float(scale)
+    mask = _additive_mask(attn_mask, q.dtype, (b, h, nq, nk))
+    if not return_mass and (bias4 is None or not bool(bias4.any())):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        _check_rows_visible(mask)
+        return out, None
+
+    classes = _key_classes(k_groups, gk, bias4, split_all=return_mass)
+    running_max = q.new_full((b, h, nq), float("-inf"), dtype=torch.float32)
+    running_sum = torch.zeros(b, h, nq, dtype=torch.float32, device=q.device)
+    acc = torch.zeros(b, h, nq, v.shape[-1], dtype=torch.float32, device=q.device)
+    class_logits = []
+    for groups, keys in classes:
+        class_mask = None if mask is None else mask[..., keys]
+        out_c, lse_c = attention_with_lse(q, k[:, :, keys], v[:, :, keys], scale, class_mask)
+        logit = lse_c if bias4 is None else lse_c + bias4[:, :, q_groups, groups[0]]
+        if class_mask is not None:
+            hidden = torch.isneginf(class_mask).all(-1)
+            logit = logit.masked_fill(hidden, float("-inf"))
+            out_c = out_c.masked_fill(hidden[..., None], 0)
+        logit = logit.expand(b, h, nq)
+        new_max = torch.maximum(running_max, logit)
+        anchor = torch.where(torch.isneginf(new_max), torch.zeros_like(new_max), new_max)
+        keep, add = torch.exp(running_max - anchor), torch.exp(logit - anchor)
+        acc.mul_(keep[..., None]).add_(out_c.float().mul_(add[..., None]))  # out_c is ours to overwrite
+        running_sum.mul_(keep).add_(add)
+        running_max = new_max
+        class_logits.append((groups, logit))
+
+    blocked = running_sum == 0
+    if bool(blocked.any()):
+        raise ValueError(
+            f"{int(blocked.sum())} query rows have every key blocked (bias -inf and/or attn_mask); "
+            "each query must be able to attend to at least one key"
+        )
+    out = acc.div_(running_sum[..., None]).to(q.dtype)
+    if not return_mass:
+        return out, None
+    total = running_max + torch.log(running_sum)
+    return out, _mass(class_logits, total, q_groups, gq, gk)
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int]:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape [B, H, N, D], got {tuple(t.shape)}")
+    if k.shape[:2] != q.shape[:2] or v.shape[:2] != q.shape[:2]:
+        raise ValueError(f"q, k, v must share [B, H]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"k's head dim must equal q's ({q.shape[-1]}), got {k.shape[-1]}")
+    if v.shape[-2] != k.shape[-2]:
+        raise ValueError(f"v must have as many keys as k ({k.shape[-2]}), got {v.shape[-2]}")
+    return tuple(q.shape)  # type: ignore[return-value]
+
+
+def _group_counts(q_groups, k_groups, nq, nk, bias, num_q_groups, num_k_groups) -> tuple[int, int]:
+    for name, g, n in (("q_groups", q_groups, nq), ("k_groups", k_groups, nk)):
+        if not isinstance(g, torch.Tensor) or g.dtype != torch.long or g.shape != (n,):
+            shape = tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__
+            raise ValueError(f"{name} must be a LongTensor of shape [{n}], got {shape}")
+    gq = num_q_groups or (bias.shape[-2] if bias is not None else int(q_groups.max()) + 1)
+    gk = num_k_groups or (bias.shape[-1] if bias is not None else int(k_groups.max()) + 1)
+    for name, g, count in (("q_groups", q_groups, gq), ("k_groups", k_groups, gk)):
+        if int(g.min()) < 0 or int(g.max()) >= count:
+            raise ValueError(f"{name} must hold group ids in [0, {count}), got range [{int(g.min())}, {int(g.max())}]")
+    return gq, gk
+
+
+def _bias4(bias: torch.Tensor | None, b: int, h: int, gq: int, gk: int) -> torch.Tensor | None:
+    """The bias as float32 [B|1, H|1, Gq, Gk]."""
+    if bias is None:
+        return None
+    forms = {2: (gq, gk), 3: (b, gq, gk), 4: (b, h, gq, gk)}
+    if bias.dim() not in forms or tuple(bias.shape) != forms[bias.dim()]:
+        raise ValueError(f"bias must have shape [Gq, Gk], [B, Gq, Gk] or [B, H, Gq, Gk] = {list(forms.values())}, "
+                         f"got {tuple(bias.shape)}")
+    if bool(torch.isnan(bias).any()) or bool((bias == float("inf")).any()):
+        raise ValueError("bias must not contain NaN or +inf")
+    bias = bias.float()
+    if bias.dim() == 2:
+        return bias[None, None]
+    return bias[:, None] if bias.dim() == 3 else bias
+
+
+def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype, full: tuple[int, ...]) -> torch.Tensor | None:
+    """The mask as an additive tensor in the query dtype, with its key dim expanded to Nk."""
+    if mask is None:
+        return None
+    try:
+        shape = torch.broadcast_shapes(mask.shape, full)
+    except RuntimeError:
+        shape = None
+    if mask.dim() != 4 or shape != full:
+        raise ValueError(f"attn_mask must be broadcastable to [B, H, Nq, Nk] = {list(full)}, got {tuple(mask.shape)}")
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    else:
+        mask = mask.to(dtype)
+    return mask.expand(*mask.shape[:-1], full[-1])
+
+
+def _check_rows_visible(mask: torch.Tensor | None) -> None:
+    if mask is not None and bool(torch.isneginf(mask).all(-1).any()):
+        raise ValueError("some query rows have every key blocked by attn_mask; each query must see at least one key")
+
+
+def _key_classes(
+    k_groups: torch.Tensor, gk: int, bias4: torch.Tensor | None, split_all: bool
+) -> list[tuple[list[int], torch.Tensor | slice]]:
+    """Partition the keys: one class per non-empty group, or per distinct bias column when the
+    mass is not wanted (groups with identical columns need not be told apart). Contiguous classes
+    are slices, so the kernel reads k and v without a copy."""
+    counts = torch.bincount(k_groups, minlength=gk).tolist()
+    present = [g for g in range(gk) if counts[g]]
+    if split_all:
+        members = [[g] for g in present]
+    elif bias4 is None:
+        members = [present]
+    else:
+        by_column: dict[bytes, list[int]] = {}
+        columns = bias4[..., present].movedim(-1, 0).contiguous().cpu()
+        for g, column in zip(present, columns):
+            by_column.setdefault(column.numpy().tobytes(), []).append(g)
+        members = list(by_column.values())
+    classes = []
+    for groups in members:
+        index = torch.nonzero(torch.isin(k_groups, torch.tensor(groups, device=k_groups.device))).flatten()
+        first, last = int(index[0]), int(index[-1])
+        keys = slice(first, last + 1) if last - first + 1 == index.numel() else index
+        classes.append((groups, keys))
+    return classes
+
+
+def _mass(class_logits, total: torch.Tensor, q_groups: torch.Tensor, gq: int, gk: int) -> torch.Tensor:
+    """[B, H, Gq, Gk]: mean over each query group's queries of the weight on each key group."""
+    b, h, _ = total.shape
+    mass = torch.zeros(b, h, gq, gk, dtype=torch.float32, device=total.device)
+    for (group,), logit in class_logits:
+        weight = torch.exp(logit - total)
+        mass[..., group] = torch.zeros(b, h, gq, dtype=torch.float32, device=total.device).index_add_(-1, q_groups, weight)
+    counts = torch.bincount(q_groups, minlength=gq).clamp_min(1).float()
+    return mass / counts[:, None]

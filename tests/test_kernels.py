@@ -1,0 +1,153 @@
+"""grouped_attention against the dense oracle: randomised shapes, groups, biases and masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attnsteer.kernels import dense_attention, grouped_attention
+
+
+@st.composite
+def problems(draw):
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    b, h = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    nq, nk = draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    d, dv = draw(st.sampled_from([4, 8, 16])), draw(st.sampled_from([4, 8, 12]))
+    gq, gk = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    contiguous = draw(st.booleans())
+    if contiguous:
+        q_groups = torch.sort(torch.randint(0, gq, (nq,), generator=g)).values
+        k_groups = torch.sort(torch.randint(0, gk, (nk,), generator=g)).values
+    else:
+        q_groups = torch.randint(0, gq, (nq,), generator=g)
+        k_groups = torch.randint(0, gk, (nk,), generator=g)
+    form = draw(st.sampled_from([None, 2, 3, 4]))
+    bias = None
+    if form is not None:
+        shape = {2: (gq, gk), 3: (b, gq, gk), 4: (b, h, gq, gk)}[form]
+        bias = torch.randn(shape, generator=g) * 2
+        blocked = torch.rand(shape, generator=g) < draw(st.sampled_from([0.0, 0.3]))
+        bias = bias.masked_fill(blocked, float("-inf"))
+    mask_kind = draw(st.sampled_from([None, "bool-keys", "bool-full", "additive"]))
+    mask = None
+    if mask_kind == "bool-keys":
+        mask = torch.rand(b, 1, 1, nk, generator=g) < 0.8
+    elif mask_kind == "bool-full":
+        mask = torch.rand(b, 1, nq, nk, generator=g) < 0.8
+    elif mask_kind == "additive":
+        mask = torch.randn(b, h, nq, nk, generator=g)
+    scale = draw(st.sampled_from([None, 0.3]))
+    q = torch.randn(b, h, nq, d, generator=g)
+    k = torch.randn(b, h, nk, d, generator=g)
+    v = torch.randn(b, h, nk, dv, generator=g)
+    return dict(q=q, k=k, v=v, q_groups=q_groups, k_groups=k_groups, bias=bias, scale=scale, attn_mask=mask,
+                num_q_groups=gq, num_k_groups=gk)
+
+
+def fully_blocked(p) -> bool:
+    """Whether some query row sees no key at all (the kernel must raise then; checked separately)."""
+    logits = torch.zeros(p["q"].shape[0], p["q"].shape[1], p["q"].shape[2], p["k"].shape[2], dtype=torch.float64)
+    if p["bias"] is not None:
+        b = p["bias"].double()
+        b = b[:, None] if b.dim() == 3 else b
+        logits = logits + b[..., p["q_groups"], :][..., p["k_groups"]]
+    if p["attn_mask"] is not None and p["attn_mask"].dtype == torch.bool:
+        logits = logits.masked_fill(~p["attn_mask"], float("-inf"))
+    return bool(torch.isneginf(logits).all(-1).any())
+
+
+@settings(deadline=None, max_examples=150)
+@given(problems(), st.booleans())
+def test_equals_dense_oracle(p, return_mass):
+    if fully_blocked(p):
+        with pytest.raises(ValueError, match="every key blocked"):
+            grouped_attention(**p, return_mass=return_mass)
+        return
+    out, mass = grouped_attention(**p, return_mass=return_mass)
+    ref_out, ref_mass = dense_attention(**p, return_mass=True)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    if return_mass:
+        assert mass.shape == (p["q"].shape[0], p["q"].shape[1], p["num_q_groups"], p["num_k_groups"])
+        torch.testing.assert_close(mass, ref_mass, atol=1e-5, rtol=1e-5)
+    else:
+        assert mass is None
+
+
+def dymos_problem(frames=4, tokens=24, heads=2, dim=16, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    n = frames * tokens
+    q, k, v = (torch.randn(1, heads, n, dim, generator=g).to(dtype) for _ in range(3))
+    groups = torch.arange(frames).repeat_interleave(tokens)
+    bias = torch.zeros(frames, frames)
+    bias[1:, 0] = -0.6
+    return q, k, v, groups, bias
+
+
+def test_without_bias_equals_sdpa():
+    q, k, v, groups, _ = dymos_problem()
+    out, mass = grouped_attention(q, k, v, groups, groups)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=0, rtol=0)
+    assert mass is None
+
+
+def test_fused_classes_equal_per_group_calls():
+    """DyMoS needs 2 fused calls (frame 0 / the rest); asking for the mass splits every frame: same output."""
+    q, k, v, groups, bias = dymos_problem()
+    fused, _ = grouped_attention(q, k, v, groups, groups, bias=bias)
+    split, mass = grouped_attention(q, k, v, groups, groups, bias=bias, return_mass=True)
+    torch.testing.assert_close(fused, split, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(mass.sum(-1), torch.ones_like(mass.sum(-1)), atol=1e-5, rtol=0)
+
+
+def test_bfloat16_merges_in_float32():
+    q, k, v, groups, bias = dymos_problem(dtype=torch.bfloat16)
+    out, mass = grouped_attention(q, k, v, groups, groups, bias=bias, return_mass=True)
+    ref, ref_mass = dense_attention(q.float(), k.float(), v.float(), groups, groups, bias=bias, return_mass=True)
+    assert out.dtype == torch.bfloat16 and mass.dtype == torch.float32
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(mass, ref_mass, atol=1e-2, rtol=0)
+
+
+def test_every_key_blocked_raises():
+    q, k, v, groups, _ = dymos_problem(frames=2)
+    bias = torch.zeros(2, 2)
+    bias[1, :] = float("-inf")
+    with pytest.raises(ValueError, match="every key blocked"):
+        grouped_attention(q, k, v, groups, groups, bias=bias)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(bias=torch.zeros(5, 2, 2)), r"bias must have shape"),
+        (dict(q_groups=torch.zeros(5, dtype=torch.long)), r"q_groups must be a LongTensor of shape \[48\]"),
+        (dict(k_groups=torch.arange(48)), r"k_groups must hold group ids in \[0, 2\)"),
+        (dict(attn_mask=torch.ones(1, 1, 7, 48, dtype=torch.bool)), r"attn_mask must be broadcastable"),
+        (dict(k=torch.randn(1, 2, 48, 8)), r"k's head dim"),
+        (dict(bias=torch.full((2, 2), float("nan"))), r"NaN"),
+    ],
+)
+def test_bad_arguments_are_named(change, match):
+    q, k, v, groups, _ = dymos_problem(frames=2)
+    args = dict(q=q, k=k, v=v, q_groups=groups, k_groups=groups, bias=torch.zeros(2, 2))
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        grouped_attention(**args)
+
+
+def test_math_fallback_equals_oracle():
+    from attnsteer.kernels.backends import _chunked_math
+
+    q, k, v, groups, _ = dymos_problem()
+    mask = torch.zeros(1, 1, 1, k.shape[-2])
+    mask[..., :5] = float("-inf")
+    out, lse = _chunked_math(q, k, v, 0.25, mask)
+    ref, _ = dense_attention(q, k, v, groups, groups, scale=0.25, attn_mask=mask)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    logits = (q.double() @ k.double().transpose(-1, -2)) * 0.25 + mask.double()
+    torch.testing.assert_close(lse.double(), torch.logsumexp(logits, -1), atol=1e-5, rtol=1e-5)
