@@ -2,7 +2,7 @@
 
 These machines are noisy: every method is timed in the same run, round-robin, and reported as a
 ratio to the baseline method. Peak memory is measured by running each method once in its own
-subprocess and reading the growth of its maximum resident set size (CPU) or the CUDA allocator's
+subprocess and reading the growth of its peak resident set size (VmHWM, CPU) or the CUDA allocator's
 peak (GPU).
 """
 
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -48,8 +49,6 @@ def peak_memory_mb(script: str, method: str, config: dict) -> float | None:
 
 def measure_in_this_process(setup: Callable[[], Callable[[], object]]) -> float:
     """Peak memory growth (MB) of one call of the function that ``setup`` returns, beyond the setup itself."""
-    import resource
-
     fn = setup()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -58,10 +57,19 @@ def measure_in_this_process(setup: Callable[[], Callable[[], object]]) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM is the peak RSS of this process image (ru_maxrss would include the forking parent's);
+    # writing 5 to clear_refs resets it to the current RSS, so the growth is this call's alone.
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmHWM")
     fn()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (after - before) / 1024  # ru_maxrss is in KiB on Linux
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
 def format_row(cells: list[object], widths: list[int]) -> str:
