@@ -14,9 +14,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+
+from attnsteer.profiling import peak_memory_growth_mb
 
 
 def time_interleaved(methods: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -50,26 +51,7 @@ def peak_memory_mb(script: str, method: str, config: dict) -> float | None:
 def measure_in_this_process(setup: Callable[[], Callable[[], object]]) -> float:
     """Peak memory growth (MB) of one call of the function that ``setup`` returns, beyond the setup itself."""
     fn = setup()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    # VmHWM is the peak RSS of this process image (ru_maxrss would include the forking parent's);
-    # writing 5 to clear_refs resets it to the current RSS, so the growth is this call's alone.
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _status_kib("VmHWM")
-    fn()
-    return (_status_kib("VmHWM") - before) / 1024
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not found in /proc/self/status")
+    return peak_memory_growth_mb(fn, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def format_row(cells: list[object], widths: list[int]) -> str:

@@ -114,8 +114,7 @@ class Steering:
             if state.step.step is not None:
                 hits["steps"].add(state.step.step)
             hits["layers"].add(layer.qualified)
-            for b in state.branches or ("unknown",):
-                hits["branches"].add(b)
+            hits["branches"].update([rule.branch] if rule.branch != "all" else state.branches or ("unknown",))
 
     def summary(self) -> dict:
         """JSON-friendly: the rules as given and, per rule, the steps, layers and branches it touched."""

@@ -80,8 +80,49 @@ def wan_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **override
     return kwargs
 
 
+def tiny_cogvideox(seed: int = 0) -> Any:
+    """A CogVideoX I2V pipeline (joint text+video attention, batch [uncond, cond]), random weights."""
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXImageToVideoPipeline,
+        CogVideoXTransformer3DModel,
+    )
+
+    torch.manual_seed(seed)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=2,
+        text_embed_dim=32, num_layers=2, sample_height=8, sample_width=8, sample_frames=9, patch_size=2,
+        temporal_compression_ratio=4, max_text_seq_length=16, use_rotary_positional_embeddings=True,
+        use_learned_positional_embeddings=True,
+    )
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+    )
+    pipe = CogVideoXImageToVideoPipeline(
+        tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=CogVideoXDDIMScheduler()
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def cogvideox_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for a fast call of :func:`tiny_cogvideox` (64x64, 9 frames = 3 latent frames, 16 text tokens)."""
+    kwargs: dict[str, Any] = dict(
+        prompt_embeds=prompt_embedding(prompt, 16, 32),
+        negative_prompt_embeds=prompt_embedding(negative_prompt, 16, 32),
+        height=64, width=64, num_frames=9, num_inference_steps=4, guidance_scale=6.0, max_sequence_length=16,
+        output_type="np", use_dynamic_cfg=False,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
 TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]] = {
     "tiny-wan": (tiny_wan, wan_call_kwargs),
+    "tiny-cogvideox": (tiny_cogvideox, cogvideox_call_kwargs),
 }
 
 

@@ -16,11 +16,23 @@ BATCHED_CONTEXTS = ("cond_uncond", None)
 
 
 def guidance_is_on(pipeline: Any) -> bool | None:
-    """Whether the pipeline runs classifier-free guidance in this call (None if it does not say)."""
+    """Whether the pipeline runs classifier-free guidance in this call (None if it does not say).
+
+    Most pipelines expose ``do_classifier_free_guidance``; CogVideoX keeps it local and only
+    stores ``_guidance_scale``.
+    """
+    if pipeline is None:
+        return None
     for attr in ("do_classifier_free_guidance", "do_true_cfg"):
-        value = getattr(pipeline, attr, None) if pipeline is not None else None
-        if isinstance(value, bool):
-            return value
+        try:
+            value = getattr(pipeline, attr, None)
+        except (AttributeError, TypeError):  # properties that read state set only inside __call__
+            continue
+        if value is not None:
+            return bool(value)
+    scale = getattr(pipeline, "_guidance_scale", None)
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        return scale > 1.0
     return None
 
 
