@@ -37,10 +37,10 @@ def time_interleaved(methods: dict[str, Callable[[], object]], repeats: int) -> 
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def peak_memory_mb(script: str, method: str, config: dict) -> float | None:
-    """Run ``script --measure METHOD --config JSON`` in a fresh interpreter; it prints its peak growth in MB."""
+def peak_memory_mb(module: str, method: str, config: dict) -> float | None:
+    """Run ``python -m MODULE --measure METHOD --config JSON`` in a fresh interpreter; it prints its peak growth in MB."""
     result = subprocess.run(
-        [sys.executable, script, "--measure", method, "--config", json.dumps(config)],
+        [sys.executable, "-m", module, "--measure", method, "--config", json.dumps(config)],
         capture_output=True, text=True, timeout=900,
     )
     if result.returncode != 0:

@@ -5,24 +5,20 @@ Side by side in one run, at growing sequence lengths (latent frames x 1560 token
 frames): time as the median ratio to plain SDPA, peak memory growth of one call in a fresh
 process. The dense approach is skipped where its N x N matrix would not fit comfortably.
 
-    python benchmarks/inspect.py            # 3, 6, 12, 21 frames (several minutes on 2 CPU cores)
-    python benchmarks/inspect.py --quick    # 3 and 6 frames
+    python -m benchmarks.inspect            # 3, 6, 12, 21 frames (several minutes on 2 CPU cores)
+    python -m benchmarks.inspect --quick    # 3 and 6 frames
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import format_row, machine, measure_in_this_process, peak_memory_mb, time_interleaved  # noqa: E402
-
-from attnsteer.kernels import grouped_attention  # noqa: E402
+from attnsteer.kernels import grouped_attention
+from benchmarks.common import format_row, machine, measure_in_this_process, peak_memory_mb, time_interleaved
 
 TOKENS, HEADS, DIM = 1560, 2, 64
 DENSE_LIMIT_GB = 6.0
@@ -75,7 +71,7 @@ def main() -> None:
                 print(format_row([m, frames, frames * TOKENS, "-", "-"], widths)
                       + f"  (skipped: needs {dense_gb(frames):.1f} GB for the N x N matrices)")
                 continue
-            peak = peak_memory_mb(__file__, m, {"frames": frames})
+            peak = peak_memory_mb("benchmarks.inspect", m, {"frames": frames})
             note = f"  ({times[m] * 1e3:.0f} ms)" if m == "sdpa" else ""
             print(format_row([m, frames, frames * TOKENS, f"{times[m] / times['sdpa']:.3f}",
                               "?" if peak is None else f"{peak:.0f}"], widths) + note)

@@ -6,24 +6,20 @@ a dense additive mask (the DyMoS authors' fallback) and compiled FlexAttention w
 (the authors' main path). Time is the median ratio to plain SDPA; memory the peak growth of one
 call in a fresh process.
 
-    python benchmarks/kernel.py            # full table (a few minutes on 2 CPU cores)
-    python benchmarks/kernel.py --quick    # one small shape
+    python -m benchmarks.kernel            # full table (a few minutes on 2 CPU cores)
+    python -m benchmarks.kernel --quick    # one small shape
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import format_row, machine, measure_in_this_process, peak_memory_mb, time_interleaved  # noqa: E402
-
-from attnsteer.kernels import grouped_attention  # noqa: E402
+from attnsteer.kernels import grouped_attention
+from benchmarks.common import format_row, machine, measure_in_this_process, peak_memory_mb, time_interleaved
 
 GAMMA = 0.6
 METHODS = ("sdpa", "grouped_dymos", "grouped_mass", "sdpa_dense_mask", "flex_score_mod")
@@ -100,7 +96,7 @@ def main() -> None:
             if m in notes:
                 print(format_row([m, shape, "-", "-"], widths) + f"  ({notes[m]})")
                 continue
-            peak = peak_memory_mb(__file__, m, config)
+            peak = peak_memory_mb("benchmarks.kernel", m, config)
             peak_text = "?" if peak is None else f"{peak:.0f}"
             print(format_row([m, shape, f"{times[m] / times['sdpa']:.3f}", peak_text], widths)
                   + ("" if m != "sdpa" else f"  ({times[m] * 1e3:.0f} ms)"))

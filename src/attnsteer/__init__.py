@@ -8,6 +8,7 @@ apply them to an unmodified model with :func:`steer`, and record frame-level att
 from . import kernels
 from .errors import AttnsteerError, ConfigError, SteeringError, UnsupportedModelError
 from .layout import Segment, TokenLayout
+from .plugins.generic import GenericAdapter
 from .rules import Recipe, Rule
 from .schedules import always, progress, steps, timesteps
 from .selectors import frames, text, tokens, video
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AttnsteerError",
     "ConfigError",
+    "GenericAdapter",
     "Recipe",
     "Record",
     "Rule",

@@ -69,6 +69,31 @@ def tiny_wan(seed: int = 0) -> Any:
     return pipe
 
 
+def tiny_wan22(seed: int = 0) -> Any:
+    """A Wan 2.2 A14B-style I2V pipeline: two experts (high noise, then low noise after the boundary), no CLIP."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    experts = [
+        WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
+            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        )
+        for _ in range(2)
+    ]
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    pipe = WanImageToVideoPipeline(
+        tokenizer=None, text_encoder=None, vae=vae, transformer=experts[0], transformer_2=experts[1],
+        scheduler=scheduler, boundary_ratio=0.8,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def wan_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_wan` (64x64, 9 frames = 3 latent frames, 4 steps)."""
     kwargs: dict[str, Any] = dict(
@@ -123,6 +148,7 @@ def cogvideox_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **ov
 TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]] = {
     "tiny-wan": (tiny_wan, wan_call_kwargs),
     "tiny-cogvideox": (tiny_cogvideox, cogvideox_call_kwargs),
+    "tiny-wan22": (tiny_wan22, wan_call_kwargs),
 }
 
 

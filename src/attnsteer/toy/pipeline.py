@@ -1,0 +1,108 @@
+"""``ToyI2VPipeline``: the toy model behind diffusers' calling convention.
+
+Like ``WanImageToVideoPipeline`` it runs one transformer forward per guidance branch and step,
+under ``cache_context("cond")`` then ``cache_context("uncond")``, so the Wan adapter and every
+recipe work on it unchanged. ``image=None`` runs the same weights as text-to-video.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.utils import BaseOutput
+from PIL import Image
+
+from ..errors import ConfigError
+from .model import PromptTable, condition, from_latents, load_modules, to_latents
+from .world import FRAMES, SIZE
+
+SCHEDULER_SHIFT = 2.0
+
+
+class ToyPipelineOutput(BaseOutput):
+    frames: list[np.ndarray]
+
+
+class ToyI2VPipeline(DiffusionPipeline):
+    """Image-to-video on the toy world (32 x 32, 9 frames)."""
+
+    def __init__(self, transformer: torch.nn.Module, prompts: PromptTable, scheduler: FlowMatchEulerDiscreteScheduler):
+        super().__init__()
+        self.register_modules(transformer=transformer, prompts=prompts, scheduler=scheduler)
+
+    @classmethod
+    def from_shipped(cls) -> ToyI2VPipeline:
+        """The pipeline with the weights shipped in the package (no download)."""
+        transformer, prompts = load_modules()
+        pipe = cls(transformer, prompts, FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def current_timestep(self) -> Any:
+        return self._current_timestep
+
+    def _reference(self, image: Any) -> torch.Tensor | None:
+        if image is None:
+            return None
+        if isinstance(image, Image.Image):
+            image = np.asarray(image.convert("RGB").resize((SIZE, SIZE)), dtype=np.float32) / 255.0
+        array = np.asarray(image, dtype=np.float32)
+        if array.shape != (SIZE, SIZE, 3):
+            raise ConfigError(f"image must be a PIL image or an array [{SIZE}, {SIZE}, 3] in 0..1, got {array.shape}")
+        return to_latents(torch.from_numpy(array)[None, None])[:, :, 0]
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: Any = None,
+        prompt: str = "right fast",
+        num_frames: int = FRAMES,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 3.0,
+        generator: torch.Generator | None = None,
+        output_type: str = "np",
+        **_ignored: Any,
+    ) -> ToyPipelineOutput:
+        if num_frames != FRAMES:
+            raise ConfigError(f"num_frames must be {FRAMES} for the toy model, got {num_frames}")
+        if output_type not in ("np", "latent"):
+            raise ConfigError(f"output_type must be 'np' or 'latent', got {output_type!r}")
+        self._guidance_scale = guidance_scale
+        reference = self._reference(image)
+        shape = (1, self.transformer.config.out_channels, FRAMES, SIZE // 4, SIZE // 4)
+        latents = torch.randn(shape, generator=generator)
+        cond_channels = condition(reference, latents)
+        text = self.prompts([prompt])
+        null = self.prompts([None])
+        self.scheduler.set_timesteps(num_inference_steps)
+        self._num_timesteps = len(self.scheduler.timesteps)
+        with self.progress_bar(total=num_inference_steps) as bar:
+            for t in self.scheduler.timesteps:
+                self._current_timestep = t
+                inputs = torch.cat([latents, cond_channels], dim=1)
+                with self.transformer.cache_context("cond"):
+                    velocity = self.transformer(hidden_states=inputs, timestep=t.expand(1),
+                                                encoder_hidden_states=text, return_dict=False)[0]
+                if self.do_classifier_free_guidance:
+                    with self.transformer.cache_context("uncond"):
+                        unconditional = self.transformer(hidden_states=inputs, timestep=t.expand(1),
+                                                         encoder_hidden_states=null, return_dict=False)[0]
+                    velocity = unconditional + guidance_scale * (velocity - unconditional)
+                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                bar.update()
+        self._current_timestep = None
+        if output_type == "latent":
+            return ToyPipelineOutput(frames=[latents[0].numpy()])
+        return ToyPipelineOutput(frames=[from_latents(latents)[0].numpy()])
