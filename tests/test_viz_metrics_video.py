@@ -9,7 +9,7 @@ from PIL import Image
 
 import attnsteer as at
 from attnsteer import metrics, viz
-from attnsteer.video import as_frames, load_video, save_video
+from attnsteer.videoio import as_frames, load_video, save_video
 
 
 def moving_square(frames: int = 8, size: int = 48, speed: int = 3) -> np.ndarray:

@@ -50,6 +50,6 @@ def __getattr__(name: str):
     """Import the heavier parts (recipes, viz, metrics, toy) on first use."""
     import importlib
 
-    if name in ("recipes", "viz", "metrics", "toy", "video_io"):
-        return importlib.import_module(f".{'video' if name == 'video_io' else name}", __name__)
+    if name in ("recipes", "viz", "metrics", "toy", "videoio"):
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'attnsteer' has no attribute {name!r}")

@@ -50,12 +50,23 @@ def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "
 def _add_recipe_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
     parser.add_argument("--recipe", choices=sorted(_recipes()), required=required, help="recipe to apply")
     for name, p in _recipe_parameters().items():
-        kind = RECIPE_PARAM_TYPES.get(type(p.default), str)
+        kind = _parameter_kind(p)
         flag = "--" + name.replace("_", "-")
         if kind == "flag":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"recipe parameter {name}")
         else:
             parser.add_argument(flag, type=kind, default=None, help=f"recipe parameter {name} (default {p.default!r})")
+
+
+def _parameter_kind(p: pyinspect.Parameter) -> Any:
+    """The argparse type of a recipe parameter: from its default, else from its annotation (``int | None``)."""
+    if p.default is not None and type(p.default) in RECIPE_PARAM_TYPES:
+        return RECIPE_PARAM_TYPES[type(p.default)]
+    annotation = str(p.annotation)
+    for typ, kind in RECIPE_PARAM_TYPES.items():
+        if typ.__name__ in annotation:
+            return kind
+    return str
 
 
 def _recipe_from_args(args: argparse.Namespace, **fixed: Any) -> Any:
@@ -77,7 +88,7 @@ def _load(args: argparse.Namespace):
 
 
 def _image(args: argparse.Namespace):
-    from .video import load_image
+    from .videoio import load_image
 
     if args.image:
         return load_image(args.image)
@@ -109,7 +120,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import attnsteer as at
 
-    from .video import save_video
+    from .videoio import save_video
 
     recipe = _recipe_from_args(args)
     model = _load(args)
@@ -166,7 +177,7 @@ def write_record_figures(rec, out: Path, label: str = "") -> list[Path]:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from . import viz
-    from .video import save_video
+    from .videoio import save_video
 
     recipe = _recipe_from_args(args)
     model = _load(args)

@@ -200,10 +200,9 @@ class Controller:
             with SDPAInterceptor(handle):
                 output = forward(*args, **kwargs)
             if not seen:
-                what = describe_rule(active[0][1], layer.qualified) if active else f"recording in module {layer.qualified!r}"
                 backend = getattr(getattr(module, "processor", None), "_attention_backend", None)
                 raise SteeringError(
-                    f"{what}: the module computed attention without calling "
+                    f"{_subject(active, layer)}: the module computed attention without calling "
                     "torch.nn.functional.scaled_dot_product_attention (attention backend: "
                     f"{backend or 'unknown'}), so it cannot be steered or recorded. Non-native backends (flash, sage, "
                     "xformers, flex) bypass it: call transformer.set_attention_backend('native') first"
@@ -227,7 +226,7 @@ class Controller:
             return F.scaled_dot_product_attention(*args, **kwargs)
         seen.append(True)
         layout = state.layout
-        where = describe_rule(active[0][1], layer.qualified) if active else f"recording in module {layer.qualified!r}"
+        where = _subject(active, layer)
         if q.dim() != 4 or q.shape[-2] != layout.seq_len:
             raise SteeringError(
                 f"{where}: the attention call has q of shape {tuple(q.shape)} but {type(self.adapter).__name__} "
@@ -256,6 +255,11 @@ class Controller:
             if mine or client.wants_mass:
                 client.on_call(state, layer, mine, mass)
         return out
+
+
+def _subject(active: list[tuple[Client, Rule]], layer: LayerInfo) -> str:
+    """Who an error is about: the first active rule in this module, or the recording."""
+    return describe_rule(active[0][1], layer.qualified) if active else f"recording in module {layer.qualified!r}"
 
 
 def _sdpa_arguments(args: tuple, kwargs: dict) -> tuple:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 import attnsteer as at
 
 from . import metrics, viz
-from .video import save_video
+from .videoio import save_video
 
 GAMMAS = (-2.0, -1.0, 0.0, 0.6, 1.0)
 STOP = 0.3  # fraction of steps modulated: 6 of the toy's 20

@@ -15,7 +15,7 @@ import attrs
 import numpy as np
 
 from .errors import ConfigError
-from .video import as_frames
+from .videoio import as_frames
 
 
 def optical_flow(video: Any) -> np.ndarray:

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 import attnsteer as at
 
 from . import metrics, viz
-from .video import save_video
+from .videoio import save_video
 
 
 def gamma_label(gamma: float) -> str:

@@ -145,10 +145,54 @@ def cogvideox_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **ov
     return kwargs
 
 
+def tiny_ltx(seed: int = 0) -> Any:
+    """An LTX-Video I2V pipeline (per-token timesteps, batch [uncond, cond]), random weights."""
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXImageToVideoPipeline,
+        LTXVideoTransformer3DModel,
+    )
+
+    torch.manual_seed(seed)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4, attention_head_dim=8,
+        cross_attention_dim=32, num_layers=2, caption_channels=32,
+    )
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False), decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4, upsample_factor=(1,) * 4, timestep_conditioning=False, patch_size=1,
+        patch_size_t=1, encoder_causal=True, decoder_causal=False,
+    )
+    vae.use_framewise_encoding = False
+    vae.use_framewise_decoding = False
+    pipe = LTXImageToVideoPipeline(
+        tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler()
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def ltx_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for a fast call of :func:`tiny_ltx` (32x32, 9 frames, 4 steps)."""
+    kwargs: dict[str, Any] = dict(
+        prompt_embeds=prompt_embedding(prompt, 16, 32), prompt_attention_mask=torch.ones(1, 16, dtype=torch.long),
+        negative_prompt_embeds=prompt_embedding(negative_prompt, 16, 32),
+        negative_prompt_attention_mask=torch.ones(1, 16, dtype=torch.long),
+        height=32, width=32, num_frames=9, num_inference_steps=4, guidance_scale=3.0, output_type="np",
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
 TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]] = {
     "tiny-wan": (tiny_wan, wan_call_kwargs),
     "tiny-cogvideox": (tiny_cogvideox, cogvideox_call_kwargs),
     "tiny-wan22": (tiny_wan22, wan_call_kwargs),
+    "tiny-ltx": (tiny_ltx, ltx_call_kwargs),
 }
 
 

@@ -151,7 +151,7 @@ def plot_frame_map_grid(
 
 def contact_sheet(videos: Mapping[str, Any], path: str | Path | None = None, *, max_frames: int = 8) -> Figure:
     """One row per video, evenly sampled frames, row labels on the left and frame indices on top."""
-    from .video import as_frames
+    from .videoio import as_frames
 
     if not videos:
         raise ConfigError("videos must hold at least one label -> video entry")

@@ -11,7 +11,7 @@ from ..errors import UnsupportedModelError
 from . import hookspecs
 from .base import Adapter
 
-BUILTIN_PLUGINS = ("attnsteer.plugins.wan", "attnsteer.plugins.cogvideox")
+BUILTIN_PLUGINS = ("attnsteer.plugins.wan", "attnsteer.plugins.cogvideox", "attnsteer.plugins.ltx")
 
 
 @functools.lru_cache(maxsize=1)

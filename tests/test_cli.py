@@ -1,0 +1,55 @@
+"""The attnsteer command on the built-in tiny model: files written, records readable, errors clear."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import attnsteer as at
+from attnsteer.cli import main
+from attnsteer.videoio import load_video
+
+
+def test_recipes_lists_parameters(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "dymos(gamma: 'float' = 0.6" in out or "dymos(gamma: float = 0.6" in out
+    assert "reference_queries" in out
+
+
+def test_run_writes_video_and_record(tmp_path, image):
+    image_path = tmp_path / "in.png"
+    image.save(image_path)
+    out = tmp_path / "run"
+    code = main(["run", "--model", "tiny-wan", "--recipe", "dymos", "--gamma", "0.6", "--until-step", "2",
+                 "--image", str(image_path), "--prompt", "a cat", "--out", str(out), "--format", "gif"])
+    assert code == 0
+    assert load_video(out / "video.gif").shape == (9, 64, 64, 3)
+    record = json.loads((out / "run.json").read_text())
+    assert record["recipe"] == "dymos(gamma=0.6, until_step=2)"
+    (rule,) = record["applied"]["rules"]
+    assert rule["steps"] == [0, 1] and rule["branches"] == ["cond"] and len(rule["layers"]) == 2
+
+
+def test_inspect_writes_record_and_figures(tmp_path):
+    out = tmp_path / "inspect"
+    assert main(["inspect", "--model", "tiny-wan", "--recipe", "dymos", "--gamma", "2", "--stop", "0.5",
+                 "--steps", "2", "--out", str(out)]) == 0
+    rec = at.Record.load(out / "record.npz")
+    assert rec.frame_map().shape == (3, 3) and rec.steps == [0, 1]
+    for name in ("frame_map", "frame_maps_by_step", "reference_mass_by_step", "reference_mass_by_layer",
+                 "diff_vs_vanilla"):
+        with Image.open(out / f"{name}.png") as im:
+            assert im.format == "PNG" and np.asarray(im.convert("L")).std() > 5
+
+
+def test_bad_model_and_gamma_fail_with_a_message(tmp_path, capsys):
+    assert main(["run", "--model", "tiny-nothing", "--out", str(tmp_path)]) == 2
+    assert "tiny-wan" in capsys.readouterr().err
+    assert main(["run", "--model", "tiny-wan", "--recipe", "dymos", "--gamma", "nan", "--out", str(tmp_path)]) == 2
+    assert "gamma" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sweep", "--gamma", "a,b", "--out", str(tmp_path)])
