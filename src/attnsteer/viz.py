@@ -57,7 +57,7 @@ def _frame_ticks(ax, n: int, reference_frames: Sequence[int]) -> None:
 
 
 def _annotate(ax, m: np.ndarray, fmt: str = "{:.2f}") -> None:
-    if m.shape[0] > 12:
+    if m.shape[0] > 8:
         return
     mid = (np.nanmax(m) + np.nanmin(m)) / 2
     for i in range(m.shape[0]):

@@ -11,7 +11,8 @@ from ..errors import UnsupportedModelError
 from . import hookspecs
 from .base import Adapter
 
-BUILTIN_PLUGINS = ("attnsteer.plugins.wan", "attnsteer.plugins.cogvideox", "attnsteer.plugins.ltx")
+BUILTIN_PLUGINS = ("attnsteer.plugins.wan", "attnsteer.plugins.cogvideox", "attnsteer.plugins.ltx",
+                   "attnsteer.plugins.hunyuan")
 
 
 @functools.lru_cache(maxsize=1)
