@@ -1,100 +1,212 @@
-"""HunyuanVideo: dual- and single-stream joint attention (video first, then padded text), branch by forward order.
+"""HunyuanVideo I2V and HunyuanVideo 1.5 I2V: joint video+text self-attention (video first), guidance
+by forward order (HunyuanVideo, no cache context) or by the guider's "pred_cond"/"pred_uncond" contexts.
 
-The transformer is driven directly, as the pipeline does (no text encoders can be built offline):
-two forwards per step, conditional first, when true CFG is on.
+Frames and token offsets come from the tiny configs: 64x64 pixels, 9 frames -> 3 latent frames.
+HunyuanVideo: VAE /8, patch 2 -> 4x4 tokens per frame, then 8 text tokens (padded).
+HunyuanVideo 1.5: VAE /16, patch 1 -> 4x4 tokens per frame, then 16 SigLIP + 4 byT5 + 8 text tokens.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from diffusers.models.attention_dispatch import attention_backend
 
 import attnsteer as at
 from dense_reference import DenseAttention, ForwardCounter, frame_bias
 
-FRAMES, SIDE, TEXT, VALID_TEXT = 3, 4, 6, 4
-VIDEO = FRAMES * SIDE * SIDE
-SEQ = VIDEO + TEXT
+FRAMES, TOKENS_PER_FRAME = (9 - 1) // 4 + 1, 4 * 4
+VIDEO = FRAMES * TOKENS_PER_FRAME
+SEQ = VIDEO + 8
+SEQ15 = VIDEO + 16 + 4 + 8
+HUNYUAN_LAYERS = ["transformer.transformer_blocks.0.attn", "transformer.single_transformer_blocks.0.attn"]
+
+
+def hook_state(model):
+    """Every attribute a hook system could leave on the model's modules."""
+    return [
+        (name, hasattr(m, "_diffusers_hook"), "forward" in m.__dict__, len(m._forward_pre_hooks), len(m._forward_hooks))
+        for name, m in model.named_modules()
+    ]
+
+
+def runner(pipe, call_kwargs, **defaults):
+    from attnsteer.tiny import test_image
+
+    def run(**overrides):
+        kwargs = call_kwargs(**{"output_type": "latent", **defaults, **overrides})
+        return np.asarray(pipe(image=test_image(), generator=torch.Generator().manual_seed(0), **kwargs).frames[0])
+
+    return run
+
+
+def dense_dymos(pipe, run, seq, gamma, until_step, forwards_per_step, biased_forward=0):
+    """DyMoS densely: bias the ``biased_forward``-th forward of each of the first ``until_step`` steps (batch 1)."""
+    counter = ForwardCounter(pipe.transformer)
+
+    def extra(q):
+        step, forward = divmod(counter.count, forwards_per_step)
+        if forward != biased_forward or step >= until_step:
+            return None
+        return frame_bias(seq, 0, FRAMES, TOKENS_PER_FRAME, -gamma, [0], q.shape[0])
+
+    try:
+        with DenseAttention(extra, seq_len=seq):
+            return run()
+    finally:
+        counter.remove()
+
+
+def dense_group_masses(run, seq):
+    """The dense [G, G] mass (frames, then one group for all conditioning tokens) of every self-attention call."""
+    groups = torch.cat([torch.arange(FRAMES).repeat_interleave(TOKENS_PER_FRAME), torch.full((seq - VIDEO,), FRAMES)])
+    dense = DenseAttention(groups=lambda q: groups, seq_len=seq)
+    with dense:
+        run()
+    return [mass[0].mean(0) for mass in dense.masses]
+
+
+# --- HunyuanVideo I2V -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["latent_concat", "token_replace"])
+def hunyuan(request):
+    from attnsteer.tiny import hunyuan_call_kwargs, tiny_hunyuan
+
+    pipe = tiny_hunyuan(image_condition_type=request.param)
+    return pipe, runner(pipe, hunyuan_call_kwargs)
+
+
+def test_hunyuan_zero_bias_identity_and_clean_exit(hunyuan):
+    pipe, run = hunyuan
+    vanilla = run()
+    before = hook_state(pipe.transformer)
+    with at.steer(pipe, at.recipes.dymos(gamma=0.0, stop=1.0)) as steering:
+        np.testing.assert_allclose(run(), vanilla, atol=1e-5)
+    assert sorted(steering.summary()["rules"][0]["layers"]) == sorted(HUNYUAN_LAYERS)  # not the token refiner
+    assert np.array_equal(run(), vanilla)
+    assert hook_state(pipe.transformer) == before
+
+
+@pytest.mark.parametrize("true_cfg", [3.0, 1.0])
+def test_hunyuan_dymos_hits_the_first_forward_of_each_step(hunyuan, true_cfg):
+    """Two forwards per step with true CFG (cond, then uncond on the same latent input), one without."""
+    pipe, run = hunyuan
+    per_step = 2 if true_cfg > 1 else 1
+    vanilla = run(guidance_scale=true_cfg)
+    with at.steer(pipe, at.recipes.dymos(gamma=2.0, until_step=2)) as steering:
+        steered = run(guidance_scale=true_cfg)
+    summary = steering.summary()["rules"][0]
+    assert summary["steps"] == [0, 1] and summary["branches"] == ["cond"]
+    reference = dense_dymos(pipe, lambda: run(guidance_scale=true_cfg), SEQ, 2.0, 2, per_step)
+    assert np.abs(steered - vanilla).max() > 1e-3
+    np.testing.assert_allclose(steered, reference, atol=1e-4)
+    if per_step == 2:
+        swapped = dense_dymos(pipe, lambda: run(guidance_scale=true_cfg), SEQ, 2.0, 2, per_step, biased_forward=1)
+        assert np.abs(steered - swapped).max() > 1e-3, "biasing the unconditional forward would have matched"
+
+
+def test_hunyuan_frame_maps_and_text_mass_match_dense(hunyuan):
+    pipe, run = hunyuan
+    with at.inspect(pipe) as rec:
+        run(num_inference_steps=2)
+    masses = dense_group_masses(lambda: run(num_inference_steps=2), SEQ)
+    assert len(masses) == 2 * 2 * 2  # steps x forwards (cond, uncond) x layers
+    assert rec.branches == ["cond", "uncond"]
+    for call, expected in enumerate(masses):
+        forward, layer = divmod(call, 2)
+        step, branch = forward // 2, ("cond", "uncond")[forward % 2]
+        got = rec.frame_map(steps=[step], layers=[layer], branch=branch)
+        assert got.shape == (FRAMES, FRAMES)
+        torch.testing.assert_close(got.double(), expected[:FRAMES, :FRAMES], atol=1e-5, rtol=0)
+        text = rec.text_mass(steps=[step], layers=[layer], branch=branch)
+        torch.testing.assert_close(text.double(), expected[:FRAMES, FRAMES], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rec.frame_map().sum(-1) + rec.text_mass(), torch.ones(FRAMES), atol=1e-5, rtol=0)
+    assert bool((rec.text_mass() > 0).all())
+
+
+def test_hunyuan_attention_backend_that_bypasses_sdpa_raises(hunyuan):
+    pipe, run = hunyuan
+    before = hook_state(pipe.transformer)
+    with attention_backend("flex"), pytest.raises(at.SteeringError, match=r"blocks\.0\.attn.*without calling"):
+        with at.steer(pipe, at.recipes.dymos(gamma=1.0)):
+            run(num_inference_steps=1)
+    assert hook_state(pipe.transformer) == before
+
+
+# --- HunyuanVideo 1.5 I2V ---------------------------------------------------------------------------
+
+
+def unpadded(text_tokens: int = 8, glyph_tokens: int = 4) -> dict:
+    """Masks with every conditioning token valid (padded ones: the next test)."""
+    ones = {"prompt_embeds_mask": text_tokens, "prompt_embeds_mask_2": glyph_tokens}
+    return {f"{p}{k}": torch.ones(1, n, dtype=torch.long) for k, n in ones.items() for p in ("", "negative_")}
 
 
 @pytest.fixture(scope="module")
-def transformer():
-    from diffusers import HunyuanVideoTransformer3DModel
+def hunyuan15():
+    from attnsteer.tiny import hunyuan15_call_kwargs, tiny_hunyuan15
 
-    torch.manual_seed(0)
-    return HunyuanVideoTransformer3DModel(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=1,
-        num_single_layers=1, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
-        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4),
-    ).eval()
+    pipe = tiny_hunyuan15()
+    return pipe, runner(pipe, hunyuan15_call_kwargs, **unpadded())
 
 
-def denoise(transformer, steps=3, true_cfg=True):
-    """A tiny flow-matching loop: per step a conditional forward, then (true CFG) an unconditional one."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 4, FRAMES, SIDE, SIDE, generator=g)
-    text, null = torch.randn(1, TEXT, 16, generator=g), torch.randn(1, TEXT, 16, generator=g)
-    mask = torch.zeros(1, TEXT, dtype=torch.long)
-    mask[:, :VALID_TEXT] = 1
-    pooled, guidance = torch.randn(1, 8, generator=g), torch.tensor([6000.0])
-    with torch.no_grad():
-        for t in torch.linspace(1000, 400, steps):
-            args = dict(hidden_states=x, timestep=t[None], encoder_attention_mask=mask, pooled_projections=pooled,
-                        guidance=guidance, return_dict=False)
-            v = transformer(encoder_hidden_states=text, **args)[0]
-            if true_cfg:
-                v = v + 2.0 * (v - transformer(encoder_hidden_states=null, **args)[0])
-            x = x - 0.2 * v
-    return x
+def test_hunyuan15_zero_bias_identity_and_clean_exit(hunyuan15):
+    pipe, run = hunyuan15
+    vanilla = run()
+    before = hook_state(pipe.transformer)
+    with at.steer(pipe, at.recipes.dymos(gamma=0.0, stop=1.0)) as steering:
+        np.testing.assert_allclose(run(), vanilla, atol=1e-5)
+    assert steering.summary()["rules"][0]["layers"] == [f"transformer.transformer_blocks.{i}.attn" for i in (0, 1)]
+    assert np.array_equal(run(), vanilla)
+    assert hook_state(pipe.transformer) == before
 
 
-def test_identity_and_clean_exit(transformer):
-    vanilla = denoise(transformer)
-    with at.steer(transformer, at.recipes.dymos(gamma=0.0, stop=1.0), num_steps=3):
-        torch.testing.assert_close(denoise(transformer), vanilla, atol=1e-5, rtol=1e-5)
-    assert torch.equal(denoise(transformer), vanilla)
-    assert not any(hasattr(m, "_diffusers_hook") or "forward" in m.__dict__ for _, m in transformer.named_modules())
+def test_hunyuan15_dymos_hits_the_pred_cond_forward(hunyuan15):
+    pipe, run = hunyuan15
+    vanilla = run()
+    with at.steer(pipe, at.recipes.dymos(gamma=2.0, until_step=2)) as steering:
+        steered = run()
+    assert steering.summary()["rules"][0]["branches"] == ["cond"]
+    reference = dense_dymos(pipe, run, SEQ15, 2.0, 2, forwards_per_step=2)
+    swapped = dense_dymos(pipe, run, SEQ15, 2.0, 2, forwards_per_step=2, biased_forward=1)
+    assert np.abs(steered - vanilla).max() > 1e-3
+    np.testing.assert_allclose(steered, reference, atol=1e-4)
+    assert np.abs(steered - swapped).max() > 1e-3, "biasing the unconditional forward would have matched"
 
 
-@pytest.mark.parametrize("true_cfg", [True, False])
-def test_dymos_on_the_conditional_forward_matches_dense(transformer, true_cfg):
-    vanilla = denoise(transformer, true_cfg=true_cfg)
-    with at.steer(transformer, at.recipes.dymos(gamma=2.0, until_step=2)) as steering:
-        steered = denoise(transformer, true_cfg=true_cfg)
-    layers = steering.summary()["rules"][0]["layers"]
-    assert set(layers) == {"transformer_blocks.0.attn", "single_transformer_blocks.0.attn"}
-    counter = ForwardCounter(transformer)
-    per_step = 2 if true_cfg else 1
-
-    def extra(q):
-        step, cond = divmod(counter.count, per_step)
-        if cond != 0 or step >= 2:
-            return None
-        return frame_bias(SEQ, 0, FRAMES, SIDE * SIDE, -2.0, [0], 1)
-
-    try:
-        with DenseAttention(extra, seq_len=SEQ):
-            reference = denoise(transformer, true_cfg=true_cfg)
-    finally:
-        counter.remove()
-    assert (steered - vanilla).abs().max() > 1e-3
-    torch.testing.assert_close(steered, reference, atol=1e-4, rtol=1e-4)
-
-
-def test_frame_map_and_text_mass_with_padded_text(transformer):
-    groups = torch.cat([torch.arange(FRAMES).repeat_interleave(SIDE * SIDE), torch.full((TEXT,), FRAMES)])
-    dense = DenseAttention(groups=lambda q: groups, seq_len=SEQ)
-    with dense:
-        denoise(transformer, steps=1)
-    with at.inspect(transformer) as rec:
-        denoise(transformer, steps=1)
-    assert rec.frame_map().shape == (FRAMES, FRAMES)
-    for call, mass in enumerate(dense.masses):
+def test_hunyuan15_frame_maps_match_dense(hunyuan15):
+    pipe, run = hunyuan15
+    with at.inspect(pipe) as rec:
+        run(num_inference_steps=1)
+    masses = dense_group_masses(lambda: run(num_inference_steps=1), SEQ15)
+    assert len(masses) == 2 * 2  # forwards (pred_cond, pred_uncond) x layers
+    assert rec.layout.group_names()[-1] == "image+byt5+text"
+    for call, expected in enumerate(masses):
         forward, layer = divmod(call, 2)
         branch = ("cond", "uncond")[forward]
-        expected = mass[0].mean(0)
-        torch.testing.assert_close(rec.frame_map(layers=[layer], branch=branch).double(), expected[:FRAMES, :FRAMES],
-                                   atol=1e-5, rtol=0)
-        torch.testing.assert_close(rec.text_mass(layers=[layer], branch=branch).double(), expected[:FRAMES, FRAMES],
-                                   atol=1e-5, rtol=0)
+        got = rec.frame_map(layers=[layer], branch=branch)
+        torch.testing.assert_close(got.double(), expected[:FRAMES, :FRAMES], atol=1e-5, rtol=0)
+        text = rec.text_mass(layers=[layer], branch=branch)
+        torch.testing.assert_close(text.double(), expected[:FRAMES, FRAMES], atol=1e-5, rtol=0)
     torch.testing.assert_close(rec.frame_map().sum(-1) + rec.text_mass(), torch.ones(FRAMES), atol=1e-5, rtol=0)
+
+
+def test_hunyuan15_with_padded_conditioning_tokens(hunyuan15):
+    """Real prompts pad the Qwen text and, without quoted glyph text, every byT5 token."""
+    from attnsteer.tiny import hunyuan15_call_kwargs
+
+    pipe, _ = hunyuan15
+    run = runner(pipe, hunyuan15_call_kwargs)
+    vanilla = run()
+    with at.inspect(pipe) as rec, at.steer(pipe, at.recipes.dymos(gamma=0.0, stop=1.0)):
+        np.testing.assert_allclose(run(), vanilla, atol=1e-5)
+    torch.testing.assert_close(rec.frame_map().sum(-1) + rec.text_mass(), torch.ones(FRAMES), atol=1e-5, rtol=0)
+
+
+def test_hunyuan15_attention_backend_that_bypasses_sdpa_raises(hunyuan15):
+    pipe, run = hunyuan15
+    with attention_backend("flex"), pytest.raises(at.SteeringError, match=r"blocks\.0\.attn.*without calling"):
+        with at.steer(pipe, at.recipes.dymos(gamma=1.0)):
+            run(num_inference_steps=1)

@@ -56,9 +56,11 @@ def fully_blocked(p) -> bool:
         b = p["bias"].double()
         b = b[:, None] if b.dim() == 3 else b
         logits = logits + b[..., p["q_groups"], :][..., p["k_groups"]]
+    hidden_by_mask = torch.zeros(logits.shape[:-1], dtype=torch.bool)
     if p["attn_mask"] is not None and p["attn_mask"].dtype == torch.bool:
+        hidden_by_mask = (~p["attn_mask"]).all(-1).expand(hidden_by_mask.shape)
         logits = logits.masked_fill(~p["attn_mask"], float("-inf"))
-    return bool(torch.isneginf(logits).all(-1).any())
+    return bool((torch.isneginf(logits).all(-1) & ~hidden_by_mask).any())
 
 
 @settings(deadline=None, max_examples=150)
@@ -138,6 +140,22 @@ def test_bad_arguments_are_named(change, match):
     args.update(change)
     with pytest.raises(ValueError, match=match):
         grouped_attention(**args)
+
+
+def test_rows_hidden_by_the_mask_alone_give_zeros_like_sdpa():
+    """Padding used as queries (HunyuanVideo 1.5 masks m_i & m_j): no error, output 0, mass 0."""
+    q, k, v, groups, bias = dymos_problem(frames=2)
+    mask = torch.ones(1, 1, q.shape[-2], k.shape[-2], dtype=torch.bool)
+    mask[..., :3, :] = False
+    out, mass = grouped_attention(q, k, v, groups, groups, bias=bias, attn_mask=mask, return_mass=True)
+    assert (out[..., :3, :] == 0).all()
+    ref, ref_mass = dense_attention(q, k, v, groups, groups, bias=bias, attn_mask=mask, return_mass=True)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mass, ref_mass, atol=1e-5, rtol=1e-5)
+    plain, _ = grouped_attention(q, k, v, groups, groups, attn_mask=mask)
+    torch.testing.assert_close(plain, ref_plain := dense_attention(q, k, v, groups, groups, attn_mask=mask)[0],
+                               atol=1e-5, rtol=1e-5)
+    assert (ref_plain[..., :3, :] == 0).all()
 
 
 def test_math_fallback_equals_oracle():

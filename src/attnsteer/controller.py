@@ -237,6 +237,9 @@ class Controller:
                 f"{where}: unsupported SDPA arguments (dropout_p={dropout_p}, is_causal={is_causal}, "
                 f"enable_gqa={enable_gqa}); attnsteer supports inference-mode bidirectional attention"
             )
+        branches = self.adapter.attention_branches(state.branches, q.shape[0])
+        if branches != state.branches:  # the model folds other axes into the attention batch (SVD)
+            state = attrs.evolve(state, branches=branches)
         try:
             bias, applied = build_bias(
                 [rule for _, rule in active], layout, state.branches, q.shape[0], q.shape[1], device=q.device

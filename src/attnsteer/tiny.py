@@ -105,14 +105,213 @@ def wan_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **override
     return kwargs
 
 
+def tiny_wan_ti2v(seed: int = 0) -> Any:
+    """A Wan 2.2 TI2V-5B-style pipeline (``expand_timesteps``: the image replaces latent frame 0, whose
+    tokens get timestep 0), random weights."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    pipe = WanImageToVideoPipeline(
+        tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler, expand_timesteps=True
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _text_mask(text: str, length: int) -> torch.Tensor:
+    """A [1, length] attention mask with one valid token per word plus one, the rest padding (as a tokenizer pads)."""
+    mask = torch.zeros(1, length, dtype=torch.long)
+    mask[:, : min(length, len(text.split()) + 1)] = 1
+    return mask
+
+
+def tiny_hunyuan(seed: int = 0, image_condition_type: str = "latent_concat") -> Any:
+    """A HunyuanVideo I2V pipeline (joint video+text attention, branch by forward order), random weights.
+
+    ``image_condition_type`` is "latent_concat" (image latent and mask concatenated by channel) or
+    "token_replace" (the image latent replaces frame 0)."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoImageToVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLHunyuanVideo(
+        latent_channels=4, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        norm_num_groups=4,
+    )
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=9 if image_condition_type == "latent_concat" else 4, out_channels=4, num_attention_heads=2,
+        attention_head_dim=10, num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=2, patch_size_t=1,
+        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4), image_condition_type=image_condition_type,
+    )
+    pipe = HunyuanVideoImageToVideoPipeline(
+        text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=None, tokenizer_2=None,
+        image_processor=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def hunyuan_call_kwargs(
+    prompt: str = "a cat", negative_prompt: str = "", guidance_scale: float | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """Keyword arguments for a fast call of :func:`tiny_hunyuan` (64x64, 9 frames = 3 latent frames of 4x4 tokens,
+    8 text tokens with padding, true CFG on: two forwards per step).
+
+    ``guidance_scale`` sets ``true_cfg_scale`` (classifier-free guidance); the pipeline's own
+    ``guidance_scale`` is the embedded (distilled) guidance, overridable by name as ``overrides``."""
+    kwargs: dict[str, Any] = dict(
+        prompt_embeds=prompt_embedding(prompt, 8, 16), prompt_attention_mask=_text_mask(prompt, 8),
+        pooled_prompt_embeds=prompt_embedding("pooled: " + prompt, 1, 8)[:, 0],
+        negative_prompt_embeds=prompt_embedding(negative_prompt, 8, 16),
+        negative_prompt_attention_mask=_text_mask(negative_prompt, 8),
+        negative_pooled_prompt_embeds=prompt_embedding("pooled: " + negative_prompt, 1, 8)[:, 0],
+        height=64, width=64, num_frames=9, num_inference_steps=4,
+        true_cfg_scale=3.0 if guidance_scale is None else guidance_scale, output_type="np",
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def tiny_hunyuan15(seed: int = 0) -> Any:
+    """A HunyuanVideo 1.5 I2V pipeline (video then image/byT5/text tokens, guider contexts), random weights."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo15,
+        ClassifierFreeGuidance,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideo15ImageToVideoPipeline,
+        HunyuanVideo15Transformer3DModel,
+    )
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(8, 8, 8, 8, 8), layers_per_block=1)
+    transformer = HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2, num_refiner_layers=1,
+        text_embed_dim=16, text_embed_2_dim=8, image_embed_dim=16, rope_axes_dim=(2, 2, 4), target_size=64,
+    )
+    image_encoder = SiglipVisionModel(SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8,
+    ))
+    pipe = HunyuanVideo15ImageToVideoPipeline(
+        text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), text_encoder_2=None, tokenizer_2=None,
+        guider=ClassifierFreeGuidance(guidance_scale=6.0), image_encoder=image_encoder,
+        feature_extractor=SiglipImageProcessor(size={"height": 32, "width": 32}),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def hunyuan15_call_kwargs(
+    prompt: str = "a cat", negative_prompt: str = "", guidance_scale: float | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """Keyword arguments for a fast call of :func:`tiny_hunyuan15` (64x64 image, 9 frames = 3 latent frames of 4x4
+    tokens, then 16 image + 4 byT5 + 8 text tokens; the byT5 glyph tokens are all padding, as for a prompt without
+    quoted text)."""
+    if guidance_scale is not None:
+        raise ConfigError("HunyuanVideo 1.5 pipelines take the guidance scale from their guider: set pipe.guider")
+    kwargs: dict[str, Any] = dict(num_frames=9, num_inference_steps=4, output_type="np")
+    for prefix, text in (("", prompt), ("negative_", negative_prompt)):
+        kwargs[f"{prefix}prompt_embeds"] = prompt_embedding(text, 8, 16)
+        kwargs[f"{prefix}prompt_embeds_mask"] = _text_mask(text, 8)
+        kwargs[f"{prefix}prompt_embeds_2"] = torch.zeros(1, 4, 8)
+        kwargs[f"{prefix}prompt_embeds_mask_2"] = torch.zeros(1, 4, dtype=torch.long)
+    kwargs.update(overrides)
+    return kwargs
+
+
+def tiny_svd(seed: int = 0) -> Any:
+    """A Stable Video Diffusion pipeline (temporal attention over frames, batch [uncond, cond]), random weights."""
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNetSpatioTemporalConditionModel(
+        sample_size=8, in_channels=8, out_channels=4,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), block_out_channels=(32, 32),
+        addition_time_embed_dim=4, projection_class_embeddings_input_dim=12, layers_per_block=1,
+        cross_attention_dim=16, num_attention_heads=(2, 2), num_frames=4,
+    )
+    vae = AutoencoderKLTemporalDecoder(
+        down_block_types=("DownEncoderBlock2D",) * 3, block_out_channels=(32, 32, 32), layers_per_block=1,
+        latent_channels=4,
+    )
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(  # SVD resizes the image to 224 for CLIP
+        hidden_size=16, projection_dim=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        image_size=224, patch_size=56,
+    ))
+    scheduler = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
+        interpolation_type="linear", sigma_max=700.0, sigma_min=0.002, steps_offset=1, timestep_spacing="leading",
+        timestep_type="continuous", use_karras_sigmas=True,
+    )
+    pipe = StableVideoDiffusionPipeline(
+        vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler,
+        feature_extractor=CLIPImageProcessor(crop_size=224, size=224),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def svd_call_kwargs(
+    prompt: str = "", negative_prompt: str = "", guidance_scale: float | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """Keyword arguments for a fast call of :func:`tiny_svd` (32x32, 4 frames, 8x8 latents, 4 steps).
+
+    SVD takes no prompt (ignored); ``guidance_scale`` sets ``max_guidance_scale``, the end of its per-frame ramp."""
+    kwargs: dict[str, Any] = dict(
+        height=32, width=32, num_frames=4, num_inference_steps=4, min_guidance_scale=1.0,
+        max_guidance_scale=3.0 if guidance_scale is None else guidance_scale, output_type="np",
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _cogvideox_vae() -> Any:
+    from diffusers import AutoencoderKLCogVideoX
+
+    return AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+    )
+
+
+def _cogvideox_i2v(transformer: Any) -> Any:
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline
+
+    pipe = CogVideoXImageToVideoPipeline(
+        tokenizer=None, text_encoder=None, vae=_cogvideox_vae(), transformer=transformer,
+        scheduler=CogVideoXDDIMScheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_cogvideox(seed: int = 0) -> Any:
     """A CogVideoX I2V pipeline (joint text+video attention, batch [uncond, cond]), random weights."""
-    from diffusers import (
-        AutoencoderKLCogVideoX,
-        CogVideoXDDIMScheduler,
-        CogVideoXImageToVideoPipeline,
-        CogVideoXTransformer3DModel,
-    )
+    from diffusers import CogVideoXTransformer3DModel
 
     torch.manual_seed(seed)
     transformer = CogVideoXTransformer3DModel(
@@ -121,16 +320,22 @@ def tiny_cogvideox(seed: int = 0) -> Any:
         temporal_compression_ratio=4, max_text_seq_length=16, use_rotary_positional_embeddings=True,
         use_learned_positional_embeddings=True,
     )
-    vae = AutoencoderKLCogVideoX(
-        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
-        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
-        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+    return _cogvideox_i2v(transformer)
+
+
+def tiny_cogvideox15(seed: int = 0) -> Any:
+    """A CogVideoX 1.5 I2V pipeline (temporal patch ``patch_size_t=2``: the pipeline pads the latent frames to an
+    even count, and one token frame holds two latent frames; ``ofs`` embedding), random weights."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=4, time_embed_dim=2,
+        ofs_embed_dim=2, text_embed_dim=32, num_layers=2, sample_height=8, sample_width=8, sample_frames=9,
+        patch_size=2, patch_size_t=2, patch_bias=False, temporal_compression_ratio=4, max_text_seq_length=16,
+        use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
     )
-    pipe = CogVideoXImageToVideoPipeline(
-        tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=CogVideoXDDIMScheduler()
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _cogvideox_i2v(transformer)
 
 
 def cogvideox_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
@@ -145,14 +350,15 @@ def cogvideox_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **ov
     return kwargs
 
 
-def tiny_ltx(seed: int = 0) -> Any:
-    """An LTX-Video I2V pipeline (per-token timesteps, batch [uncond, cond]), random weights."""
-    from diffusers import (
-        AutoencoderKLLTXVideo,
-        FlowMatchEulerDiscreteScheduler,
-        LTXImageToVideoPipeline,
-        LTXVideoTransformer3DModel,
-    )
+def cogvideox15_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for a fast call of :func:`tiny_cogvideox15` (64x64, 17 frames = 5 latent frames, padded to
+    6 = 3 token frames of 4x4 tokens, 16 text tokens)."""
+    return cogvideox_call_kwargs(prompt, negative_prompt, **{"num_frames": 17, **overrides})
+
+
+def _ltx_components(seed: int) -> dict[str, Any]:
+    """Transformer, VAE and scheduler shared by the tiny LTX pipelines (VAE: 4x spatial, 4x temporal compression)."""
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
 
     torch.manual_seed(seed)
     transformer = LTXVideoTransformer3DModel(
@@ -169,15 +375,31 @@ def tiny_ltx(seed: int = 0) -> Any:
     )
     vae.use_framewise_encoding = False
     vae.use_framewise_decoding = False
-    pipe = LTXImageToVideoPipeline(
-        tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler()
-    )
+    return dict(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler())
+
+
+def tiny_ltx(seed: int = 0) -> Any:
+    """An LTX-Video I2V pipeline (per-token timesteps, batch [uncond, cond]), random weights."""
+    from diffusers import LTXImageToVideoPipeline
+
+    pipe = LTXImageToVideoPipeline(tokenizer=None, text_encoder=None, **_ltx_components(seed))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_ltx_condition(seed: int = 0) -> Any:
+    """An ``LTXConditionPipeline`` (conditions at frames > 0 become extra tokens before the video, positions
+    from ``video_coords``), random weights. Called with ``image=...`` it conditions latent frame 0."""
+    from diffusers import LTXConditionPipeline
+
+    pipe = LTXConditionPipeline(tokenizer=None, text_encoder=None, **_ltx_components(seed))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def ltx_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
-    """Keyword arguments for a fast call of :func:`tiny_ltx` (32x32, 9 frames, 4 steps)."""
+    """Keyword arguments for a fast call of :func:`tiny_ltx` or :func:`tiny_ltx_condition` (32x32, 9 frames =
+    3 latent frames of 8x8 tokens, 4 steps)."""
     kwargs: dict[str, Any] = dict(
         prompt_embeds=prompt_embedding(prompt, 16, 32), prompt_attention_mask=torch.ones(1, 16, dtype=torch.long),
         negative_prompt_embeds=prompt_embedding(negative_prompt, 16, 32),
@@ -193,6 +415,12 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-cogvideox": (tiny_cogvideox, cogvideox_call_kwargs),
     "tiny-wan22": (tiny_wan22, wan_call_kwargs),
     "tiny-ltx": (tiny_ltx, ltx_call_kwargs),
+    "tiny-cogvideox15": (tiny_cogvideox15, cogvideox15_call_kwargs),
+    "tiny-ltx-condition": (tiny_ltx_condition, ltx_call_kwargs),
+    "tiny-wan-ti2v": (tiny_wan_ti2v, wan_call_kwargs),
+    "tiny-hunyuan": (tiny_hunyuan, hunyuan_call_kwargs),
+    "tiny-hunyuan15": (tiny_hunyuan15, hunyuan15_call_kwargs),
+    "tiny-svd": (tiny_svd, svd_call_kwargs),
 }
 
 

@@ -37,7 +37,8 @@ def grouped_attention(
 
     Shapes: q [B, H, Nq, D], k [B, H, Nk, D], v [B, H, Nk, Dv]; groups LongTensor [Nq] / [Nk];
     bias [Gq, Gk] | [B, Gq, Gk] | [B, H, Gq, Gk] (``-inf`` allowed); attn_mask boolean (True =
-    attend) or additive, broadcastable to [B, H, Nq, Nk].
+    attend) or additive, broadcastable to [B, H, Nq, Nk]. A query row that the mask alone hides
+    from every key gets output 0 (as SDPA gives) and mass 0; a row the bias blocks raises.
     """
     b, h, nq, d = _check_qkv(q, k, v)
     nk = k.shape[-2]
@@ -47,7 +48,8 @@ def grouped_attention(
     mask = _additive_mask(attn_mask, q.dtype, (b, h, nq, nk))
     if not return_mass and (bias4 is None or not bool(bias4.any())):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        _check_rows_visible(mask)
+        if mask is not None:
+            out = out.masked_fill(_hidden_by_mask(mask, (b, h, nq))[..., None], 0)
         return out, None
 
     classes = _key_classes(k_groups, gk, bias4, split_all=return_mass)
@@ -74,14 +76,17 @@ def grouped_attention(
 
     blocked = running_sum == 0
     if bool(blocked.any()):
-        raise ValueError(
-            f"{int(blocked.sum())} query rows have every key blocked (bias -inf and/or attn_mask); "
-            "each query must be able to attend to at least one key"
-        )
+        by_bias = blocked & ~_hidden_by_mask(mask, blocked.shape)
+        if bool(by_bias.any()):
+            raise ValueError(
+                f"{int(by_bias.sum())} query rows have every key blocked (bias -inf, with attn_mask); "
+                "each query must be able to attend to at least one key"
+            )
+        running_sum = running_sum.masked_fill(blocked, 1.0)  # rows the mask alone hides: output 0, as SDPA gives
     out = acc.div_(running_sum[..., None]).to(q.dtype)
     if not return_mass:
         return out, None
-    total = running_max + torch.log(running_sum)
+    total = (running_max + torch.log(running_sum)).masked_fill(blocked, 0.0)  # hidden rows: every weight 0
     return out, _mass(class_logits, total, q_groups, gq, gk)
 
 
@@ -144,9 +149,12 @@ def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype, full: tuple[in
     return mask.expand(*mask.shape[:-1], full[-1])
 
 
-def _check_rows_visible(mask: torch.Tensor | None) -> None:
-    if mask is not None and bool(torch.isneginf(mask).all(-1).any()):
-        raise ValueError("some query rows have every key blocked by attn_mask; each query must see at least one key")
+def _hidden_by_mask(mask: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
+    """[B, H, Nq] bool: query rows that attn_mask alone hides from every key (padding used as queries).
+    SDPA returns zeros for them; so does this kernel, and their mass is 0."""
+    if mask is None:
+        return torch.zeros(shape, dtype=torch.bool)
+    return torch.isneginf(mask).all(-1).expand(shape)
 
 
 def _key_classes(

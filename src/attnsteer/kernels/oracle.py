@@ -37,7 +37,12 @@ def dense_attention(
             logits = logits.masked_fill(~attn_mask, float("-inf"))
         else:
             logits = logits + attn_mask.double()
-    p = torch.softmax(logits, dim=-1)
+    hidden = torch.zeros(logits.shape[:-1], dtype=torch.bool)
+    if attn_mask is not None:  # rows the mask alone hides from every key: output 0 (as SDPA), mass 0
+        masked = torch.zeros_like(logits)
+        masked = masked.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else masked + attn_mask.double()
+        hidden = torch.isneginf(masked).all(-1)
+    p = torch.softmax(logits, dim=-1).masked_fill(hidden[..., None], 0.0)
     out = (p @ v.double()).to(q.dtype)
     if not return_mass:
         return out, None

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..errors import SteeringError
 from ..layout import TokenLayout
 from .branches import branches_from_context
 
@@ -19,7 +20,9 @@ class Adapter:
     - ``attention_modules``: the self-attention modules, in layer order, as (name, module);
     - ``layout``: the :class:`TokenLayout` of the self-attention calls of one forward;
     - ``timestep``: the scalar timestep of one forward (None if unknown);
-    - ``branches``: the guidance branch ("cond"/"uncond") of each batch row, or None if unknown.
+    - ``branches``: the guidance branch ("cond"/"uncond") of each batch row, or None if unknown;
+    - ``attention_branches``: the branch of each row of one attention call, from ``branches``
+      (the same rows unless the model folds other axes into the attention batch).
     """
 
     family: str = "base"
@@ -42,6 +45,17 @@ class Adapter:
         self, model: torch.nn.Module, inputs: Mapping[str, Any], context: str | None, batch_size: int, pipeline: Any
     ) -> tuple[str, ...] | None:
         return branches_from_context(context, batch_size, pipeline)
+
+    def attention_branches(self, branches: tuple[str, ...] | None, batch_size: int) -> tuple[str, ...] | None:
+        """The branch of each of the ``batch_size`` rows of one self-attention call, given the
+        forward's per-row ``branches``. Attention rows are the forward's rows here; an adapter whose
+        model folds frames or positions into the batch (SVD's temporal attention) overrides this."""
+        if branches is None or len(branches) == batch_size:
+            return branches
+        raise SteeringError(
+            f"{type(self).__name__}: a self-attention call has {batch_size} batch rows but its forward has "
+            f"{len(branches)}; the adapter must say which guidance branch each attention row belongs to"
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} family={self.family!r}>"

@@ -12,7 +12,7 @@ from . import hookspecs
 from .base import Adapter
 
 BUILTIN_PLUGINS = ("attnsteer.plugins.wan", "attnsteer.plugins.cogvideox", "attnsteer.plugins.ltx",
-                   "attnsteer.plugins.hunyuan")
+                   "attnsteer.plugins.hunyuan", "attnsteer.plugins.svd")
 
 
 @functools.lru_cache(maxsize=1)

@@ -4,6 +4,12 @@ Layout facts: self-attention is ``blocks[i].attn1``; it sees video tokens only, 
 after a (1, 2, 2) patch embedding; the reference image is latent frame 0 (channel-concat
 condition in I2V, replaced frame with timestep 0 in TI2V). Cross-attention (``attn2``) is left
 alone. Wan pipelines run one forward per guidance branch under ``cache_context("cond"/"uncond")``.
+
+Wan 2.2 A14B pipelines hold two experts, ``transformer`` (high noise) and ``transformer_2`` (low
+noise, after ``boundary_ratio``); steering the pipeline hooks both, and both take their step index
+from the pipeline's scheduler, so they share one step count. TI2V-5B (``expand_timesteps=True``)
+passes per-token timesteps [B, S], 0 on latent frame 0's tokens; a forward's timestep is their
+maximum, the step's timestep.
 """
 
 from __future__ import annotations

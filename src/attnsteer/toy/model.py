@@ -4,8 +4,7 @@
   stands in for the VAE; latent frames = video frames, so latent frame 0 is the reference image.
 - Transformer input: channel concat of [noisy latents (48), reference mask (1), reference latents (48)];
   the mask is 1 on frame 0, and the reference latents hold frame 0 there and zeros elsewhere.
-  Latent frame 0 itself is replaced by the clean reference (as Wan 2.2 TI2V does). Dropping the
-  image condition (mask and reference zeroed, frame 0 generated) turns the same weights into T2V.
+  Dropping the image condition (mask and reference zeroed) turns the same weights into T2V.
 - Text: a learned table embeds the two prompt words (direction, speed) into Wan's cross-attention.
 """
 

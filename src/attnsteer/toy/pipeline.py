@@ -2,8 +2,7 @@
 
 Like ``WanImageToVideoPipeline`` it runs one transformer forward per guidance branch and step,
 under ``cache_context("cond")`` then ``cache_context("uncond")``, so the Wan adapter and every
-recipe work on it unchanged. Latent frame 0 holds the clean reference at every step (besides the
-channel-concat condition); ``image=None`` runs the same weights as text-to-video.
+recipe work on it unchanged. ``image=None`` runs the same weights as text-to-video.
 """
 
 from __future__ import annotations
@@ -92,8 +91,6 @@ class ToyI2VPipeline(DiffusionPipeline):
         with self.progress_bar(total=num_inference_steps) as bar:
             for t in self.scheduler.timesteps:
                 self._current_timestep = t
-                if reference is not None:  # frame 0 is the clean reference, as in training
-                    latents[:, :, 0] = reference
                 inputs = torch.cat([latents, cond_channels], dim=1)
                 with self.transformer.cache_context("cond"):
                     velocity = self.transformer(hidden_states=inputs, timestep=t.expand(1),
@@ -106,8 +103,6 @@ class ToyI2VPipeline(DiffusionPipeline):
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
                 bar.update()
         self._current_timestep = None
-        if reference is not None:
-            latents[:, :, 0] = reference
         if output_type == "latent":
             return ToyPipelineOutput(frames=[latents[0].numpy()])
         return ToyPipelineOutput(frames=[from_latents(latents)[0].numpy()])

@@ -6,8 +6,7 @@
 Rectified flow: x_t = (1 - t) x0 + t noise, the model predicts noise - x0 (the velocity that
 diffusers' FlowMatchEulerDiscreteScheduler integrates), t drawn logit-normal. The text condition
 is dropped 10% of the time and, separately, the image condition 10% of the time, so classifier-free
-guidance works and the same weights run as text-to-video. With the image kept, latent frame 0 is
-the clean reference (as in Wan 2.2 TI2V) and only the generated frames are scored.
+guidance works and the same weights run as text-to-video.
 """
 
 from __future__ import annotations
@@ -29,11 +28,7 @@ DROP_IMAGE = 0.1
 
 
 def training_loss(transformer, prompts, clips, generator: torch.Generator) -> torch.Tensor:
-    """Flow-matching loss of one batch of clips, with the condition dropouts.
-
-    With the image condition kept, latent frame 0 enters clean (the reference, as Wan 2.2 TI2V
-    replaces it) besides the channel-concat condition, and only frames 1.. are scored.
-    """
+    """Flow-matching loss of one batch of clips, with the condition dropouts."""
     x0 = to_latents(torch.from_numpy(np.stack([c.video for c in clips])))
     b = x0.shape[0]
     t = torch.sigmoid(torch.randn(b, generator=generator))
@@ -41,15 +36,12 @@ def training_loss(transformer, prompts, clips, generator: torch.Generator) -> to
     tt = t.view(b, 1, 1, 1, 1)
     noisy = (1 - tt) * x0 + tt * noise
     keep_image = torch.rand(b, generator=generator) >= DROP_IMAGE
-    noisy[keep_image, :, 0] = x0[keep_image, :, 0]
     cond = condition(x0[:, :, 0], x0) * keep_image.view(b, 1, 1, 1, 1)
     drop_text = (torch.rand(b, generator=generator) < DROP_TEXT).tolist()
     text = prompts([None if drop else c.prompt for c, drop in zip(clips, drop_text)])
     velocity = transformer(hidden_states=torch.cat([noisy, cond], 1), timestep=t * 1000,
                            encoder_hidden_states=text, return_dict=False)[0]
-    scored = torch.ones(b, 1, x0.shape[2], 1, 1)
-    scored[keep_image, :, 0] = 0
-    return ((velocity - (noise - x0)) ** 2 * scored).sum() / (scored.sum() * x0.shape[1] * x0.shape[3] * x0.shape[4])
+    return torch.mean((velocity - (noise - x0)) ** 2)
 
 
 def train(steps: int, batch: int, seed: int, lr: float, out: Path, minutes: float | None) -> dict:
