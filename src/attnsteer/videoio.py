@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .errors import ConfigError
@@ -20,8 +21,9 @@ def as_frames(video: Any) -> np.ndarray:
         video = video.frames[0]
     if isinstance(video, (list, tuple)) and video and isinstance(video[0], Image.Image):
         video = np.stack([np.asarray(f.convert("RGB")) for f in video])
-    if hasattr(video, "detach"):
-        video = video.detach().float().cpu().numpy()
+    if hasattr(video, "detach"):  # torch: keep uint8 as uint8, floats as float32
+        video = video.detach().cpu()
+        video = (video if video.dtype == torch.uint8 else video.float()).numpy()
     array = np.asarray(video)
     if array.ndim == 4 and array.shape[1] == 3 and array.shape[-1] != 3:
         array = array.transpose(0, 2, 3, 1)
