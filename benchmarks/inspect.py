@@ -21,15 +21,16 @@ from attnsteer.kernels import grouped_attention
 from benchmarks.common import format_row, machine, measure_in_this_process, peak_memory_mb, time_interleaved
 
 TOKENS, HEADS, DIM = 1560, 2, 64
-DENSE_LIMIT_GB = 6.0
+DENSE_LIMIT_GB = 40.0 if torch.cuda.is_available() else 6.0
 METHODS = ("sdpa", "capture", "dense_softmax")
 
 
 def build(method: str, frames: int):
     g = torch.Generator().manual_seed(0)
     n = frames * TOKENS
-    q, k, v = (torch.randn(1, HEADS, n, DIM, generator=g) for _ in range(3))
-    groups = torch.arange(frames).repeat_interleave(TOKENS)
+    device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    q, k, v = (torch.randn(1, HEADS, n, DIM, generator=g).to(device, dtype) for _ in range(3))
+    groups = torch.arange(frames, device=device).repeat_interleave(TOKENS)
     if method == "sdpa":
         return lambda: F.scaled_dot_product_attention(q, k, v)
     if method == "capture":

@@ -8,6 +8,8 @@ call in a fresh process.
 
     python -m benchmarks.kernel            # full table (a few minutes on 2 CPU cores)
     python -m benchmarks.kernel --quick    # one small shape
+
+On a CUDA machine the inputs are bfloat16 and the shapes are Wan's full video sizes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ METHODS = ("sdpa", "grouped_dymos", "grouped_mass", "sdpa_dense_mask", "flex_sco
 FULL = [dict(frames=3, tokens=1560, heads=8, dim=64), dict(frames=5, tokens=1560, heads=8, dim=64),
         dict(frames=4, tokens=1560, heads=8, dim=128)]
 QUICK = [dict(frames=3, tokens=1024, heads=8, dim=64)]
+# On a GPU, full Wan sizes in bfloat16: 2.1-1.3B at 480p, 14B at 480p and at 720p (21 latent frames).
+GPU_FULL = [dict(frames=21, tokens=1560, heads=12, dim=128), dict(frames=21, tokens=1560, heads=40, dim=128),
+            dict(frames=21, tokens=3600, heads=40, dim=128)]
 
 
 def make_inputs(frames: int, tokens: int, heads: int, dim: int, device: str = "cpu"):
@@ -80,7 +85,8 @@ def main() -> None:
     print(f"# grouped_attention benchmark on {machine()}")
     widths = [22, 16, 10, 10]
     print(format_row(["method", "shape F x T, H, D", "time/SDPA", "peak MB"], widths))
-    for config in QUICK if args.quick else FULL:
+    full = GPU_FULL if device == "cuda" else FULL
+    for config in QUICK if args.quick else full:
         methods = [m for m in METHODS if not (args.no_flex and m == "flex_score_mod")]
         fns, notes = {}, {}
         for m in methods:

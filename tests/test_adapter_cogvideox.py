@@ -1,16 +1,72 @@
-"""CogVideoX I2V: joint text+video self-attention, both guidance branches batched as [uncond, cond]."""
+"""CogVideoX and CogVideoX 1.5 I2V: joint text+video self-attention, guidance batched as [uncond, cond].
+
+The dense references take the token geometry from the pipeline's config and call arguments only:
+text first (max_sequence_length tokens), then video frame-major, 2x2 latent pixels per token, and
+for CogVideoX 1.5 two latent frames per token frame after the pipeline pads the latent frames to
+an even count.
+"""
 
 from __future__ import annotations
 
+import math
+
+import attrs
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
+from torch.overrides import TorchFunctionMode
 
 import attnsteer as at
 from dense_reference import DenseAttention, ForwardCounter, frame_bias
 
-TEXT, FRAMES, TOKENS_PER_FRAME = 16, 3, 16  # max_sequence_length, (9 - 1) // 4 + 1, (64 / 8 / 2) ** 2
-SEQ = TEXT + FRAMES * TOKENS_PER_FRAME
+
+@attrs.frozen
+class Geometry:
+    """Token geometry of one call: text tokens, token frames, tokens per token frame."""
+
+    text: int
+    frames: int
+    per_frame: int
+
+    @property
+    def seq(self) -> int:
+        return self.text + self.frames * self.per_frame
+
+    @classmethod
+    def of(cls, pipe, kwargs) -> Geometry:
+        config = pipe.transformer.config
+        latent_frames = (kwargs["num_frames"] - 1) // pipe.vae_scale_factor_temporal + 1
+        patch_t = config.patch_size_t or 1
+        padded = math.ceil(latent_frames / patch_t) * patch_t  # the pipeline pads to a multiple of patch_size_t
+        side = kwargs["height"] // pipe.vae_scale_factor_spatial // config.patch_size
+        return cls(text=kwargs["max_sequence_length"], frames=padded // patch_t, per_frame=side * side)
+
+    def groups(self) -> torch.Tensor:
+        """Frame of each video token, and group ``frames`` for the text tokens."""
+        video = torch.arange(self.frames).repeat_interleave(self.per_frame)
+        return torch.cat([torch.full((self.text,), self.frames), video])
+
+
+def make_runner(pipe, call_kwargs):
+    from attnsteer.tiny import test_image
+
+    def run(**overrides):
+        kwargs = call_kwargs(**{"output_type": "latent", **overrides})
+        return np.asarray(pipe(image=test_image(), generator=torch.Generator().manual_seed(0), **kwargs).frames[0])
+
+    run.geometry = Geometry.of(pipe, call_kwargs())
+    return run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run several times faster on one thread; two contend badly on a shared 2-core CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -20,31 +76,47 @@ def pipe():
     return tiny_cogvideox()
 
 
+@pytest.fixture(scope="module")
+def pipe15():
+    from attnsteer.tiny import tiny_cogvideox15
+
+    return tiny_cogvideox15()
+
+
 @pytest.fixture
 def run(pipe):
-    from attnsteer.tiny import cogvideox_call_kwargs, test_image
+    from attnsteer.tiny import cogvideox_call_kwargs
 
-    def run(**overrides):
-        kwargs = cogvideox_call_kwargs(**{"output_type": "latent", **overrides})
-        return np.asarray(pipe(image=test_image(), generator=torch.Generator().manual_seed(0), **kwargs).frames[0])
-
-    return run
+    return make_runner(pipe, cogvideox_call_kwargs)
 
 
-def dense_dymos(pipe, run, gamma, until_step, rows):
-    """DyMoS with one forward per step; ``rows`` are the batch rows to bias."""
+@pytest.fixture
+def run15(pipe15):
+    from attnsteer.tiny import cogvideox15_call_kwargs
+
+    return make_runner(pipe15, cogvideox15_call_kwargs)
+
+
+def dense_dymos(pipe, run, gamma, until_step, rows, **overrides):
+    """DyMoS computed densely, one forward per step; ``rows`` are the batch rows to bias."""
+    g = run.geometry
     counter = ForwardCounter(pipe.transformer)
 
     def extra(q):
         if counter.count >= until_step:
             return None
-        return frame_bias(SEQ, TEXT, FRAMES, TOKENS_PER_FRAME, -gamma, rows, q.shape[0])
+        return frame_bias(g.seq, g.text, g.frames, g.per_frame, -gamma, rows, q.shape[0])
 
     try:
-        with DenseAttention(extra, seq_len=SEQ):
-            return run()
+        with DenseAttention(extra, seq_len=g.seq):
+            return run(**overrides)
     finally:
         counter.remove()
+
+
+def assert_clean(pipe):
+    assert not any(hasattr(m, "_diffusers_hook") or "forward" in m.__dict__
+                   for name, m in pipe.transformer.named_modules() if name)
 
 
 def test_zero_bias_identity_and_clean_exit(pipe, run):
@@ -53,8 +125,7 @@ def test_zero_bias_identity_and_clean_exit(pipe, run):
         steered = run()
     np.testing.assert_allclose(steered, vanilla, atol=1e-5)
     assert np.array_equal(run(), vanilla)
-    assert not any(hasattr(m, "_diffusers_hook") or "forward" in m.__dict__
-                   for name, m in pipe.transformer.named_modules() if name)
+    assert_clean(pipe)
 
 
 def test_dymos_matches_dense_and_biases_only_the_second_half_of_the_batch(pipe, run):
@@ -78,26 +149,34 @@ def test_uncond_branch_rule_hits_the_first_half(pipe, run):
 def test_no_guidance_means_every_row_is_conditional(pipe, run):
     with at.steer(pipe, at.recipes.dymos(gamma=2.0, until_step=2)):
         steered = run(guidance_scale=1.0)
-    np.testing.assert_allclose(steered, dense_dymos(pipe, lambda: run(guidance_scale=1.0), 2.0, 2, rows=[0]), atol=1e-4)
+    np.testing.assert_allclose(steered, dense_dymos(pipe, run, 2.0, 2, rows=[0], guidance_scale=1.0), atol=1e-4)
 
 
-def test_frame_maps_with_text_mass_match_dense(pipe, run):
-    groups = torch.cat([torch.full((TEXT,), FRAMES), torch.arange(FRAMES).repeat_interleave(TOKENS_PER_FRAME)])
-    dense = DenseAttention(groups=lambda q: groups, seq_len=SEQ)
+def check_frame_maps(pipe, run, steps):
+    """Per step, layer and branch, the recorded frame map and text mass equal dense per-group mass."""
+    g = run.geometry
+    groups = g.groups()
+    dense = DenseAttention(groups=lambda q: groups, seq_len=g.seq)
     with dense:
-        run(num_inference_steps=2)
+        run(num_inference_steps=steps)
     with at.inspect(pipe) as rec:
-        run(num_inference_steps=2)
-    assert len(dense.masses) == 2 * 2  # steps x layers, one forward per step
+        run(num_inference_steps=steps)
+    layers = len(pipe.transformer.transformer_blocks)
+    assert len(dense.masses) == steps * layers  # one forward per step
+    assert rec.frame_map().shape == (g.frames, g.frames)
     for call, mass in enumerate(dense.masses):
-        step, layer = divmod(call, 2)
+        step, layer = divmod(call, layers)
         for row, branch in enumerate(("uncond", "cond")):
             expected = mass[row].mean(0)
             got = rec.frame_map(steps=[step], layers=[layer], branch=branch)
-            torch.testing.assert_close(got.double(), expected[:FRAMES, :FRAMES], atol=1e-5, rtol=0)
+            torch.testing.assert_close(got.double(), expected[: g.frames, : g.frames], atol=1e-5, rtol=0)
             text = rec.text_mass(steps=[step], layers=[layer], branch=branch)
-            torch.testing.assert_close(text.double(), expected[:FRAMES, FRAMES], atol=1e-5, rtol=0)
-    torch.testing.assert_close(rec.frame_map().sum(-1) + rec.text_mass(), torch.ones(FRAMES), atol=1e-5, rtol=0)
+            torch.testing.assert_close(text.double(), expected[: g.frames, g.frames], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rec.frame_map().sum(-1) + rec.text_mass(), torch.ones(g.frames), atol=1e-5, rtol=0)
+
+
+def test_frame_maps_with_text_mass_match_dense(pipe, run):
+    check_frame_maps(pipe, run, steps=2)
 
 
 def test_text_selector_works_on_joint_sequences(pipe, run):
@@ -105,3 +184,60 @@ def test_text_selector_works_on_joint_sequences(pipe, run):
     with at.steer(pipe, at.Rule(at.video, at.text, at.block(), when=at.steps(stop=1))):
         blocked = run()
     assert np.abs(blocked - vanilla).max() > 1e-3
+
+
+class AttentionByHand(TorchFunctionMode):
+    """Answers F.scaled_dot_product_attention with an explicit softmax, so F.sdpa itself never runs."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.scaled_dot_product_attention:
+            q, k, v = args[:3]
+            return (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1) @ v
+        return func(*args, **(kwargs or {}))
+
+
+class ByHandProcessor(CogVideoXAttnProcessor2_0):
+    """CogVideoX's processor (same signature: Attention filters kwargs by it), attention computed by hand."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask=None, image_rotary_emb=None):
+        with AttentionByHand():
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+
+def test_a_processor_that_bypasses_sdpa_makes_active_rules_raise(pipe, run):
+    original = pipe.transformer.attn_processors
+    pipe.transformer.set_attn_processor(ByHandProcessor())
+    try:
+        with pytest.raises(at.SteeringError, match="without calling torch.nn.functional.scaled_dot_product_attention"):
+            with at.steer(pipe, at.recipes.dymos(gamma=2.0, until_step=1)):
+                run(num_inference_steps=1)
+    finally:
+        pipe.transformer.set_attn_processor(original)
+    assert_clean(pipe)
+
+
+def test_cogvideox15_pads_latent_frames_and_patches_time(pipe15, run15):
+    g = run15.geometry
+    assert (g.frames, g.per_frame) == (3, 16)  # 17 frames -> 5 latent frames, padded to 6 -> 3 token frames
+    vanilla = run15()
+    with at.steer(pipe15, at.recipes.dymos(gamma=0.0, stop=1.0)):
+        np.testing.assert_allclose(run15(), vanilla, atol=1e-5)
+    with at.steer(pipe15, at.recipes.dymos(gamma=2.0, until_step=2)):
+        steered = run15()
+    assert np.abs(steered - vanilla).max() > 1e-3
+    np.testing.assert_allclose(steered, dense_dymos(pipe15, run15, 2.0, 2, rows=[1]), atol=1e-4)
+    assert np.abs(steered - dense_dymos(pipe15, run15, 2.0, 2, rows=[0])).max() > 1e-3
+    assert np.array_equal(run15(), vanilla)
+    assert_clean(pipe15)
+
+
+def test_cogvideox15_frame_maps_match_dense(pipe15, run15):
+    check_frame_maps(pipe15, run15, steps=1)
+
+
+def test_frames_not_a_multiple_of_the_temporal_patch_raise(pipe15):
+    from attnsteer.plugins.manager import require_adapter
+
+    inputs = dict(hidden_states=torch.zeros(1, 5, 8, 8, 8), encoder_hidden_states=torch.zeros(1, 16, 32))
+    with pytest.raises(at.SteeringError, match="patch_size_t=2"):
+        require_adapter(pipe15.transformer).layout(pipe15.transformer, inputs)

@@ -41,21 +41,32 @@ def _cpu_flash(q, k, v, scale, mask):
 def _cuda_fused(q, k, v, scale, mask):
     """Flash for half precision without a mask; the memory-efficient kernel otherwise (both return lse).
 
-    Not exercised by the CPU test suite; the CPU path and the chunked fallback share its contract.
+    A fused op that refuses the inputs (head size, alignment, GPU generation) hands over to the
+    chunked math path; running out of memory is re-raised.
     """
     nq = q.shape[-2]
     try:
         if mask is None and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] == v.shape[-1]:
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, scale=scale)[:2]
         else:
-            if mask is not None:
-                mask = mask.expand(q.shape[0], q.shape[1], nq, k.shape[-2])
+            bias = None if mask is None else _efficient_bias(mask, q, k)
             out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
-                q, k, v, mask, compute_log_sumexp=True, scale=scale
+                q, k, v, bias, compute_log_sumexp=True, scale=scale
             )[:2]
-    except RuntimeError:  # unsupported head size or dtype for the fused kernels
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError:
         return _chunked_math(q, k, v, scale, mask)
-    return out, lse[..., :nq].float()
+    return out, lse[..., :nq].float()  # the efficient kernel pads lse rows to a multiple of 32
+
+
+def _efficient_bias(mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The mask as the efficient kernel wants its bias: q's dtype, rows aligned to 16 elements (as
+    SDPA's own ``pad_bias`` does), broadcast dimensions left at stride 0."""
+    nk = k.shape[-2]
+    aligned = torch.zeros(*mask.shape[:-1], nk + (-nk) % 16, dtype=q.dtype, device=q.device)[..., :nk]
+    aligned.copy_(mask)
+    return aligned.expand(q.shape[0], q.shape[1], q.shape[2], nk)
 
 
 def _chunked_math(q, k, v, scale, mask):

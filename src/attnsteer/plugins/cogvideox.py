@@ -1,12 +1,22 @@
-"""CogVideoX and CogVideoX 1.5 video transformers.
+"""CogVideoX and CogVideoX 1.5 video transformers (``CogVideoXTransformer3DModel``).
 
-Layout facts: self-attention is ``transformer_blocks[i].attn1`` (legacy ``Attention`` with
-``CogVideoXAttnProcessor2_0``, which calls F.sdpa directly); it sees a joint sequence, the text
-tokens first (``encoder_hidden_states.shape[1]``), then video tokens frame-major with a 2x2
-spatial patch. CogVideoX 1.5 also patches time (``patch_size_t``): one token frame covers
-``patch_size_t`` latent frames, and the pipeline pads the latent frames to a multiple of it at the
-start, so token frame 0 holds the reference image. The I2V pipelines run one forward per step with
-the batch [uncond, cond] under ``cache_context("cond_uncond")``.
+Layout facts:
+
+- Self-attention is ``transformer_blocks[i].attn1`` (legacy ``Attention`` with
+  ``CogVideoXAttnProcessor2_0``, which calls F.sdpa directly and ignores attention backends).
+- It sees one joint sequence: the ``encoder_hidden_states.shape[1]`` text tokens first, then the
+  video tokens, frame-major, ``patch_size`` x ``patch_size`` latent pixels per token.
+- ``hidden_states`` is [B, F, C, H, W]. CogVideoX 1.5 also patches time: one token frame holds
+  ``patch_size_t`` consecutive latent frames, so the attention (and the frame map) has
+  ``F // patch_size_t`` frames, which are the unit of ``at.frames[...]`` for these models. The
+  pipelines pad the latent frames to a multiple of ``patch_size_t`` *before* the video: the image
+  latent is concatenated by channel to latent frame 0, and the first ``additional_frames`` latent
+  frames are dropped after denoising. Token frame k holds latent frames
+  ``k * patch_size_t .. (k + 1) * patch_size_t - 1`` of the padded sequence the model sees, so
+  token frame 0 holds the image-conditioned latent frame.
+- Reference frame: frame 0 (the image latent is concatenated by channel to latent frame 0).
+- Guidance: one forward per step, batch [uncond, cond], ``cache_context("cond_uncond")``; the I2V
+  pipeline keeps ``do_classifier_free_guidance`` local and stores ``_guidance_scale``.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..errors import SteeringError
 from ..layout import Segment, TokenLayout
 from .base import Adapter, has_class_named, self_attention_modules
 from .hookspecs import hookimpl
@@ -33,6 +44,11 @@ class CogVideoXAdapter(Adapter):
         _, frames, _, height, width = inputs["hidden_states"].shape
         text = inputs["encoder_hidden_states"].shape[1]
         patch, patch_t = model.config.patch_size, model.config.patch_size_t or 1
+        if frames % patch_t:
+            raise SteeringError(
+                f"{type(model).__name__} got {frames} latent frames, not a multiple of patch_size_t={patch_t}: "
+                "its tokens cannot be mapped to frames (the CogVideoX pipelines pad the latent frames first)"
+            )
         return TokenLayout(
             num_frames=frames // patch_t,
             tokens_per_frame=(height // patch) * (width // patch),

@@ -1,13 +1,17 @@
 """``GenericAdapter``: steer or inspect any module whose forward calls F.scaled_dot_product_attention.
 
-Give it the token layout (a :class:`TokenLayout`, or a function of the model and its bound
-forward inputs), which submodules are self-attention (a regex on module names, or a function
-returning (name, module) pairs) and, optionally, how batch rows map to guidance branches.
-Pass it as ``at.steer(model, rules, adapter=GenericAdapter(...))``.
+The user states the facts a built-in adapter knows for its family: the token layout (a
+:class:`TokenLayout`, or a function of the model and its bound forward inputs), which submodules
+are self-attention (a regex on module names, or a function returning (name, module) pairs) and,
+optionally, the guidance branch of each batch row. Pass it as
+``at.steer(model, rules, adapter=GenericAdapter(...))`` or ``at.inspect(model, adapter=...)``.
+Without ``branches``, rows follow the pipeline's cache context as for built-in adapters; a bare
+module has none, so rules with ``branch="cond"`` or ``"uncond"`` then raise.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,15 +24,31 @@ from .base import Adapter, self_attention_modules
 LayoutSpec = TokenLayout | Callable[[torch.nn.Module, Mapping[str, Any]], TokenLayout]
 AttentionSpec = str | Callable[[torch.nn.Module], list[tuple[str, torch.nn.Module]]]
 BranchSpec = Callable[[Mapping[str, Any], int], tuple[str, ...] | None]
+BRANCHES = ("cond", "uncond")
 
 
 class GenericAdapter(Adapter):
+    """An adapter from user-given facts.
+
+    - ``layout``: a TokenLayout, or ``layout(model, inputs) -> TokenLayout`` with ``inputs`` the
+      model's forward arguments by name;
+    - ``attention``: a regex that fully matches the names of the self-attention modules (as in
+      ``model.named_modules()``), or ``attention(model) -> [(name, module), ...]`` in layer order;
+    - ``branches``: ``branches(inputs, batch_size) -> ("uncond", "cond", ...)``, one per batch row,
+      or None where unknown.
+    """
+
     family = "generic"
 
     def __init__(self, layout: LayoutSpec, attention: AttentionSpec, branches: BranchSpec | None = None) -> None:
         if not isinstance(layout, TokenLayout) and not callable(layout):
             raise ConfigError(f"GenericAdapter(layout=...) must be a TokenLayout or a function, got {layout!r}")
-        if not isinstance(attention, str) and not callable(attention):
+        if isinstance(attention, str):
+            try:
+                re.compile(attention)
+            except re.error as exc:
+                raise ConfigError(f"GenericAdapter(attention=...) is not a valid regex: {attention!r} ({exc})") from exc
+        elif not callable(attention):
             raise ConfigError(
                 f"GenericAdapter(attention=...) must be a regex on module names or a function, got {attention!r}"
             )
@@ -39,7 +59,10 @@ class GenericAdapter(Adapter):
     def attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         if isinstance(self._attention, str):
             return self_attention_modules(model, self._attention)
-        return list(self._attention(model))
+        found = list(self._attention(model))
+        if not all(_is_named_module(item) for item in found):
+            raise ConfigError(f"GenericAdapter's attention function must return (name, module) pairs, got {found!r}")
+        return found
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
         layout = self._layout if isinstance(self._layout, TokenLayout) else self._layout(model, inputs)
@@ -47,7 +70,22 @@ class GenericAdapter(Adapter):
             raise ConfigError(f"GenericAdapter's layout function must return a TokenLayout, got {layout!r}")
         return layout
 
-    def branches(self, model, inputs, context, batch_size, pipeline) -> tuple[str, ...] | None:
-        if self._branches is not None:
-            return self._branches(inputs, batch_size)
-        return super().branches(model, inputs, context, batch_size, pipeline)
+    def branches(
+        self, model: torch.nn.Module, inputs: Mapping[str, Any], context: str | None, batch_size: int, pipeline: Any
+    ) -> tuple[str, ...] | None:
+        if self._branches is None:
+            return super().branches(model, inputs, context, batch_size, pipeline)
+        found = self._branches(inputs, batch_size)
+        if found is None:
+            return None
+        found = tuple(found)
+        if len(found) != batch_size or any(b not in BRANCHES for b in found):
+            raise ConfigError(
+                f"GenericAdapter's branches function must return None or one of {BRANCHES} per batch row "
+                f"({batch_size} rows), got {found!r}"
+            )
+        return found
+
+
+def _is_named_module(item: object) -> bool:
+    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], torch.nn.Module)

@@ -32,3 +32,40 @@ def direction_correct(video: Any, prompt: str) -> bool | None:
     estimate = sprite_velocity(video)
     axis = int(np.argmax(np.abs(true)))
     return bool(np.sign(estimate[axis]) == np.sign(true[axis]) and abs(estimate[axis]) >= abs(estimate[1 - axis]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Compare toy weights: motion, fidelity, prompt following and reference mass against gamma.
+
+        python -m attnsteer.toy.evaluate WEIGHTS.safetensors [...] [--device cuda] [--clips 8]
+    """
+    import argparse
+    from pathlib import Path
+
+    import torch
+
+    from .. import metrics
+    from ..demo import GAMMAS, generate_sweep, summarise
+    from .pipeline import ToyI2VPipeline
+    from .world import sample_clip
+
+    parser = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("weights", type=Path, nargs="+")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args(argv)
+    directions = ("right", "down", "left", "up")
+    clips = [sample_clip(1000 + i, f"{directions[i % 4]} fast") for i in range(args.clips)]
+    for path in args.weights:
+        pipe = ToyI2VPipeline.from_weights(path, device=args.device)
+        results = generate_sweep(pipe, clips, GAMMAS, args.steps, seed=0)
+        print(f"## {path}")
+        print(metrics.format_table(summarise(results, clips, args.steps)), flush=True)
+        del pipe
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

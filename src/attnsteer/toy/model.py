@@ -88,6 +88,14 @@ def save_weights(transformer: WanTransformer3DModel, prompts: PromptTable, path:
     return path
 
 
+def read_info(path: Path = WEIGHTS) -> dict:
+    """The training metadata stored with the weights (recipe, seed, steps, ...)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("info", "{}"))
+
+
 def load_modules(path: Path = WEIGHTS) -> tuple[WanTransformer3DModel, PromptTable]:
     """The shipped (or given) weights in float32 modules, in eval mode."""
     from safetensors.torch import load_file

@@ -7,6 +7,7 @@ recipe work on it unchanged. ``image=None`` runs the same weights as text-to-vid
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from ..errors import ConfigError
-from .model import PromptTable, condition, from_latents, load_modules, to_latents
+from .model import WEIGHTS, PromptTable, condition, from_latents, load_modules, read_info, to_latents
 from .world import FRAMES, SIZE
 
 SCHEDULER_SHIFT = 2.0
@@ -29,15 +30,25 @@ class ToyPipelineOutput(BaseOutput):
 class ToyI2VPipeline(DiffusionPipeline):
     """Image-to-video on the toy world (32 x 32, 9 frames)."""
 
-    def __init__(self, transformer: torch.nn.Module, prompts: PromptTable, scheduler: FlowMatchEulerDiscreteScheduler):
+    def __init__(self, transformer: torch.nn.Module, prompts: PromptTable, scheduler: FlowMatchEulerDiscreteScheduler,
+                 clean_reference: bool = False):
         super().__init__()
         self.register_modules(transformer=transformer, prompts=prompts, scheduler=scheduler)
+        # Weights of the "clean-reference" training recipe expect latent frame 0 to hold the clean reference.
+        self.clean_reference = clean_reference
 
     @classmethod
     def from_shipped(cls) -> ToyI2VPipeline:
         """The pipeline with the weights shipped in the package (no download)."""
-        transformer, prompts = load_modules()
-        pipe = cls(transformer, prompts, FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT))
+        return cls.from_weights(WEIGHTS)
+
+    @classmethod
+    def from_weights(cls, path: Path, device: str | torch.device = "cpu") -> ToyI2VPipeline:
+        """The pipeline with the weights in ``path`` (as written by ``python -m attnsteer.toy.train``)."""
+        transformer, prompts = load_modules(path)
+        clean = read_info(path).get("recipe") == "clean-reference"
+        pipe = cls(transformer.to(device), prompts.to(device), FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT),
+                   clean_reference=clean)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -81,16 +92,20 @@ class ToyI2VPipeline(DiffusionPipeline):
             raise ConfigError(f"output_type must be 'np' or 'latent', got {output_type!r}")
         self._guidance_scale = guidance_scale
         reference = self._reference(image)
+        device = self.transformer.device
         shape = (1, self.transformer.config.out_channels, FRAMES, SIZE // 4, SIZE // 4)
-        latents = torch.randn(shape, generator=generator)
+        latents = torch.randn(shape, generator=generator).to(device)  # drawn on the CPU: same noise on any device
+        reference = None if reference is None else reference.to(device)
         cond_channels = condition(reference, latents)
         text = self.prompts([prompt])
         null = self.prompts([None])
-        self.scheduler.set_timesteps(num_inference_steps)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
         self._num_timesteps = len(self.scheduler.timesteps)
         with self.progress_bar(total=num_inference_steps) as bar:
             for t in self.scheduler.timesteps:
                 self._current_timestep = t
+                if self.clean_reference and reference is not None:
+                    latents[:, :, 0] = reference
                 inputs = torch.cat([latents, cond_channels], dim=1)
                 with self.transformer.cache_context("cond"):
                     velocity = self.transformer(hidden_states=inputs, timestep=t.expand(1),
@@ -103,6 +118,8 @@ class ToyI2VPipeline(DiffusionPipeline):
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
                 bar.update()
         self._current_timestep = None
+        if self.clean_reference and reference is not None:
+            latents[:, :, 0] = reference
         if output_type == "latent":
-            return ToyPipelineOutput(frames=[latents[0].numpy()])
-        return ToyPipelineOutput(frames=[from_latents(latents)[0].numpy()])
+            return ToyPipelineOutput(frames=[latents[0].cpu().numpy()])
+        return ToyPipelineOutput(frames=[from_latents(latents)[0].cpu().numpy()])

@@ -7,6 +7,12 @@ Rectified flow: x_t = (1 - t) x0 + t noise, the model predicts noise - x0 (the v
 diffusers' FlowMatchEulerDiscreteScheduler integrates), t drawn logit-normal. The text condition
 is dropped 10% of the time and, separately, the image condition 10% of the time, so classifier-free
 guidance works and the same weights run as text-to-video.
+
+Two recipes (stored in the weights' metadata, read back by the pipeline):
+
+- ``noisy-reference``: Wan 2.1's I2V conditioning only; latent frame 0 is denoised like the others.
+- ``clean-reference``: also put the clean reference latents in frame 0 of the noisy input (as Wan 2.2
+  TI2V does) and score only the generated frames; the pipeline keeps frame 0 clean at every step.
 """
 
 from __future__ import annotations
@@ -25,29 +31,38 @@ from .world import sample_batch
 
 DROP_TEXT = 0.1
 DROP_IMAGE = 0.1
+RECIPES = ("noisy-reference", "clean-reference")
 
 
-def training_loss(transformer, prompts, clips, generator: torch.Generator) -> torch.Tensor:
-    """Flow-matching loss of one batch of clips, with the condition dropouts."""
-    x0 = to_latents(torch.from_numpy(np.stack([c.video for c in clips])))
+def training_loss(transformer, prompts, clips, generator: torch.Generator, recipe: str = RECIPES[0]) -> torch.Tensor:
+    """Flow-matching loss of one batch of clips, with the condition dropouts (random numbers drawn on the CPU)."""
+    device = transformer.device
+    x0 = to_latents(torch.from_numpy(np.stack([c.video for c in clips]))).to(device)
     b = x0.shape[0]
-    t = torch.sigmoid(torch.randn(b, generator=generator))
-    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.sigmoid(torch.randn(b, generator=generator)).to(device)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
     tt = t.view(b, 1, 1, 1, 1)
     noisy = (1 - tt) * x0 + tt * noise
-    keep_image = torch.rand(b, generator=generator) >= DROP_IMAGE
-    cond = condition(x0[:, :, 0], x0) * keep_image.view(b, 1, 1, 1, 1)
+    keep_image = (torch.rand(b, generator=generator) >= DROP_IMAGE).to(device, x0.dtype).view(b, 1, 1, 1, 1)
+    cond = condition(x0[:, :, 0], x0) * keep_image
     drop_text = (torch.rand(b, generator=generator) < DROP_TEXT).tolist()
     text = prompts([None if drop else c.prompt for c, drop in zip(clips, drop_text)])
+    scored = torch.ones_like(x0[:, :1])
+    if recipe == "clean-reference":  # image-conditioned rows see the clean frame 0 and are not scored on it
+        noisy[:, :, :1] = torch.where(keep_image > 0, x0[:, :, :1], noisy[:, :, :1])
+        scored[:, :, :1] = 1 - keep_image
     velocity = transformer(hidden_states=torch.cat([noisy, cond], 1), timestep=t * 1000,
                            encoder_hidden_states=text, return_dict=False)[0]
-    return torch.mean((velocity - (noise - x0)) ** 2)
+    error = ((velocity - (noise - x0)) ** 2).mean(dim=1, keepdim=True)
+    return (error * scored).sum() / scored.expand_as(error).sum()
 
 
-def train(steps: int, batch: int, seed: int, lr: float, out: Path, minutes: float | None) -> dict:
+def train(steps: int, batch: int, seed: int, lr: float, out: Path, minutes: float | None,
+          recipe: str = RECIPES[0], device: str = "cpu", threads: int = 2, checkpoint_every: int = 0) -> dict:
     """Train from ``seed`` for ``steps`` (or until ``minutes`` pass) and write the weights to ``out``."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     transformer, prompts = build_modules(seed)
+    transformer, prompts = transformer.to(device), prompts.to(device)
     transformer.train()
     params = list(transformer.parameters()) + list(prompts.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -58,7 +73,8 @@ def train(steps: int, batch: int, seed: int, lr: float, out: Path, minutes: floa
     started, losses = time.perf_counter(), []
     bar = tqdm(range(steps), desc="training toy I2V", unit="step")
     for step in bar:
-        loss = training_loss(transformer, prompts, sample_batch(seed * 1_000_003 + step, batch), generator)
+        loss = training_loss(transformer, prompts, sample_batch(seed * 1_000_003 + step, batch), generator,
+                             recipe)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -66,10 +82,14 @@ def train(steps: int, batch: int, seed: int, lr: float, out: Path, minutes: floa
         schedule.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            save_weights(transformer, prompts, out.with_suffix(f".step{step + 1}.safetensors"),
+                         recipe=recipe, seed=seed, steps=step + 1, of_steps=steps)
         if minutes is not None and time.perf_counter() - started > minutes * 60:
             break
-    info = {"seed": seed, "steps": step + 1, "batch": batch, "lr": lr, "final_loss": float(np.mean(losses[-50:])),
-            "seconds": round(time.perf_counter() - started, 1)}
+    info = {"recipe": recipe, "seed": seed, "steps": step + 1, "batch": batch, "lr": lr,
+            "final_loss": float(np.mean(losses[-50:])), "seconds": round(time.perf_counter() - started, 1),
+            "device": str(device)}
     save_weights(transformer.eval(), prompts.eval(), out, **info)
     return info
 
@@ -82,8 +102,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--minutes", type=float, help="stop early after this many minutes")
     parser.add_argument("--out", type=Path, default=WEIGHTS)
+    parser.add_argument("--recipe", choices=RECIPES, default=RECIPES[0])
+    parser.add_argument("--device", default="cpu", help="e.g. cuda; the shipped weights were trained on the CPU")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="also write OUT.stepN.safetensors")
     args = parser.parse_args(argv)
-    info = train(args.steps, args.batch, args.seed, args.lr, args.out, args.minutes)
+    info = train(args.steps, args.batch, args.seed, args.lr, args.out, args.minutes, args.recipe, args.device,
+                 args.threads, args.checkpoint_every)
     print(f"wrote {args.out}: {info}")
 
 
