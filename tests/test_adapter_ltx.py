@@ -172,21 +172,28 @@ def test_condition_tokens_are_tied_to_their_frame(cpipe):
 
 
 def test_condition_frame_maps_match_dense(cpipe):
-    frames, tokens, _ = condition_geometry(cpipe)
+    """Group masses keep the condition segment apart; frame maps count its tokens in their frame."""
+    frames, tokens, cond_frame = condition_geometry(cpipe)
     seq = tokens + frames * tokens
-    groups = torch.cat([torch.full((tokens,), frames), torch.arange(frames).repeat_interleave(tokens)])
-    dense = DenseAttention(groups=lambda q: groups, seq_len=seq)
-    with dense:
-        run_condition(cpipe, num_inference_steps=1)
+    video_groups = torch.arange(frames).repeat_interleave(tokens)
+    apart = torch.cat([torch.full((tokens,), frames), video_groups])
+    in_frame = torch.cat([torch.full((tokens,), cond_frame), video_groups])
+    dense_apart = DenseAttention(groups=lambda q: apart, seq_len=seq)
+    dense_in_frame = DenseAttention(groups=lambda q: in_frame, seq_len=seq)
+    for dense in (dense_apart, dense_in_frame):
+        with dense:
+            run_condition(cpipe, num_inference_steps=1)
     with at.inspect(cpipe) as rec:
         run_condition(cpipe, num_inference_steps=1)
     assert rec.frame_map().shape == (frames, frames)
-    for layer, mass in enumerate(dense.masses):
+    for layer, (apart_mass, in_frame_mass) in enumerate(zip(dense_apart.masses, dense_in_frame.masses)):
         for row, branch in enumerate(("uncond", "cond")):
             got = rec.group_mass(layers=[layer], branch=branch)  # frames, then the condition segment
-            torch.testing.assert_close(got.double(), mass[row].mean(0), atol=1e-5, rtol=0)
-    on_condition = rec.group_mass()[:frames, frames]
-    torch.testing.assert_close(rec.frame_map().sum(-1) + on_condition, torch.ones(frames), atol=1e-5, rtol=0)
+            torch.testing.assert_close(got.double(), apart_mass[row].mean(0), atol=1e-5, rtol=0)
+            got = rec.frame_map(layers=[layer], branch=branch)
+            torch.testing.assert_close(got.double(), in_frame_mass[row].mean(0), atol=1e-5, rtol=0)
+    assert rec.group_mass()[:frames, frames].min() > 1e-3  # the condition tokens do take attention
+    torch.testing.assert_close(rec.frame_map().sum(-1), torch.ones(frames), atol=1e-5, rtol=0)
 
 
 def coords(times, per_frame=4):

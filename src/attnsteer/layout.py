@@ -98,6 +98,21 @@ class TokenLayout:
         """The group id of ``segments[index]``."""
         return self.num_frames + index
 
+    def group_sizes(self) -> list[int]:
+        """Number of tokens in each group, in group order."""
+        return [self.tokens_per_frame] * self.num_frames + [s.stop - s.start for s in self.segments]
+
+    def frame_level_groups(self) -> list[int]:
+        """Per group, its index once each segment tied to a frame is merged into that frame: frames
+        keep ``0 .. num_frames-1``, the untied segments follow in order (what frame maps count)."""
+        untied = iter(range(self.num_frames, self.num_groups))
+        tied = [s.frame if s.frame is not None else next(untied) for s in self.segments]
+        return list(range(self.num_frames)) + tied
+
+    def untied_segments(self) -> list[Segment]:
+        """The segments that belong to no frame, in the order of :meth:`frame_level_groups`."""
+        return [s for s in self.segments if s.frame is None]
+
     def group_names(self) -> list[str]:
         """Readable names of the groups, in group order."""
         return [f"frame {f}" for f in range(self.num_frames)] + [s.label for s in self.segments]

@@ -130,20 +130,38 @@ class Record:
             stacked = stacked[:, index]
         return stacked.mean(dim=(0, 1)).float()
 
+    def frame_level_mass(
+        self, steps: Iterable[int] | None = None, layers: Any = None, branch: str | None = None, heads: Any = None
+    ) -> torch.Tensor:
+        """:meth:`group_mass` with each segment tied to a frame merged into that frame: [F + U, F + U] for
+        U untied segments (``layout.untied_segments()``). Merged rows are token-weighted means of their rows."""
+        mass = self.group_mass(steps, layers, branch, heads)
+        layout = self._require_layout()
+        target = torch.tensor(layout.frame_level_groups())
+        if bool((target == torch.arange(layout.num_groups)).all()):
+            return mass
+        merge = torch.nn.functional.one_hot(target, layout.num_frames + len(layout.untied_segments())).double()
+        weights = torch.tensor(layout.group_sizes(), dtype=torch.float64)
+        rows = merge.T @ (weights[:, None] * mass.double()) / (merge.T @ weights)[:, None]
+        return (rows @ merge).float()
+
     def frame_map(
         self, steps: Iterable[int] | None = None, layers: Any = None, branch: str | None = None, heads: Any = None
     ) -> torch.Tensor:
-        """[F, F]: mass that query frame i puts on key frame j, averaged over query tokens, heads and records."""
+        """[F, F]: mass that query frame i puts on key frame j, averaged over query tokens, heads and records.
+
+        Tokens tied to a frame (LTX condition tokens) count as tokens of that frame, as queries and as keys.
+        """
         f = self._require_layout().num_frames
-        return self.group_mass(steps, layers, branch, heads)[:f, :f]
+        return self.frame_level_mass(steps, layers, branch, heads)[:f, :f]
 
     def text_mass(
         self, steps: Iterable[int] | None = None, layers: Any = None, branch: str | None = None, heads: Any = None
     ) -> torch.Tensor:
         """[F]: mass each query frame puts on text tokens (zeros when the sequence has none)."""
         layout = self._require_layout()
-        text = [layout.segment_group(i) for i, s in enumerate(layout.segments) if s.kind == "text"]
-        mass = self.group_mass(steps, layers, branch, heads)[: layout.num_frames]
+        text = [layout.num_frames + i for i, s in enumerate(layout.untied_segments()) if s.kind == "text"]
+        mass = self.frame_level_mass(steps, layers, branch, heads)[: layout.num_frames]
         return mass[:, text].sum(-1) if text else torch.zeros(layout.num_frames)
 
     def reference_mass(
@@ -160,11 +178,11 @@ class Record:
         keys = self._keys(steps, layers, branch)
         if by == "step":
             xs = sorted({k[0] for k in keys})
-            curve = [self.group_mass([x], layers, branch, heads)[rows][:, ref].sum(-1).mean() for x in xs]
+            curve = [self.frame_level_mass([x], layers, branch, heads)[rows][:, ref].sum(-1).mean() for x in xs]
         elif by == "layer":
             names = sorted({k[1] for k in keys}, key=lambda n: (self.layers[n], n))
             xs = [self.layers[n] for n in names]
-            curve = [self.group_mass(steps, n, branch, heads)[rows][:, ref].sum(-1).mean() for n in names]
+            curve = [self.frame_level_mass(steps, n, branch, heads)[rows][:, ref].sum(-1).mean() for n in names]
         else:
             raise ConfigError(f"reference_mass(by=...) must be 'step' or 'layer', got {by!r}")
         return xs, torch.stack(curve)

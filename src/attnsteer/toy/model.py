@@ -71,29 +71,37 @@ class PromptTable(torch.nn.Module):
         return self.table(ids)
 
 
-def build_modules(seed: int = 0) -> tuple[WanTransformer3DModel, PromptTable]:
-    """Freshly initialised transformer and prompt table."""
+def build_modules(seed: int = 0, config: dict | None = None) -> tuple[WanTransformer3DModel, PromptTable]:
+    """Freshly initialised transformer (``TRANSFORMER_CONFIG`` unless ``config`` is given) and prompt table."""
     torch.manual_seed(seed)
-    return WanTransformer3DModel(**TRANSFORMER_CONFIG), PromptTable()
+    return WanTransformer3DModel(**(TRANSFORMER_CONFIG if config is None else config)), PromptTable()
 
 
 def save_weights(transformer: WanTransformer3DModel, prompts: PromptTable, path: Path = WEIGHTS, **info: object) -> Path:
-    """Both modules' weights in one safetensors file (fp16, to stay small), with ``info`` as metadata."""
+    """Both modules' weights in one safetensors file (fp16, to stay small), with ``info`` and the
+    transformer's config as metadata, so that weights of another size load too."""
     from safetensors.torch import save_file
 
     tensors = {f"transformer.{k}": v.half() for k, v in transformer.state_dict().items()}
     tensors.update({f"prompts.{k}": v.half() for k, v in prompts.state_dict().items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"info": json.dumps(info)})
+    config = {k: transformer.config[k] for k in TRANSFORMER_CONFIG}
+    metadata = {"info": json.dumps(info), "config": json.dumps(config)}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
     return path
 
 
 def read_info(path: Path = WEIGHTS) -> dict:
     """The training metadata stored with the weights (recipe, seed, steps, ...)."""
+    return _metadata(path, "info", {})
+
+
+def _metadata(path: Path, key: str, default: dict) -> dict:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("info", "{}"))
+        value = (f.metadata() or {}).get(key)
+    return default if value is None else json.loads(value)
 
 
 def load_modules(path: Path = WEIGHTS) -> tuple[WanTransformer3DModel, PromptTable]:
@@ -103,7 +111,7 @@ def load_modules(path: Path = WEIGHTS) -> tuple[WanTransformer3DModel, PromptTab
     if not path.is_file():
         raise FileNotFoundError(f"toy weights not found at {path}; train them with `python -m attnsteer.toy.train`")
     tensors = load_file(str(path))
-    transformer, prompts = build_modules()
+    transformer, prompts = build_modules(config=_metadata(path, "config", TRANSFORMER_CONFIG))
     transformer.load_state_dict({k[12:]: v.float() for k, v in tensors.items() if k.startswith("transformer.")})
     prompts.load_state_dict({k[8:]: v.float() for k, v in tensors.items() if k.startswith("prompts.")})
     return transformer.eval(), prompts.eval()
