@@ -5,7 +5,8 @@
 ``extra_bias(q)`` returns an additive [B, 1, S, S] bias (or None) decided by the test itself;
 ``seq_len`` limits it to calls of that length (a pipeline's image encoder uses SDPA too).
 It also keeps, per call, the dense per-group mass when ``groups`` is given, so frame maps can
-be checked against it. ``ForwardCounter`` counts a model's forwards with a plain torch hook.
+be checked against it. ``ForwardCounter`` counts a model's forwards with a plain torch hook;
+``hook_state`` lists what a hook system could leave behind on a model's modules.
 """
 
 from __future__ import annotations
@@ -15,6 +16,14 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+
+
+def hook_state(model: torch.nn.Module) -> list[tuple]:
+    """Every attribute a hook system could leave on the model's modules: compare it before and after a session."""
+    return [
+        (name, hasattr(m, "_diffusers_hook"), "forward" in m.__dict__, len(m._forward_pre_hooks), len(m._forward_hooks))
+        for name, m in model.named_modules()
+    ]
 
 
 class ForwardCounter:

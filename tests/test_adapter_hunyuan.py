@@ -14,21 +14,13 @@ import torch
 from diffusers.models.attention_dispatch import attention_backend
 
 import attnsteer as at
-from dense_reference import DenseAttention, ForwardCounter, frame_bias
+from dense_reference import DenseAttention, ForwardCounter, frame_bias, hook_state
 
 FRAMES, TOKENS_PER_FRAME = (9 - 1) // 4 + 1, 4 * 4
 VIDEO = FRAMES * TOKENS_PER_FRAME
 SEQ = VIDEO + 8
 SEQ15 = VIDEO + 16 + 4 + 8
 HUNYUAN_LAYERS = ["transformer.transformer_blocks.0.attn", "transformer.single_transformer_blocks.0.attn"]
-
-
-def hook_state(model):
-    """Every attribute a hook system could leave on the model's modules."""
-    return [
-        (name, hasattr(m, "_diffusers_hook"), "forward" in m.__dict__, len(m._forward_pre_hooks), len(m._forward_hooks))
-        for name, m in model.named_modules()
-    ]
 
 
 def runner(pipe, call_kwargs, **defaults):

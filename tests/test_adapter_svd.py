@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import attnsteer as at
-from dense_reference import DenseAttention, ForwardCounter, frame_bias
+from dense_reference import DenseAttention, ForwardCounter, frame_bias, hook_state
 
 FRAMES = 4
 TEMPORAL_LAYERS = [
@@ -21,13 +21,6 @@ TEMPORAL_LAYERS = [
     "unet.up_blocks.1.attentions.0.temporal_transformer_blocks.0.attn1",
     "unet.up_blocks.1.attentions.1.temporal_transformer_blocks.0.attn1",
 ]
-
-
-def hook_state(model):
-    return [
-        (name, hasattr(m, "_diffusers_hook"), "forward" in m.__dict__, len(m._forward_pre_hooks), len(m._forward_hooks))
-        for name, m in model.named_modules()
-    ]
 
 
 @pytest.fixture(scope="module")

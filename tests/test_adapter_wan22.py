@@ -10,17 +10,9 @@ import pytest
 import torch
 
 import attnsteer as at
-from dense_reference import DenseAttention, ForwardCounter, frame_bias
+from dense_reference import DenseAttention, ForwardCounter, frame_bias, hook_state
 
 FRAMES, TOKENS_PER_FRAME, STEPS = 3, 16, 4
-
-
-def hook_state(model):
-    """Every attribute a hook system could leave on the model's modules."""
-    return [
-        (name, hasattr(m, "_diffusers_hook"), "forward" in m.__dict__, len(m._forward_pre_hooks), len(m._forward_hooks))
-        for name, m in model.named_modules()
-    ]
 
 
 @pytest.fixture(scope="module")

@@ -7,39 +7,31 @@ import pytest
 import torch
 
 import attnsteer as at
-from dense_reference import DenseAttention, ForwardCounter, frame_bias
+from dense_reference import DenseAttention, ForwardCounter, frame_bias, hook_state
 
 TOKENS_PER_FRAME = (64 // 8 // 2) * (64 // 8 // 2)  # VAE /8, patch 2x2
 NUM_FRAMES = (9 - 1) // 4 + 1
 
 
-def hook_state(pipe):
-    """Every attribute a hook system could leave on the transformer's modules."""
-    return [
-        (name, hasattr(m, "_diffusers_hook"), "forward" in m.__dict__, len(m._forward_pre_hooks), len(m._forward_hooks))
-        for name, m in pipe.transformer.named_modules()
-    ]
-
-
 def test_zero_bias_equals_vanilla_and_exit_restores(wan_pipe, run_wan):
     vanilla = run_wan()
-    before = hook_state(wan_pipe)  # after a vanilla run: the pipeline's own cache_context adds a registry
+    before = hook_state(wan_pipe.transformer)  # after a vanilla run: the pipeline's own cache_context adds a registry
     with at.steer(wan_pipe, at.recipes.dymos(gamma=0.0, stop=1.0)) as steering:
         steered = run_wan()
     np.testing.assert_allclose(steered, vanilla, atol=1e-6)
     assert steering.summary()["rules"][0]["steps"] == [0, 1, 2, 3]
     assert np.array_equal(run_wan(), vanilla)
-    assert hook_state(wan_pipe) == before
+    assert hook_state(wan_pipe.transformer) == before
 
 
 def test_exit_after_exception_restores(wan_pipe, run_wan):
     vanilla = run_wan()
-    before = hook_state(wan_pipe)
+    before = hook_state(wan_pipe.transformer)
     with pytest.raises(RuntimeError, match="boom"):
         with at.steer(wan_pipe, at.recipes.dymos(gamma=3.0)):
             run_wan()
             raise RuntimeError("boom")
-    assert hook_state(wan_pipe) == before
+    assert hook_state(wan_pipe.transformer) == before
     assert np.array_equal(run_wan(), vanilla)
 
 
