@@ -10,6 +10,7 @@ from PIL import Image
 
 import attnsteer as at
 from attnsteer.cli import main
+from attnsteer.tiny import TINY_MODELS
 from attnsteer.videoio import load_video
 
 
@@ -53,3 +54,14 @@ def test_bad_model_and_gamma_fail_with_a_message(tmp_path, capsys):
     assert "gamma" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["sweep", "--gamma", "a,b", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_run_works_on_every_tiny_family(tmp_path, name):
+    """`attnsteer run --model tiny-<family>` steers each family and records which rules hit which layers."""
+    out = tmp_path / name
+    assert main(["run", "--model", name, "--recipe", "dymos", "--gamma", "1", "--until-step", "1", "--steps", "2",
+                 "--out", str(out), "--format", "gif"]) == 0
+    assert load_video(out / "video.gif").ndim == 4
+    (rule,) = json.loads((out / "run.json").read_text())["applied"]["rules"]
+    assert rule["steps"] == [0] and rule["branches"] == ["cond"] and rule["layers"]
