@@ -6,8 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import optical_flow
-from .world import velocity_of
+from ..errors import ConfigError
+from ..metrics import optical_flow, psnr
+from ..videoio import as_frames
+from .world import Clip, velocity_of
 
 MOVING_PX = 0.3  # flow magnitude (pixels/frame) above which a pixel counts as moving
 
@@ -32,6 +34,17 @@ def direction_correct(video: Any, prompt: str) -> bool | None:
     estimate = sprite_velocity(video)
     axis = int(np.argmax(np.abs(true)))
     return bool(np.sign(estimate[axis]) == np.sign(true[axis]) and abs(estimate[axis]) >= abs(estimate[1 - axis]))
+
+
+def background_psnr(video: Any, clip: Clip) -> float:
+    """Mean PSNR (dB) of the generated frames 1.. against the reference frame, on the pixels the true
+    sprite never covers in ``clip``: does the scene stay intact while the sprite moves?"""
+    frames = as_frames(video)
+    truth = as_frames(clip.video)
+    background = (truth == truth[0]).all(axis=(0, 3))
+    if frames.shape != truth.shape or not background.any():
+        raise ConfigError(f"video {frames.shape} must match the clip {truth.shape} and leave background pixels")
+    return float(np.mean([psnr(f[background][None], truth[0][background][None]) for f in frames[1:]]))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,8 @@
 - Transformer input: channel concat of [noisy latents (48), reference mask (1), reference latents (48)];
   the mask is 1 on frame 0, and the reference latents hold frame 0 there and zeros elsewhere.
   Dropping the image condition (mask and reference zeroed) turns the same weights into T2V.
+  Weights with one more input channel also get a frame-index ramp (0 on frame 0 .. 1 on the last):
+  Wan's RoPE is relative, so without it a token learns its own frame only indirectly.
 - Text: a learned table embeds the two prompt words (direction, speed) into Wan's cross-attention.
 """
 
@@ -44,15 +46,25 @@ def from_latents(latents: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, 3, t, h * PATCH, w * PATCH).permute(0, 2, 3, 4, 1).clamp(0, 1)
 
 
-def condition(reference: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    """[mask, reference latents] channels for latents shaped like ``like``; zeros when ``reference`` is None (T2V)."""
+def condition(reference: torch.Tensor | None, like: torch.Tensor, frame_ramp: bool = False) -> torch.Tensor:
+    """[mask, reference latents] channels for latents shaped like ``like``; zeros when ``reference`` is None (T2V).
+    ``frame_ramp`` appends the frame-index channel, present in I2V and T2V alike."""
     b, _, t, h, w = like.shape
     mask = torch.zeros(b, 1, t, h, w, dtype=like.dtype, device=like.device)
     ref = torch.zeros_like(like)
     if reference is not None:
         mask[:, :, 0] = 1
         ref[:, :, 0] = reference
-    return torch.cat([mask, ref], dim=1)
+    channels = [mask, ref]
+    if frame_ramp:
+        ramp = torch.linspace(0, 1, t, dtype=like.dtype, device=like.device)
+        channels.append(ramp.view(1, 1, t, 1, 1).expand(b, 1, t, h, w))
+    return torch.cat(channels, dim=1)
+
+
+def has_frame_ramp(transformer: WanTransformer3DModel) -> bool:
+    """Whether ``transformer`` was built for the frame-index channel (one input channel more)."""
+    return transformer.config.in_channels == 2 * LATENT_CHANNELS + 2
 
 
 class PromptTable(torch.nn.Module):

@@ -17,7 +17,7 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from ..errors import ConfigError
-from .model import WEIGHTS, PromptTable, condition, from_latents, load_modules, read_info, to_latents
+from .model import WEIGHTS, PromptTable, condition, from_latents, has_frame_ramp, load_modules, read_info, to_latents
 from .world import FRAMES, SIZE
 
 SCHEDULER_SHIFT = 2.0
@@ -96,7 +96,7 @@ class ToyI2VPipeline(DiffusionPipeline):
         shape = (1, self.transformer.config.out_channels, FRAMES, SIZE // 4, SIZE // 4)
         latents = torch.randn(shape, generator=generator).to(device)  # drawn on the CPU: same noise on any device
         reference = None if reference is None else reference.to(device)
-        cond_channels = condition(reference, latents)
+        cond_channels = condition(reference, latents, has_frame_ramp(self.transformer))
         text = self.prompts([prompt])
         null = self.prompts([None])
         self.scheduler.set_timesteps(num_inference_steps, device=device)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .model import WEIGHTS, build_modules, condition, save_weights, to_latents
+from .model import TRANSFORMER_CONFIG, WEIGHTS, LATENT_CHANNELS, build_modules, condition, has_frame_ramp, save_weights, to_latents
 from .world import sample_batch
 
 DROP_TEXT = 0.1
@@ -44,7 +44,8 @@ def training_loss(transformer, prompts, clips, generator: torch.Generator, recip
     tt = t.view(b, 1, 1, 1, 1)
     noisy = (1 - tt) * x0 + tt * noise
     keep_image = (torch.rand(b, generator=generator) >= DROP_IMAGE).to(device, x0.dtype).view(b, 1, 1, 1, 1)
-    cond = condition(x0[:, :, 0], x0) * keep_image
+    ramp = has_frame_ramp(transformer)
+    cond = torch.cat([condition(x0[i:i + 1, :, 0] if keep_image[i] > 0 else None, x0[i:i + 1], ramp) for i in range(b)])
     drop_text = (torch.rand(b, generator=generator) < DROP_TEXT).tolist()
     text = prompts([None if drop else c.prompt for c, drop in zip(clips, drop_text)])
     scored = torch.ones_like(x0[:, :1])
@@ -58,10 +59,12 @@ def training_loss(transformer, prompts, clips, generator: torch.Generator, recip
 
 
 def train(steps: int, batch: int, seed: int, lr: float, out: Path, minutes: float | None,
-          recipe: str = RECIPES[0], device: str = "cpu", threads: int = 2, checkpoint_every: int = 0) -> dict:
-    """Train from ``seed`` for ``steps`` (or until ``minutes`` pass) and write the weights to ``out``."""
+          recipe: str = RECIPES[0], device: str = "cpu", threads: int = 2, checkpoint_every: int = 0,
+          config: dict | None = None) -> dict:
+    """Train from ``seed`` for ``steps`` (or until ``minutes`` pass) and write the weights to ``out``;
+    ``config`` overrides entries of the transformer's ``TRANSFORMER_CONFIG``."""
     torch.set_num_threads(threads)
-    transformer, prompts = build_modules(seed)
+    transformer, prompts = build_modules(seed, {**TRANSFORMER_CONFIG, **(config or {})})
     transformer, prompts = transformer.to(device), prompts.to(device)
     transformer.train()
     params = list(transformer.parameters()) + list(prompts.parameters())
@@ -106,9 +109,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="e.g. cuda; the shipped weights were trained on the CPU")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="also write OUT.stepN.safetensors")
+    parser.add_argument("--heads", type=int, default=TRANSFORMER_CONFIG["num_attention_heads"])
+    parser.add_argument("--head-dim", type=int, default=TRANSFORMER_CONFIG["attention_head_dim"])
+    parser.add_argument("--layers", type=int, default=TRANSFORMER_CONFIG["num_layers"])
+    parser.add_argument("--frame-ramp", action=argparse.BooleanOptionalAction,
+                        default=TRANSFORMER_CONFIG["in_channels"] == 2 * LATENT_CHANNELS + 2,
+                        help="add the frame-index input channel")
     args = parser.parse_args(argv)
+    config = dict(num_attention_heads=args.heads, attention_head_dim=args.head_dim, num_layers=args.layers,
+                  in_channels=2 * LATENT_CHANNELS + 1 + args.frame_ramp)
     info = train(args.steps, args.batch, args.seed, args.lr, args.out, args.minutes, args.recipe, args.device,
-                 args.threads, args.checkpoint_every)
+                 args.threads, args.checkpoint_every, config)
     print(f"wrote {args.out}: {info}")
 
 
