@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import attnsteer as at
+from attnsteer import metrics
 from attnsteer.toy import ToyI2VPipeline, sample_clip
 from attnsteer.toy.evaluate import direction_correct, sprite_velocity
 from attnsteer.toy.world import FRAMES, SIZE
@@ -30,7 +31,22 @@ def test_world_is_deterministic_and_moves_as_told():
     a, b = sample_clip(5, "left slow"), sample_clip(5, "left slow")
     assert np.array_equal(a.video, b.video) and a.video.shape == (FRAMES, SIZE, SIZE, 3)
     assert np.allclose(np.diff(a.positions, axis=0), [-1.0, 0.0])
-    assert sprite_velocity(sample_clip(6, "right fast").video)[0] > 1.0
+    clip = sample_clip(6, "right fast")
+    assert np.allclose(sprite_velocity(clip.video, clip), clip.velocity, atol=0.15)
+
+
+def test_condition_marks_the_reference_and_the_frame_index():
+    from attnsteer.toy.model import condition
+
+    like = torch.zeros(2, 48, FRAMES, 8, 8)
+    reference = torch.rand(2, 48, 8, 8)
+    i2v, t2v = condition(reference, like, frame_ramp=True), condition(None, like, frame_ramp=True)
+    assert i2v.shape == (2, 50, FRAMES, 8, 8)
+    assert torch.equal(i2v[:, 0].amax(dim=(0, 2, 3)), torch.tensor([1.0] + [0.0] * (FRAMES - 1)))
+    assert torch.equal(i2v[:, 1:49, 0], reference) and not i2v[:, 1:49, 1:].any()
+    assert not t2v[:, :49].any() and torch.equal(t2v[:, 49], i2v[:, 49])  # T2V keeps the frame index
+    assert torch.allclose(i2v[0, 49, :, 0, 0], torch.linspace(0, 1, FRAMES))
+    assert condition(reference, like).shape[1] == 49
 
 
 def test_unknown_prompt_word_names_the_vocabulary(pipe):
@@ -46,13 +62,26 @@ def test_shipped_weights_generate_video_and_t2v(pipe):
     assert t2v.frames[0].shape == video.shape
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped toy model (2400 CPU steps) does not follow its motion prompt yet; "
-                   "see docs/toy.md and issue 5")
 def test_generated_motion_follows_the_prompt_better_than_chance(pipe):
-    """Chance of the right direction among 4 is 1/4; ask for more than half right over 8 videos."""
-    correct = [direction_correct(generate(pipe, sample_clip(seed, prompt), seed), prompt)
-               for seed in SEEDS[:2] for prompt in PROMPTS]
-    assert np.mean(correct) > 0.5, correct
+    """The tracked sprite moves along the prompt's axis and sign; a random direction is right 1 time
+    in 4, so ask for at least 8 of 16 videos at gamma 0 (probability 0.027 under chance)."""
+    correct = [direction_correct(generate(pipe, clip := sample_clip(seed, prompt), seed), clip)
+               for seed in SEEDS for prompt in PROMPTS]
+    assert sum(correct) >= 8, correct
+
+
+def test_motion_grows_with_gamma_and_fidelity_falls(pipe):
+    """The ordering docs/toy.md reports, averaged over fixed clips and seeds: flow and frame difference
+    rise from gamma -1 to 0 to 1, and SSIM of the later frames to the reference falls."""
+    clips = [sample_clip(seed, prompt) for seed, prompt in zip(SEEDS, PROMPTS)]
+    rows = []
+    for gamma in (-1.0, 0.0, 1.0):
+        with at.steer(pipe, at.recipes.dymos(gamma=gamma, stop=0.3)):
+            scores = [metrics.evaluate(generate(pipe, clip, i), clip.video[0]) for i, clip in enumerate(clips)]
+        rows.append({key: np.mean([m[key] for m in scores]) for key in ("flow", "frame_diff", "ssim_later")})
+    for key, sign in (("flow", 1), ("frame_diff", 1), ("ssim_later", -1)):
+        values = [sign * row[key] for row in rows]
+        assert values[0] < values[1] < values[2], (key, rows)
 
 
 def test_reference_mass_falls_as_gamma_grows(pipe):

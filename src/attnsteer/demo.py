@@ -25,8 +25,8 @@ from .videoio import save_video
 
 GAMMAS = (-2.0, -1.0, 0.0, 0.6, 1.0)
 STOP = 0.3  # fraction of steps modulated: 6 of the toy's 20
-CLIP_SEEDS = (101, 202, 303, 404)
-PROMPTS = ("right fast", "down fast", "left fast", "up fast")
+CLIP_SEEDS = (101, 202, 303, 404, 505, 606, 707, 808)
+PROMPTS = ("right fast", "down fast", "left fast", "up fast") * 2
 UPSCALE = 4
 
 
@@ -37,14 +37,20 @@ def _clips(quick: bool) -> list[Any]:
     return [sample_clip(seed, prompt) for seed, prompt in zip(CLIP_SEEDS[:count], PROMPTS[:count])]
 
 
-def _tile(videos: list[np.ndarray]) -> np.ndarray:
-    """Clips side by side, upscaled by nearest neighbour so the 32 x 32 frames can be seen."""
-    row = np.concatenate(videos, axis=2)
-    return row.repeat(UPSCALE, axis=1).repeat(UPSCALE, axis=2)
+def _tile(videos: list[np.ndarray], per_row: int = 4) -> np.ndarray:
+    """Clips in rows of ``per_row``, upscaled by nearest neighbour so the 32 x 32 frames can be seen."""
+    blank = np.zeros_like(videos[0])
+    padded = videos + [blank] * (-len(videos) % per_row)
+    rows = [np.concatenate(padded[i : i + per_row], axis=2) for i in range(0, len(padded), per_row)]
+    grid = np.concatenate(rows, axis=1)
+    return grid.repeat(UPSCALE, axis=1).repeat(UPSCALE, axis=2)
 
 
-def generate_sweep(pipe: Any, clips: list[Any], gammas: tuple[float, ...], steps: int, seed: int) -> dict[float, Any]:
-    """Per gamma: the generated videos and the recording (all clips pooled in one recording)."""
+def generate_sweep(pipe: Any, clips: list[Any], gammas: tuple[float, ...], steps: int, seed: int,
+                   guidance_scale: float | None = None) -> dict[float, Any]:
+    """Per gamma: the generated videos and the recording (all clips pooled in one recording);
+    ``guidance_scale`` None keeps the pipeline's default."""
+    guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
     results = {}
     with tqdm(total=len(gammas) * len(clips), desc="demo: DyMoS sweep", unit="video") as bar:
         for gamma in gammas:
@@ -52,7 +58,7 @@ def generate_sweep(pipe: Any, clips: list[Any], gammas: tuple[float, ...], steps
             with at.inspect(pipe) as rec, at.steer(pipe, at.recipes.dymos(gamma=gamma, stop=STOP)):
                 for i, clip in enumerate(clips):
                     out = pipe(image=clip.video[0], prompt=clip.prompt, num_inference_steps=steps,
-                               generator=_generator(seed + i))
+                               generator=_generator(seed + i), **guidance)
                     videos.append(out.frames[0])
                     bar.update()
             results[gamma] = {"videos": videos, "record": rec}
@@ -84,8 +90,8 @@ def summarise(results: dict[float, Any], clips: list[Any], steps: int) -> list[d
         for key in ("flow", "dynamic_degree", "frame_diff", "ssim_later"):
             row[key] = float(np.mean([m[key] for m in per_clip]))
         row["bg_psnr"] = float(np.mean([background_psnr(v, c) for v, c in zip(result["videos"], clips)]))
-        row["motion_err"] = float(np.mean([motion_error(v, c.prompt) for v, c in zip(result["videos"], clips)]))
-        row["dir_ok"] = float(np.mean([bool(direction_correct(v, c.prompt)) for v, c in zip(result["videos"], clips)]))
+        row["motion_err"] = float(np.mean([motion_error(v, c) for v, c in zip(result["videos"], clips)]))
+        row["dir_ok"] = float(np.mean([bool(direction_correct(v, c)) for v, c in zip(result["videos"], clips)]))
         steered = [s for s in result["record"].steps if s / steps < STOP]
         row["ref_mass"] = float(result["record"].reference_mass(by="step", steps=steered)[1].mean())
         rows.append(row)

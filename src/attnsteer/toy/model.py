@@ -24,7 +24,7 @@ PATCH = 4
 LATENT_CHANNELS = 3 * PATCH * PATCH
 TEXT_DIM = 32
 TRANSFORMER_CONFIG = dict(
-    patch_size=(1, 1, 1), num_attention_heads=4, attention_head_dim=16, in_channels=2 * LATENT_CHANNELS + 1,
+    patch_size=(1, 1, 1), num_attention_heads=2, attention_head_dim=32, in_channels=2 * LATENT_CHANNELS + 2,
     out_channels=LATENT_CHANNELS, text_dim=TEXT_DIM, freq_dim=64, ffn_dim=256, num_layers=4, cross_attn_norm=True,
     qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
 )

@@ -1,6 +1,6 @@
 """Train the toy image-to-video model with flow matching on procedurally generated clips.
 
-    python -m attnsteer.toy.train                 # reproduces the shipped weights (seed 0)
+    python -m attnsteer.toy.train --threads 1     # reproduces the shipped weights (seed 0; ~40 min, 2-core CPU)
     python -m attnsteer.toy.train --steps 5 --out /tmp/toy.safetensors   # smoke run
 
 Rectified flow: x_t = (1 - t) x0 + t noise, the model predicts noise - x0 (the velocity that
@@ -10,9 +10,11 @@ guidance works and the same weights run as text-to-video.
 
 Two recipes (stored in the weights' metadata, read back by the pipeline):
 
+- ``clean-reference`` (default): put the clean reference latents in frame 0 of the noisy input (as
+  Wan 2.2 TI2V does) and score only the generated frames; the pipeline keeps frame 0 clean at every step.
 - ``noisy-reference``: Wan 2.1's I2V conditioning only; latent frame 0 is denoised like the others.
-- ``clean-reference``: also put the clean reference latents in frame 0 of the noisy input (as Wan 2.2
-  TI2V does) and score only the generated frames; the pipeline keeps frame 0 clean at every step.
+
+The shipped model also has the frame-index input channel (``--frame-ramp``); docs/toy.md says why.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .world import sample_batch
 
 DROP_TEXT = 0.1
 DROP_IMAGE = 0.1
-RECIPES = ("noisy-reference", "clean-reference")
+RECIPES = ("clean-reference", "noisy-reference")
 
 
 def training_loss(transformer, prompts, clips, generator: torch.Generator, recipe: str = RECIPES[0]) -> torch.Tensor:
@@ -92,17 +94,17 @@ def train(steps: int, batch: int, seed: int, lr: float, out: Path, minutes: floa
             break
     info = {"recipe": recipe, "seed": seed, "steps": step + 1, "batch": batch, "lr": lr,
             "final_loss": float(np.mean(losses[-50:])), "seconds": round(time.perf_counter() - started, 1),
-            "device": str(device)}
+            "device": str(device), "threads": threads}
     save_weights(transformer.eval(), prompts.eval(), out, **info)
     return info
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--minutes", type=float, help="stop early after this many minutes")
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--recipe", choices=RECIPES, default=RECIPES[0])

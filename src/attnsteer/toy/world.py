@@ -28,6 +28,7 @@ class Clip:
     prompt: str
     velocity: tuple[float, float]
     positions: np.ndarray  # [T, 2] sprite centre (x, y) per frame
+    colour: np.ndarray  # [3] the sprite's RGB in 0..1
 
 
 def parse_prompt(prompt: str) -> tuple[str, str]:
@@ -93,7 +94,8 @@ def sample_clip(seed: int, prompt: str | None = None) -> Clip:
     for cx, cy in positions:
         alpha = _coverage(shape, size, cx, cy)[..., None]
         frames.append(background * (1 - alpha) + colour.astype(np.float32) * alpha)
-    return Clip(video=np.stack(frames), prompt=prompt, velocity=(vx, vy), positions=positions)
+    return Clip(video=np.stack(frames), prompt=prompt, velocity=(vx, vy), positions=positions,
+                colour=colour.astype(np.float32))
 
 
 def sample_batch(seed: int, count: int) -> list[Clip]:
