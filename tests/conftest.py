@@ -13,6 +13,16 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))  # tests/dense_reference.py
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run several times faster on one thread; two contend badly on a shared 2-core CPU.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def image() -> Image.Image:
     rng = np.random.RandomState(0)

@@ -21,6 +21,8 @@ from torch.overrides import TorchFunctionMode
 import attnsteer as at
 from dense_reference import DenseAttention, ForwardCounter, frame_bias
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @attrs.frozen
 class Geometry:
@@ -58,15 +60,6 @@ def make_runner(pipe, call_kwargs):
 
     run.geometry = Geometry.of(pipe, call_kwargs())
     return run
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run several times faster on one thread; two contend badly on a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -22,15 +22,7 @@ from dense_reference import DenseAttention, ForwardCounter, frame_bias
 
 SIZE, NUM_FRAMES, CONDITION_AT = 32, 17, 6  # pixel frame 6 lies in latent frame 2 (pixels 5..8) when r = 4
 STEPS, UNTIL = 2, 1  # rules below act in step 0 only
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run several times faster on one thread; two contend badly on a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
