@@ -103,3 +103,14 @@ def test_training_script_runs(tmp_path):
     main(["--steps", "3", "--batch", "2", "--out", str(out)])
     transformer, prompts = load_modules(out)
     assert transformer.config.num_layers == 4
+
+
+def test_training_and_evaluation_flags_reject_non_positive_numbers(capsys):
+    from attnsteer.toy import evaluate, train
+
+    with pytest.raises(SystemExit):
+        train.main(["--heads", "0"])
+    assert "--heads: expected a whole number of at least 1, got '0'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.main(["weights.safetensors", "--prompt-following", "-3"])
+    assert "--prompt-following" in capsys.readouterr().err

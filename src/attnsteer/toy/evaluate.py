@@ -12,6 +12,7 @@ from ..videoio import as_frames
 from .world import Clip
 
 COLOUR_TOLERANCE = 0.35  # RGB distance at which a pixel stops counting as sprite
+DIRECTIONS_IN_TURN = ("right", "down", "left", "up")  # the evaluation clips cycle through these
 
 
 def sprite_track(video: Any, clip: Clip) -> np.ndarray:
@@ -68,11 +69,10 @@ def prompt_following(pipe: Any, count: int, steps: int = 20, guidance_scale: flo
 
     from .world import sample_clip
 
-    directions = ("right", "down", "left", "up")
     guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
     correct, errors = 0, []
     for i in range(count):
-        clip = sample_clip(5000 + i, f"{directions[i % 4]} {'fast' if i % 8 < 4 else 'slow'}")
+        clip = sample_clip(5000 + i, f"{DIRECTIONS_IN_TURN[i % 4]} {'fast' if i % 8 < 4 else 'slow'}")
         video = pipe(image=clip.video[0], prompt=clip.prompt, num_inference_steps=steps,
                      generator=torch.Generator().manual_seed(i), **guidance).frames[0]
         correct += bool(direction_correct(video, clip))
@@ -94,19 +94,19 @@ def main(argv: list[str] | None = None) -> None:
     from .. import metrics
     from ..demo import GAMMAS, generate_sweep, summarise
     from .pipeline import ToyI2VPipeline
+    from .train import positive_int
     from .world import sample_clip
 
     parser = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("weights", type=Path, nargs="+")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--clips", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--clips", type=positive_int, default=8)
+    parser.add_argument("--steps", type=positive_int, default=20)
     parser.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's, 3)")
-    parser.add_argument("--prompt-following", type=int, metavar="N",
+    parser.add_argument("--prompt-following", type=positive_int, metavar="N",
                         help="instead of the sweep: direction accuracy of N vanilla videos")
     args = parser.parse_args(argv)
-    directions = ("right", "down", "left", "up")
-    clips = [sample_clip(1000 + i, f"{directions[i % 4]} fast") for i in range(args.clips)]
+    clips = [sample_clip(1000 + i, f"{DIRECTIONS_IN_TURN[i % 4]} fast") for i in range(args.clips)]
     for path in args.weights:
         pipe = ToyI2VPipeline.from_weights(path, device=args.device)
         print(f"## {path}")

@@ -23,8 +23,15 @@ from .world import NULL, VOCABULARY, parse_prompt
 PATCH = 4
 LATENT_CHANNELS = 3 * PATCH * PATCH
 TEXT_DIM = 32
+
+
+def input_channels(frame_ramp: bool) -> int:
+    """Transformer input channels: noisy latents, mask, reference latents, and the frame index if asked."""
+    return 2 * LATENT_CHANNELS + 1 + int(frame_ramp)
+
+
 TRANSFORMER_CONFIG = dict(
-    patch_size=(1, 1, 1), num_attention_heads=2, attention_head_dim=32, in_channels=2 * LATENT_CHANNELS + 2,
+    patch_size=(1, 1, 1), num_attention_heads=2, attention_head_dim=32, in_channels=input_channels(frame_ramp=True),
     out_channels=LATENT_CHANNELS, text_dim=TEXT_DIM, freq_dim=64, ffn_dim=256, num_layers=4, cross_attn_norm=True,
     qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
 )
@@ -64,7 +71,7 @@ def condition(reference: torch.Tensor | None, like: torch.Tensor, frame_ramp: bo
 
 def has_frame_ramp(transformer: WanTransformer3DModel) -> bool:
     """Whether ``transformer`` was built for the frame-index channel (one input channel more)."""
-    return transformer.config.in_channels == 2 * LATENT_CHANNELS + 2
+    return transformer.config.in_channels == input_channels(frame_ramp=True)
 
 
 class PromptTable(torch.nn.Module):

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .model import TRANSFORMER_CONFIG, WEIGHTS, LATENT_CHANNELS, build_modules, condition, has_frame_ramp, save_weights, to_latents
+from .model import (TRANSFORMER_CONFIG, WEIGHTS, build_modules, condition, has_frame_ramp, input_channels,
+                    save_weights, to_latents)
 from .world import sample_batch
 
 DROP_TEXT = 0.1
@@ -46,8 +47,8 @@ def training_loss(transformer, prompts, clips, generator: torch.Generator, recip
     tt = t.view(b, 1, 1, 1, 1)
     noisy = (1 - tt) * x0 + tt * noise
     keep_image = (torch.rand(b, generator=generator) >= DROP_IMAGE).to(device, x0.dtype).view(b, 1, 1, 1, 1)
-    ramp = has_frame_ramp(transformer)
-    cond = torch.cat([condition(x0[i:i + 1, :, 0] if keep_image[i] > 0 else None, x0[i:i + 1], ramp) for i in range(b)])
+    cond = condition(x0[:, :, 0], x0, has_frame_ramp(transformer))
+    cond[:, : input_channels(False) - x0.shape[1]] *= keep_image  # drop mask and reference, keep the frame index
     drop_text = (torch.rand(b, generator=generator) < DROP_TEXT).tolist()
     text = prompts([None if drop else c.prompt for c, drop in zip(clips, drop_text)])
     scored = torch.ones_like(x0[:, :1])
@@ -99,27 +100,38 @@ def train(steps: int, batch: int, seed: int, lr: float, out: Path, minutes: floa
     return info
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1, with a message that names the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=8000)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=positive_int, default=8000)
+    parser.add_argument("--batch", type=positive_int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--minutes", type=float, help="stop early after this many minutes")
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--recipe", choices=RECIPES, default=RECIPES[0])
     parser.add_argument("--device", default="cpu", help="e.g. cuda; the shipped weights were trained on the CPU")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    parser.add_argument("--threads", type=positive_int, default=2, help="CPU threads for torch")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="also write OUT.stepN.safetensors")
-    parser.add_argument("--heads", type=int, default=TRANSFORMER_CONFIG["num_attention_heads"])
-    parser.add_argument("--head-dim", type=int, default=TRANSFORMER_CONFIG["attention_head_dim"])
-    parser.add_argument("--layers", type=int, default=TRANSFORMER_CONFIG["num_layers"])
+    parser.add_argument("--heads", type=positive_int, default=TRANSFORMER_CONFIG["num_attention_heads"])
+    parser.add_argument("--head-dim", type=positive_int, default=TRANSFORMER_CONFIG["attention_head_dim"])
+    parser.add_argument("--layers", type=positive_int, default=TRANSFORMER_CONFIG["num_layers"])
     parser.add_argument("--frame-ramp", action=argparse.BooleanOptionalAction,
-                        default=TRANSFORMER_CONFIG["in_channels"] == 2 * LATENT_CHANNELS + 2,
+                        default=TRANSFORMER_CONFIG["in_channels"] == input_channels(frame_ramp=True),
                         help="add the frame-index input channel")
     args = parser.parse_args(argv)
     config = dict(num_attention_heads=args.heads, attention_head_dim=args.head_dim, num_layers=args.layers,
-                  in_channels=2 * LATENT_CHANNELS + 1 + args.frame_ramp)
+                  in_channels=input_channels(args.frame_ramp))
     info = train(args.steps, args.batch, args.seed, args.lr, args.out, args.minutes, args.recipe, args.device,
                  args.threads, args.checkpoint_every, config)
     print(f"wrote {args.out}: {info}")
