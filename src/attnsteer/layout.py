@@ -51,15 +51,27 @@ class Segment:
 
 @attrs.frozen
 class TokenLayout:
-    """The token layout of one self-attention call: frames are frame-major and contiguous."""
+    """The token layout of one self-attention call: frames are frame-major and contiguous.
+
+    ``grid`` is the (rows, cols) token grid of one frame, row-major (None where the adapter does not
+    know it); spatial selectors (boxes, masks, points) need it.
+    """
 
     num_frames: int = attrs.field(validator=_positive)
     tokens_per_frame: int = attrs.field(validator=_positive)
     video_start: int = attrs.field(default=0, validator=_non_negative)
     segments: tuple[Segment, ...] = attrs.field(default=(), converter=tuple)
     reference_frames: tuple[int, ...] = attrs.field(default=(0,), converter=tuple)
+    grid: tuple[int, int] | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
 
     def __attrs_post_init__(self) -> None:
+        if self.grid is not None:
+            rows_cols_ok = len(self.grid) == 2 and all(isinstance(g, int) and g > 0 for g in self.grid)
+            if not rows_cols_ok or self.grid[0] * self.grid[1] != self.tokens_per_frame:
+                raise ConfigError(
+                    f"grid must be (rows, cols) of positive ints with rows * cols == tokens_per_frame "
+                    f"({self.tokens_per_frame}), got {self.grid!r}"
+                )
         for f in self.reference_frames:
             if not isinstance(f, int) or not 0 <= f < self.num_frames:
                 raise ConfigError(
@@ -129,6 +141,7 @@ class TokenLayout:
             "video_start": self.video_start,
             "segments": [attrs.asdict(s) for s in self.segments],
             "reference_frames": list(self.reference_frames),
+            "grid": None if self.grid is None else list(self.grid),
             "seq_len": self.seq_len,
         }
 

@@ -241,7 +241,7 @@ class Record:
             rec.layout = TokenLayout(
                 num_frames=layout["num_frames"], tokens_per_frame=layout["tokens_per_frame"],
                 video_start=layout["video_start"], segments=[Segment(**s) for s in layout["segments"]],
-                reference_frames=tuple(layout["reference_frames"]),
+                reference_frames=tuple(layout["reference_frames"]), grid=layout.get("grid"),
             )
         rec.layers = meta.pop("layers")
         rec.timesteps = {int(k): v for k, v in meta.pop("timesteps").items()}

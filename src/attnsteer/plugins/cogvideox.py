@@ -49,9 +49,11 @@ class CogVideoXAdapter(Adapter):
                 f"{type(model).__name__} got {frames} latent frames, not a multiple of patch_size_t={patch_t}: "
                 "its tokens cannot be mapped to frames (the CogVideoX pipelines pad the latent frames first)"
             )
+        rows, cols = height // patch, width // patch
         return TokenLayout(
             num_frames=frames // patch_t,
-            tokens_per_frame=(height // patch) * (width // patch),
+            tokens_per_frame=rows * cols,
+            grid=(rows, cols),
             video_start=text,
             segments=[Segment("text", 0, text)],
         )

@@ -53,17 +53,18 @@ FORWARD_ORDER = ("cond", "uncond")  # branches of the forwards an I2V pipeline m
 HUNYUAN15_CONDITIONING = ("image_embeds", "encoder_hidden_states_2", "encoder_hidden_states")
 
 
-def _video_tokens(model: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, int]:
-    """(token frames, tokens per frame) of a [B, C, F, H, W] latent after the patch embedding."""
+def _video_tokens(model: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, tuple[int, int]]:
+    """(token frames, (rows, cols) of a frame's token grid) of a [B, C, F, H, W] latent after the patch embedding."""
     _, _, frames, height, width = hidden_states.shape
     p, p_t = model.config.patch_size, model.config.patch_size_t
-    return frames // p_t, (height // p) * (width // p)
+    return frames // p_t, (height // p, width // p)
 
 
 def _video_then_text(model: torch.nn.Module, hidden_states: torch.Tensor, text: int, name: str = "") -> TokenLayout:
-    num_frames, per_frame = _video_tokens(model, hidden_states)
+    num_frames, grid = _video_tokens(model, hidden_states)
+    per_frame = grid[0] * grid[1]
     video = num_frames * per_frame
-    return TokenLayout(num_frames=num_frames, tokens_per_frame=per_frame,
+    return TokenLayout(num_frames=num_frames, tokens_per_frame=per_frame, grid=grid,
                        segments=[Segment("text", video, video + text, name=name)])
 
 

@@ -61,7 +61,7 @@ class LTXAdapter(Adapter):
                     "attnsteer cannot map its tokens to frames"
                 )
             frames, height, width = (int(v) for v in grid)
-            layout = TokenLayout(num_frames=frames, tokens_per_frame=height * width)
+            layout = TokenLayout(num_frames=frames, tokens_per_frame=height * width, grid=(height, width))
         tokens = inputs["hidden_states"].shape[1]
         if layout.seq_len != tokens:
             raise SteeringError(
@@ -101,8 +101,10 @@ def layout_from_video_coords(coords: torch.Tensor) -> TokenLayout:
         if segments and segments[-1].frame == frame:
             start = segments.pop().start
         segments.append(Segment("condition", start, stop, frame=frame, name=f"condition (frame {frame})"))
+    rows, cols = (int(torch.unique(yx[i, :per_frame]).numel()) for i in range(2))
     return TokenLayout(
-        num_frames=len(video), tokens_per_frame=per_frame, video_start=len(before) * per_frame, segments=segments
+        num_frames=len(video), tokens_per_frame=per_frame, video_start=len(before) * per_frame, segments=segments,
+        grid=(rows, cols) if rows * cols == per_frame else None,
     )
 
 

@@ -36,7 +36,8 @@ class WanAdapter(Adapter):
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
         _, _, frames, height, width = inputs["hidden_states"].shape
         p_t, p_h, p_w = model.config.patch_size
-        return TokenLayout(num_frames=frames // p_t, tokens_per_frame=(height // p_h) * (width // p_w))
+        rows, cols = height // p_h, width // p_w
+        return TokenLayout(num_frames=frames // p_t, tokens_per_frame=rows * cols, grid=(rows, cols))
 
 
 @hookimpl
