@@ -7,14 +7,18 @@ apply them to an unmodified model with :func:`steer`, and record frame-level att
 
 from . import kernels
 from .errors import AttnsteerError, ConfigError, SteeringError, UnsupportedModelError
+from .geometry import box, mask, point, trajectory
 from .layout import Segment, TokenLayout
+from .pairs import frame_distance, same_location, same_region, token_distance
 from .plugins.generic import GenericAdapter
 from .rules import Recipe, Rule
 from .schedules import always, progress, steps, timesteps
 from .selectors import frames, text, tokens, video
 from .record import Record
 from .session import inspect, steer
-from .transforms import bias, block, scale
+from .transforms import (bias, block, fill, identity, logit_scale, proportional, query_bias, scale, scale_if_positive,
+                         score_mod, temperature)
+from .words import words
 
 __version__ = "0.1.0"
 
@@ -32,17 +36,34 @@ __all__ = [
     "always",
     "bias",
     "block",
+    "box",
+    "fill",
+    "frame_distance",
     "frames",
+    "identity",
     "inspect",
     "kernels",
+    "logit_scale",
+    "mask",
+    "point",
     "progress",
+    "proportional",
+    "query_bias",
+    "same_location",
+    "same_region",
     "scale",
+    "scale_if_positive",
+    "score_mod",
     "steer",
     "steps",
+    "temperature",
     "text",
     "timesteps",
+    "token_distance",
     "tokens",
+    "trajectory",
     "video",
+    "words",
 ]
 
 

@@ -17,12 +17,13 @@ import torch.nn.functional as F
 
 from .errors import ConfigError, SteeringError, describe_rule
 from .hooks import AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
-from .kernels import grouped_attention
+from .execute import run_plan
 from .layout import TokenLayout
-from .plan import build_bias
+from .plan import build_plan
 from .plugins.base import Adapter, bind_forward_inputs
 from .rules import Rule
 from .schedules import StepInfo
+from .selectors import SelectionContext
 
 
 @attrs.frozen
@@ -58,6 +59,10 @@ class Client(Protocol):
 
     rules: tuple[Rule, ...]
     wants_mass: bool
+
+    def selection_context(self, layout: TokenLayout) -> SelectionContext:
+        """What this client's selectors resolve against in a call of ``layout`` (its prompt's words)."""
+        ...
 
     def on_call(self, state: ForwardState, layer: LayerInfo, applied: list[Rule], mass: torch.Tensor | None) -> None: ...
 
@@ -241,20 +246,20 @@ class Controller:
         if branches != state.branches:  # the model folds other axes into the attention batch (SVD)
             state = attrs.evolve(state, branches=branches)
         try:
-            bias, applied = build_bias(
-                [rule for _, rule in active], layout, state.branches, q.shape[0], q.shape[1], device=q.device
+            plan = build_plan(
+                tuple((rule, client.selection_context(layout)) for client, rule in active), layout, state.branches,
+                q.shape[0], q.shape[1], want_mass=bool(recorders),
             )
         except ConfigError as exc:
             raise type(exc)(f"in self-attention module {layer.qualified!r}: {exc}") from exc
-        if bias is None and not recorders:
+        if plan.path == "plain" and not recorders and not plan.identity and plan.scale_factor == 1.0:
             return F.scaled_dot_product_attention(*args, **kwargs)
-        groups = layout.group_ids(q.device)
-        out, mass = grouped_attention(
-            q, k, v, groups, groups, bias=bias, scale=scale, attn_mask=attn_mask,
-            return_mass=bool(recorders), num_q_groups=layout.num_groups, num_k_groups=layout.num_groups,
-        )
+        try:
+            out, mass = run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders))
+        except SteeringError as exc:
+            raise SteeringError(f"{where}: {exc}") from exc
         for client in self.clients:
-            mine = [rule for c, rule in active if c is client and rule in applied]
+            mine = [rule for c, rule in active if c is client and rule in plan.applied]
             if mine or client.wants_mass:
                 client.on_call(state, layer, mine, mass)
         return out

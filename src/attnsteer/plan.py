@@ -1,20 +1,33 @@
-"""Compile the rules that are on for one attention call into a group-level logit bias.
+"""Compile the rules that are on for one attention call into what the kernels run.
 
-The result is the smallest broadcast form the kernel takes: ``[Gq, Gk]`` when every batch row
-and head gets the same bias, ``[B, Gq, Gk]`` when branches differ, ``[B, H, Gq, Gk]`` when a
-rule filters heads; ``None`` when no rule selects any pair.
+Three paths, chosen per call, all exact:
+
+- **plain**: no rule selects anything (and nothing is recorded): the model's own SDPA call.
+- **grouped**: every active rule adds a constant per pair of *cells*, the partition of the tokens
+  into layout groups (frames, segments) refined by the regions the rules name. The bias is a
+  ``[Gq, Gk]`` table (``[B, ...]`` when branches differ, ``[B, H, ...]`` when a rule filters heads)
+  and the fused log-sum-exp kernel applies it. DyMoS, block masks, region biases and frame windows
+  stay here.
+- **scored**: some rule is elementwise (a score function, a per-query bias, a position predicate):
+  the chunked exact kernel applies every rule in order, ``O(N x chunk)`` memory.
+
+Identity rules (output = V) are applied after the kernel; a uniform logit scale over every pair
+is folded into SDPA's ``scale``.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Sequence
 
+import attrs
 import torch
 
 from .errors import ConfigError
 from .layout import TokenLayout
 from .rules import Rule
+from .selectors import SelectionContext
+from .transforms import Transform
 
 
 def rule_rows(rule: Rule, branches: Sequence[str] | None, batch_size: int) -> list[int]:
@@ -29,57 +42,167 @@ def rule_rows(rule: Rule, branches: Sequence[str] | None, batch_size: int) -> li
     return [row for row, b in enumerate(branches) if b == rule.branch]
 
 
-def build_bias(
-    rules: Sequence[Rule],
+def rule_heads(rule: Rule, num_heads: int) -> list[int]:
+    """The heads a rule applies to; raises when its head filter exceeds the layer's heads."""
+    if rule.heads is None:
+        return list(range(num_heads))
+    bad = [h for h in rule.heads if h >= num_heads]
+    if bad:
+        raise ConfigError(f"Rule.heads {bad} out of range for a layer with {num_heads} heads (allowed 0..{num_heads - 1})")
+    return list(rule.heads)
+
+
+@attrs.frozen(eq=False)
+class Selection:
+    """One active rule resolved against one call: rows, heads, query and key masks (CPU)."""
+
+    rule: Rule
+    ctx: SelectionContext
+    rows: torch.Tensor  # bool [B]
+    heads: torch.Tensor  # bool [H]
+    query: torch.Tensor  # bool [N]
+    key: torch.Tensor  # bool [N]
+
+    @property
+    def transform(self) -> Transform:
+        """The rule's transform bound to this call's layout (per-query values, call-length scales)."""
+        return self.rule.transform.bind(self.ctx.layout)
+
+    @property
+    def covers_everything(self) -> bool:
+        return bool(self.rows.all() and self.heads.all() and self.query.all() and self.key.all()) and self.rule.pairs is None
+
+    def pair_mask(self, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+        """bool [len(q_index), len(k_index)]: selected query x selected key x the rule's pair predicate."""
+        device = q_index.device
+        sel = self.query.to(device)[q_index][:, None] & self.key.to(device)[k_index][None, :]
+        if self.rule.pairs is not None:
+            sel = sel & self.rule.pairs.evaluate(self.ctx, q_index, k_index)
+        return sel
+
+
+@attrs.frozen(eq=False)
+class CallPlan:
+    """What one attention call runs; see the module docstring for the paths."""
+
+    path: str  # "plain" | "grouped" | "scored"
+    applied: tuple[Rule, ...]
+    scale_factor: float = 1.0
+    # grouped path: cell of every token, the cell bias, and each cell's layout group and size
+    cells: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    cell_groups: torch.Tensor | None = None
+    cell_sizes: torch.Tensor | None = None
+    # scored path: the selections applied in rule order
+    scored: tuple[Selection, ...] = ()
+    # identity rules, applied after the kernel
+    identity: tuple[Selection, ...] = ()
+
+    @property
+    def num_cells(self) -> int:
+        return 0 if self.cell_groups is None else int(self.cell_groups.numel())
+
+    def group_mass(self, mass: torch.Tensor, num_groups: int) -> torch.Tensor:
+        """Cell-level mass [B, H, C, C] -> layout-group mass [B, H, G, G]: keys summed, queries
+        averaged weighted by their cells' token counts."""
+        onehot = torch.nn.functional.one_hot(self.cell_groups.to(mass.device), num_groups).float()  # [C, G]
+        weights = self.cell_sizes.to(mass.device).float()
+        by_key = mass @ onehot  # [B, H, C, G]
+        summed = (onehot * weights[:, None]).T @ by_key  # [B, H, G, G]
+        return summed / (onehot.T @ weights).clamp_min(1)[:, None]
+
+
+def select(rule: Rule, ctx: SelectionContext, branches: Sequence[str] | None, batch: int, heads: int) -> Selection:
+    """Resolve one rule against one call (raises with the field at fault when it cannot)."""
+    rows = torch.zeros(batch, dtype=torch.bool)
+    rows[rule_rows(rule, branches, batch)] = True
+    head_mask = torch.zeros(heads, dtype=torch.bool)
+    head_mask[rule_heads(rule, heads)] = True
+    return Selection(rule, ctx, rows, head_mask, rule.query.token_mask(ctx), rule.key.token_mask(ctx))
+
+
+@functools.lru_cache(maxsize=64)
+def build_plan(
+    rules: tuple[tuple[Rule, SelectionContext], ...],
     layout: TokenLayout,
-    branches: Sequence[str] | None,
+    branches: tuple[str, ...] | None,
     batch_size: int,
     num_heads: int,
-    device: torch.device | str = "cpu",
-) -> tuple[torch.Tensor | None, list[Rule]]:
-    """Sum the logit biases of ``rules`` per (row, head, query group, key group).
-
-    Returns the bias (None when no rule selects any pair) and the rules that contributed.
-    """
-    g = layout.num_groups
-    bias = torch.zeros(batch_size, num_heads, g, g, dtype=torch.float32)
-    touched: list[Rule] = []
-    per_head = False
-    for rule in rules:
+    *,
+    want_mass: bool = False,
+) -> CallPlan:
+    """Resolve the active ``(rule, context)`` pairs of one call into a :class:`CallPlan` (CPU tensors;
+    cached, since the same rules meet the same layout in every layer and step)."""
+    selections, applied, scale_factor = [], [], 1.0
+    for rule, ctx in rules:
         try:
-            rows, heads, q_groups, k_groups = _selection(rule, layout, branches, batch_size, num_heads)
+            s = select(rule, ctx, branches, batch_size, num_heads)
         except ConfigError as exc:
             raise type(exc)(f"rule {rule!r}: {exc}") from exc
-        if not rows or not q_groups or not k_groups:
+        if not (s.rows.any() and s.heads.any() and s.query.any() and s.key.any()):
             continue
-        per_head = per_head or rule.heads is not None
-        value = rule.transform.logit_bias
-        index = torch.meshgrid(
-            torch.tensor(rows), torch.tensor(heads), torch.tensor(q_groups), torch.tensor(k_groups), indexing="ij"
-        )
-        if value == -math.inf:
-            bias[index] = -math.inf
-        else:
-            bias[index] += value
-        touched.append(rule)
-    if not touched:
-        return None, touched
-    if not per_head:
+        applied.append(rule)
+        factor = rule.transform.call_scale(layout)
+        if factor is not None and s.covers_everything:
+            scale_factor *= factor
+            continue
+        selections.append(s)
+    identity = tuple(s for s in selections if s.rule.transform.identity and not want_mass)
+    logits = [s for s in selections if s not in identity]
+    if not logits:
+        return CallPlan("plain", tuple(applied), scale_factor, identity=identity)
+    if all(_is_grouped(s) for s in logits):
+        return _grouped_plan(logits, layout, tuple(applied), scale_factor, identity, batch_size, num_heads)
+    return CallPlan("scored", tuple(applied), scale_factor, scored=tuple(logits), identity=identity)
+
+
+def _is_grouped(s: Selection) -> bool:
+    t = s.rule.transform
+    return t.constant_bias is not None and (s.rule.pairs is None or not s.rule.pairs.elementwise)
+
+
+def _grouped_plan(
+    selections: list[Selection], layout: TokenLayout, applied: tuple[Rule, ...], scale_factor: float,
+    identity: tuple[Selection, ...], batch: int, heads: int,
+) -> CallPlan:
+    cells, reps = _cells(selections, layout)
+    c = reps.numel()
+    bias = torch.zeros(batch, heads, c, c, dtype=torch.float32)
+    for s in selections:
+        where = s.rows[:, None, None, None] & s.heads[None, :, None, None] & s.pair_mask(reps, reps)[None, None]
+        bias = bias + torch.where(where, s.rule.transform.constant_bias, 0.0)
+    if all(s.rule.heads is None for s in selections):
         bias = bias[:, 0]
         if bool((bias == bias[:1]).all()):
             bias = bias[0]
-    return bias.to(device), touched
+    groups = layout.group_ids()[reps]
+    sizes = torch.bincount(cells, minlength=c)
+    return CallPlan("grouped", applied, scale_factor, cells=cells, bias=bias, cell_groups=groups, cell_sizes=sizes,
+                    identity=identity)
 
 
-def _selection(
-    rule: Rule, layout: TokenLayout, branches: Sequence[str] | None, batch_size: int, num_heads: int
-) -> tuple[list[int], list[int], list[int], list[int]]:
-    """Rows, heads, query groups and key groups a rule selects in one call."""
-    rows = rule_rows(rule, branches, batch_size)
-    heads = list(range(num_heads))
-    if rule.heads is not None:
-        bad = [h for h in rule.heads if h >= num_heads]
-        if bad:
-            raise ConfigError(f"Rule.heads {bad} out of range for a layer with {num_heads} heads (allowed 0..{num_heads - 1})")
-        heads = list(rule.heads)
-    return rows, heads, sorted(rule.query.groups(layout)), sorted(rule.key.groups(layout))
+def _cells(selections: list[Selection], layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """The partition of the tokens by layout group and by membership of every mask the rules read:
+    (cell id per token [N], first token of each cell [C]). Cells are numbered in token order of
+    their first token, so plain frame rules give cells == layout groups."""
+    code = layout.group_ids()
+    masks = {}
+    for s in selections:
+        masks.setdefault(id(s.query), s.query)
+        masks.setdefault(id(s.key), s.key)
+        for region in (s.rule.pairs.selectors() if s.rule.pairs is not None else ()):
+            m = region.token_mask(s.ctx)
+            masks.setdefault(id(m), m)
+    for m in masks.values():
+        code = torch.unique(code * 2 + m.long(), return_inverse=True)[1]
+    n = code.numel()
+    first = torch.full((int(code.max()) + 1,), n, dtype=torch.long).scatter_reduce(
+        0, code, torch.arange(n), reduce="amin"
+    )
+    order = torch.argsort(first)
+    renumber = torch.empty_like(order)
+    renumber[order] = torch.arange(order.numel())
+    return renumber[code], first[order]
+
+
+__all__ = ["CallPlan", "Selection", "build_plan", "rule_heads", "rule_rows"]

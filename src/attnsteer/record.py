@@ -20,7 +20,7 @@ from .controller import ForwardState, LayerInfo
 from .errors import ConfigError, SteeringError
 from .layout import TokenLayout
 from .rules import Rule
-from .selectors import GeneratedFrames, Selector, _check_selector
+from .selectors import GeneratedFrames, SelectionContext, Selector, _check_selector
 
 BRANCH_NAMES = ("cond", "uncond", "unknown")
 FORMAT_VERSION = 1
@@ -45,6 +45,9 @@ class Record:
         self._counts: dict[tuple[int, str, str], int] = {}
 
     # --- recording -----------------------------------------------------------------------
+    def selection_context(self, layout: TokenLayout) -> SelectionContext:
+        return SelectionContext(layout)
+
     def on_call(self, state: ForwardState, layer: LayerInfo, applied: list[Rule], mass: torch.Tensor | None) -> None:
         if mass is None:
             return

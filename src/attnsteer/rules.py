@@ -9,8 +9,9 @@ from typing import Union as TypingUnion
 import attrs
 
 from .errors import ConfigError
+from .pairs import Pairs, _check_pairs
 from .schedules import Schedule, always
-from .selectors import Selector, _check_selector
+from .selectors import AllTokens, Selector, _check_selector
 from .transforms import Transform
 
 BRANCHES = ("cond", "uncond", "all")
@@ -27,8 +28,16 @@ def _selector(field: str):
 
 def _transform(value: object) -> Transform:
     if not isinstance(value, Transform):
-        raise ConfigError(f"Rule.transform must be at.bias(x), at.scale(f) or at.block(), got {value!r}")
+        raise ConfigError(
+            "Rule.transform must be a transform: at.bias(x), at.scale(f), at.block(), at.logit_scale(f), "
+            "at.temperature(t), at.proportional(n), at.scale_if_positive(a), at.fill(v), at.query_bias(values), "
+            f"at.score_mod(fn) or at.identity(); got {value!r}"
+        )
     return value
+
+
+def _pairs(value: object) -> Pairs | None:
+    return None if value is None else _check_pairs(value, "Rule.pairs")
 
 
 def _schedule(value: object) -> Schedule:
@@ -81,7 +90,8 @@ class Rule:
     """Apply ``transform`` to logits from ``query`` tokens to ``key`` tokens, when ``when`` is on.
 
     ``branch`` picks the guidance branch ("cond", "uncond" or "all"); ``layers`` filters the
-    self-attention modules (indices, names or regexes on the module name); ``heads`` filters heads.
+    self-attention modules (indices, names or regexes fully matching the module name); ``heads``
+    filters heads; ``pairs`` narrows the selected (query, key) pairs by a pair predicate.
     """
 
     query: Selector = attrs.field(converter=_selector("query"))
@@ -91,6 +101,11 @@ class Rule:
     branch: str = attrs.field(default="all", converter=_branch)
     layers: tuple[LayerSpec, ...] | None = attrs.field(default=None, converter=_layers)
     heads: tuple[int, ...] | None = attrs.field(default=None, converter=_heads)
+    pairs: Pairs | None = attrs.field(default=None, converter=_pairs)
+
+    def __attrs_post_init__(self) -> None:
+        if self.transform.identity and not isinstance(self.key, AllTokens):
+            raise ConfigError(f"Rule.key must be at.tokens with at.identity() (a query attends to itself), got {self.key!r}")
 
     def matches_layer(self, index: int, names: Iterable[str]) -> bool:
         """Whether this rule covers the self-attention layer ``index`` known under ``names``."""

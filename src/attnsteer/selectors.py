@@ -1,22 +1,56 @@
-"""Token selectors: which groups of tokens (frames, text spans) a rule's queries or keys are.
+"""Token selectors: which tokens (frames, text spans, regions, words) a rule's queries or keys are.
 
-Selectors are pure data. ``groups(layout)`` resolves one against the layout of an attention call;
-they combine with ``|`` (union), ``&`` (intersection) and ``~`` (complement).
+Selectors are pure data. ``token_mask(ctx)`` resolves one against a :class:`SelectionContext`
+(the layout of an attention call, and the prompt's words where known) into a boolean mask over
+the sequence. Group-level selectors (frames, text, video) also answer ``groups(layout)``. They
+combine with ``|`` (union), ``&`` (intersection) and ``~`` (complement).
 """
 
 from __future__ import annotations
 
+import functools
+from typing import TYPE_CHECKING, ClassVar
+
 import attrs
+import torch
 
 from .errors import ConfigError
 from .layout import TokenLayout
 
+if TYPE_CHECKING:
+    from .words import WordIndex
+
+
+@attrs.frozen
+class SelectionContext:
+    """What a selector is resolved against in one attention call: the token layout, and the
+    prompt's word-to-token index when the session was given a prompt (for ``at.words``)."""
+
+    layout: TokenLayout
+    words: WordIndex | None = None
+
 
 class Selector:
-    """Base class: a set of token groups, resolved per attention call."""
+    """Base class: a set of tokens, resolved per attention call.
+
+    Subclasses that select whole groups set ``group_level = True`` and implement ``groups``;
+    token-level ones (regions, words) implement ``_mask`` and leave ``groups`` unimplemented.
+    """
+
+    group_level: ClassVar[bool] = True
 
     def groups(self, layout: TokenLayout) -> frozenset[int]:
-        raise NotImplementedError
+        raise ConfigError(
+            f"{self!r} selects tokens inside frames, not whole frames or segments; it has no group-level form"
+        )
+
+    def token_mask(self, ctx: SelectionContext) -> torch.Tensor:
+        """BoolTensor [seq_len] on the CPU: which tokens of the call this selector holds (cached)."""
+        return _cached_mask(self, ctx)
+
+    def _mask(self, ctx: SelectionContext) -> torch.Tensor:
+        groups = torch.tensor(sorted(self.groups(ctx.layout)), dtype=torch.long)
+        return torch.isin(ctx.layout.group_ids(), groups)
 
     def __or__(self, other: Selector) -> Selector:
         return Union(self, _check_selector(other, "right operand of |"))
@@ -32,7 +66,8 @@ def _check_selector(value: object, field: str) -> Selector:
     if not isinstance(value, Selector):
         raise ConfigError(
             f"{field} must be a selector (at.frames[...], at.frames.reference, at.frames.generated, at.text, "
-            f"at.video, at.tokens, or a combination with | & ~), got {value!r}"
+            f"at.video, at.tokens, at.box(...), at.trajectory(...), at.point(...), at.mask(...), at.words(...), "
+            f"or a combination with | & ~), got {value!r}"
         )
     return value
 
@@ -153,10 +188,35 @@ class AllTokens(Selector):
         return "tokens"
 
 
-@attrs.frozen(repr=False)
-class Union(Selector):
+@functools.lru_cache(maxsize=512)
+def _cached_mask(selector: Selector, ctx: SelectionContext) -> torch.Tensor:
+    mask = selector._mask(ctx)
+    if mask.dtype != torch.bool or mask.shape != (ctx.layout.seq_len,):
+        raise TypeError(f"{selector!r} resolved to a mask of {mask.dtype} {tuple(mask.shape)}, not bool [seq_len]")
+    return mask
+
+
+class _Combination(Selector):
+    """Shared by | and &: group-level only when both sides are."""
+
     left: Selector
     right: Selector
+
+    @property
+    def group_level(self) -> bool:  # type: ignore[override]
+        return self.left.group_level and self.right.group_level
+
+    def _mask(self, ctx: SelectionContext) -> torch.Tensor:
+        if self.group_level:
+            return super()._mask(ctx)
+        return self._combine(self.left.token_mask(ctx), self.right.token_mask(ctx))
+
+
+@attrs.frozen(repr=False)
+class Union(_Combination):
+    left: Selector
+    right: Selector
+    _combine = staticmethod(torch.logical_or)
 
     def groups(self, layout: TokenLayout) -> frozenset[int]:
         return self.left.groups(layout) | self.right.groups(layout)
@@ -166,9 +226,10 @@ class Union(Selector):
 
 
 @attrs.frozen(repr=False)
-class Intersection(Selector):
+class Intersection(_Combination):
     left: Selector
     right: Selector
+    _combine = staticmethod(torch.logical_and)
 
     def groups(self, layout: TokenLayout) -> frozenset[int]:
         return self.left.groups(layout) & self.right.groups(layout)
@@ -181,8 +242,15 @@ class Intersection(Selector):
 class Complement(Selector):
     inner: Selector
 
+    @property
+    def group_level(self) -> bool:  # type: ignore[override]
+        return self.inner.group_level
+
     def groups(self, layout: TokenLayout) -> frozenset[int]:
         return frozenset(range(layout.num_groups)) - self.inner.groups(layout)
+
+    def _mask(self, ctx: SelectionContext) -> torch.Tensor:
+        return ~self.inner.token_mask(ctx)
 
     def __repr__(self) -> str:
         return f"~{self.inner!r}"

@@ -17,7 +17,10 @@ from .controller import Client, Controller, ForwardState, LayerInfo, controller_
 from .errors import ConfigError, UnsupportedModelError
 from .plugins.base import Adapter
 from .plugins.manager import find_adapter, require_adapter, supported_families
+from .layout import TokenLayout
 from .rules import Recipe, Rule, flatten_rules
+from .selectors import SelectionContext
+from .words import WordIndex
 
 PIPELINE_DENOISERS = ("transformer", "transformer_2", "unet")
 
@@ -95,17 +98,29 @@ class Session:
             raise errors[0]
 
 
+def word_index(target: Any, prompt: str | None, tokenizer: Any = None) -> WordIndex | None:
+    """The prompt's word index for ``at.words`` selectors: tokenised with ``tokenizer`` or the
+    pipeline's own; None when no prompt is given."""
+    if prompt is None:
+        return None
+    return WordIndex.from_tokenizer(tokenizer if tokenizer is not None else getattr(target, "tokenizer", None), prompt)
+
+
 class Steering:
     """The client of ``at.steer``: its rules, and a log of where each rule was applied."""
 
     wants_mass = False
 
-    def __init__(self, rules: tuple[Rule, ...], sources: tuple[Rule | Recipe, ...]) -> None:
+    def __init__(self, rules: tuple[Rule, ...], sources: tuple[Rule | Recipe, ...], words: WordIndex | None = None) -> None:
         self.rules = rules
         self.sources = sources
+        self.words = words
         self._index = {id(rule): i for i, rule in enumerate(rules)}
         self._hits: dict[int, dict[str, set]] = {}
         self.calls = 0
+
+    def selection_context(self, layout: TokenLayout) -> SelectionContext:
+        return SelectionContext(layout, self.words)
 
     def on_call(self, state: ForwardState, layer: LayerInfo, applied: list[Rule], mass: torch.Tensor | None) -> None:
         self.calls += 1
@@ -141,13 +156,17 @@ def steer(
     *rules_or_recipes: Rule | Recipe | Iterable[Rule],
     adapter: Adapter | None = None,
     num_steps: int | None = None,
+    prompt: str | None = None,
+    tokenizer: Any = None,
 ) -> Session:
     """Apply rules to ``target``'s self-attention inside a ``with`` block; yields a :class:`Steering`.
 
-    ``num_steps`` gives the step count when the target is a bare transformer (for ``at.progress``).
+    ``num_steps`` gives the step count when the target is a bare transformer (for ``at.progress``);
+    ``prompt`` (tokenised with ``tokenizer`` or the pipeline's) lets ``at.words(...)`` find its tokens.
     """
     sources = tuple(rules_or_recipes)
-    return Session(target, Steering(flatten_rules(sources), sources), adapter=adapter, num_steps=num_steps)
+    client = Steering(flatten_rules(sources), sources, word_index(target, prompt, tokenizer))
+    return Session(target, client, adapter=adapter, num_steps=num_steps)
 
 
 def inspect(

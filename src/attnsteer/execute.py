@@ -1,0 +1,79 @@
+"""Run a :class:`~attnsteer.plan.CallPlan` on one attention call's q, k, v: pick the kernel of its
+path, fold in the uniform logit scale, apply identity rules, and return the attention mass per
+layout group when a recorder wants it."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .kernels import grouped_attention, scored_attention
+from .layout import TokenLayout
+from .plan import CallPlan, Selection
+
+
+def run_plan(
+    plan: CallPlan,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: TokenLayout,
+    scale: float | None,
+    attn_mask: torch.Tensor | None,
+    want_mass: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(output [B, H, N, Dv], mass [B, H, G, G] over layout groups or None)."""
+    scale = (q.shape[-1] ** -0.5 if scale is None else float(scale)) * plan.scale_factor
+    device = q.device
+    mass = None
+    if plan.path == "scored":
+        out, mass = scored_attention(
+            q, k, v, _score_fn(plan.scored, q.shape[0], q.shape[1], layout.seq_len, device), scale, attn_mask,
+            groups=layout.group_ids(device), num_groups=layout.num_groups, return_mass=want_mass,
+        )
+    elif plan.path == "grouped":
+        cells = plan.cells.to(device)
+        out, mass = grouped_attention(
+            q, k, v, cells, cells, bias=plan.bias.to(device), scale=scale, attn_mask=attn_mask, return_mass=want_mass,
+            num_q_groups=plan.num_cells, num_k_groups=plan.num_cells,
+        )
+        if mass is not None:
+            mass = plan.group_mass(mass, layout.num_groups)
+    elif want_mass:
+        groups = layout.group_ids(device)
+        out, mass = grouped_attention(
+            q, k, v, groups, groups, scale=scale, attn_mask=attn_mask, return_mass=True,
+            num_q_groups=layout.num_groups, num_k_groups=layout.num_groups,
+        )
+    elif any(_covers_all_queries(s) for s in plan.identity):
+        return v.clone(), None  # every query attends only to itself: no attention to compute
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    for s in plan.identity:
+        rows = s.rows.to(device)[:, None, None, None] & s.heads.to(device)[None, :, None, None]
+        out = torch.where(rows & s.query.to(device)[None, None, :, None], v.to(out.dtype), out)
+    return out, mass
+
+
+def _covers_all_queries(s: Selection) -> bool:
+    return bool(s.rows.all() and s.heads.all() and s.query.all())
+
+
+def _score_fn(selections: tuple[Selection, ...], batch: int, heads: int, num_keys: int, device: torch.device):
+    """The score function of the scored path: each selection's transform, in rule order, on its pairs."""
+    b_idx = torch.arange(batch, device=device)[:, None, None, None]
+    h_idx = torch.arange(heads, device=device)[None, :, None, None]
+    k_index = torch.arange(num_keys, device=device)
+    bound = [
+        (s, s.transform, s.rows.to(device)[:, None, None, None] & s.heads.to(device)[None, :, None, None])
+        for s in selections
+    ]
+
+    def apply(scores: torch.Tensor, q_index: torch.Tensor) -> torch.Tensor:
+        q4, k4 = q_index[None, None, :, None], k_index[None, None, None, :]
+        for s, transform, rows_heads in bound:
+            where = rows_heads & s.pair_mask(q_index, k_index)[None, None]
+            scores = torch.where(where, transform.score(scores, b_idx, h_idx, q4, k4), scores)
+        return scores
+
+    return apply

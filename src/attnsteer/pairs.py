@@ -1,0 +1,188 @@
+"""Pair predicates: which (query, key) pairs of a rule's selection it acts on, decided per pair.
+
+``Rule(..., pairs=at.same_region(at.box(...)))`` narrows the rule to the selected pairs that
+satisfy the predicate. Predicates combine with ``&``, ``|`` and ``~``.
+
+Some predicates depend only on which frame and which regions a token is in (``same_region``,
+``frame_distance``): they are constant over the cells of the partition that those selectors
+induce, so rules using them keep the fused grouped kernel. Others compare token positions
+(``same_location``, ``token_distance``) and run on the exact chunked score path.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from .errors import ConfigError
+from .geometry import token_geometry
+from .selectors import SelectionContext, Selector, _check_selector
+
+
+class Pairs:
+    """Base class: ``evaluate(ctx, q_index, k_index)`` -> bool [len(q_index), len(k_index)]."""
+
+    elementwise: bool = False
+
+    def selectors(self) -> tuple[Selector, ...]:
+        """Selectors whose membership the predicate reads (the grouped path refines cells by them)."""
+        return ()
+
+    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __and__(self, other: Pairs) -> Pairs:
+        return BothPairs(self, _check_pairs(other, "right operand of &"))
+
+    def __or__(self, other: Pairs) -> Pairs:
+        return EitherPairs(self, _check_pairs(other, "right operand of |"))
+
+    def __invert__(self) -> Pairs:
+        return NotPairs(self)
+
+
+def _check_pairs(value: object, field: str) -> Pairs:
+    if not isinstance(value, Pairs):
+        raise ConfigError(
+            f"{field} must be a pair predicate (at.same_region(...), at.same_location(), at.frame_distance(...), "
+            f"at.token_distance(...), or a combination with & | ~), got {value!r}"
+        )
+    return value
+
+
+def _non_negative_int(name: str):
+    def check(instance: object, attribute: attrs.Attribute, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{name}({attribute.name}=...) must be an int >= 0, got {value!r}")
+
+    return check
+
+
+@attrs.frozen(repr=False)
+class SameRegion(Pairs):
+    """Pairs whose query and key are both inside ``region`` or both outside it."""
+
+    region: Selector = attrs.field(converter=lambda v: _check_selector(v, "same_region(region)"))
+
+    def selectors(self) -> tuple[Selector, ...]:
+        return (self.region,)
+
+    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+        inside = self.region.token_mask(ctx).to(q_index.device)
+        return inside[q_index][:, None] == inside[k_index][None, :]
+
+    def __repr__(self) -> str:
+        return f"same_region({self.region!r})"
+
+
+@attrs.frozen(repr=False)
+class FrameDistance(Pairs):
+    """Pairs of frame tokens at most ``max`` latent frames apart (a temporal window, e.g. FreeLong's band)."""
+
+    max: int = attrs.field(validator=_non_negative_int("frame_distance"))
+
+    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+        frame = token_geometry(ctx.layout).frame.to(q_index.device)
+        fq, fk = frame[q_index][:, None], frame[k_index][None, :]
+        return (fq >= 0) & (fk >= 0) & ((fq - fk).abs() <= self.max)
+
+    def __repr__(self) -> str:
+        return f"frame_distance({self.max})"
+
+
+@attrs.frozen(repr=False)
+class SameLocation(Pairs):
+    """Pairs of frame tokens at the same (row, column) of the token grid, in any frames."""
+
+    elementwise = True
+
+    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+        if ctx.layout.grid is None:
+            raise ConfigError("same_location() needs the token grid of a frame, which this model's adapter does not report")
+        geo = token_geometry(ctx.layout)
+        row, col = geo.row.to(q_index.device), geo.col.to(q_index.device)
+        rq, rk = row[q_index][:, None], row[k_index][None, :]
+        return (rq >= 0) & (rq == rk) & (col[q_index][:, None] == col[k_index][None, :])
+
+    def __repr__(self) -> str:
+        return "same_location()"
+
+
+@attrs.frozen(repr=False)
+class TokenDistance(Pairs):
+    """Pairs more than ``min`` positions apart in the sequence (``|i - j| > min``; UltraViCo's window)."""
+
+    elementwise = True
+    min: int = attrs.field(validator=_non_negative_int("token_distance"))
+
+    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+        return (q_index[:, None] - k_index[None, :]).abs() > self.min
+
+    def __repr__(self) -> str:
+        return f"token_distance({self.min})"
+
+
+@attrs.frozen(repr=False)
+class BothPairs(Pairs):
+    left: Pairs
+    right: Pairs
+
+    @property
+    def elementwise(self) -> bool:  # type: ignore[override]
+        return self.left.elementwise or self.right.elementwise
+
+    def selectors(self) -> tuple[Selector, ...]:
+        return self.left.selectors() + self.right.selectors()
+
+    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+        return self.left.evaluate(ctx, q_index, k_index) & self.right.evaluate(ctx, q_index, k_index)
+
+    def __repr__(self) -> str:
+        return f"({self.left!r} & {self.right!r})"
+
+
+@attrs.frozen(repr=False)
+class EitherPairs(BothPairs):
+    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+        return self.left.evaluate(ctx, q_index, k_index) | self.right.evaluate(ctx, q_index, k_index)
+
+    def __repr__(self) -> str:
+        return f"({self.left!r} | {self.right!r})"
+
+
+@attrs.frozen(repr=False)
+class NotPairs(Pairs):
+    inner: Pairs
+
+    @property
+    def elementwise(self) -> bool:  # type: ignore[override]
+        return self.inner.elementwise
+
+    def selectors(self) -> tuple[Selector, ...]:
+        return self.inner.selectors()
+
+    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+        return ~self.inner.evaluate(ctx, q_index, k_index)
+
+    def __repr__(self) -> str:
+        return f"~{self.inner!r}"
+
+
+def same_region(region: Selector) -> SameRegion:
+    """Pairs both inside or both outside ``region`` (``~same_region(r)``: one in, one out; Peekaboo)."""
+    return SameRegion(region)
+
+
+def frame_distance(max: int) -> FrameDistance:  # noqa: A002 - reads like the predicate
+    """Pairs of frame tokens at most ``max`` latent frames apart."""
+    return FrameDistance(max)
+
+
+def same_location() -> SameLocation:
+    """Pairs at the same position of the frame's token grid (any frames)."""
+    return SameLocation()
+
+
+def token_distance(min: int) -> TokenDistance:  # noqa: A002
+    """Pairs more than ``min`` sequence positions apart."""
+    return TokenDistance(min)
