@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .dymos import dymos
+from .enhance_a_video import enhance_a_video
 
-RECIPES: dict[str, Callable[..., object]] = {"dymos": dymos}
+RECIPES: dict[str, Callable[..., object]] = {"dymos": dymos, "enhance_a_video": enhance_a_video}
 
-__all__ = ["RECIPES", "dymos"]
+__all__ = ["RECIPES", "dymos", "enhance_a_video"]

@@ -5,10 +5,11 @@ apply them to an unmodified model with :func:`steer`, and record frame-level att
 :func:`inspect`.
 """
 
-from . import kernels
+from . import kernels, readouts
 from .errors import AttnsteerError, ConfigError, SteeringError, UnsupportedModelError
 from .geometry import box, mask, point, trajectory
 from .layout import Segment, TokenLayout
+from .outputs import output_scale
 from .pairs import frame_distance, same_location, same_region, token_distance
 from .plugins.generic import GenericAdapter
 from .rules import Recipe, Rule
@@ -44,11 +45,13 @@ __all__ = [
     "inspect",
     "kernels",
     "logit_scale",
+    "output_scale",
     "mask",
     "point",
     "progress",
     "proportional",
     "query_bias",
+    "readouts",
     "same_location",
     "same_region",
     "scale",

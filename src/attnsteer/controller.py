@@ -19,6 +19,7 @@ from .errors import ConfigError, SteeringError, describe_rule
 from .hooks import AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
 from .execute import run_plan
 from .layout import TokenLayout
+from .outputs import OutputStage, split_output_rules
 from .plan import build_plan
 from .plugins.base import Adapter, bind_forward_inputs
 from .rules import Rule
@@ -198,9 +199,11 @@ class Controller:
             if not active and not recorders:
                 return forward(*args, **kwargs)
             seen = []
+            outputs = split_output_rules(active)[1]
+            stage = OutputStage(outputs, layer.qualified, self.adapter) if outputs else None
 
             def handle(*sdpa_args: Any, **sdpa_kwargs: Any) -> torch.Tensor:
-                return self._attention_call(layer, state, active, recorders, seen, sdpa_args, sdpa_kwargs)
+                return self._attention_call(layer, state, active, recorders, seen, sdpa_args, sdpa_kwargs, stage)
 
             with SDPAInterceptor(handle):
                 output = forward(*args, **kwargs)
@@ -212,7 +215,7 @@ class Controller:
                     f"{backend or 'unknown'}), so it cannot be steered or recorded. Non-native backends (flash, sage, "
                     "xformers, flex) bypass it: call transformer.set_attention_backend('native') first"
                 )
-            return output
+            return output if stage is None else stage.apply(output, state.layout)
 
         return run
 
@@ -225,6 +228,7 @@ class Controller:
         seen: list[bool],
         args: tuple,
         kwargs: dict,
+        stage: OutputStage | None = None,
     ) -> torch.Tensor:
         q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = _sdpa_arguments(args, kwargs)
         if q.shape[-2] != k.shape[-2]:  # cross-attention inside a self-attention module: leave it
@@ -245,21 +249,26 @@ class Controller:
         branches = self.adapter.attention_branches(state.branches, q.shape[0])
         if branches != state.branches:  # the model folds other axes into the attention batch (SVD)
             state = attrs.evolve(state, branches=branches)
+        outputs = stage.read(q, k, scale, layout, state.branches) if stage is not None else []
         try:
             plan = build_plan(
-                tuple((rule, client.selection_context(layout)) for client, rule in active), layout, state.branches,
+                tuple((rule, client.selection_context(layout)) for client, rule in split_output_rules(active)[0]),
+                layout, state.branches,
                 q.shape[0], q.shape[1], want_mass=bool(recorders),
             )
         except ConfigError as exc:
             raise type(exc)(f"in self-attention module {layer.qualified!r}: {exc}") from exc
         if plan.path == "plain" and not recorders and not plan.identity and plan.scale_factor == 1.0:
-            return F.scaled_dot_product_attention(*args, **kwargs)
-        try:
-            out, mass = run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders))
-        except SteeringError as exc:
-            raise SteeringError(f"{where}: {exc}") from exc
+            if not outputs:
+                return F.scaled_dot_product_attention(*args, **kwargs)
+            out, mass = F.scaled_dot_product_attention(*args, **kwargs), None
+        else:
+            try:
+                out, mass = run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders))
+            except SteeringError as exc:
+                raise SteeringError(f"{where}: {exc}") from exc
         for client in self.clients:
-            mine = [rule for c, rule in active if c is client and rule in plan.applied]
+            mine = [rule for c, rule in active if c is client and (rule in plan.applied or (c, rule) in outputs)]
             if mine or client.wants_mass:
                 client.on_call(state, layer, mine, mass)
         return out

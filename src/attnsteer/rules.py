@@ -31,7 +31,7 @@ def _transform(value: object) -> Transform:
         raise ConfigError(
             "Rule.transform must be a transform: at.bias(x), at.scale(f), at.block(), at.logit_scale(f), "
             "at.temperature(t), at.proportional(n), at.scale_if_positive(a), at.fill(v), at.query_bias(values), "
-            f"at.score_mod(fn) or at.identity(); got {value!r}"
+            f"at.score_mod(fn), at.identity() or at.output_scale(x); got {value!r}"
         )
     return value
 
@@ -104,6 +104,7 @@ class Rule:
     pairs: Pairs | None = attrs.field(default=None, converter=_pairs)
 
     def __attrs_post_init__(self) -> None:
+        self.transform.check_rule(self)
         if self.transform.identity and not isinstance(self.key, AllTokens):
             raise ConfigError(f"Rule.key must be at.tokens with at.identity() (a query attends to itself), got {self.key!r}")
 
