@@ -134,9 +134,12 @@ class OutputStage:
                 raise SteeringError(f"self-attention module {self.module!r} returned {tensor.shape[0]} batch rows "
                                     f"but its attention call had {self.batch}")
             for s, factor in self.factors:
-                rows = s.rows.to(tensor.device)[:, None, None]
-                queries = s.query[part.positions].to(tensor.device)[None, :, None]
-                tensor = torch.where(rows & queries, tensor * factor, tensor)
+                queries = s.query[part.positions]
+                if bool(s.rows.all() and queries.all()):
+                    tensor = tensor * factor
+                elif bool(queries.any()):
+                    where = s.rows.to(tensor.device)[:, None, None] & queries.to(tensor.device)[None, :, None]
+                    tensor = torch.where(where, tensor * factor, tensor)
             items[slot] = tensor
         return items[0] if parts[0].index is None else type(output)(items)
 

@@ -8,6 +8,7 @@ over every head, and returns one scalar for them (a 0-dim float32 tensor on q's 
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Mapping
@@ -39,7 +40,13 @@ class Readout:
 
 def frame_token_index(layout: TokenLayout, tokens: torch.Tensor) -> torch.Tensor:
     """LongTensor [T, S]: the positions of the selected tokens as (frame, spatial location), for
-    selections made of whole video frames; raises naming what else was selected."""
+    selections made of whole video frames; raises naming what else was selected (cached per selection)."""
+    return _frame_token_index(layout, tokens.cpu().numpy().tobytes())
+
+
+@functools.lru_cache(maxsize=64)
+def _frame_token_index(layout: TokenLayout, packed: bytes) -> torch.Tensor:
+    tokens = torch.frombuffer(bytearray(packed), dtype=torch.bool)
     geometry = token_geometry(layout)
     position = torch.arange(layout.seq_len)
     video = (position >= layout.video_start) & (position < layout.video_end)
@@ -97,18 +104,25 @@ class CrossFrameIntensity(Readout):
 
     def read(self, q: torch.Tensor, k: torch.Tensor, call: ReadoutCall) -> torch.Tensor:
         weight = self.weight_for(call.family)
-        index = frame_token_index(call.layout, call.tokens).to(q.device)
+        index = frame_token_index(call.layout, call.tokens)
         frames, locations = index.shape
         if frames < 2:
             raise SteeringError(f"{self!r} needs at least 2 frames to compare; it reads {frames} of the call's "
                                 f"{call.layout.num_frames} latent frames")
         b, h, _, d = q.shape
+        flat = index.reshape(-1)
+        start = int(flat[0])
+        contiguous = int(flat[-1]) - start + 1 == flat.numel()
 
         def per_location(x: torch.Tensor) -> torch.Tensor:  # [B, H, N, D] -> [B, H, S, T, D]
-            return x.index_select(2, index.reshape(-1)).view(b, h, frames, locations, d).transpose(2, 3)
+            x = x[:, :, start : start + flat.numel()] if contiguous else x.index_select(2, flat.to(x.device))
+            return x.reshape(b, h, frames, locations, d).transpose(2, 3)
 
-        logits = (per_location(q) * call.scale) @ per_location(k).transpose(-1, -2)  # [B, H, S, T, T]
-        probs = logits.float().softmax(dim=-1)
+        q_loc, k_loc = per_location(q), per_location(k)
+        logits = ((q_loc * call.scale) @ k_loc.transpose(-1, -2)).float()  # [B, H, S, T, T]
+        # softmax written out: torch's CPU softmax over a last dimension of T is several times slower
+        weights = (logits - logits.amax(dim=-1, keepdim=True)).exp()
+        probs = weights / weights.sum(dim=-1, keepdim=True)
         off_diagonal = probs.masked_fill(torch.eye(frames, dtype=torch.bool, device=q.device), 0.0)
         intensity = (off_diagonal.sum(dim=(-2, -1)) / (frames * frames - frames)).mean()
         if weight is None:
