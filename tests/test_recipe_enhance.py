@@ -23,7 +23,8 @@ from torch.overrides import TorchFunctionMode
 import attnsteer as at
 from attnsteer.readouts import ReadoutCall
 from attnsteer import tiny
-from attnsteer.tiny import cogvideox_call_kwargs, hunyuan_call_kwargs, tiny_cogvideox, tiny_hunyuan, tiny_wan, wan_call_kwargs
+from attnsteer.tiny import (cogvideox_call_kwargs, hunyuan_call_kwargs, tiny_cogvideox, tiny_hunyuan, tiny_wan,
+                            wan_call_kwargs)
 from dense_reference import hook_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,8 +81,9 @@ class CaptureSDPA(TorchFunctionMode):
 class AuthorsEnhance:
     """Enhance-A-Video injected the authors' way, with plain torch hooks (model untouched otherwise)."""
 
-    def __init__(self, transformer, family, weight, modules=None):
-        self.family, self.weight, self.capture, self.scores = family, weight, CaptureSDPA(), []
+    def __init__(self, transformer, family, weight, modules=None, per_row=False):
+        """``per_row=True`` scores each batch row on its own (not the authors' batch mean; for contrast)."""
+        self.family, self.weight, self.capture, self.scores, self.per_row = family, weight, CaptureSDPA(), [], per_row
         config = transformer.config
         frames_of = {
             "wan": lambda h: h.shape[2] // config.patch_size[0],
@@ -112,12 +114,19 @@ class AuthorsEnhance:
         elif self.family == "hunyuanvideo":
             q, k = q[:, :, : -text.shape[1]], k[:, :, : -text.shape[1]]
         t = self.num_frames
-        score = authors_enhance_score(rearrange_per_location(q, t), rearrange_per_location(k, t), q.shape[-1], t,
-                                      self.weight)
-        self.scores.append(float(score))
+        if self.per_row:
+            score = torch.stack([self.score(q[i : i + 1], k[i : i + 1], t) for i in range(q.shape[0])])[:, None, None]
+            self.scores.append(score.flatten().tolist())
+        else:
+            score = self.score(q, k, t)
+            self.scores.append(float(score))
         if isinstance(output, tuple):
             return (output[0] * score, output[1])
         return output * score
+
+    def score(self, q, k, t):
+        return authors_enhance_score(rearrange_per_location(q, t), rearrange_per_location(k, t), q.shape[-1], t,
+                                     self.weight)
 
     def __enter__(self):
         self.capture.__enter__()
@@ -144,7 +153,8 @@ def pipes():
 
 def run_latents(pipe, family, **overrides):
     kwargs = FAMILIES[family][1](**{"output_type": "latent", "num_inference_steps": STEPS, **overrides})
-    return pipe(image=tiny.test_image(), generator=torch.Generator().manual_seed(0), **kwargs).frames[0].detach().clone()
+    out = pipe(image=tiny.test_image(), generator=torch.Generator().manual_seed(0), **kwargs).frames[0]
+    return out.detach().clone()
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -172,23 +182,21 @@ def test_explicit_weight_and_double_stream_only_on_hunyuan(pipes):
 
 
 def test_cogvideox_batched_cfg_shares_one_score(pipes):
-    """One score per call over both CFG halves: the authors' batch mean, not one per half."""
+    """One score per call over both CFG halves (the authors' batch mean), not one per half: a reference
+    scoring each half on its own gives other latents."""
     pipe = pipes["cogvideox"]
-    with AuthorsEnhance(pipe.transformer, "cogvideox", 3.4) as reference:
-        run_latents(pipe, "cogvideox")
-    rule = at.Rule(query=at.video, key=at.video, transform=at.output_scale(at.readouts.cross_frame_intensity(3.4)),
-                   branch="cond")
-    with at.steer(pipe, rule):
-        cond_only = run_latents(pipe, "cogvideox")
     with at.steer(pipe, at.recipes.enhance_a_video()):
         shared = run_latents(pipe, "cogvideox")
-    assert len(reference.scores) == 2 * STEPS  # 2 modules, one batched forward per step
-    assert not torch.allclose(cond_only, shared, atol=1e-4)
+    with AuthorsEnhance(pipe.transformer, "cogvideox", 3.4, per_row=True) as per_half:
+        separate = run_latents(pipe, "cogvideox")
+    assert len(per_half.scores) == 2 * STEPS  # 2 modules x 1 batched forward per step, one score per half
+    assert any(uncond != cond for uncond, cond in per_half.scores)
+    assert (shared - separate).abs().max() > 1e-4
 
 
 # --- output transforms: after the projection, on the selected rows --------------------------------
 class ScaleRows:
-    """Plain forward hooks multiplying the video rows of chosen frames, in chosen batch rows, of each module's output."""
+    """Plain forward hooks multiplying the video rows from ``first_token`` on, in batch ``rows``, of module outputs."""
 
     def __init__(self, modules, factor, rows, first_token):
         self.handles = [m.register_forward_hook(lambda m, a, out: self.scale(out)) for m in modules]
@@ -293,7 +301,8 @@ def random_layout(rng):
         return at.TokenLayout(frames, rows * cols, video_start=text, segments=[at.Segment("text", 0, text)],
                               grid=(rows, cols))
     if where == "after":
-        return at.TokenLayout(frames, rows * cols, segments=[at.Segment("text", video, video + text)], grid=(rows, cols))
+        return at.TokenLayout(frames, rows * cols, segments=[at.Segment("text", video, video + text)],
+                              grid=(rows, cols))
     return at.TokenLayout(frames, rows * cols, grid=(rows, cols))
 
 
