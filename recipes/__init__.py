@@ -8,8 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .direct_a_video import direct_a_video
 from .dymos import dymos
+from .local_window import local_window
+from .peekaboo import peekaboo
+from .temperature import proportional_attention, ultravico
 
-RECIPES: dict[str, Callable[..., object]] = {"dymos": dymos}
+RECIPES: dict[str, Callable[..., object]] = {
+    "dymos": dymos,
+    "direct_a_video": direct_a_video,
+    "peekaboo": peekaboo,
+    "local_window": local_window,
+    "proportional_attention": proportional_attention,
+    "ultravico": ultravico,
+}
 
-__all__ = ["RECIPES", "dymos"]
+__all__ = ["RECIPES", "direct_a_video", "dymos", "local_window", "peekaboo", "proportional_attention", "ultravico"]

@@ -9,7 +9,7 @@ from . import kernels
 from .errors import AttnsteerError, ConfigError, SteeringError, UnsupportedModelError
 from .geometry import box, mask, point, trajectory
 from .layout import Segment, TokenLayout
-from .pairs import frame_distance, same_location, same_region, token_distance
+from .pairs import frame_distance, frame_window, same_location, same_region, token_distance
 from .plugins.generic import GenericAdapter
 from .rules import Recipe, Rule
 from .schedules import always, progress, steps, timesteps
@@ -18,7 +18,7 @@ from .record import Record
 from .session import inspect, steer
 from .transforms import (bias, block, fill, identity, logit_scale, proportional, query_bias, scale, scale_if_positive,
                          score_mod, temperature)
-from .words import words
+from .words import prompt, words
 
 __version__ = "0.1.0"
 
@@ -39,6 +39,7 @@ __all__ = [
     "box",
     "fill",
     "frame_distance",
+    "frame_window",
     "frames",
     "identity",
     "inspect",
@@ -47,6 +48,7 @@ __all__ = [
     "mask",
     "point",
     "progress",
+    "prompt",
     "proportional",
     "query_bias",
     "same_location",
