@@ -291,3 +291,17 @@ def test_numbers_of_any_real_type_are_accepted_and_nonfinite_ones_refused():
             at.bias(bad)
     with pytest.raises(at.ConfigError, match="must be finite"):
         at.logit_scale(float("inf"))
+
+
+def test_the_compiled_score_path_equals_the_eager_one():
+    from attnsteer.execute import _score_fn
+    from attnsteer.kernels import scored_attention
+
+    lay = layout(4, 4, 4, text=0)
+    plan = build_plan(((at.Rule(at.video, at.video, at.scale_if_positive(0.5), pairs=at.token_distance(20)),
+                        SelectionContext(lay)),), lay, None, 1, 2)
+    fn = _score_fn(plan.scored, 1, 2, lay.seq_len, torch.device("cpu"))
+    q, k, v = qkv(1, 2, lay.seq_len, seed=9)
+    compiled, _ = scored_attention(q, k, v, fn, compile=True, chunk=16)
+    eager, _ = scored_attention(q, k, v, fn, compile=False, chunk=16)
+    torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=1e-6)
