@@ -129,3 +129,14 @@ prompt = PromptTokens()
 def words(*phrases: str) -> Words:
     """The text tokens of prompt words or phrases (sub-word tokens included); needs ``prompt=`` on the session."""
     return Words(phrases)
+
+
+def uses_words(value: object) -> bool:
+    """Whether a rule (or any selector, predicate or transform inside it) selects prompt words."""
+    if isinstance(value, (Words, PromptTokens)):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(uses_words(v) for v in value)
+    if attrs.has(type(value)):
+        return any(uses_words(getattr(value, f.name)) for f in attrs.fields(type(value)))
+    return False
