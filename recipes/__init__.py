@@ -8,9 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .direct_a_video import direct_a_video
 from .dymos import dymos
 from .enhance_a_video import enhance_a_video
+from .local_window import local_window
+from .peekaboo import peekaboo
+from .temperature import proportional_attention, ultravico
 
-RECIPES: dict[str, Callable[..., object]] = {"dymos": dymos, "enhance_a_video": enhance_a_video}
+RECIPES: dict[str, Callable[..., object]] = {
+    "dymos": dymos,
+    "direct_a_video": direct_a_video,
+    "enhance_a_video": enhance_a_video,
+    "peekaboo": peekaboo,
+    "local_window": local_window,
+    "proportional_attention": proportional_attention,
+    "ultravico": ultravico,
+}
 
-__all__ = ["RECIPES", "dymos", "enhance_a_video"]
+__all__ = ["RECIPES", "direct_a_video", "dymos", "enhance_a_video", "local_window", "peekaboo",
+           "proportional_attention", "ultravico"]

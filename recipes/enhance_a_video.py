@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import attnsteer as at
 from attnsteer.errors import ConfigError
+from attnsteer.validation import real_number
 
 AUTHORS_WEIGHTS: Mapping[str, float] = {"wan": 4.0, "cogvideox": 3.4, "hunyuanvideo": 4.0}
 """``set_enhance_weight`` in the authors' scripts: Wan2.1-T2V-14B 4, CogVideoX-2b 3.4, HunyuanVideo 4."""
@@ -30,9 +31,8 @@ def enhance_a_video(weight: float | None = None, layers: str | None = None) -> a
     narrows the modules, e.g. ``r"transformer_blocks\\.\\d+\\.attn"`` for HunyuanVideo's
     double-stream blocks only.
     """
-    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
-        raise ConfigError(f"enhance_a_video(weight=...) must be None (the authors' value per model) or a real number, "
-                          f"got {weight!r}")
+    if weight is not None:
+        weight = real_number(weight, "enhance_a_video(weight) (None: the authors' value per model)")
     if layers is not None and not isinstance(layers, str):
         raise ConfigError(f"enhance_a_video(layers=...) must be None or a module name or regex, got {layers!r}")
     score = at.readouts.cross_frame_intensity(weight=AUTHORS_WEIGHTS if weight is None else weight)

@@ -10,7 +10,7 @@ from .errors import AttnsteerError, ConfigError, SteeringError, UnsupportedModel
 from .geometry import box, mask, point, trajectory
 from .layout import Segment, TokenLayout
 from .outputs import output_scale
-from .pairs import frame_distance, same_location, same_region, token_distance
+from .pairs import frame_distance, frame_window, same_location, same_region, token_distance
 from .plugins.generic import GenericAdapter
 from .rules import Recipe, Rule
 from .schedules import always, progress, steps, timesteps
@@ -19,7 +19,7 @@ from .record import Record
 from .session import inspect, steer
 from .transforms import (bias, block, fill, identity, logit_scale, proportional, query_bias, scale, scale_if_positive,
                          score_mod, temperature)
-from .words import words
+from .words import prompt, words
 
 __version__ = "0.1.0"
 
@@ -40,6 +40,7 @@ __all__ = [
     "box",
     "fill",
     "frame_distance",
+    "frame_window",
     "frames",
     "identity",
     "inspect",
@@ -49,6 +50,7 @@ __all__ = [
     "mask",
     "point",
     "progress",
+    "prompt",
     "proportional",
     "query_bias",
     "readouts",

@@ -113,7 +113,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         doc = pyinspect.getdoc(fn) or ""
         for line in doc.splitlines():
             print(f"    {line}")
-        print(f"    default rules: {fn()!r} -> {[repr(r) for r in fn().rules]}")
+        if all(p.default is not p.empty for p in signature.parameters.values()):
+            print(f"    default rules: {fn()!r} -> {[repr(r) for r in fn().rules]}")
     return 0
 
 

@@ -4,6 +4,8 @@ layout group when a recorder wants it."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -59,8 +61,10 @@ def _covers_all_queries(s: Selection) -> bool:
     return bool(s.rows.all() and s.heads.all() and s.query.all())
 
 
+@functools.lru_cache(maxsize=64)
 def _score_fn(selections: tuple[Selection, ...], batch: int, heads: int, num_keys: int, device: torch.device):
-    """The score function of the scored path: each selection's transform, in rule order, on its pairs."""
+    """The score function of the scored path: each selection's transform, in rule order, on its pairs
+    (cached per plan, so a compiled chunk step is reused across layers and steps)."""
     b_idx = torch.arange(batch, device=device)[:, None, None, None]
     h_idx = torch.arange(heads, device=device)[None, :, None, None]
     k_index = torch.arange(num_keys, device=device)

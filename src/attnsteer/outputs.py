@@ -12,8 +12,6 @@ readouts in the SDPA interception and applies the scales when the module's forwa
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,15 +23,16 @@ from .layout import TokenLayout
 from .plan import Selection, select
 from .readouts import Readout, ReadoutCall
 from .transforms import Transform
+from .validation import real_number
 
 
 def _factor(value: object) -> float | Readout:
     if isinstance(value, Readout):
         return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ConfigError(f"output_scale(factor) must be a finite real number or a readout such as "
-                          f"at.readouts.cross_frame_intensity(weight=4), got {value!r}")
-    return float(value)
+    try:
+        return real_number(value, "output_scale(factor)")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (or a readout such as at.readouts.cross_frame_intensity(weight=4))") from None
 
 
 class OutputTransform(Transform):

@@ -91,6 +91,36 @@ class FrameDistance(Pairs):
 
 
 @attrs.frozen(repr=False)
+class FrameWindow(Pairs):
+    """Pairs whose key frame lies in the query frame's window of ``size`` latent frames (FreeLong):
+    frames ``[i - size // 2, i + size // 2]`` clipped to the video; with ``adjusted=True`` a window
+    clipped at either end is shifted back to ``size`` frames (FreeLong's ``get_adjusted_local_mask``)."""
+
+    size: int = attrs.field(validator=_non_negative_int("frame_window"))
+    adjusted: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+
+    def __attrs_post_init__(self) -> None:
+        if self.size < 1:
+            raise ConfigError(f"frame_window(size=...) must be >= 1 latent frame, got {self.size}")
+
+    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+        frame = token_geometry(ctx.layout).frame.to(q_index.device)
+        fq, fk = frame[q_index][:, None], frame[k_index][None, :]
+        n = ctx.layout.num_frames
+        start = (fq - self.size // 2).clamp_min(0)
+        end = (fq + self.size // 2 + 1).clamp_max(n)
+        if self.adjusted:
+            short = (end - start) < self.size
+            at_left = short & (start == 0)
+            end = torch.where(at_left, torch.full_like(end, min(n, self.size)), end)
+            start = torch.where(short & ~at_left, (end - self.size).clamp_min(0), start)
+        return (fq >= 0) & (fk >= start) & (fk < end)
+
+    def __repr__(self) -> str:
+        return f"frame_window({self.size}{', adjusted=True' if self.adjusted else ''})"
+
+
+@attrs.frozen(repr=False)
 class SameLocation(Pairs):
     """Pairs of frame tokens at the same (row, column) of the token grid, in any frames."""
 
@@ -176,6 +206,11 @@ def same_region(region: Selector) -> SameRegion:
 def frame_distance(max: int) -> FrameDistance:  # noqa: A002 - reads like the predicate
     """Pairs of frame tokens at most ``max`` latent frames apart."""
     return FrameDistance(max)
+
+
+def frame_window(size: int, adjusted: bool = False) -> FrameWindow:
+    """Pairs whose key frame is in the query frame's local window of ``size`` latent frames."""
+    return FrameWindow(size, adjusted)
 
 
 def same_location() -> SameLocation:

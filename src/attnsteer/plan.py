@@ -157,8 +157,16 @@ def build_plan(
 
 
 def _is_grouped(s: Selection) -> bool:
-    t = s.rule.transform
-    return t.constant_bias is not None and (s.rule.pairs is None or not s.rule.pairs.elementwise)
+    t = s.transform
+    return (t.constant_bias is not None or t.per_query is not None) and (
+        s.rule.pairs is None or not s.rule.pairs.elementwise
+    )
+
+
+def _cell_bias(s: Selection, reps: torch.Tensor) -> torch.Tensor | float:
+    """The logit a grouped selection adds, per query cell [C, 1] (per-query values) or constant."""
+    t = s.transform
+    return t.constant_bias if t.constant_bias is not None else t.per_query[reps][:, None].float()
 
 
 def _grouped_plan(
@@ -170,7 +178,7 @@ def _grouped_plan(
     bias = torch.zeros(batch, heads, c, c, dtype=torch.float32)
     for s in selections:
         where = s.rows[:, None, None, None] & s.heads[None, :, None, None] & s.pair_mask(reps, reps)[None, None]
-        bias = bias + torch.where(where, s.rule.transform.constant_bias, 0.0)
+        bias = bias + torch.where(where, _cell_bias(s, reps), 0.0)
     if all(s.rule.heads is None for s in selections):
         bias = bias[:, 0]
         if bool((bias == bias[:1]).all()):
@@ -184,17 +192,21 @@ def _grouped_plan(
 def _cells(selections: list[Selection], layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor]:
     """The partition of the tokens by layout group and by membership of every mask the rules read:
     (cell id per token [N], first token of each cell [C]). Cells are numbered in token order of
-    their first token, so plain frame rules give cells == layout groups."""
+    their first token, so plain frame rules give cells == layout groups. Per-query bias values
+    refine the cells too, so each cell has one value."""
     code = layout.group_ids()
     masks = {}
     for s in selections:
+        if s.transform.per_query is not None:
+            values = torch.unique(s.transform.per_query, return_inverse=True)[1]
+            masks.setdefault(id(values), values)
         masks.setdefault(id(s.query), s.query)
         masks.setdefault(id(s.key), s.key)
         for region in (s.rule.pairs.selectors() if s.rule.pairs is not None else ()):
             m = region.token_mask(s.ctx)
             masks.setdefault(id(m), m)
     for m in masks.values():
-        code = torch.unique(code * 2 + m.long(), return_inverse=True)[1]
+        code = torch.unique(code * (int(m.max()) + 1) + m.long(), return_inverse=True)[1]
     n = code.numel()
     first = torch.full((int(code.max()) + 1,), n, dtype=torch.long).scatter_reduce(
         0, code, torch.arange(n), reduce="amin"

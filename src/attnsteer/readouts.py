@@ -9,8 +9,6 @@ over every head, and returns one scalar for them (a 0-dim float32 tensor on q's 
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 from collections.abc import Mapping
 
 import attrs
@@ -19,6 +17,7 @@ import torch
 from .errors import ConfigError, SteeringError
 from .geometry import token_geometry
 from .layout import TokenLayout
+from .validation import real_number
 
 
 @attrs.frozen(eq=False)
@@ -74,10 +73,7 @@ def _weight(value: object) -> float | Mapping[str, float] | None:
 
 
 def _real(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise ConfigError(f"cross_frame_intensity(weight=...) must be None, a finite real number or a mapping from "
-                          f"model family to one, got {value!r}")
-    return float(value)
+    return real_number(value, "cross_frame_intensity(weight=...) (None, a number or a mapping from model family to one)")
 
 
 @attrs.frozen(repr=False, eq=False)

@@ -11,6 +11,7 @@ import math
 import attrs
 
 from .errors import ConfigError
+from .validation import integer, real_number
 
 
 @attrs.frozen
@@ -33,35 +34,38 @@ class Schedule:
         raise NotImplementedError
 
 
-def _int_at_least(minimum: int):
-    def check(instance: object, attribute: attrs.Attribute, value: object) -> None:
-        if value is None and attribute.name == "stop":
-            return
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ConfigError(f"steps({attribute.name}=...) must be an int >= {minimum}, got {value!r}")
+def _int_at_least(name: str, minimum: int, optional: bool = False):
+    def convert(value: object) -> int | None:
+        if value is None and optional:
+            return None
+        return integer(value, f"steps({name}=...)", minimum)
 
-    return check
-
-
-def _fraction(instance: object, attribute: attrs.Attribute, value: object) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-        raise ConfigError(f"progress({attribute.name}=...) must be a number in [0, 1], got {value!r}")
+    return convert
 
 
-def _finite(name: str):
-    def check(instance: object, attribute: attrs.Attribute, value: object) -> None:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
-            raise ConfigError(f"{name}({attribute.name}=...) must be a number (not NaN), got {value!r}")
+def _fraction(name: str):
+    def convert(value: object) -> float:
+        number = real_number(value, f"progress({name}=...)")
+        if not 0.0 <= number <= 1.0:
+            raise ConfigError(f"progress({name}=...) must be a number in [0, 1], got {value!r}")
+        return number
 
-    return check
+    return convert
+
+
+def _timestep(name: str):
+    def convert(value: object) -> float:
+        return real_number(value, f"timesteps({name}=...)", allow_inf=True)
+
+    return convert
 
 
 @attrs.frozen(repr=False)
 class Steps(Schedule):
     """Step indices ``start <= step < stop`` (``stop=None``: to the end)."""
 
-    start: int = attrs.field(default=0, validator=_int_at_least(0))
-    stop: int | None = attrs.field(default=None, validator=_int_at_least(1))
+    start: int = attrs.field(default=0, converter=_int_at_least("start", 0))
+    stop: int | None = attrs.field(default=None, converter=_int_at_least("stop", 1, optional=True))
 
     def __attrs_post_init__(self) -> None:
         if self.stop is not None and self.stop <= self.start:
@@ -78,10 +82,12 @@ class Steps(Schedule):
 
 @attrs.frozen(repr=False)
 class Progress(Schedule):
-    """Fraction of the run's steps: on while ``start <= step / num_steps < stop``."""
+    """Fraction of the run's steps: on while ``start <= step / num_steps < stop`` (``<= stop`` with
+    ``include_stop=True``, as methods written ``t_now >= tau`` with ``t_now = 1 - i / N`` have it)."""
 
-    start: float = attrs.field(default=0.0, validator=_fraction)
-    stop: float = attrs.field(default=1.0, validator=_fraction)
+    start: float = attrs.field(default=0.0, converter=_fraction("start"))
+    stop: float = attrs.field(default=1.0, converter=_fraction("stop"))
+    include_stop: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
     def __attrs_post_init__(self) -> None:
         if self.stop <= self.start:
@@ -94,18 +100,19 @@ class Progress(Schedule):
                 "or pass num_steps= to at.steer"
             )
         fraction = info.step / info.num_steps
-        return self.start <= fraction < self.stop
+        return self.start <= fraction and (fraction <= self.stop if self.include_stop else fraction < self.stop)
 
     def __repr__(self) -> str:
-        return f"progress(start={self.start}, stop={self.stop})"
+        closed = ", include_stop=True" if self.include_stop else ""
+        return f"progress(start={self.start}, stop={self.stop}{closed})"
 
 
 @attrs.frozen(repr=False)
 class Timesteps(Schedule):
     """Timestep values ``low <= t <= high`` (in the scheduler's own scale)."""
 
-    high: float = attrs.field(validator=_finite("timesteps"))
-    low: float = attrs.field(default=-math.inf, validator=_finite("timesteps"))
+    high: float = attrs.field(converter=_timestep("high"))
+    low: float = attrs.field(default=-math.inf, converter=_timestep("low"))
 
     def __attrs_post_init__(self) -> None:
         if self.low > self.high:

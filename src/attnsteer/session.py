@@ -20,7 +20,7 @@ from .plugins.manager import find_adapter, require_adapter, supported_families
 from .layout import TokenLayout
 from .rules import Recipe, Rule, flatten_rules
 from .selectors import SelectionContext
-from .words import WordIndex
+from .words import WordIndex, uses_words
 
 PIPELINE_DENOISERS = ("transformer", "transformer_2", "unet")
 
@@ -98,11 +98,15 @@ class Session:
             raise errors[0]
 
 
-def word_index(target: Any, prompt: str | None, tokenizer: Any = None) -> WordIndex | None:
-    """The prompt's word index for ``at.words`` selectors: tokenised with ``tokenizer`` or the
-    pipeline's own; None when no prompt is given."""
-    if prompt is None:
+def word_index(target: Any, rules: tuple[Rule, ...], prompt: str | None, tokenizer: Any = None) -> WordIndex | None:
+    """The prompt's word index when some rule selects prompt words (``at.words``, ``at.prompt``):
+    tokenised with ``tokenizer`` or the pipeline's own. Raises at once when such a rule has no prompt."""
+    wanted = [r for r in rules if uses_words(r)]
+    if not wanted:
         return None
+    if prompt is None:
+        raise ConfigError(f"rule {wanted[0]!r} selects prompt words: pass prompt=... (and tokenizer=... for a "
+                          "pipeline without one) to at.steer / at.inspect")
     return WordIndex.from_tokenizer(tokenizer if tokenizer is not None else getattr(target, "tokenizer", None), prompt)
 
 
@@ -165,7 +169,8 @@ def steer(
     ``prompt`` (tokenised with ``tokenizer`` or the pipeline's) lets ``at.words(...)`` find its tokens.
     """
     sources = tuple(rules_or_recipes)
-    client = Steering(flatten_rules(sources), sources, word_index(target, prompt, tokenizer))
+    rules = flatten_rules(sources)
+    client = Steering(rules, sources, word_index(target, rules, prompt, tokenizer))
     return Session(target, client, adapter=adapter, num_steps=num_steps)
 
 

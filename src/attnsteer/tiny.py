@@ -430,3 +430,15 @@ def build_tiny(name: str, seed: int = 0) -> tuple[Any, Callable[..., dict[str, A
         raise ConfigError(f"model {name!r} is not a built-in tiny model; choose one of {sorted(TINY_MODELS)}")
     build, call_kwargs = TINY_MODELS[name]
     return build(seed), call_kwargs
+
+
+def word_tokenizer(vocabulary: str = "a an the cat dog red blue ball grass runs jumps on in left right") -> Any:
+    """A tiny word-level fast tokenizer built offline (one token per known word, ``[UNK]`` otherwise),
+    with character offsets, so ``at.words(...)`` works on the tiny pipelines' prompts."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(dict.fromkeys(vocabulary.split()))}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]")

@@ -22,6 +22,7 @@ import torch
 
 from .errors import ConfigError
 from .layout import TokenLayout
+from .validation import real_number
 
 
 MAX_BIAS = 1e30  # larger finite biases overflow float32 logits once added up
@@ -31,6 +32,7 @@ class Transform:
     """Base class. ``constant_bias`` is the logit added when the transform is a constant bias, else None."""
 
     constant_bias: float | None = None
+    per_query: torch.Tensor | None = None  # per-query additive values [seq_len], once bound to a layout
     identity: bool = False
 
     @property
@@ -58,26 +60,12 @@ class Transform:
 
 
 def _number(name: str, field: str, value: object) -> float:
-    """A real number of any type (int, float, numpy scalar, 0-dim tensor), finite after conversion
-    except where the caller allows -inf; NaN and +inf are refused."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{name}({field}) must be a real number, got {value!r}")
-    try:
-        number = float(value)
-    except (OverflowError, ValueError):
-        raise ConfigError(f"{name}({field}) must be a real number representable as a float, got {value!r}") from None
-    if math.isnan(number):
-        raise ConfigError(f"{name}({field}) must not be NaN")
-    return number
+    """A real number of any type; -inf and +inf pass here, each transform decides."""
+    return real_number(value, f"{name}({field})", allow_inf=True)
 
 
 def _finite(name: str, field: str, value: object) -> float:
-    number = _number(name, field, value)
-    if math.isinf(number):
-        raise ConfigError(f"{name}({field}) must be finite, got {value!r}")
-    return number
+    return real_number(value, f"{name}({field})")
 
 
 @attrs.frozen(repr=False)
@@ -244,6 +232,10 @@ class QueryBias(Transform):
 @attrs.frozen(eq=False)
 class _BoundQueryBias(Transform):
     values: torch.Tensor
+
+    @property
+    def per_query(self) -> torch.Tensor:  # type: ignore[override]
+        return self.values
 
     def score(self, s, b, h, q_idx, kv_idx):
         return s + self.values.to(s.device, s.dtype)[q_idx]

@@ -101,6 +101,42 @@ class Words(Selector):
         return f"words({', '.join(map(repr, self.phrases))})"
 
 
+@attrs.frozen(repr=False)
+class PromptTokens(Selector):
+    """Every text token that spells part of the prompt (not start, end or padding tokens)."""
+
+    group_level = False
+
+    def _mask(self, ctx: SelectionContext) -> torch.Tensor:
+        if ctx.words is None:
+            raise ConfigError("at.prompt needs the prompt: pass prompt=... to at.steer / at.inspect")
+        texts = [s for s in ctx.layout.segments if s.kind == "text"]
+        if not texts:
+            raise ConfigError("at.prompt selects nothing: this model's self-attention holds no text tokens")
+        segment = texts[0]
+        mask = torch.zeros(ctx.layout.seq_len, dtype=torch.bool)
+        for i, (a, b) in enumerate(ctx.words.spans[: segment.stop - segment.start]):
+            mask[segment.start + i] = b > a
+        return mask
+
+    def __repr__(self) -> str:
+        return "prompt"
+
+
+prompt = PromptTokens()
+
+
 def words(*phrases: str) -> Words:
     """The text tokens of prompt words or phrases (sub-word tokens included); needs ``prompt=`` on the session."""
     return Words(phrases)
+
+
+def uses_words(value: object) -> bool:
+    """Whether a rule (or any selector, predicate or transform inside it) selects prompt words."""
+    if isinstance(value, (Words, PromptTokens)):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(uses_words(v) for v in value)
+    if attrs.has(type(value)):
+        return any(uses_words(getattr(value, f.name)) for f in attrs.fields(type(value)))
+    return False
