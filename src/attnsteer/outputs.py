@@ -111,9 +111,12 @@ class OutputStage:
                 s = select(rule, client.selection_context(layout), branches, q.shape[0], q.shape[1])
                 if not (s.rows.any() and s.query.any()):
                     continue
-                rows = s.rows.nonzero().flatten().to(q.device)
                 call = ReadoutCall(layout, s.key, scale, self.adapter.family)
-                factor = rule.transform.factor(q.index_select(0, rows), k.index_select(0, rows), call)
+                if bool(s.rows.all()):
+                    factor = rule.transform.factor(q, k, call)
+                else:
+                    rows = s.rows.nonzero().flatten().to(q.device)
+                    factor = rule.transform.factor(q.index_select(0, rows), k.index_select(0, rows), call)
             except (ConfigError, SteeringError) as exc:
                 raise type(exc)(f"{self._where(rule)}: {exc}") from exc
             self.factors.append((s, factor))
