@@ -39,9 +39,9 @@ def run_plan(
             groups=layout.group_ids(device), num_groups=layout.num_groups, return_mass=want_mass,
         )
     elif plan.path == "grouped":
-        cells = plan.cells.to(device)
+        cells, bias = _on_device(plan, device)
         out, mass = grouped_attention(
-            q, k, v, cells, cells, bias=plan.bias.to(device), scale=scale, attn_mask=attn_mask, return_mass=want_mass,
+            q, k, v, cells, cells, bias=bias, scale=scale, attn_mask=attn_mask, return_mass=want_mass,
             num_q_groups=plan.num_cells, num_k_groups=plan.num_cells,
         )
         if mass is not None:
@@ -60,6 +60,12 @@ def run_plan(
         rows = s.rows.to(device)[:, None, None, None] & s.heads.to(device)[None, :, None, None]
         out = torch.where(rows & s.query.to(device)[None, None, :, None], v.to(out.dtype), out)
     return out, mass
+
+
+@functools.lru_cache(maxsize=64)
+def _on_device(plan: CallPlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A grouped plan's cells and bias on the call's device, copied once per plan."""
+    return plan.cells.to(device), plan.bias.to(device)
 
 
 def _covers_all_queries(s: Selection) -> bool:
@@ -105,8 +111,8 @@ def run_cross_plan(
     text = layout.video_start
     scale = (q.shape[-1] ** -0.5 if scale is None else float(scale)) * plan.scale_factor
     if plan.path == "grouped":
-        cells = plan.cells.to(q.device)
-        return grouped_attention(q, k, v, cells[text:], cells[:text], bias=plan.bias.to(q.device), scale=scale,
+        cells, bias = _on_device(plan, q.device)
+        return grouped_attention(q, k, v, cells[text:], cells[:text], bias=bias, scale=scale,
                                  attn_mask=attn_mask, num_q_groups=plan.num_cells, num_k_groups=plan.num_cells)[0]
     if plan.path == "scored":
         fn = _score_fn(plan.scored, q.shape[0], q.shape[1], text, q.device)
