@@ -370,6 +370,8 @@ def test_rules_with_output_transforms_refuse_heads_and_pairs():
         at.Rule(query=at.video, key=at.video, transform=at.output_scale(2), heads=[0])
     with pytest.raises(at.ConfigError, match="Rule.pairs"):
         at.Rule(query=at.video, key=at.video, transform=at.output_scale(2), pairs=at.same_location())
+    with pytest.raises(at.ConfigError, match="Rule.attention"):
+        at.Rule(query=at.video, key=at.text, transform=at.output_scale(2), attention="cross")
     with pytest.raises(at.ConfigError, match="weight"):
         at.recipes.enhance_a_video(weight="high")
     with pytest.raises(at.ConfigError, match="layers"):

@@ -254,6 +254,48 @@ def test_direct_a_video_amplifies_inside_and_suppresses_outside(cog):
     assert steps_hit == [0]  # 1 - i/N >= 0.6 holds for i = 0 only of 2 steps
 
 
+def test_direct_a_video_on_wans_cross_attention(wan_pipe, image):
+    from attnsteer.tiny import wan_call_kwargs, word_tokenizer
+
+    prompt, box, lam = "a dog on grass", (0.5, 0.0, 1.0, 1.0), 25.0
+    kwargs = wan_call_kwargs(prompt=prompt, num_inference_steps=STEPS, output_type="latent")
+
+    def run():
+        return np.asarray(wan_pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs).frames[0])
+
+    queries = [inside(t, box) for t in tokens(WAN)]
+    words = {1: "dog", 0: "a", 2: "on", 3: "grass"}  # word-level tokenizer: one token per word
+    calls = []
+
+    class Cross(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            named = dict(zip(("query", "key", "value"), args), **kwargs)
+            if func is not F.scaled_dot_product_attention or named["key"].shape[-2] != 512:
+                return func(*args, **kwargs)
+            q, k, v = named["query"], named["key"], named["value"]
+            step = len(calls) // 4  # 2 blocks x 2 branches per step
+            cond = len(calls) % 4 < 2  # Wan runs the conditional forward first
+            calls.append(1)
+            s = (q.double() @ k.double().transpose(-1, -2)) * q.shape[-1] ** -0.5
+            if cond:
+                size_reg = 1 - 0.5 * 1.0
+                for i, fg in enumerate(queries):
+                    for j, word in words.items():
+                        if word == "dog" and fg and 1 - step / STEPS >= 0.95:
+                            s[..., i, j] += lam * size_reg
+                        elif word != "dog" or not fg:
+                            s[..., i, j] = float("-inf")
+            return (s.softmax(-1) @ v.double()).to(q.dtype)
+
+    with Cross():
+        expected = run()
+    recipe = recipes.direct_a_video("dog", box="0.5,0,1,1", strength=lam, attention="cross")
+    with at.steer(wan_pipe, recipe, prompt=prompt, tokenizer=word_tokenizer()):
+        got = run()
+    assert_latents_close(got, expected)
+
+
 def test_recipe_parameters_are_validated():
     with pytest.raises(at.ConfigError, match="phrase"):
         recipes.direct_a_video("  ")

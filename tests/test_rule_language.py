@@ -305,3 +305,55 @@ def test_the_compiled_score_path_equals_the_eager_one():
     compiled, _ = scored_attention(q, k, v, fn, compile=True, chunk=16)
     eager, _ = scored_attention(q, k, v, fn, compile=False, chunk=16)
     torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=1e-6)
+
+
+class CrossEdit(torch.overrides.TorchFunctionMode):
+    """Dense float64 cross-attention for calls with ``text`` keys; ``edit(logits)`` first."""
+
+    def __init__(self, text: int, edit) -> None:
+        super().__init__()
+        self.text, self.edit, self.calls = text, edit, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not torch.nn.functional.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        named = dict(zip(("query", "key", "value"), args))
+        named.update(kwargs)
+        q, k, v = named["query"], named["key"], named["value"]
+        if k.shape[-2] != self.text or q.shape[-2] == k.shape[-2]:
+            return func(*args, **kwargs)
+        self.calls += 1
+        logits = self.edit((q.double() @ k.double().transpose(-1, -2)) * q.shape[-1] ** -0.5)
+        return (logits.softmax(-1) @ v.double()).to(q.dtype)
+
+
+def test_cross_attention_rules_steer_wans_text_calls_exactly(wan_pipe, image):
+    import numpy as np
+
+    from attnsteer.tiny import wan_call_kwargs, word_tokenizer
+
+    prompt = "a red dog runs"
+    kwargs = wan_call_kwargs(prompt=prompt, num_inference_steps=2, output_type="latent")
+
+    def run():
+        return np.asarray(wan_pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs).frames[0])
+
+    table = token_table(3, 4, 4, text=0)  # 3 latent frames of 4x4 tokens are the queries
+    box = (0.0, 0.0, 0.5, 1.0)
+    rows = torch.tensor([in_box(t, box) for t in table])
+    dog = 2  # 'a', 'red', 'dog' in the word-level tokenizer, no special tokens
+    edit_mode = CrossEdit(512, lambda s: s + 3.0 * (rows[:, None] & (torch.arange(512) == dog)[None, :]).double())
+    with edit_mode:
+        expected = run()
+    assert edit_mode.calls == 2 * 2 * 2  # 2 steps x 2 branches x 2 blocks
+    rule = at.Rule(at.box(*box), at.words("dog"), at.bias(3.0), attention="cross")
+    with at.steer(wan_pipe, rule, prompt=prompt, tokenizer=word_tokenizer()) as steering:
+        got = run()
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+    assert steering.summary()["rules"][0]["layers"] == ["transformer.blocks.0.attn2", "transformer.blocks.1.attn2"]
+    with pytest.raises(at.SteeringError, match="no separate cross-attention"):
+        from attnsteer.tiny import tiny_cogvideox
+
+        with at.steer(tiny_cogvideox(), at.Rule(at.video, at.text, at.bias(1.0), attention="cross")):
+            pass

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .errors import ConfigError, SteeringError, describe_rule
 from .hooks import AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
-from .execute import run_plan
+from .execute import cross_layout, run_cross_plan, run_plan
 from .layout import TokenLayout
 from .outputs import OutputStage, split_output_rules
 from .plan import build_plan
@@ -53,6 +53,7 @@ class ForwardState:
     step: StepInfo
     branches: tuple[str, ...] | None
     context: str | None
+    text_length: int | None = None  # text keys of the separate cross-attention calls, if the model has them
 
 
 class Client(Protocol):
@@ -109,6 +110,12 @@ class Controller:
 
     # --- attaching -----------------------------------------------------------------------
     def attach(self, client: Client, pipeline: Any = None, num_steps: int | None = None) -> None:
+        cross = [r for r in client.rules if r.attention == "cross"]
+        if cross and not self.adapter.cross_attention_modules(self.model):
+            raise SteeringError(
+                f"{describe_rule(cross[0], None)}: {type(self.model).__name__} has no separate cross-attention "
+                "(its text, if any, sits in the self-attention sequence): use attention='self' with at.text / at.words"
+            )
         if pipeline is not None:
             self.steps.pipeline = pipeline
         if num_steps is not None:
@@ -127,10 +134,11 @@ class Controller:
         if not modules:
             raise SteeringError(f"{self.adapter!r} found no self-attention modules in {type(self.model).__name__}")
         try:
-            for index, (name, module) in enumerate(modules):
-                layer = LayerInfo(index=index, name=name, component=self.component)
-                hook = AttentionHook(self._attention_runner(layer, module), self._set_context)
-                self._installed.append(InstalledHook(module, hook))
+            for attention, found in (("self", modules), ("cross", self.adapter.cross_attention_modules(self.model))):
+                for index, (name, module) in enumerate(found):
+                    layer = LayerInfo(index=index, name=name, component=self.component)
+                    hook = AttentionHook(self._attention_runner(layer, module, attention), self._set_context)
+                    self._installed.append(InstalledHook(module, hook))
             self._handles.append(self.model.register_forward_pre_hook(self._forward_start, with_kwargs=True))
             self._handles.append(self.model.register_forward_hook(self._forward_end, always_call=True))
         except BaseException:
@@ -164,17 +172,18 @@ class Controller:
         timestep = self.adapter.timestep(model, inputs)
         batch = _batch_size(inputs)
         branches = self.adapter.branches(model, inputs, self.context, batch, self.steps.pipeline)
-        self.state = ForwardState(layout=layout, step=self.steps.info(timestep), branches=branches, context=self.context)
+        self.state = ForwardState(layout=layout, step=self.steps.info(timestep), branches=branches, context=self.context,
+                                  text_length=self.adapter.text_length(model, inputs))
 
     def _forward_end(self, model: torch.nn.Module, args: tuple, output: Any) -> None:
         self.state = None
 
     # --- per attention call --------------------------------------------------------------
-    def _active_rules(self, layer: LayerInfo, state: ForwardState) -> list[tuple[Client, Rule]]:
+    def _active_rules(self, layer: LayerInfo, state: ForwardState, attention: str) -> list[tuple[Client, Rule]]:
         active = []
         for client in self.clients:
             for rule in client.rules:
-                if not rule.matches_layer(layer.index, layer.names):
+                if rule.attention != attention or not rule.matches_layer(layer.index, layer.names):
                     continue
                 try:
                     on = rule.when.active(state.step)
@@ -184,18 +193,20 @@ class Controller:
                     active.append((client, rule))
         return active
 
-    def _attention_runner(self, layer: LayerInfo, module: torch.nn.Module) -> Callable[[Callable, tuple, dict], Any]:
+    def _attention_runner(
+        self, layer: LayerInfo, module: torch.nn.Module, attention: str = "self"
+    ) -> Callable[[Callable, tuple, dict], Any]:
         def run(forward: Callable, args: tuple, kwargs: dict) -> Any:
             state = self.state
             if state is None:
                 if self.clients:
                     raise SteeringError(
-                        f"self-attention module {layer.qualified!r} ran outside a forward of its transformer "
+                        f"{attention}-attention module {layer.qualified!r} ran outside a forward of its transformer "
                         f"{type(self.model).__name__}; attnsteer learns the token layout from that forward"
                     )
                 return forward(*args, **kwargs)
-            active = self._active_rules(layer, state)
-            recorders = [c for c in self.clients if c.wants_mass]
+            active = self._active_rules(layer, state, attention)
+            recorders = [c for c in self.clients if c.wants_mass] if attention == "self" else []
             if not active and not recorders:
                 return forward(*args, **kwargs)
             seen = []
@@ -203,6 +214,8 @@ class Controller:
             stage = OutputStage(outputs, layer.qualified, self.adapter) if outputs else None
 
             def handle(*sdpa_args: Any, **sdpa_kwargs: Any) -> torch.Tensor:
+                if attention == "cross":
+                    return self._cross_call(layer, state, active, seen, sdpa_args, sdpa_kwargs)
                 return self._attention_call(layer, state, active, recorders, seen, sdpa_args, sdpa_kwargs, stage)
 
             with SDPAInterceptor(handle):
@@ -271,6 +284,38 @@ class Controller:
             mine = [rule for c, rule in active if c is client and (rule in plan.applied or (c, rule) in outputs)]
             if mine or client.wants_mass:
                 client.on_call(state, layer, mine, mass)
+        return out
+
+
+    def _cross_call(
+        self, layer: LayerInfo, state: ForwardState, active: list[tuple[Client, Rule]], seen: list[bool],
+        args: tuple, kwargs: dict,
+    ) -> torch.Tensor:
+        """A cross-attention SDPA call: steered when its keys are the forward's text tokens (image-key
+        calls, as in Wan I2V's attn2, pass through); the plan runs on the joint [text, video] layout."""
+        q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = _sdpa_arguments(args, kwargs)
+        if k.shape[-2] != state.text_length:
+            return F.scaled_dot_product_attention(*args, **kwargs)
+        seen.append(True)
+        where = _subject(active, layer)
+        layout = cross_layout(state.layout, state.text_length)
+        if q.dim() != 4 or q.shape[-2] != state.layout.seq_len or dropout_p or is_causal or enable_gqa:
+            raise SteeringError(
+                f"{where}: a cross-attention call with q {tuple(q.shape)}, k {tuple(k.shape)} (dropout_p={dropout_p}, "
+                f"is_causal={is_causal}, enable_gqa={enable_gqa}) does not match {state.layout.seq_len} video queries "
+                f"and {state.text_length} text keys"
+            )
+        branches = self.adapter.attention_branches(state.branches, q.shape[0])
+        try:
+            plan = build_plan(tuple((rule, client.selection_context(layout)) for client, rule in active), layout,
+                              branches, q.shape[0], q.shape[1])
+            out = run_cross_plan(plan, q, k, v, layout, scale, attn_mask)
+        except (ConfigError, SteeringError) as exc:
+            raise type(exc)(f"{where}: {exc}") from exc
+        for client in self.clients:
+            mine = [rule for c, rule in active if c is client and rule in plan.applied]
+            if mine:
+                client.on_call(state, layer, mine, None)
         return out
 
 

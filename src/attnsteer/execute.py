@@ -1,6 +1,10 @@
 """Run a :class:`~attnsteer.plan.CallPlan` on one attention call's q, k, v: pick the kernel of its
 path, fold in the uniform logit scale, apply identity rules, and return the attention mass per
-layout group when a recorder wants it."""
+layout group when a recorder wants it.
+
+Cross-attention calls (video queries, text keys) run on the joint layout ``[text, video]`` of
+:func:`cross_layout`, so the same selectors, predicates and plans serve them: queries are the
+video part of that layout, keys its text part."""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from .errors import SteeringError
 from .kernels import grouped_attention, scored_attention
-from .layout import TokenLayout
+from .layout import Segment, TokenLayout
 from .plan import CallPlan, Selection
 
 
@@ -34,9 +39,9 @@ def run_plan(
             groups=layout.group_ids(device), num_groups=layout.num_groups, return_mass=want_mass,
         )
     elif plan.path == "grouped":
-        cells = plan.cells.to(device)
+        cells, bias = _on_device(plan, device)
         out, mass = grouped_attention(
-            q, k, v, cells, cells, bias=plan.bias.to(device), scale=scale, attn_mask=attn_mask, return_mass=want_mass,
+            q, k, v, cells, cells, bias=bias, scale=scale, attn_mask=attn_mask, return_mass=want_mass,
             num_q_groups=plan.num_cells, num_k_groups=plan.num_cells,
         )
         if mass is not None:
@@ -55,6 +60,12 @@ def run_plan(
         rows = s.rows.to(device)[:, None, None, None] & s.heads.to(device)[None, :, None, None]
         out = torch.where(rows & s.query.to(device)[None, None, :, None], v.to(out.dtype), out)
     return out, mass
+
+
+@functools.lru_cache(maxsize=64)
+def _on_device(plan: CallPlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A grouped plan's cells and bias on the call's device, copied once per plan."""
+    return plan.cells.to(device), plan.bias.to(device)
 
 
 def _covers_all_queries(s: Selection) -> bool:
@@ -81,3 +92,29 @@ def _score_fn(selections: tuple[Selection, ...], batch: int, heads: int, num_key
         return scores
 
     return apply
+
+
+def cross_layout(video: TokenLayout, text_length: int) -> TokenLayout:
+    """The joint layout ``[text, video]`` that a cross-attention call's rules resolve against."""
+    if video.segments or video.video_start:
+        raise SteeringError(f"cross-attention rules need a video-only self-attention layout, got {video.describe()}")
+    return TokenLayout(num_frames=video.num_frames, tokens_per_frame=video.tokens_per_frame, video_start=text_length,
+                       segments=[Segment("text", 0, text_length)], reference_frames=video.reference_frames,
+                       grid=video.grid)
+
+
+def run_cross_plan(
+    plan: CallPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout, scale: float | None,
+    attn_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """The output of a cross-attention call (queries: the video of ``layout``, keys: its text) under ``plan``."""
+    text = layout.video_start
+    scale = (q.shape[-1] ** -0.5 if scale is None else float(scale)) * plan.scale_factor
+    if plan.path == "grouped":
+        cells, bias = _on_device(plan, q.device)
+        return grouped_attention(q, k, v, cells[text:], cells[:text], bias=bias, scale=scale,
+                                 attn_mask=attn_mask, num_q_groups=plan.num_cells, num_k_groups=plan.num_cells)[0]
+    if plan.path == "scored":
+        fn = _score_fn(plan.scored, q.shape[0], q.shape[1], text, q.device)
+        return scored_attention(q, k, v, lambda s, q_index: fn(s, q_index + text), scale, attn_mask)[0]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)

@@ -45,6 +45,9 @@ class OutputTransform(Transform):
         if rule.pairs is not None:
             raise ConfigError(f"Rule.pairs must be None with {self!r}: it acts on output rows, not on "
                               f"(query, key) pairs; got pairs={rule.pairs!r}")
+        if rule.attention != "self":
+            raise ConfigError(f"Rule.attention must be 'self' with {self!r}: output transforms act on the "
+                              f"self-attention modules; got attention={rule.attention!r}")
 
     def score(self, s, b, h, q_idx, kv_idx):
         raise ConfigError(f"{self!r} transforms a module's output, not attention logits")

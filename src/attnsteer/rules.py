@@ -15,6 +15,7 @@ from .selectors import AllTokens, Selector, _check_selector
 from .transforms import Transform
 
 BRANCHES = ("cond", "uncond", "all")
+ATTENTION_KINDS = ("self", "cross")
 
 LayerSpec = TypingUnion[int, str, "re.Pattern[str]"]
 
@@ -34,6 +35,12 @@ def _transform(value: object) -> Transform:
             f"at.score_mod(fn), at.identity() or at.output_scale(x); got {value!r}"
         )
     return value
+
+
+def _attention(value: object) -> str:
+    if value not in ATTENTION_KINDS:
+        raise ConfigError(f"Rule.attention must be one of {ATTENTION_KINDS}, got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 def _pairs(value: object) -> Pairs | None:
@@ -92,6 +99,8 @@ class Rule:
     ``branch`` picks the guidance branch ("cond", "uncond" or "all"); ``layers`` filters the
     self-attention modules (indices, names or regexes fully matching the module name); ``heads``
     filters heads; ``pairs`` narrows the selected (query, key) pairs by a pair predicate.
+    ``attention="cross"`` acts on the separate text cross-attention calls of models that have them
+    (Wan's ``attn2``): queries are the video tokens, keys the text tokens (``at.text``, ``at.words``).
     """
 
     query: Selector = attrs.field(converter=_selector("query"))
@@ -102,11 +111,14 @@ class Rule:
     layers: tuple[LayerSpec, ...] | None = attrs.field(default=None, converter=_layers)
     heads: tuple[int, ...] | None = attrs.field(default=None, converter=_heads)
     pairs: Pairs | None = attrs.field(default=None, converter=_pairs)
+    attention: str = attrs.field(default="self", converter=_attention)
 
     def __attrs_post_init__(self) -> None:
         self.transform.check_rule(self)
         if self.transform.identity and not isinstance(self.key, AllTokens):
             raise ConfigError(f"Rule.key must be at.tokens with at.identity() (a query attends to itself), got {self.key!r}")
+        if self.transform.identity and self.attention == "cross":
+            raise ConfigError("at.identity() needs self-attention (a query attending to itself); got attention='cross'")
 
     def matches_layer(self, index: int, names: Iterable[str]) -> bool:
         """Whether this rule covers the self-attention layer ``index`` known under ``names``."""

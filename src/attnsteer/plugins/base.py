@@ -36,6 +36,14 @@ class Adapter:
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
         raise NotImplementedError
 
+    def cross_attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        """The separate text cross-attention modules, in layer order (none for joint-attention models)."""
+        return []
+
+    def text_length(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> int | None:
+        """How many text tokens the cross-attention calls of one forward see as keys (None: no cross-attention)."""
+        return None
+
     def timestep(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> float | None:
         t = inputs.get("timestep")
         if t is None:
