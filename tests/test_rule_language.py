@@ -20,6 +20,7 @@ from attnsteer.execute import run_plan
 from attnsteer.plan import build_plan
 from attnsteer.selectors import SelectionContext
 from attnsteer.words import WordIndex
+from dense_reference import EditedAttention
 
 TEXT = 3  # text tokens before the video in the test layouts
 
@@ -307,27 +308,6 @@ def test_the_compiled_score_path_equals_the_eager_one():
     torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=1e-6)
 
 
-class CrossEdit(torch.overrides.TorchFunctionMode):
-    """Dense float64 cross-attention for calls with ``text`` keys; ``edit(logits)`` first."""
-
-    def __init__(self, text: int, edit) -> None:
-        super().__init__()
-        self.text, self.edit, self.calls = text, edit, 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is not torch.nn.functional.scaled_dot_product_attention:
-            return func(*args, **kwargs)
-        named = dict(zip(("query", "key", "value"), args))
-        named.update(kwargs)
-        q, k, v = named["query"], named["key"], named["value"]
-        if k.shape[-2] != self.text or q.shape[-2] == k.shape[-2]:
-            return func(*args, **kwargs)
-        self.calls += 1
-        logits = self.edit((q.double() @ k.double().transpose(-1, -2)) * q.shape[-1] ** -0.5)
-        return (logits.softmax(-1) @ v.double()).to(q.dtype)
-
-
 def test_cross_attention_rules_steer_wans_text_calls_exactly(wan_pipe, image):
     import numpy as np
 
@@ -343,7 +323,8 @@ def test_cross_attention_rules_steer_wans_text_calls_exactly(wan_pipe, image):
     box = (0.0, 0.0, 0.5, 1.0)
     rows = torch.tensor([in_box(t, box) for t in table])
     dog = 2  # 'a', 'red', 'dog' in the word-level tokenizer, no special tokens
-    edit_mode = CrossEdit(512, lambda s: s + 3.0 * (rows[:, None] & (torch.arange(512) == dog)[None, :]).double())
+    edit_mode = EditedAttention(lambda s: s + 3.0 * (rows[:, None] & (torch.arange(512) == dog)[None, :]).double(),
+                                lambda q, k: k.shape[-2] == 512 and q.shape[-2] != 512)
     with edit_mode:
         expected = run()
     assert edit_mode.calls == 2 * 2 * 2  # 2 steps x 2 branches x 2 blocks
