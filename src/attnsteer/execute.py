@@ -80,14 +80,14 @@ def _score_fn(selections: tuple[Selection, ...], batch: int, heads: int, num_key
     h_idx = torch.arange(heads, device=device)[None, :, None, None]
     k_index = torch.arange(num_keys, device=device)
     bound = [
-        (s, s.transform, s.rows.to(device)[:, None, None, None] & s.heads.to(device)[None, :, None, None])
+        (s.bind(device), s.transform, s.rows.to(device)[:, None, None, None] & s.heads.to(device)[None, :, None, None])
         for s in selections
     ]
 
     def apply(scores: torch.Tensor, q_index: torch.Tensor) -> torch.Tensor:
         q4, k4 = q_index[None, None, :, None], k_index[None, None, None, :]
-        for s, transform, rows_heads in bound:
-            where = rows_heads & s.pair_mask(q_index, k_index)[None, None]
+        for pair_mask, transform, rows_heads in bound:
+            where = rows_heads & pair_mask(q_index, k_index)[None, None]
             scores = torch.where(where, transform.score(scores, b_idx, h_idx, q4, k4), scores)
         return scores
 
