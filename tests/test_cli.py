@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import attnsteer as at
-from attnsteer.cli import main
+from attnsteer.cli import build_parser, main
 from attnsteer.tiny import TINY_MODELS
 from attnsteer.videoio import load_video
 
@@ -65,3 +65,14 @@ def test_run_works_on_every_tiny_family(tmp_path, name):
     assert load_video(out / "video.gif").ndim == 4
     (rule,) = json.loads((out / "run.json").read_text())["applied"]["rules"]
     assert rule["steps"] == [0] and rule["branches"] == ["cond"] and rule["layers"]
+
+
+def test_negative_values_after_an_option_parse_as_written():
+    from attnsteer.cli import join_negative_values
+
+    argv = ["sweep", "--gamma", "-2,-1,0,0.6,1", "--stop", "0.5", "--out", "x", "--alpha", "-1e-3"]
+    assert join_negative_values(argv) == ["sweep", "--gamma=-2,-1,0,0.6,1", "--stop", "0.5", "--out", "x",
+                                          "--alpha=-1e-3"]
+    assert join_negative_values(["run", "--gamma", "0.6", "--quick", "-v"]) == ["run", "--gamma", "0.6", "--quick", "-v"]
+    args = build_parser().parse_args(join_negative_values(["sweep", "--gamma", "-2,-1", "--out", "x"]))
+    assert args.gamma == [-2.0, -1.0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect as pyinspect
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -252,9 +253,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+NUMBER_LIST = re.compile(r"^-\d*\.?\d+(e-?\d+)?(,-?\d*\.?\d+(e-?\d+)?)*$")
+
+
+def join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--gamma -2,-1,0`` as ``--gamma=-2,-1,0``: argparse reads a value that starts with '-' and is
+    not a single number as an option, so documented commands with negative lists would fail."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and NUMBER_LIST.match(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         return args.func(args)
     except AttnsteerError as exc:
