@@ -178,7 +178,7 @@ def test_fill_values_differ_when_a_row_is_fully_filled():
     _, biased, _ = run([at.Rule(at.frames[0], at.tokens, at.bias(-1e4))], lay, q, k, v)
     plain = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     torch.testing.assert_close(biased[:, :, :2], plain[:, :, :2], atol=1e-5, rtol=1e-5)  # relative logits kept
-    with pytest.raises(at.SteeringError, match="every key blocked"):
+    with pytest.raises(at.KernelError, match="every key blocked"):
         run([at.Rule(at.frames[0], at.tokens, at.fill(-math.inf))], lay, q, k, v)
 
 
@@ -338,3 +338,29 @@ def test_cross_attention_rules_steer_wans_text_calls_exactly(wan_pipe, image):
 
         with at.steer(tiny_cogvideox(), at.Rule(at.video, at.text, at.bias(1.0), attention="cross")):
             pass
+
+
+def test_grouped_rules_under_autograd_take_the_differentiable_path():
+    lay, table = layout(2, 1, 2), token_table(2, 1, 2)
+    q, k, v = (t.requires_grad_() for t in qkv(1, 2, lay.seq_len, seed=10, dtype=torch.float64))
+    rule = at.Rule(at.frames[1], at.frames[0] | at.text, at.bias(-0.7))
+    plan, out, _ = run([rule], lay, q, k, v)
+    assert plan.path == "grouped"
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    sel = pair_matrix(table, lambda a, b, i, j: a["frame"] == 1 and (b["frame"] == 0 or b["kind"] == "text"))
+    expected, _ = dense(q, k, v, lambda s: s - 0.7 * sel.double())
+    torch.testing.assert_close(grads, torch.autograd.grad(expected.sum(), (q, k, v)), atol=1e-5, rtol=1e-5)
+    with pytest.raises(at.AttnsteerError, match="no backward"):
+        at.kernels.grouped_attention(q, k, v, lay.group_ids(), lay.group_ids(), bias=torch.zeros(3, 3))
+
+
+@pytest.mark.parametrize("shape", [(1, 0, 6), (0, 2, 6), (1, 2, 0)])
+def test_empty_inputs_give_empty_outputs(shape):
+    b, h, n = shape
+    q = torch.randn(b, h, n, 4)
+    k = torch.randn(b, h, 3, 4)
+    groups, kgroups = torch.zeros(n, dtype=torch.long), torch.zeros(3, dtype=torch.long)
+    out, mass = at.kernels.grouped_attention(q, k, k, groups, kgroups, bias=torch.zeros(1, 1), return_mass=True)
+    assert out.shape == (b, h, n, 4) and mass.shape == (b, h, 1, 1)
+    with pytest.raises(at.AttnsteerError, match="at least one key"):
+        at.kernels.grouped_attention(q, k[:, :, :0], k[:, :, :0], groups, kgroups[:0])

@@ -6,7 +6,7 @@ apply them to an unmodified model with :func:`steer`, and record frame-level att
 """
 
 from . import kernels, readouts
-from .errors import AttnsteerError, ConfigError, SteeringError, UnsupportedModelError
+from .errors import AttnsteerError, ConfigError, KernelError, SteeringError, UnsupportedModelError
 from .geometry import box, mask, point, trajectory
 from .layout import Segment, TokenLayout
 from .outputs import output_scale
@@ -27,6 +27,7 @@ __all__ = [
     "AttnsteerError",
     "ConfigError",
     "GenericAdapter",
+    "KernelError",
     "Recipe",
     "Record",
     "Rule",

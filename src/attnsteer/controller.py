@@ -15,7 +15,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, SteeringError, describe_rule
+from .errors import ConfigError, KernelError, SteeringError, describe_rule
 from .hooks import AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
 from .execute import cross_layout, run_cross_plan, run_plan
 from .layout import TokenLayout
@@ -278,8 +278,8 @@ class Controller:
         else:
             try:
                 out, mass = run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders))
-            except SteeringError as exc:
-                raise SteeringError(f"{where}: {exc}") from exc
+            except (KernelError, SteeringError) as exc:
+                raise type(exc)(f"{where}: {exc}") from exc
         for client in self.clients:
             mine = [rule for c, rule in active if c is client and (rule in plan.applied or (c, rule) in outputs)]
             if mine or client.wants_mass:
@@ -310,7 +310,7 @@ class Controller:
             plan = build_plan(tuple((rule, client.selection_context(layout)) for client, rule in active), layout,
                               branches, q.shape[0], q.shape[1])
             out = run_cross_plan(plan, q, k, v, layout, scale, attn_mask)
-        except (ConfigError, SteeringError) as exc:
+        except (ConfigError, KernelError, SteeringError) as exc:
             raise type(exc)(f"{where}: {exc}") from exc
         for client in self.clients:
             mine = [rule for c, rule in active if c is client and rule in plan.applied]

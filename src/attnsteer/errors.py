@@ -11,6 +11,10 @@ class ConfigError(AttnsteerError, ValueError):
     """Bad input: a field has a value outside what it allows. Raised at construction time."""
 
 
+class KernelError(AttnsteerError, ValueError):
+    """An attention kernel was called with inputs it does not accept (shapes, group ids, bias values)."""
+
+
 class UnsupportedModelError(AttnsteerError, TypeError):
     """No adapter knows how to find the self-attention of this model."""
 

@@ -29,11 +29,15 @@ def run_plan(
     attn_mask: torch.Tensor | None,
     want_mass: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(output [B, H, N, Dv], mass [B, H, G, G] over layout groups or None)."""
+    """(output [B, H, N, Dv], mass [B, H, G, G] over layout groups or None).
+
+    Under autograd the grouped kernel (no backward) is replaced by the score path, which applies
+    the same rules elementwise and is differentiable."""
     scale = (q.shape[-1] ** -0.5 if scale is None else float(scale)) * plan.scale_factor
     device = q.device
     mass = None
-    if plan.path == "scored":
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if plan.path == "scored" or (grad and (plan.path == "grouped" or want_mass)):
         out, mass = scored_attention(
             q, k, v, _score_fn(plan.scored, q.shape[0], q.shape[1], layout.seq_len, device), scale, attn_mask,
             groups=layout.group_ids(device), num_groups=layout.num_groups, return_mass=want_mass,

@@ -100,7 +100,8 @@ class CallPlan:
     bias: torch.Tensor | None = None
     cell_groups: torch.Tensor | None = None
     cell_sizes: torch.Tensor | None = None
-    # scored path: the selections applied in rule order
+    # the logit selections in rule order: what the scored path applies (also kept on grouped plans,
+    # whose differentiable form under autograd is the scored path)
     scored: tuple[Selection, ...] = ()
     # identity rules, applied after the kernel
     identity: tuple[Selection, ...] = ()
@@ -193,7 +194,7 @@ def _grouped_plan(
     groups = layout.group_ids()[reps]
     sizes = torch.bincount(cells, minlength=c)
     return CallPlan("grouped", applied, scale_factor, cells=cells, bias=bias, cell_groups=groups, cell_sizes=sizes,
-                    identity=identity)
+                    scored=tuple(selections), identity=identity)
 
 
 def _cells(selections: list[Selection], layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor]:

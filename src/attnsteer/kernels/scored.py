@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import SteeringError
+from ..errors import KernelError
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 CHUNK_ELEMENTS = 1 << 22  # logits held at once (16 MB in float32; larger chunks fall out of cache)
@@ -67,7 +67,7 @@ def scored_attention(
         rows_out, blocked, part = step(score_fn, q[:, :, start : start + chunk].to(work), kt, vw, q_index, rows,
                                        onehot, scale)
         if bool(blocked.any()):
-            raise SteeringError(
+            raise KernelError(
                 f"{int(blocked.sum())} query rows have every key blocked (-inf) by the active rules; each query "
                 "must be able to attend to at least one key"
             )
