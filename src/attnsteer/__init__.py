@@ -6,7 +6,7 @@ apply them to an unmodified model with :func:`steer`, and record frame-level att
 """
 
 from . import kernels, readouts
-from .errors import AttnsteerError, ConfigError, KernelError, SteeringError, UnsupportedModelError
+from .errors import AttnsteerError, AttnsteerWarning, ConfigError, KernelError, SteeringError, UnsupportedModelError
 from .geometry import box, mask, point, trajectory
 from .layout import Segment, TokenLayout
 from .outputs import output_scale
@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttnsteerError",
+    "AttnsteerWarning",
     "ConfigError",
     "GenericAdapter",
     "KernelError",

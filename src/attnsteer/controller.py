@@ -7,7 +7,7 @@ the last one to leave removes them, so sessions nest and combine on the same mod
 
 from __future__ import annotations
 
-import weakref
+import copy
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -107,6 +107,10 @@ class Controller:
         self.state: ForwardState | None = None
         self._installed: list[InstalledHook] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._copied = False
+        self.layers: list[tuple[str, LayerInfo]] = []  # (attention kind, layer) of every hooked module
+        self.seen_steps: set[StepInfo] = set()
+        self.seen_branches: set[str] = set()
 
     # --- attaching -----------------------------------------------------------------------
     def attach(self, client: Client, pipeline: Any = None, num_steps: int | None = None) -> None:
@@ -127,7 +131,22 @@ class Controller:
     def detach(self, client: Client) -> None:
         self.clients.remove(client)
         if not self.clients:
+            _CONTROLLERS.pop(id(self.model), None)
             self._uninstall()
+
+    def __deepcopy__(self, memo: dict) -> Controller:
+        """``copy.deepcopy`` of a hooked model copies its hooks and so this controller. The copy is
+        never steered: its controller has no clients and, at the copy's first forward, removes the
+        copied hooks, so the copy runs (and stays) exactly like an unsteered model."""
+        clone = Controller.__new__(Controller)
+        memo[id(self)] = clone
+        clone.model = copy.deepcopy(self.model, memo)
+        clone.component, clone.adapter, clone.clients = self.component, copy.deepcopy(self.adapter, memo), []
+        clone.steps, clone.context, clone.state = StepTracker(), None, None
+        clone._installed = copy.deepcopy(self._installed, memo)
+        clone._handles = []
+        clone._copied = True
+        return clone
 
     def _install(self) -> None:
         modules = self.adapter.attention_modules(self.model)
@@ -137,7 +156,8 @@ class Controller:
             for attention, found in (("self", modules), ("cross", self.adapter.cross_attention_modules(self.model))):
                 for index, (name, module) in enumerate(found):
                     layer = LayerInfo(index=index, name=name, component=self.component)
-                    hook = AttentionHook(self._attention_runner(layer, module, attention), self._set_context)
+                    self.layers.append((attention, layer))
+                    hook = AttentionHook(self, layer, attention)
                     self._installed.append(InstalledHook(module, hook))
             self._handles.append(self.model.register_forward_pre_hook(self._forward_start, with_kwargs=True))
             self._handles.append(self.model.register_forward_hook(self._forward_end, always_call=True))
@@ -157,16 +177,33 @@ class Controller:
             handle.remove()
         self._installed.clear()
         self._handles.clear()
+        self.layers.clear()
         self.state = None
         refresh_registry_caches(self.model)
         if errors:
             raise errors[0]
 
+    def _remove_copied_hooks(self) -> None:
+        """In a deep copy: take the copied attention hooks and forward hooks off the copied model."""
+        for item in self._installed:
+            item.remove()
+        self._installed.clear()
+        model = self.model
+        for hooks, flags in ((model._forward_pre_hooks, model._forward_pre_hooks_with_kwargs),
+                             (model._forward_hooks, model._forward_hooks_always_called)):
+            for key in [k for k, fn in hooks.items() if getattr(fn, "__self__", None) is self]:
+                hooks.pop(key)
+                flags.pop(key, None)
+        refresh_registry_caches(self.model)
+
     # --- per forward ---------------------------------------------------------------------
-    def _set_context(self, name: str | None) -> None:
+    def set_context(self, name: str | None) -> None:
         self.context = name
 
     def _forward_start(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._copied:
+            self._remove_copied_hooks()
+            return
         inputs = bind_forward_inputs(model, args, kwargs)
         layout = self.adapter.layout(model, inputs)
         timestep = self.adapter.timestep(model, inputs)
@@ -174,6 +211,8 @@ class Controller:
         branches = self.adapter.branches(model, inputs, self.context, batch, self.steps.pipeline)
         self.state = ForwardState(layout=layout, step=self.steps.info(timestep), branches=branches, context=self.context,
                                   text_length=self.adapter.text_length(model, inputs))
+        self.seen_steps.add(self.state.step)
+        self.seen_branches.update(branches or ("unknown",))
 
     def _forward_end(self, model: torch.nn.Module, args: tuple, output: Any) -> None:
         self.state = None
@@ -193,44 +232,42 @@ class Controller:
                     active.append((client, rule))
         return active
 
-    def _attention_runner(
-        self, layer: LayerInfo, module: torch.nn.Module, attention: str = "self"
-    ) -> Callable[[Callable, tuple, dict], Any]:
-        def run(forward: Callable, args: tuple, kwargs: dict) -> Any:
-            state = self.state
-            if state is None:
-                if self.clients:
-                    raise SteeringError(
-                        f"{attention}-attention module {layer.qualified!r} ran outside a forward of its transformer "
-                        f"{type(self.model).__name__}; attnsteer learns the token layout from that forward"
-                    )
-                return forward(*args, **kwargs)
-            active = self._active_rules(layer, state, attention)
-            recorders = [c for c in self.clients if c.wants_mass] if attention == "self" else []
-            if not active and not recorders:
-                return forward(*args, **kwargs)
-            seen = []
-            outputs = split_output_rules(active)[1]
-            stage = OutputStage(outputs, layer.qualified, self.adapter) if outputs else None
-
-            def handle(*sdpa_args: Any, **sdpa_kwargs: Any) -> torch.Tensor:
-                if attention == "cross":
-                    return self._cross_call(layer, state, active, seen, sdpa_args, sdpa_kwargs)
-                return self._attention_call(layer, state, active, recorders, seen, sdpa_args, sdpa_kwargs, stage)
-
-            with SDPAInterceptor(handle):
-                output = forward(*args, **kwargs)
-            if not seen:
-                backend = getattr(getattr(module, "processor", None), "_attention_backend", None)
+    def run_attention(
+        self, layer: LayerInfo, attention: str, module: torch.nn.Module, forward: Callable, args: tuple, kwargs: dict
+    ) -> Any:
+        """One forward of a hooked attention module: steered and recorded through its SDPA calls."""
+        state = self.state
+        if state is None:
+            if self.clients:
                 raise SteeringError(
-                    f"{_subject(active, layer)}: the module computed attention without calling "
-                    "torch.nn.functional.scaled_dot_product_attention (attention backend: "
-                    f"{backend or 'unknown'}), so it cannot be steered or recorded. Non-native backends (flash, sage, "
-                    "xformers, flex) bypass it: call transformer.set_attention_backend('native') first"
+                    f"{attention}-attention module {layer.qualified!r} ran outside a forward of its transformer "
+                    f"{type(self.model).__name__}; attnsteer learns the token layout from that forward"
                 )
-            return output if stage is None else stage.apply(output, state.layout)
+            return forward(*args, **kwargs)
+        active = self._active_rules(layer, state, attention)
+        recorders = [c for c in self.clients if c.wants_mass] if attention == "self" else []
+        if not active and not recorders:
+            return forward(*args, **kwargs)
+        seen = []
+        outputs = split_output_rules(active)[1]
+        stage = OutputStage(outputs, layer.qualified, self.adapter) if outputs else None
 
-        return run
+        def handle(*sdpa_args: Any, **sdpa_kwargs: Any) -> torch.Tensor:
+            if attention == "cross":
+                return self._cross_call(layer, state, active, seen, sdpa_args, sdpa_kwargs)
+            return self._attention_call(layer, state, active, recorders, seen, sdpa_args, sdpa_kwargs, stage)
+
+        with SDPAInterceptor(handle):
+            output = forward(*args, **kwargs)
+        if not seen:
+            backend = getattr(getattr(module, "processor", None), "_attention_backend", None)
+            raise SteeringError(
+                f"{_subject(active, layer)}: the module computed attention without calling "
+                "torch.nn.functional.scaled_dot_product_attention (attention backend: "
+                f"{backend or 'unknown'}), so it cannot be steered or recorded. Non-native backends (flash, sage, "
+                "xformers, flex) bypass it: call transformer.set_attention_backend('native') first"
+            )
+        return output if stage is None else stage.apply(output, state.layout)
 
     def _attention_call(
         self,
@@ -341,13 +378,14 @@ def _batch_size(inputs: dict) -> int:
     raise SteeringError("cannot tell the batch size: the model's forward got no tensor argument")
 
 
-_CONTROLLERS: "weakref.WeakKeyDictionary[torch.nn.Module, Controller]" = weakref.WeakKeyDictionary()
+_CONTROLLERS: dict[int, Controller] = {}  # by id(model), only while some session is attached to it
 
 
 def controller_for(model: torch.nn.Module, component: str, adapter: Adapter) -> Controller:
-    """The controller of ``model``, created on first use (one per model, shared by sessions)."""
-    controller = _CONTROLLERS.get(model)
-    if controller is None or not controller.clients:
+    """The controller of ``model``, created on first use (one per model, shared by sessions). The
+    registry holds it only while a session is attached, so a model left by every session can be freed."""
+    controller = _CONTROLLERS.get(id(model))
+    if controller is None or controller.model is not model or not controller.clients:
         controller = Controller(model, component, adapter)
-        _CONTROLLERS[model] = controller
+        _CONTROLLERS[id(model)] = controller
     return controller

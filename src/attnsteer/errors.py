@@ -23,6 +23,10 @@ class SteeringError(AttnsteerError, RuntimeError):
     """A rule should apply to an attention call but cannot be honoured there."""
 
 
+class AttnsteerWarning(UserWarning):
+    """Something the user asked for had no effect (a rule that never applied); ``strict=True`` raises instead."""
+
+
 def describe_rule(rule: object, module_name: str | None) -> str:
     """The 'which rule, which module' prefix of a SteeringError message."""
     where = f" in module {module_name!r}" if module_name else ""

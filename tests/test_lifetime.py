@@ -1,0 +1,84 @@
+"""Lifetime and coexistence: sessions free the model, copies run unsteered, sessions are entered once."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+import attnsteer as at
+from dense_reference import hook_state
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RULE = at.Rule(at.frames[1:], at.frames[0], at.bias(-3.0))
+
+
+def fresh_wan():
+    from attnsteer.tiny import tiny_wan
+
+    return tiny_wan()
+
+
+def run(pipe, image, **overrides):
+    from attnsteer.tiny import wan_call_kwargs
+
+    kwargs = wan_call_kwargs(num_inference_steps=2, output_type="latent", **overrides)
+    return np.asarray(pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs).frames[0])
+
+
+def test_a_pipeline_left_by_its_sessions_can_be_freed(image):
+    pipe = fresh_wan()
+    with at.steer(pipe, RULE), at.inspect(pipe):
+        run(pipe, image)
+    ref = weakref.ref(pipe.transformer)
+    del pipe
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_deep_copy_made_inside_a_session_runs_unsteered(wan_pipe, image):
+    vanilla = run(wan_pipe, image)
+    with at.steer(wan_pipe, RULE):
+        steered = run(wan_pipe, image)
+        clone = copy.deepcopy(wan_pipe)
+        np.testing.assert_array_equal(run(clone, image), vanilla)  # the copy is never steered
+    assert not np.allclose(steered, vanilla)
+    np.testing.assert_array_equal(run(clone, image), vanilla)
+    assert hook_state(clone.transformer) == hook_state(wan_pipe.transformer)  # no hook left on the copy either
+
+
+def test_a_session_is_entered_once(wan_pipe, image):
+    session = at.steer(wan_pipe, RULE)
+    with session:
+        with pytest.raises(at.ConfigError, match="already active"):
+            with session:
+                pass
+        steered = run(wan_pipe, image)  # the outer session still steers
+    with at.steer(wan_pipe, RULE):
+        np.testing.assert_array_equal(run(wan_pipe, image), steered)
+
+
+@pytest.mark.parametrize("rule, reason", [
+    (at.Rule(at.frames[1:], at.frames[0], at.bias(-1.0), layers=r"blocks\.9\.attn1"), "matches none of the 2"),
+    (at.Rule(at.frames[1:], at.frames[0], at.bias(-1.0), when=at.steps(start=50)), "schedule .* was never on"),
+])
+def test_rules_that_never_apply_are_reported_and_strict_raises(wan_pipe, image, rule, reason):
+    before = hook_state(wan_pipe.transformer)
+    with pytest.warns(at.AttnsteerWarning, match=reason):
+        with at.steer(wan_pipe, rule):
+            run(wan_pipe, image)
+    with pytest.raises(at.SteeringError, match=reason):
+        with at.steer(wan_pipe, rule, strict=True):
+            run(wan_pipe, image)
+    assert hook_state(wan_pipe.transformer) == before  # the strict error leaves the model clean
+
+
+def test_a_rule_that_applies_is_not_reported(wan_pipe, image, recwarn):
+    with at.steer(wan_pipe, RULE, strict=True):
+        run(wan_pipe, image)
+    assert not [w for w in recwarn if issubclass(w.category, at.AttnsteerWarning)]
