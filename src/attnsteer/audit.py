@@ -36,8 +36,9 @@ def never_applied(rules: Sequence[Rule], applied: set[int], controllers: Sequenc
     if not steps:
         return []  # nothing ran: nothing to report
     problems = []
+    unreachable = {id(rule) for rule, _ in unmatched_layers(rules, controllers)}  # reported at the start already
     for i, rule in enumerate(rules):
-        if i in applied:
+        if i in applied or id(rule) in unreachable:
             continue
         if not _ever_on(rule, steps):
             seen = sorted(info.step for info in steps if info.step is not None)

@@ -309,9 +309,9 @@ class Controller:
         except ConfigError as exc:
             raise type(exc)(f"in self-attention module {layer.qualified!r}: {exc}") from exc
         if plan.path == "plain" and not recorders and not plan.identity and plan.scale_factor == 1.0:
-            if not outputs:
+            if not outputs and not plan.applied:
                 return F.scaled_dot_product_attention(*args, **kwargs)
-            out, mass = F.scaled_dot_product_attention(*args, **kwargs), None
+            out, mass = F.scaled_dot_product_attention(*args, **kwargs), None  # e.g. a logit scale of 1 applied
         else:
             try:
                 out, mass = run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders))

@@ -96,11 +96,11 @@ class Session:
         return self.client
 
     def __exit__(self, exc_type: object, *exc_info: object) -> None:
-        controllers = list(self._attached)
-        self._detach_all()
+        problems = []
         if exc_type is None and isinstance(self.client, Steering):
-            problems = audit.never_applied(self.client.rules, self.client.applied_rules(), controllers)
-            audit.report(problems, self.strict, "never applied")
+            problems = audit.never_applied(self.client.rules, self.client.applied_rules(), self._attached)
+        self._detach_all()
+        audit.report(problems, self.strict, "never applied")
 
     def _detach_all(self) -> None:
         errors = []
