@@ -6,7 +6,8 @@ apply them to an unmodified model with :func:`steer`, and record frame-level att
 """
 
 from . import kernels, readouts
-from .errors import AttnsteerError, AttnsteerWarning, ConfigError, KernelError, SteeringError, UnsupportedModelError
+from .errors import (AttnsteerError, AttnsteerWarning, ConfigError, KernelError, RecordingError, SteeringError,
+                     UnsupportedModelError)
 from .geometry import box, mask, point, trajectory
 from .layout import Segment, TokenLayout
 from .outputs import output_scale
@@ -30,6 +31,7 @@ __all__ = [
     "GenericAdapter",
     "KernelError",
     "Recipe",
+    "RecordingError",
     "Record",
     "Rule",
     "Segment",

@@ -15,6 +15,10 @@ class KernelError(AttnsteerError, ValueError):
     """An attention kernel was called with inputs it does not accept (shapes, group ids, bias values)."""
 
 
+class RecordingError(AttnsteerError, ValueError):
+    """A saved recording cannot be read: not a recording, damaged, or inconsistent."""
+
+
 class UnsupportedModelError(AttnsteerError, TypeError):
     """No adapter knows how to find the self-attention of this model."""
 
