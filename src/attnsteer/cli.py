@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect as pyinspect
 import json
+import math
 import re
 import sys
 import time
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import AttnsteerError
+from .errors import AttnsteerError, ConfigError
 
 RECIPE_PARAM_TYPES = {bool: "flag", int: int, float: float, str: str}
 
@@ -32,20 +33,66 @@ def _recipe_parameters() -> dict[str, pyinspect.Parameter]:
     return params
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _finite_non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _output_folder(text: str) -> Path:
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a folder")
+    return path
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return path
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "tiny-wan") -> None:
     parser.add_argument("--model", default=default_model,
                         help="a diffusers pipeline directory or hub name, 'toy', or a built-in tiny model (tiny-wan, ...)")
-    parser.add_argument("--image", help="reference image (PNG/JPEG); default: a built-in test image")
+    parser.add_argument("--image", type=_existing_file, help="reference image (PNG/JPEG); default: a built-in test image")
     parser.add_argument("--prompt", default="", help="text prompt")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, help="number of denoising steps (model default if omitted)")
-    parser.add_argument("--frames", type=int, help="number of video frames (model default if omitted)")
-    parser.add_argument("--guidance", type=float, help="guidance scale (model default if omitted)")
+    parser.add_argument("--out", required=True, type=_output_folder, help="output folder")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
+    parser.add_argument("--steps", type=_positive_int, help="number of denoising steps (model default if omitted)")
+    parser.add_argument("--frames", type=_positive_int, help="number of video frames (model default if omitted)")
+    parser.add_argument("--guidance", type=_finite_non_negative, help="guidance scale (model default if omitted)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (real pipelines)")
     parser.add_argument("--format", default="mp4", choices=["mp4", "gif"], help="video file format")
-    parser.add_argument("--fps", type=int, default=8)
+    parser.add_argument("--fps", type=_positive_int, default=8, help="frames per second of the written video (default 8)")
+    parser.add_argument("--allow-download", action="store_true",
+                        help="let --model fetch a hub model that is not in the local cache (off: fail at once)")
 
 
 def _add_recipe_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -72,6 +119,11 @@ def _parameter_kind(p: pyinspect.Parameter) -> Any:
 
 def _recipe_from_args(args: argparse.Namespace, **fixed: Any) -> Any:
     if not args.recipe:
+        given = [name for name in _recipe_parameters() if getattr(args, name, None) is not None]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise ConfigError(f"{flags} set a recipe parameter but no --recipe was given (choose one of "
+                              f"{', '.join(sorted(_recipes()))})")
         return None
     fn = _recipes()[args.recipe]
     names = pyinspect.signature(fn).parameters
@@ -83,7 +135,8 @@ def _recipe_from_args(args: argparse.Namespace, **fixed: Any) -> Any:
 def _load(args: argparse.Namespace):
     from .models import load_model
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype, seed=args.seed)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, seed=args.seed,
+                       allow_download=args.allow_download)
     model.show_progress(True)
     return model
 
@@ -224,7 +277,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnsteer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="attnsteer", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="generate one video with a recipe applied; writes the video and run.json")
@@ -247,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser("demo", help="DyMoS on the shipped toy model: videos, maps, motion against gamma")
-    p.add_argument("--out", type=Path, default=Path("attnsteer-demo"), help="output folder")
+    p.add_argument("--out", type=_output_folder, default=Path("attnsteer-demo"), help="output folder")
     p.add_argument("--quick", action="store_true", help="fewer seeds and steps (for smoke tests)")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -274,8 +329,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except AttnsteerError as exc:
+        if args.debug:
+            raise
         print(f"attnsteer: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # an unexpected failure: one line, the traceback with --debug
+        if args.debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"attnsteer: unexpected error: {type(exc).__name__}: {first} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
