@@ -13,6 +13,7 @@ from .dymos import dymos
 from .enhance_a_video import enhance_a_video
 from .local_window import local_window
 from .peekaboo import peekaboo
+from .perturbed import pag, stg
 from .temperature import proportional_attention, ultravico
 
 RECIPES: dict[str, Callable[..., object]] = {
@@ -23,7 +24,9 @@ RECIPES: dict[str, Callable[..., object]] = {
     "local_window": local_window,
     "proportional_attention": proportional_attention,
     "ultravico": ultravico,
+    "pag": pag,
+    "stg": stg,
 }
 
-__all__ = ["RECIPES", "direct_a_video", "dymos", "enhance_a_video", "local_window", "peekaboo",
-           "proportional_attention", "ultravico"]
+__all__ = ["RECIPES", "direct_a_video", "dymos", "enhance_a_video", "local_window", "pag", "peekaboo",
+           "proportional_attention", "stg", "ultravico"]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from .errors import ConfigError, KernelError, SteeringError, describe_rule
 from .hooks import AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
 from .execute import cross_layout, run_cross_plan, run_plan
+from .guidance import BlockSkipHook, GuidanceHook, PerturbedGuidance, first_tensor, guidance_scale, replace_first_tensor
 from .layout import TokenLayout
 from .outputs import OutputStage, split_output_rules
 from .plan import build_plan
@@ -111,6 +112,8 @@ class Controller:
         self.layers: list[tuple[str, LayerInfo]] = []  # (attention kind, layer) of every hooked module
         self.seen_steps: set[StepInfo] = set()
         self.seen_branches: set[str] = set()
+        self.perturbing: PerturbedGuidance | None = None  # set during the perturbed forward
+        self._skip_hooks: set[int] = set()
 
     # --- attaching -----------------------------------------------------------------------
     def attach(self, client: Client, pipeline: Any = None, num_steps: int | None = None) -> None:
@@ -126,6 +129,12 @@ class Controller:
             self.steps.num_steps = num_steps
         if not self.clients:
             self._install()
+        try:
+            self._install_block_skips(getattr(client, "guidance", None))
+        except BaseException:
+            if not self.clients:
+                self._uninstall()
+            raise
         self.clients.append(client)
 
     def detach(self, client: Client) -> None:
@@ -146,6 +155,8 @@ class Controller:
         clone._installed = copy.deepcopy(self._installed, memo)
         clone._handles = []
         clone._copied = True
+        clone.perturbing, clone._skip_hooks = None, set()
+        clone.layers, clone.seen_steps, clone.seen_branches = [], set(), set()
         return clone
 
     def _install(self) -> None:
@@ -159,12 +170,53 @@ class Controller:
                     self.layers.append((attention, layer))
                     hook = AttentionHook(self, layer, attention)
                     self._installed.append(InstalledHook(module, hook))
+            self._installed.append(InstalledHook(self.model, GuidanceHook(self)))
             self._handles.append(self.model.register_forward_pre_hook(self._forward_start, with_kwargs=True))
             self._handles.append(self.model.register_forward_hook(self._forward_end, always_call=True))
         except BaseException:
             self._uninstall()
             raise
         refresh_registry_caches(self.model)
+
+    def _install_block_skips(self, guidance: PerturbedGuidance | None) -> None:
+        """STG-R: a skip hook on each block the client's perturbed forward skips (once per block)."""
+        if guidance is None or not guidance.skip_blocks:
+            return
+        blocks = self.adapter.blocks(self.model)
+        bad = [i for i in guidance.skip_blocks if i >= len(blocks)]
+        if bad:
+            raise SteeringError(f"perturbed guidance skip_blocks {bad} out of range: {type(self.model).__name__} has "
+                                f"{len(blocks)} blocks ({self.adapter.block_pattern!r}); allowed 0..{len(blocks) - 1}")
+        for i in guidance.skip_blocks:
+            if i not in self._skip_hooks:
+                self._installed.append(InstalledHook(blocks[i][1], BlockSkipHook(self, i)))
+                self._skip_hooks.add(i)
+
+    def skips_block(self, index: int) -> bool:
+        """Whether block ``index`` returns its input in this forward (the perturbed forward of STG-R)."""
+        return self.perturbing is not None and index in self.perturbing.skip_blocks
+
+    def perturb(self, forward: Callable, args: tuple, kwargs: dict, output: Any) -> Any:
+        """After a forward with conditional rows: the perturbed forward, combined into those rows."""
+        state = self.state
+        clients = [c for c in self.clients if getattr(c, "guidance", None) is not None]
+        if state is None or not clients or not state.branches or "cond" not in state.branches:
+            return output
+        guidance = clients[0].guidance
+        strength = guidance.scale_at(state.step)
+        if strength == 0:
+            return output
+        w = guidance_scale(self.steps.pipeline, self.component)
+        self.state, self.perturbing = attrs.evolve(state, branches=("perturbed",) * len(state.branches)), guidance
+        try:
+            perturbed = first_tensor(forward(*args, **kwargs))
+        finally:
+            self.state, self.perturbing = state, None
+        cond = torch.tensor([b == "cond" for b in state.branches], device=perturbed.device)
+        prediction = first_tensor(output)
+        pushed = prediction + (strength / w) * (prediction - perturbed)
+        shape = (-1,) + (1,) * (prediction.dim() - 1)
+        return replace_first_tensor(output, torch.where(cond.view(shape), pushed, prediction))
 
     def _uninstall(self) -> None:
         errors = []
@@ -177,6 +229,7 @@ class Controller:
             handle.remove()
         self._installed.clear()
         self._handles.clear()
+        self._skip_hooks.clear()
         self.layers.clear()
         self.state = None
         refresh_registry_caches(self.model)

@@ -90,9 +90,10 @@ class InstalledHook:
     def remove(self) -> None:
         registry = self.module._diffusers_hook
         registry.remove_hook(HOOK_NAME, recurse=False)
-        if not registry.hooks and not self.had_registry:
-            del self.module._diffusers_hook
-            if not self.had_forward_attr:
+        if not registry.hooks:
+            if not self.had_registry:
+                del self.module._diffusers_hook
+            if not self.had_forward_attr:  # the registry leaves the class forward as an instance attribute
                 self.module.__dict__.pop("forward", None)
 
 

@@ -23,7 +23,7 @@ from .recording_io import read_npz
 from .rules import Rule
 from .selectors import GeneratedFrames, Groups, SelectionContext, Selector, _check_selector
 
-BRANCH_NAMES = ("cond", "uncond", "unknown")
+BRANCH_NAMES = ("cond", "uncond", "perturbed", "unknown")
 FORMAT_VERSION = 1
 
 

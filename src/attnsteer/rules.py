@@ -9,12 +9,13 @@ from typing import Union as TypingUnion
 import attrs
 
 from .errors import ConfigError
+from .guidance import PerturbedGuidance
 from .pairs import Pairs, _check_pairs
 from .schedules import Schedule, always
 from .selectors import AllTokens, Selector, _check_selector
 from .transforms import Transform
 
-BRANCHES = ("cond", "uncond", "all")
+BRANCHES = ("cond", "uncond", "perturbed", "all")
 ATTENTION_KINDS = ("self", "cross")
 
 LayerSpec = TypingUnion[int, str, "re.Pattern[str]"]
@@ -148,11 +149,14 @@ class Recipe:
     name: str
     rules: tuple[Rule, ...] = attrs.field(converter=tuple)
     params: tuple[tuple[str, object], ...] = attrs.field(default=(), converter=_params)
+    guidance: PerturbedGuidance | None = None  # an extra perturbed prediction (PAG, STG)
 
     def __attrs_post_init__(self) -> None:
         for r in self.rules:
             if not isinstance(r, Rule):
                 raise ConfigError(f"Recipe {self.name!r} rules must be at.Rule objects, got {r!r}")
+        if self.guidance is not None and not isinstance(self.guidance, PerturbedGuidance):
+            raise ConfigError(f"Recipe {self.name!r} guidance must be a PerturbedGuidance, got {self.guidance!r}")
 
     def __iter__(self) -> Iterator[Rule]:
         return iter(self.rules)
@@ -163,6 +167,14 @@ class Recipe:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params)
         return f"{self.name}({args})"
+
+
+def guidance_of(items: Iterable[object]) -> PerturbedGuidance | None:
+    """The perturbed guidance among the recipes given to at.steer (at most one)."""
+    found = [item.guidance for item in items if isinstance(item, Recipe) and item.guidance is not None]
+    if len(found) > 1:
+        raise ConfigError(f"at.steer takes at most one recipe with perturbed guidance, got {len(found)}")
+    return found[0] if found else None
 
 
 def flatten_rules(items: Iterable[object]) -> tuple[Rule, ...]:

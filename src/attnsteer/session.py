@@ -19,7 +19,8 @@ from .errors import ConfigError, UnsupportedModelError
 from .plugins.base import Adapter
 from .plugins.manager import find_adapter, require_adapter, supported_families
 from .layout import TokenLayout
-from .rules import Recipe, Rule, flatten_rules
+from .guidance import PerturbedGuidance
+from .rules import Recipe, Rule, flatten_rules, guidance_of
 from .selectors import SelectionContext
 from .words import WordIndex, uses_words
 
@@ -130,10 +131,12 @@ class Steering:
 
     wants_mass = False
 
-    def __init__(self, rules: tuple[Rule, ...], sources: tuple[Rule | Recipe, ...], words: WordIndex | None = None) -> None:
+    def __init__(self, rules: tuple[Rule, ...], sources: tuple[Rule | Recipe, ...], words: WordIndex | None = None,
+                 guidance: PerturbedGuidance | None = None) -> None:
         self.rules = rules
         self.sources = sources
         self.words = words
+        self.guidance = guidance
         self._index = {id(rule): i for i, rule in enumerate(rules)}
         self._hits: dict[int, dict[str, set]] = {}
         self.calls = 0
@@ -192,7 +195,7 @@ def steer(
     """
     sources = tuple(rules_or_recipes)
     rules = flatten_rules(sources)
-    client = Steering(rules, sources, word_index(target, rules, prompt, tokenizer))
+    client = Steering(rules, sources, word_index(target, rules, prompt, tokenizer), guidance_of(sources))
     return Session(target, client, adapter=adapter, num_steps=num_steps, strict=strict)
 
 

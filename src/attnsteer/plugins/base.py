@@ -36,6 +36,16 @@ class Adapter:
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
         raise NotImplementedError
 
+    block_pattern: str = r"(transformer_blocks|blocks)\.\d+"
+
+    def blocks(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        """The transformer blocks, in order (what STG-R's block skip indexes)."""
+        return self_attention_modules(model, self.block_pattern)
+
+    def skipped_block_output(self, block: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        """What a skipped block returns: its input hidden states (blocks returning more override this)."""
+        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
     def cross_attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         """The separate text cross-attention modules, in layer order (none for joint-attention models)."""
         return []
