@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .errors import ConfigError, KernelError, SteeringError, describe_rule
 from .hooks import AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
 from .execute import cross_layout, run_cross_plan, run_plan
-from .guidance import BlockSkipHook, GuidanceHook, PerturbedGuidance, first_tensor, guidance_scale, replace_first_tensor
+from .guidance import BlockSkipHook, PerturbedGuidance, first_tensor, guidance_scale, replace_first_tensor
 from .layout import TokenLayout
 from .outputs import OutputStage, split_output_rules
 from .plan import build_plan
@@ -170,8 +170,8 @@ class Controller:
                     self.layers.append((attention, layer))
                     hook = AttentionHook(self, layer, attention)
                     self._installed.append(InstalledHook(module, hook))
-            self._installed.append(InstalledHook(self.model, GuidanceHook(self)))
             self._handles.append(self.model.register_forward_pre_hook(self._forward_start, with_kwargs=True))
+            self._handles.append(self.model.register_forward_hook(self._perturb_after, with_kwargs=True))
             self._handles.append(self.model.register_forward_hook(self._forward_end, always_call=True))
         except BaseException:
             self._uninstall()
@@ -195,6 +195,10 @@ class Controller:
     def skips_block(self, index: int) -> bool:
         """Whether block ``index`` returns its input in this forward (the perturbed forward of STG-R)."""
         return self.perturbing is not None and index in self.perturbing.skip_blocks
+
+    def _perturb_after(self, model: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        """Forward hook: perturbed guidance after each forward (``model.forward`` runs it without re-entering hooks)."""
+        return self.perturb(model.forward, args, kwargs, output)
 
     def perturb(self, forward: Callable, args: tuple, kwargs: dict, output: Any) -> Any:
         """After a forward with conditional rows: the perturbed forward, combined into those rows."""

@@ -6,7 +6,7 @@ is the conditional prediction recomputed with the rules of branch ``"perturbed"`
 attention for PAG and STG-A) and, for STG-R, with whole transformer blocks skipped.
 
 Pipelines that are not guider-based (Wan, CogVideoX, LTX, HunyuanVideo) do not know this branch,
-so attnsteer owns it: a hook on the transformer's forward runs the perturbed forward right after
+so attnsteer owns it: a forward hook on the transformer runs the perturbed forward right after
 each conditional one, and returns ``cond + (s / w) (cond - perturbed)`` for the conditional rows.
 The pipeline's own classifier-free guidance ``uncond + w (cond' - uncond)`` then yields exactly the
 formula above (``w`` is the pipeline's guidance scale, ``guidance_scale_2`` for Wan 2.2's second
@@ -27,8 +27,6 @@ from .errors import ConfigError, SteeringError
 from .schedules import Schedule, StepInfo, always
 from .validation import integer, real_number
 
-GUIDANCE_HOOK = "attnsteer_guidance"
-SKIP_HOOK = "attnsteer_block_skip"
 
 
 def _scale(value: object) -> float:
@@ -74,19 +72,6 @@ def guidance_scale(pipeline: Any, component: str) -> float:
         raise SteeringError(f"perturbed guidance needs the pipeline's guidance scale; {type(pipeline).__name__} "
                             f"reports {value!r}")
     return float(value)
-
-
-class GuidanceHook(ModelHook):
-    """On the transformer: after a forward with conditional rows, a perturbed forward and the combination."""
-
-    def __init__(self, controller: Any) -> None:
-        super().__init__()
-        self.controller = controller
-
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        forward = self.fn_ref.original_forward
-        output = forward(*args, **kwargs)
-        return self.controller.perturb(forward, args, kwargs, output)
 
 
 class BlockSkipHook(ModelHook):
