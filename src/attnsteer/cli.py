@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect as pyinspect
 import json
 import math
@@ -78,19 +79,22 @@ def _existing_file(text: str) -> Path:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "tiny-wan") -> None:
+    from .tiny import TINY_MODELS
+
     parser.add_argument("--model", default=default_model,
-                        help="a diffusers pipeline directory or hub name, 'toy', or a built-in tiny model (tiny-wan, ...)")
+                        help="a diffusers pipeline directory or cached hub name, 'toy', or a built-in tiny model: "
+                             + ", ".join(sorted(TINY_MODELS)))
     parser.add_argument("--image", type=_existing_file, help="reference image (PNG/JPEG); default: a built-in test image")
     parser.add_argument("--prompt", default="", help="text prompt")
     parser.add_argument("--out", required=True, type=_output_folder, help="output folder")
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
     parser.add_argument("--steps", type=_positive_int, help="number of denoising steps (model default if omitted)")
     parser.add_argument("--frames", type=_positive_int, help="number of video frames (model default if omitted)")
     parser.add_argument("--guidance", type=_finite_non_negative, help="guidance scale (model default if omitted)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (real pipelines)")
     parser.add_argument("--format", default="mp4", choices=["mp4", "gif"], help="video file format")
-    parser.add_argument("--fps", type=_positive_int, default=8, help="frames per second of the written video (default 8)")
+    parser.add_argument("--fps", type=_positive_int, default=8, help="frames per second of the written video")
     parser.add_argument("--allow-download", action="store_true",
                         help="let --model fetch a hub model that is not in the local cache (off: fail at once)")
 
@@ -103,7 +107,7 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser, required: bool = Fals
         if kind == "flag":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"recipe parameter {name}")
         else:
-            parser.add_argument(flag, type=kind, default=None, help=f"recipe parameter {name} (default {p.default!r})")
+            parser.add_argument(flag, type=kind, default=None, help=f"recipe parameter {name} (recipe default: {p.default!r})")
 
 
 def _parameter_kind(p: pyinspect.Parameter) -> Any:
@@ -281,27 +285,28 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
+    add = functools.partial(sub.add_parser, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
-    p = sub.add_parser("run", help="generate one video with a recipe applied; writes the video and run.json")
+    p = add("run", help="generate one video with a recipe applied; writes the video and run.json")
     _add_model_arguments(p)
     _add_recipe_arguments(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("inspect", help="record frame-level attention; writes record.npz and figures")
+    p = add("inspect", help="record frame-level attention; writes record.npz and figures")
     _add_model_arguments(p)
     _add_recipe_arguments(p)
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("sweep", help="one generation per gamma with the same seed; videos, curves, contact sheet")
+    p = add("sweep", help="one generation per gamma with the same seed; videos, curves, contact sheet")
     _add_model_arguments(p)
     p.add_argument("--gamma", type=_floats, default=[-2.0, -1.0, 0.0, 0.6, 1.0], help="comma-separated gammas")
     p.add_argument("--stop", type=float, default=0.2, help="fraction of steps modulated")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("recipes", help="list recipes and their parameters")
+    p = add("recipes", help="list recipes and their parameters")
     p.set_defaults(func=cmd_recipes)
 
-    p = sub.add_parser("demo", help="DyMoS on the shipped toy model: videos, maps, motion against gamma")
+    p = add("demo", help="DyMoS on the shipped toy model: videos, maps, motion against gamma")
     p.add_argument("--out", type=_output_folder, default=Path("attnsteer-demo"), help="output folder")
     p.add_argument("--quick", action="store_true", help="fewer seeds and steps (for smoke tests)")
     p.set_defaults(func=cmd_demo)

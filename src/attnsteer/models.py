@@ -63,6 +63,11 @@ def _device_and_dtype(device: str | None, dtype: str, built_in: bool) -> tuple[s
     return device, {"auto": auto, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+def _moved(pipe: Any, device: str, dtype: torch.dtype) -> Any:
+    """A built-in pipeline (built on the CPU in float32) on the requested device and dtype."""
+    return pipe if (device, dtype) == ("cpu", torch.float32) else pipe.to(device, dtype)
+
+
 def load_model(name: str, *, device: str | None = None, dtype: str = "auto", seed: int = 0,
                allow_download: bool = False) -> VideoModel:
     """``tiny-<family>`` (random weights, offline), ``toy`` (the shipped trained toy model),
@@ -76,11 +81,11 @@ def load_model(name: str, *, device: str | None = None, dtype: str = "auto", see
         pipe, call_kwargs = build_tiny(name, seed=seed)
         defaults = call_kwargs(prompt="")
         size = (defaults["height"], defaults["width"]) if "height" in defaults else None
-        return VideoModel(name, pipe.to(device, torch_dtype), call_kwargs, size)
+        return VideoModel(name, _moved(pipe, device, torch_dtype), call_kwargs, size)
     if name == "toy":
         from .toy import load_toy_pipeline, toy_call_kwargs
 
-        return VideoModel(name, load_toy_pipeline().to(device, torch_dtype), toy_call_kwargs, None)
+        return VideoModel(name, _moved(load_toy_pipeline(), device, torch_dtype), toy_call_kwargs, None)
     names = f"built-in models: {', '.join(sorted(TINY_MODELS))}, toy"
     candidates = [*TINY_MODELS, "toy"]
     close = [c for c in candidates if sorted(c.split("-")) == sorted(name.split("-"))]

@@ -162,11 +162,18 @@ class Record:
     def text_mass(
         self, steps: Iterable[int] | None = None, layers: Any = None, branch: str | None = None, heads: Any = None
     ) -> torch.Tensor:
-        """[F]: mass each query frame puts on text tokens (zeros when the sequence has none)."""
+        """[F]: mass each query frame puts on text tokens of a joint text+video sequence; raises on a
+        recording without text tokens (video-only self-attention, e.g. Wan), rather than return zeros."""
         layout = self._require_layout()
         text = [layout.num_frames + i for i, s in enumerate(layout.untied_segments()) if s.kind == "text"]
+        if not text:
+            raise ConfigError(
+                "text_mass: this recording's self-attention holds no text tokens (a video-only model such as Wan, "
+                "whose text enters through cross-attention); it has text mass only on joint models (CogVideoX, "
+                "HunyuanVideo)"
+            )
         mass = self.frame_level_mass(steps, layers, branch, heads)[: layout.num_frames]
-        return mass[:, text].sum(-1) if text else torch.zeros(layout.num_frames)
+        return mass[:, text].sum(-1)
 
     def reference_mass(
         self, by: str = "step", steps: Iterable[int] | None = None, layers: Any = None, branch: str | None = "cond",
