@@ -82,3 +82,22 @@ def test_a_rule_that_applies_is_not_reported(wan_pipe, image, recwarn):
     with at.steer(wan_pipe, RULE, strict=True):
         run(wan_pipe, image)
     assert not [w for w in recwarn if issubclass(w.category, at.AttnsteerWarning)]
+
+
+def test_a_diffusers_hook_that_skips_attention_is_named_as_the_cause(wan_pipe, image):
+    from diffusers.hooks import HookRegistry, ModelHook
+
+    class ReturnInput(ModelHook):  # like a cache or layer-skip hook: no attention computed
+        def new_forward(self, module, hidden_states, *args, **kwargs):
+            return hidden_states
+
+    attn = wan_pipe.transformer.blocks[0].attn1
+    HookRegistry.check_if_exists_or_initialize(attn).register_hook(ReturnInput(), "my_cache")
+    try:
+        with pytest.raises(at.SteeringError, match=r"diffusers hooks \['my_cache'\]"):
+            with at.steer(wan_pipe, RULE):
+                run(wan_pipe, image)
+    finally:
+        attn._diffusers_hook.remove_hook("my_cache")
+        del attn._diffusers_hook  # leave the shared tiny pipeline as the test found it
+        attn.__dict__.pop("forward", None)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, KernelError, SteeringError, describe_rule
-from .hooks import AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
+from .hooks import HOOK_NAME, AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
 from .execute import cross_layout, run_cross_plan, run_plan
 from .guidance import BlockSkipHook, PerturbedGuidance, first_tensor, guidance_scale, replace_first_tensor
 from .layout import TokenLayout
@@ -317,13 +317,7 @@ class Controller:
         with SDPAInterceptor(handle):
             output = forward(*args, **kwargs)
         if not seen:
-            backend = getattr(getattr(module, "processor", None), "_attention_backend", None)
-            raise SteeringError(
-                f"{_subject(active, layer)}: the module computed attention without calling "
-                "torch.nn.functional.scaled_dot_product_attention (attention backend: "
-                f"{backend or 'unknown'}), so it cannot be steered or recorded. Non-native backends (flash, sage, "
-                "xformers, flex) bypass it: call transformer.set_attention_backend('native') first"
-            )
+            raise SteeringError(f"{_subject(active, layer)}: {_why_no_attention(module, attention)}")
         return output if stage is None else stage.apply(output, state.layout)
 
     def _attention_call(
@@ -411,6 +405,23 @@ class Controller:
             if mine:
                 client.on_call(state, layer, mine, None)
         return out
+
+
+def _why_no_attention(module: torch.nn.Module, attention: str) -> str:
+    """Why a hooked module ran without the SDPA call attnsteer needed, naming the actual cause."""
+    registry = getattr(module, "_diffusers_hook", None)
+    others = [name for name in getattr(registry, "hooks", {}) if name != HOOK_NAME]
+    if others:
+        return (f"the module ran without computing {attention}-attention through SDPA; the diffusers hooks {others} "
+                "on it (a cache or a skipped layer) returned first, so the rule cannot apply there: disable them or "
+                "filter this layer out with Rule(layers=...)")
+    backend = getattr(getattr(module, "processor", None), "_attention_backend", None)
+    if attention == "cross":
+        return ("no SDPA call of the module had the forward's text tokens as keys, so the cross-attention rule found "
+                f"nothing to steer (attention backend: {backend or 'unknown'})")
+    return ("the module computed attention without calling torch.nn.functional.scaled_dot_product_attention "
+            f"(attention backend: {backend or 'unknown'}), so it cannot be steered or recorded. Non-native backends "
+            "(flash, sage, xformers, flex) bypass it: call transformer.set_attention_backend('native') first")
 
 
 def _subject(active: list[tuple[Client, Rule]], layer: LayerInfo) -> str:
