@@ -27,7 +27,7 @@ def fresh_wan():
 def run(pipe, image, **overrides):
     from attnsteer.tiny import wan_call_kwargs
 
-    kwargs = wan_call_kwargs(num_inference_steps=2, output_type="latent", **overrides)
+    kwargs = wan_call_kwargs(**{"num_inference_steps": 2, "output_type": "latent", **overrides})
     return np.asarray(pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs).frames[0])
 
 
@@ -101,3 +101,17 @@ def test_a_diffusers_hook_that_skips_attention_is_named_as_the_cause(wan_pipe, i
         attn._diffusers_hook.remove_hook("my_cache")
         del attn._diffusers_hook  # leave the shared tiny pipeline as the test found it
         attn.__dict__.pop("forward", None)
+
+
+def test_second_order_schedulers_count_the_schedulers_steps(image):
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    pipe = fresh_wan()
+    pipe.scheduler = FlowMatchHeunDiscreteScheduler(shift=3.0)  # order 2: two model calls per step
+    with at.steer(pipe, at.Rule(at.frames[1:], at.frames[0], at.bias(-1.0), when=at.steps(stop=1))) as first:
+        run(pipe, image, num_inference_steps=3)
+    assert first.summary()["rules"][0]["steps"] == [0]
+    assert first.calls == 2 * 2 * 2  # step 0: 2 model calls x 2 branches x 2 layers
+    with at.steer(pipe, at.Rule(at.frames[1:], at.frames[0], at.bias(-1.0), when=at.progress(stop=1.0))) as every:
+        run(pipe, image, num_inference_steps=3)
+    assert every.summary()["rules"][0]["steps"] == [0, 1, 2]  # 3 steps, not the 5 timesteps

@@ -25,6 +25,7 @@ from .plan import build_plan
 from .plugins.base import Adapter, bind_forward_inputs
 from .rules import Rule
 from .schedules import StepInfo
+from .stepping import StepTracker
 from .selectors import SelectionContext
 
 
@@ -68,31 +69,6 @@ class Client(Protocol):
         ...
 
     def on_call(self, state: ForwardState, layer: LayerInfo, applied: list[Rule], mass: torch.Tensor | None) -> None: ...
-
-
-class StepTracker:
-    """Step index and count of each forward: from the pipeline's scheduler when there is one,
-    otherwise by counting distinct (decreasing) timesteps."""
-
-    def __init__(self) -> None:
-        self.pipeline: Any = None
-        self.num_steps: int | None = None
-        self._last_t: float | None = None
-        self._step = 0
-
-    def info(self, timestep: float | None) -> StepInfo:
-        scheduled = getattr(getattr(self.pipeline, "scheduler", None), "timesteps", None)
-        if timestep is not None and isinstance(scheduled, torch.Tensor) and scheduled.numel():
-            step = int((scheduled.detach().float().cpu() - timestep).abs().argmin())
-            return StepInfo(step=step, num_steps=int(scheduled.numel()), timestep=timestep)
-        if timestep is None:
-            return StepInfo(step=None, num_steps=self.num_steps, timestep=None)
-        if self._last_t is None or timestep > self._last_t:
-            self._step = 0
-        elif timestep < self._last_t:
-            self._step += 1
-        self._last_t = timestep
-        return StepInfo(step=self._step, num_steps=self.num_steps, timestep=timestep)
 
 
 class Controller:
