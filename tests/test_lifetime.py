@@ -115,3 +115,17 @@ def test_second_order_schedulers_count_the_schedulers_steps(image):
     with at.steer(pipe, at.Rule(at.frames[1:], at.frames[0], at.bias(-1.0), when=at.progress(stop=1.0))) as every:
         run(pipe, image, num_inference_steps=3)
     assert every.summary()["rules"][0]["steps"] == [0, 1, 2]  # 3 steps, not the 5 timesteps
+
+
+def test_a_transformer_shared_by_two_pipelines_takes_its_step_from_the_running_one(image):
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
+
+    first = fresh_wan()
+    second = WanImageToVideoPipeline(**{**first.components, "scheduler": UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)})
+    second.set_progress_bar_config(disable=True)
+    run(second, image, num_inference_steps=2)  # its scheduler now holds 2 other timesteps
+    rule = at.Rule(at.frames[1:], at.frames[0], at.bias(-1.0), when=at.steps(start=2))
+    with at.steer(first, rule) as steering, at.steer(second, at.Rule(at.frames[0], at.frames[1], at.bias(0.5))):
+        run(first, image, num_inference_steps=4)
+    assert steering.summary()["rules"][0]["steps"] == [2, 3]  # first's own steps, not second's scheduler

@@ -100,7 +100,7 @@ class Controller:
                 "(its text, if any, sits in the self-attention sequence): use attention='self' with at.text / at.words"
             )
         if pipeline is not None:
-            self.steps.pipeline = pipeline
+            self.steps.add_pipeline(pipeline)
         if num_steps is not None:
             self.steps.num_steps = num_steps
         if not self.clients:

@@ -7,6 +7,11 @@ same step. So the step of a forward is ``index // order``, with ``index`` the sc
 in its timesteps (``scheduler.step_index``; before its first update, the matching timestep), and a
 run has ``ceil(len(timesteps) / order)`` steps — the ``num_inference_steps`` the user asked for.
 Without a pipeline (a bare transformer) steps are counted from decreasing timesteps.
+
+A transformer shared by several pipelines (e.g. a T2V and an I2V pipeline built from the same
+components) takes its step from the pipeline that is running: the one whose denoising loop has a
+current timestep (diffusers pipelines set ``_current_timestep`` during the loop), else the one of
+the session entered last.
 """
 
 from __future__ import annotations
@@ -24,10 +29,21 @@ class StepTracker:
     otherwise by counting distinct (decreasing) timesteps."""
 
     def __init__(self) -> None:
-        self.pipeline: Any = None
+        self.pipelines: list[Any] = []
         self.num_steps: int | None = None
         self._last_t: float | None = None
         self._step = 0
+
+    def add_pipeline(self, pipeline: Any) -> None:
+        """A pipeline whose runs this transformer's forwards may belong to."""
+        if all(p is not pipeline for p in self.pipelines):
+            self.pipelines.append(pipeline)
+
+    @property
+    def pipeline(self) -> Any:
+        """The running pipeline (inside its denoising loop), else the one added last, else None."""
+        running = [p for p in self.pipelines if getattr(p, "_current_timestep", None) is not None]
+        return running[-1] if running else (self.pipelines[-1] if self.pipelines else None)
 
     def info(self, timestep: float | None) -> StepInfo:
         scheduler = getattr(self.pipeline, "scheduler", None)
