@@ -124,15 +124,10 @@ class Controller:
         never steered: its controller has no clients and, at the copy's first forward, removes the
         copied hooks, so the copy runs (and stays) exactly like an unsteered model."""
         clone = Controller.__new__(Controller)
-        memo[id(self)] = clone
-        clone.model = copy.deepcopy(self.model, memo)
-        clone.component, clone.adapter, clone.clients = self.component, copy.deepcopy(self.adapter, memo), []
-        clone.steps, clone.context, clone.state = StepTracker(), None, None
+        memo[id(self)] = clone  # the copied hooks refer to the clone, not to this controller
+        clone.__init__(copy.deepcopy(self.model, memo), self.component, copy.deepcopy(self.adapter, memo))
         clone._installed = copy.deepcopy(self._installed, memo)
-        clone._handles = []
         clone._copied = True
-        clone.perturbing, clone._skip_hooks = None, set()
-        clone.layers, clone.seen_steps, clone.seen_branches = [], set(), set()
         return clone
 
     def _install(self) -> None:
