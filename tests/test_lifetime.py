@@ -129,3 +129,26 @@ def test_a_transformer_shared_by_two_pipelines_takes_its_step_from_the_running_o
     with at.steer(first, rule) as steering, at.steer(second, at.Rule(at.frames[0], at.frames[1], at.bias(0.5))):
         run(first, image, num_inference_steps=4)
     assert steering.summary()["rules"][0]["steps"] == [2, 3]  # first's own steps, not second's scheduler
+
+
+def test_an_inspection_of_modules_without_sdpa_raises_naming_the_cause(wan_pipe, image):
+    from attnsteer.plugins.generic import GenericAdapter
+
+    adapter = GenericAdapter(at.TokenLayout(num_frames=3, tokens_per_frame=16), attention=r"blocks\.0\.ffn")  # no SDPA
+    with pytest.raises(at.SteeringError, match="computed attention without calling"):
+        with at.inspect(wan_pipe.transformer, adapter=adapter, strict=True):
+            run(wan_pipe, image)
+
+
+def test_a_recording_left_empty_by_a_run_is_reported():
+    from types import SimpleNamespace
+
+    from attnsteer import audit
+
+    ran = SimpleNamespace(seen_steps={object()})
+    empty, filled = at.Record(), at.Record()
+    filled.layout = at.TokenLayout(num_frames=1, tokens_per_frame=1)
+    assert audit.nothing_recorded(empty, [ran]) and not audit.nothing_recorded(filled, [ran])
+    assert not audit.nothing_recorded(empty, [SimpleNamespace(seen_steps=set())])  # nothing ran: nothing to say
+    with pytest.raises(at.SteeringError, match="no self-attention call was recorded"):
+        audit.report(audit.nothing_recorded(empty, [ran]), strict=True, when="is empty")

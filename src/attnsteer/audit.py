@@ -50,6 +50,14 @@ def never_applied(rules: Sequence[Rule], applied: set[int], controllers: Sequenc
     return problems
 
 
+def nothing_recorded(record: object, controllers: Sequence[Controller]) -> list[tuple[object, str]]:
+    """A recording that received no attention call although the model ran."""
+    ran = any(c.seen_steps for c in controllers)
+    if ran and getattr(record, "layout", None) is None:
+        return [(record, "the model ran but no self-attention call was recorded")]
+    return []
+
+
 def _ever_on(rule: Rule, steps: set) -> bool:
     for info in steps:
         try:
@@ -60,10 +68,11 @@ def _ever_on(rule: Rule, steps: set) -> bool:
     return False
 
 
-def report(problems: list[tuple[Rule, str]], strict: bool, when: str) -> None:
-    """Warn (or raise with ``strict``) once per problem, naming the rule and the reason."""
-    for rule, reason in problems:
-        message = f"{describe_rule(rule, None)} {when}: {reason}"
+def report(problems: list[tuple[object, str]], strict: bool, when: str) -> None:
+    """Warn (or raise with ``strict``) once per problem, naming the rule (or recording) and the reason."""
+    for subject, reason in problems:
+        name = describe_rule(subject, None) if isinstance(subject, Rule) else f"recording {subject!r}"
+        message = f"{name} {when}: {reason}"
         if strict:
             raise SteeringError(message)
         warnings.warn(message, AttnsteerWarning, stacklevel=3)

@@ -100,8 +100,10 @@ class Session:
         problems = []
         if exc_type is None and isinstance(self.client, Steering):
             problems = audit.never_applied(self.client.rules, self.client.applied_rules(), self._attached)
+        elif exc_type is None:
+            problems = audit.nothing_recorded(self.client, self._attached)
         self._detach_all()
-        audit.report(problems, self.strict, "never applied")
+        audit.report(problems, self.strict, "never applied" if isinstance(self.client, Steering) else "is empty")
 
     def _detach_all(self) -> None:
         errors = []
@@ -206,17 +208,19 @@ def inspect(
     *,
     adapter: Adapter | None = None,
     num_steps: int | None = None,
+    strict: bool = False,
 ) -> Session:
     """Record frame-level attention of ``target`` inside a ``with`` block; yields a :class:`~attnsteer.record.Record`.
 
     ``heads=True`` keeps one map per head; ``queries`` (a selector, default ``at.frames.generated``)
-    picks the query frames that ``reference_mass`` averages over. Combines with ``at.steer``.
+    picks the query frames that ``reference_mass`` averages over. Combines with ``at.steer``. A
+    model that ran without any recorded attention call is reported (``strict=True``: raises).
     """
     from .record import Record
 
     record = Record(heads=heads, queries=queries)
     record.metadata["model"] = _describe_target(target)
-    return Session(target, record, adapter=adapter, num_steps=num_steps)
+    return Session(target, record, adapter=adapter, num_steps=num_steps, strict=strict)
 
 
 def _describe_target(target: Any) -> str:
