@@ -152,3 +152,43 @@ def test_a_recording_left_empty_by_a_run_is_reported():
     assert not audit.nothing_recorded(empty, [SimpleNamespace(seen_steps=set())])  # nothing ran: nothing to say
     with pytest.raises(at.SteeringError, match="no self-attention call was recorded"):
         audit.report(audit.nothing_recorded(empty, [ran]), strict=True, when="is empty")
+
+
+def test_pyramid_attention_broadcast_keeps_working_in_any_order_and_conflicts_are_named(image):
+    from diffusers import PyramidAttentionBroadcastConfig, apply_pyramid_attention_broadcast
+
+    pipe = fresh_wan()
+
+    def pab_on():
+        apply_pyramid_attention_broadcast(pipe.transformer, PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(-1, 1001),
+            current_timestep_callback=lambda: pipe.current_timestep))
+
+    def pab_off():
+        pipe.transformer._diffusers_hook.remove_hook("pyramid_attention_broadcast", recurse=True)
+
+    def fresh_run():
+        pipe.transformer._diffusers_hook.reset_stateful_hooks()  # PAB's cache, left mid-run by an error
+        return run(pipe, image, num_inference_steps=4)
+
+    vanilla = run(pipe, image, num_inference_steps=4)
+    pab_on()
+    pab_only = fresh_run()
+    pab_off()
+    clean = hook_state(pipe.transformer)  # what diffusers itself leaves after PAB on and off
+    pab_on()
+    assert not np.allclose(pab_only, vanilla)
+    with pytest.raises(at.SteeringError, match=r"pyramid_attention_broadcast.*both cannot hold|returned first"):
+        with at.steer(pipe, RULE):  # PAB enabled before the session: it returns cached attention first
+            fresh_run()
+    np.testing.assert_array_equal(fresh_run(), pab_only)
+    pab_off()
+    with pytest.raises(at.SteeringError, match=r"\['pyramid_attention_broadcast'\] were enabled .* after"):
+        with at.steer(pipe, RULE):  # PAB enabled inside the session, outside attnsteer's hooks
+            pab_on()
+            fresh_run()
+    np.testing.assert_array_equal(fresh_run(), pab_only)  # PAB still works after the session left
+    pab_off()
+    np.testing.assert_array_equal(fresh_run(), vanilla)
+    assert hook_state(pipe.transformer) == clean
+

@@ -211,6 +211,30 @@ class Controller:
         if errors:
             raise errors[0]
 
+    def _check_outer_hooks(self) -> None:
+        """A diffusers hook enabled on an attention module after the session began runs before attnsteer
+        and may return without computing attention (a cache, a layer skip): where a rule or a recording
+        needs that module, the two cannot both hold, so say which."""
+        recording = any(c.wants_mass for c in self.clients)
+        for item in self._installed:
+            hook = item.hook
+            if not isinstance(hook, AttentionHook):
+                continue
+            outer = item.outer_hooks()
+            if not outer:
+                continue
+            layer = hook.layer
+            rules = [r for c in self.clients for r in c.rules
+                     if r.attention == hook.attention and r.matches_layer(layer.index, layer.names)]
+            if rules or (recording and hook.attention == "self"):
+                who = describe_rule(rules[0], layer.qualified) if rules else f"recording in module {layer.qualified!r}"
+                raise SteeringError(
+                    f"{who}: the diffusers hooks {outer} were enabled on this module after the attnsteer session began; "
+                    "they run first and may return without computing attention, so both cannot hold. Enable them "
+                    "before the session (attnsteer then raises at a call they skip), disable them, or filter this "
+                    "layer out with Rule(layers=...)"
+                )
+
     def _remove_copied_hooks(self) -> None:
         """In a deep copy: take the copied attention hooks and forward hooks off the copied model."""
         for item in self._installed:
@@ -232,6 +256,7 @@ class Controller:
         if self._copied:
             self._remove_copied_hooks()
             return
+        self._check_outer_hooks()
         inputs = bind_forward_inputs(model, args, kwargs)
         layout = self.adapter.layout(model, inputs)
         timestep = self.adapter.timestep(model, inputs)

@@ -81,15 +81,32 @@ class InstalledHook:
     """One hook on one module, with what is needed to leave the module exactly as it was."""
 
     def __init__(self, module: torch.nn.Module, hook: ModelHook) -> None:
-        self.module = module
+        self.module, self.hook = module, hook
         self.had_registry = hasattr(module, "_diffusers_hook")
         self.had_forward_attr = "forward" in module.__dict__
         registry = HookRegistry.check_if_exists_or_initialize(module)
         registry.register_hook(hook, HOOK_NAME)
 
+    def outer_hooks(self) -> list[str]:
+        """Names of the diffusers hooks registered on this module after attnsteer's (they run first)."""
+        order = list(getattr(getattr(self.module, "_diffusers_hook", None), "_hook_order", []))
+        return order[order.index(HOOK_NAME) + 1 :] if HOOK_NAME in order else []
+
     def remove(self) -> None:
         registry = self.module._diffusers_hook
+        # diffusers' remove_hook, for a hook that is not the outermost, overwrites the next hook's
+        # ``forward`` with ours' inner forward; for a hook with a ``new_forward`` (pyramid attention
+        # broadcast, layer skip) that bypasses the hook for good, and its ``original_forward`` would
+        # still call our removed hook. Re-link the next hook the way registering it would have.
+        order, refs = registry._hook_order, registry._fn_refs
+        index = order.index(HOOK_NAME)
+        ours = refs[index]
+        following = refs[index + 1] if index + 1 < len(order) else None
+        kept = None if following is None else following.forward
         registry.remove_hook(HOOK_NAME, recurse=False)
+        if following is not None and following.original_forward is not None:
+            following.forward = kept
+            following.original_forward = ours.original_forward
         if not registry.hooks:
             if not self.had_registry:
                 del self.module._diffusers_hook
