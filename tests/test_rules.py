@@ -6,6 +6,8 @@ import math
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import attnsteer as at
 from attnsteer.schedules import StepInfo
@@ -136,3 +138,23 @@ def test_dymos_recipe():
     for bad, field in [(dict(gamma=float("nan")), "gamma"), (dict(stop=0), "stop"), (dict(branch="foo"), "branch")]:
         with pytest.raises(at.ConfigError, match=field):
             at.recipes.dymos(**bad)
+
+
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**40, 10**40), st.text(max_size=3),
+                 st.none(), st.booleans()))
+@settings(max_examples=200, deadline=None)
+def test_transform_and_schedule_construction_accepts_or_raises_config_error(value):
+    """Any value either builds a valid object (finite where it must be) or raises ConfigError, nothing else."""
+    import numpy as np
+
+    for make in (at.bias, at.scale, at.logit_scale, at.fill, lambda v: at.progress(stop=v), lambda v: at.steps(stop=v),
+                 lambda v: at.box(0, 0, v, 1), lambda v: at.frames[v]):
+        for candidate in (value, np.float32(value) if isinstance(value, float) else value):
+            try:
+                made = make(candidate)
+            except at.ConfigError:
+                continue
+            for field in ("value", "factor", "stop"):
+                number = getattr(made, field, None)
+                if isinstance(number, float):
+                    assert not math.isnan(number) and number != math.inf
