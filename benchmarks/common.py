@@ -8,6 +8,7 @@ peak (GPU).
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -52,6 +53,25 @@ def measure_in_this_process(setup: Callable[[], Callable[[], object]]) -> float:
     """Peak memory growth (MB) of one call of the function that ``setup`` returns, beyond the setup itself."""
     fn = setup()
     return peak_memory_growth_mb(fn, "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def benchmark_arguments(doc: str, module: str, build: Callable[[str, dict, str], Callable[[], object]],
+                        repeats: int) -> tuple[argparse.Namespace, str] | None:
+    """The shared command line of the benchmarks (``--quick``, ``--repeats``, ``--no-flex``) and the
+    ``--measure`` mode that :func:`peak_memory_mb` runs in a fresh process (then it prints and returns None)."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compile takes ~30 s on CPU)")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.measure:
+        print(measure_in_this_process(lambda: build(args.measure, json.loads(args.config), device)))
+        return None
+    return args, device
 
 
 def format_row(cells: list[object], widths: list[int]) -> str:

@@ -14,14 +14,11 @@ On a CUDA machine the inputs are bfloat16 and the shapes are Wan's full video si
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
 import torch.nn.functional as F
 
 from attnsteer.kernels import grouped_attention
-from benchmarks.common import format_row, machine, measure_in_this_process, peak_memory_mb, time_interleaved
+from benchmarks.common import benchmark_arguments, format_row, machine, peak_memory_mb, time_interleaved
 
 GAMMA = 0.6
 METHODS = ("sdpa", "grouped_dymos", "grouped_mass", "sdpa_dense_mask", "flex_score_mod")
@@ -70,17 +67,10 @@ def build(method: str, config: dict, device: str):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compile takes ~30 s on CPU)")
-    parser.add_argument("--measure", help=argparse.SUPPRESS)
-    parser.add_argument("--config", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.measure:
-        print(measure_in_this_process(lambda: build(args.measure, json.loads(args.config), device)))
+    parsed = benchmark_arguments(__doc__, "benchmarks.kernel", build, repeats=5)
+    if parsed is None:
         return
+    args, device = parsed
 
     print(f"# grouped_attention benchmark on {machine()}")
     widths = [22, 16, 10, 10]

@@ -5,8 +5,8 @@
    differ, so the kernel makes one fused call per group: time / plain SDPA.
 2. Score functions (the chunked score path; UltraViCo's sign-conditional rule and a
    FlexAttention-style user score_mod) at 4,096 tokens, 12 heads: time / plain SDPA, compiled
-   FlexAttention beside them where it compiles, and peak memory at 2k, 4k and 8k tokens (linear
-   in tokens: the score path holds chunk x N logits, never N x N).
+   FlexAttention beside them where it compiles, and peak memory of the eager score path at 2k, 4k
+   and 8k tokens (linear in tokens: it holds chunk x N logits, never N x N).
 
     python -m benchmarks.rules            # the full table (about 5 minutes on 2 CPU cores)
     python -m benchmarks.rules --quick    # smaller sizes, for a smoke run
@@ -14,18 +14,15 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
 import torch.nn.functional as F
 
 import attnsteer as at
-from attnsteer.execute import run_plan
-from attnsteer.kernels import grouped_attention
+from attnsteer.execute import _score_fn, run_plan
+from attnsteer.kernels import grouped_attention, scored_attention
 from attnsteer.plan import build_plan
 from attnsteer.selectors import SelectionContext
-from benchmarks.common import format_row, machine, measure_in_this_process, peak_memory_mb, time_interleaved
+from benchmarks.common import benchmark_arguments, format_row, machine, peak_memory_mb, time_interleaved
 
 WAN_480P = dict(frames=21, tokens=1560, dim=128)
 SCORE_RULES = {
@@ -48,13 +45,17 @@ def grouped_case(groups: int, heads: int, frames: int, tokens: int, dim: int, de
     return lambda: grouped_attention(q, k, v, ids, ids, bias=bias)
 
 
-def score_case(rule: str, heads: int, n: int, dim: int, device: str):
-    """One call of the score path for ``rule`` on a video-only layout of ``n`` tokens."""
+def score_case(rule: str, heads: int, n: int, dim: int, device: str, eager: bool = False):
+    """One call of the score path for ``rule`` on a video-only layout of ``n`` tokens (``eager``: the
+    chunk step not compiled, for memory: compiling itself takes memory once)."""
     q, k, v = qkv(heads, n, dim, device)
     layout = at.TokenLayout(num_frames=n // 256, tokens_per_frame=256, grid=(16, 16))
     ctx = SelectionContext(layout)
     plan = build_plan(((SCORE_RULES[rule](), ctx),), layout, None, 1, heads)
     assert plan.path == "scored"
+    if eager:
+        fn = _score_fn(plan.scored, 1, heads, n, torch.device(device))
+        return lambda: scored_attention(q, k, v, fn, compile=False)
     return lambda: run_plan(plan, q, k, v, layout, None, None, want_mass=False)
 
 
@@ -86,23 +87,16 @@ def build(method: str, config: dict, device: str):
         return sdpa_case(config["heads"], config["n"], config["dim"], device)
     if kind == "grouped":
         return grouped_case(int(arg), config["heads"], config["frames"], config["tokens"], config["dim"], device)
-    if kind == "score":
-        return score_case(arg, config["heads"], config["n"], config["dim"], device)
+    if kind in ("score", "score-eager"):
+        return score_case(arg, config["heads"], config["n"], config["dim"], device, eager=kind == "score-eager")
     raise ValueError(f"unknown method {method!r}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compile takes ~30 s on CPU)")
-    parser.add_argument("--measure", help=argparse.SUPPRESS)
-    parser.add_argument("--config", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.measure:
-        print(measure_in_this_process(lambda: build(args.measure, json.loads(args.config), device)))
+    parsed = benchmark_arguments(__doc__, "benchmarks.rules", build, repeats=3)
+    if parsed is None:
         return
+    args, device = parsed
     print(f"# rule-language benchmark on {machine()}")
     widths = [26, 22, 10]
 
@@ -139,9 +133,10 @@ def main() -> None:
     print(format_row(["method", "tokens", "peak MB"], widths))
     for n in ((1024, 2048) if args.quick else (2048, 4096, 8192)):
         config = dict(score, n=n)
-        for method in ("sdpa", "score:scale_if_positive"):
+        for method in ("sdpa", "score-eager:scale_if_positive"):
             peak = peak_memory_mb("benchmarks.rules", method, config)
-            print(format_row([method.replace("score:", "score, "), n, "?" if peak is None else f"{peak:.0f}"], widths))
+            print(format_row([method.replace("score-eager:", "score (eager), "), n, "?" if peak is None else f"{peak:.0f}"],
+                             widths))
 
 
 if __name__ == "__main__":

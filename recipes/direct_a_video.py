@@ -7,7 +7,8 @@ the conditional branch: while ``1 - i/N >= tau`` (tau = 0.95, the first 5% of st
 pixels inside an object's box to that object's phrase tokens; at every step it blocks (-inf)
 the phrase tokens for pixels outside the box and every other prompt word for all pixels (start,
 end and padding tokens stay). Here the same edits act on the video-query -> text-key block of a
-joint self-attention (CogVideoX, HunyuanVideo, LTX): a port, since the authors ran a UNet.
+joint self-attention (CogVideoX, HunyuanVideo, LTX), or with ``attention="cross"`` on the separate
+text cross-attention of Wan: a port, since the authors ran a UNet.
 """
 
 from __future__ import annotations
@@ -43,12 +44,14 @@ def direct_a_video(
     strength: float = 25.0,
     amplify: float = 0.05,
     branch: str = "cond",
+    attention: str = "self",
 ) -> at.Recipe:
     """Move an object along a box path: amplify its phrase inside the box early, block it outside.
 
     ``box``/``end_box`` are "x0,y0,x1,y1" fractions of the frame (the box moves linearly from one to
     the other); ``strength`` is the authors' lambda; ``amplify`` the fraction of steps amplified
-    (1 - tau). Needs the prompt on the session: ``at.steer(pipe, recipe, prompt=...)``.
+    (1 - tau); ``attention="cross"`` for models with separate text cross-attention (Wan), as the
+    authors' UNet has. Needs the prompt on the session: ``at.steer(pipe, recipe, prompt=...)``.
     """
     if not isinstance(phrase, str) or not phrase.strip():
         raise ConfigError(f"direct_a_video(phrase=...) must be a word or phrase of the prompt, got {phrase!r}")
@@ -60,9 +63,9 @@ def direct_a_video(
     words = at.words(phrase)
     rules = [
         at.Rule(where, words, at.query_bias(_size_regulariser(where, strength)),
-                when=at.progress(stop=amplify, include_stop=True), branch=branch),
-        at.Rule(at.video & ~where, words, at.block(), branch=branch),
-        at.Rule(at.video, at.prompt & ~words, at.block(), branch=branch),
+                when=at.progress(stop=amplify, include_stop=True), branch=branch, attention=attention),
+        at.Rule(at.video & ~where, words, at.block(), branch=branch, attention=attention),
+        at.Rule(at.video, at.prompt & ~words, at.block(), branch=branch, attention=attention),
     ]
     params = {"phrase": phrase, "box": box}
     if end_box is not None:
@@ -70,6 +73,8 @@ def direct_a_video(
     params.update(strength=strength, amplify=amplify)
     if branch != "cond":
         params["branch"] = branch
+    if attention != "self":
+        params["attention"] = attention
     return at.Recipe("direct_a_video", rules, params)
 
 

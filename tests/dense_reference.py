@@ -84,6 +84,31 @@ class DenseAttention(TorchFunctionMode):
         return (p @ v.double()).to(q.dtype)
 
 
+class EditedAttention(TorchFunctionMode):
+    """Every SDPA call for which ``applies(q, k)`` holds becomes dense float64 attention without a
+    mask, its logits [B, H, Nq, Nk] passed through ``edit(logits)`` first; ``calls`` counts them."""
+
+    def __init__(self, edit: Callable[[torch.Tensor], torch.Tensor],
+                 applies: Callable[[torch.Tensor, torch.Tensor], bool]) -> None:
+        super().__init__()
+        self.edit, self.applies, self.calls = edit, applies, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        named = dict(zip(("query", "key", "value", "attn_mask"), args))
+        named.update(kwargs)
+        q, k, v = named["query"], named["key"], named["value"]
+        if not self.applies(q, k):
+            return func(*args, **kwargs)
+        assert named.get("attn_mask") is None, "EditedAttention handles unmasked calls only"
+        self.calls += 1
+        scale = named.get("scale") or q.shape[-1] ** -0.5
+        logits = self.edit((q.double() @ k.double().transpose(-1, -2)) * scale)
+        return (logits.softmax(-1) @ v.double()).to(q.dtype)
+
+
 def frame_bias(num_tokens: int, video_start: int, num_frames: int, tokens_per_frame: int, value: float,
                batch_rows: list[int], batch: int, key_frame: int = 0) -> torch.Tensor:
     """[B, 1, S, S]: ``value`` on logits from queries in frames other than ``key_frame`` to keys in ``key_frame``,

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import attnsteer as at
-from attnsteer.cli import main
+from attnsteer.cli import build_parser, main
 from attnsteer.tiny import TINY_MODELS
 from attnsteer.videoio import load_video
 
@@ -65,3 +65,48 @@ def test_run_works_on_every_tiny_family(tmp_path, name):
     assert load_video(out / "video.gif").ndim == 4
     (rule,) = json.loads((out / "run.json").read_text())["applied"]["rules"]
     assert rule["steps"] == [0] and rule["branches"] == ["cond"] and rule["layers"]
+
+
+def test_negative_values_after_an_option_parse_as_written():
+    from attnsteer.cli import join_negative_values
+
+    argv = ["sweep", "--gamma", "-2,-1,0,0.6,1", "--stop", "0.5", "--out", "x", "--alpha", "-1e-3"]
+    assert join_negative_values(argv) == ["sweep", "--gamma=-2,-1,0,0.6,1", "--stop", "0.5", "--out", "x",
+                                          "--alpha=-1e-3"]
+    assert join_negative_values(["run", "--gamma", "0.6", "--quick", "-v"]) == ["run", "--gamma", "0.6", "--quick", "-v"]
+    args = build_parser().parse_args(join_negative_values(["sweep", "--gamma", "-2,-1", "--out", "x"]))
+    assert args.gamma == [-2.0, -1.0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--model", "wan-tiny"], "did you mean 'tiny-wan'"),
+    (["run", "--model", "./no-such-dir"], "no such pipeline directory"),
+    (["run", "--gamma", "0.6"], "--gamma set a recipe parameter but no --recipe"),
+    (["run", "--steps", "0"], "--steps: expected a positive integer"),
+    (["run", "--steps", "-3"], "--steps: expected a positive integer"),
+    (["run", "--frames", "0"], "--frames: expected a positive integer"),
+    (["run", "--guidance", "nan"], "--guidance: expected a finite number"),
+    (["run", "--image", "no-such.png"], "--image: no such file"),
+    (["run", "--dtype", "float64"], "--dtype must be one of"),
+    (["run", "--device", "tpu"], "--device must be one of"),
+])
+def test_bad_flags_exit_2_with_one_line_naming_the_flag(tmp_path, capsys, argv, message):
+    assert exit_code(argv + ["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message.lstrip("-") in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def exit_code(argv: list[str]) -> int:
+    """main's exit status, whether argparse exits (bad flag syntax) or main returns it."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+def test_out_naming_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--out", str(target)])
+    assert info.value.code == 2 and "exists and is not a folder" in capsys.readouterr().err

@@ -15,11 +15,10 @@ import re
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 import attnsteer as at
 from attnsteer import recipes
+from dense_reference import EditedAttention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,39 +27,19 @@ WAN = dict(text=0, frames=3, rows=4, cols=4)  # 64x64, 9 frames: 3 latent frames
 COG = dict(text=16, frames=3, rows=4, cols=4)  # text first (max_sequence_length=16), then the video
 
 
-class DenseEdit(TorchFunctionMode):
-    """Every self-attention SDPA call of ``seq`` tokens becomes dense float64 attention whose logits
-    [B, H, N, N] pass through ``edit(logits, step)`` first; ``step()`` tells the denoising step."""
-
-    def __init__(self, seq: int, edit, step) -> None:
-        super().__init__()
-        self.seq, self.edit, self.step = seq, edit, step
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is not F.scaled_dot_product_attention:
-            return func(*args, **kwargs)
-        named = dict(zip(("query", "key", "value", "attn_mask"), args))
-        named.update(kwargs)
-        q, k, v = named["query"], named["key"], named["value"]
-        if q.shape[-2] != k.shape[-2] or q.shape[-2] != self.seq:
-            return func(*args, **kwargs)
-        assert named.get("attn_mask") is None
-        scale = named.get("scale") or q.shape[-1] ** -0.5
-        logits = self.edit((q.double() @ k.double().transpose(-1, -2)) * scale, self.step())
-        return (logits.softmax(-1) @ v.double()).to(q.dtype)
-
-
 def run_reference(pipe, run, seq, edit, steps_per_call=1):
-    """Run the pipeline with DenseEdit; steps counted from the transformer's forwards."""
+    """Run the pipeline with every self-attention call of ``seq`` tokens computed densely after
+    ``edit(logits, step)``; the step is counted from the transformer's forwards."""
     calls = [-1]
 
     def count(module, args, kwargs):
         calls[0] += 1
 
     handle = pipe.transformer.register_forward_pre_hook(count, with_kwargs=True)
+    mode = EditedAttention(lambda s: edit(s, calls[0] // steps_per_call),
+                           lambda q, k: q.shape[-2] == k.shape[-2] == seq)
     try:
-        with DenseEdit(seq, edit, lambda: calls[0] // steps_per_call):
+        with mode:
             return run()
     finally:
         handle.remove()
@@ -252,6 +231,41 @@ def test_direct_a_video_amplifies_inside_and_suppresses_outside(cog):
     assert_latents_close(got, expected)
     steps_hit = steering.summary()["rules"][0]["steps"]
     assert steps_hit == [0]  # 1 - i/N >= 0.6 holds for i = 0 only of 2 steps
+
+
+def test_direct_a_video_on_wans_cross_attention(wan_pipe, image):
+    from attnsteer.tiny import wan_call_kwargs, word_tokenizer
+
+    prompt, box, lam = "a dog on grass", (0.5, 0.0, 1.0, 1.0), 25.0
+    kwargs = wan_call_kwargs(prompt=prompt, num_inference_steps=STEPS, output_type="latent")
+
+    def run():
+        return np.asarray(wan_pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs).frames[0])
+
+    queries = [inside(t, box) for t in tokens(WAN)]
+    words = {1: "dog", 0: "a", 2: "on", 3: "grass"}  # word-level tokenizer: one token per word
+    calls = []
+
+    def edit(s):
+        step = len(calls) // 4  # 2 blocks x 2 branches per step
+        cond = len(calls) % 4 < 2  # Wan runs the conditional forward first
+        calls.append(1)
+        if cond:
+            size_reg = 1 - 0.5 * 1.0
+            for i, fg in enumerate(queries):
+                for j, word in words.items():
+                    if word == "dog" and fg and 1 - step / STEPS >= 0.95:
+                        s[..., i, j] += lam * size_reg
+                    elif word != "dog" or not fg:
+                        s[..., i, j] = float("-inf")
+        return s
+
+    with EditedAttention(edit, lambda q, k: k.shape[-2] == 512 and q.shape[-2] != 512):
+        expected = run()
+    recipe = recipes.direct_a_video("dog", box="0.5,0,1,1", strength=lam, attention="cross")
+    with at.steer(wan_pipe, recipe, prompt=prompt, tokenizer=word_tokenizer()):
+        got = run()
+    assert_latents_close(got, expected)
 
 
 def test_recipe_parameters_are_validated():

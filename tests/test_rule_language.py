@@ -20,6 +20,7 @@ from attnsteer.execute import run_plan
 from attnsteer.plan import build_plan
 from attnsteer.selectors import SelectionContext
 from attnsteer.words import WordIndex
+from dense_reference import EditedAttention
 
 TEXT = 3  # text tokens before the video in the test layouts
 
@@ -177,7 +178,7 @@ def test_fill_values_differ_when_a_row_is_fully_filled():
     _, biased, _ = run([at.Rule(at.frames[0], at.tokens, at.bias(-1e4))], lay, q, k, v)
     plain = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     torch.testing.assert_close(biased[:, :, :2], plain[:, :, :2], atol=1e-5, rtol=1e-5)  # relative logits kept
-    with pytest.raises(at.SteeringError, match="every key blocked"):
+    with pytest.raises(at.KernelError, match="every key blocked"):
         run([at.Rule(at.frames[0], at.tokens, at.fill(-math.inf))], lay, q, k, v)
 
 
@@ -305,3 +306,61 @@ def test_the_compiled_score_path_equals_the_eager_one():
     compiled, _ = scored_attention(q, k, v, fn, compile=True, chunk=16)
     eager, _ = scored_attention(q, k, v, fn, compile=False, chunk=16)
     torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=1e-6)
+
+
+def test_cross_attention_rules_steer_wans_text_calls_exactly(wan_pipe, image):
+    import numpy as np
+
+    from attnsteer.tiny import wan_call_kwargs, word_tokenizer
+
+    prompt = "a red dog runs"
+    kwargs = wan_call_kwargs(prompt=prompt, num_inference_steps=2, output_type="latent")
+
+    def run():
+        return np.asarray(wan_pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs).frames[0])
+
+    table = token_table(3, 4, 4, text=0)  # 3 latent frames of 4x4 tokens are the queries
+    box = (0.0, 0.0, 0.5, 1.0)
+    rows = torch.tensor([in_box(t, box) for t in table])
+    dog = 2  # 'a', 'red', 'dog' in the word-level tokenizer, no special tokens
+    edit_mode = EditedAttention(lambda s: s + 3.0 * (rows[:, None] & (torch.arange(512) == dog)[None, :]).double(),
+                                lambda q, k: k.shape[-2] == 512 and q.shape[-2] != 512)
+    with edit_mode:
+        expected = run()
+    assert edit_mode.calls == 2 * 2 * 2  # 2 steps x 2 branches x 2 blocks
+    rule = at.Rule(at.box(*box), at.words("dog"), at.bias(3.0), attention="cross")
+    with at.steer(wan_pipe, rule, prompt=prompt, tokenizer=word_tokenizer()) as steering:
+        got = run()
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+    assert steering.summary()["rules"][0]["layers"] == ["transformer.blocks.0.attn2", "transformer.blocks.1.attn2"]
+    with pytest.raises(at.SteeringError, match="no separate cross-attention"):
+        from attnsteer.tiny import tiny_cogvideox
+
+        with at.steer(tiny_cogvideox(), at.Rule(at.video, at.text, at.bias(1.0), attention="cross")):
+            pass
+
+
+def test_grouped_rules_under_autograd_take_the_differentiable_path():
+    lay, table = layout(2, 1, 2), token_table(2, 1, 2)
+    q, k, v = (t.requires_grad_() for t in qkv(1, 2, lay.seq_len, seed=10, dtype=torch.float64))
+    rule = at.Rule(at.frames[1], at.frames[0] | at.text, at.bias(-0.7))
+    plan, out, _ = run([rule], lay, q, k, v)
+    assert plan.path == "grouped"
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    sel = pair_matrix(table, lambda a, b, i, j: a["frame"] == 1 and (b["frame"] == 0 or b["kind"] == "text"))
+    expected, _ = dense(q, k, v, lambda s: s - 0.7 * sel.double())
+    torch.testing.assert_close(grads, torch.autograd.grad(expected.sum(), (q, k, v)), atol=1e-5, rtol=1e-5)
+    with pytest.raises(at.AttnsteerError, match="no backward"):
+        at.kernels.grouped_attention(q, k, v, lay.group_ids(), lay.group_ids(), bias=torch.zeros(3, 3))
+
+
+@pytest.mark.parametrize("shape", [(1, 0, 6), (0, 2, 6), (1, 2, 0)])
+def test_empty_inputs_give_empty_outputs(shape):
+    b, h, n = shape
+    q = torch.randn(b, h, n, 4)
+    k = torch.randn(b, h, 3, 4)
+    groups, kgroups = torch.zeros(n, dtype=torch.long), torch.zeros(3, dtype=torch.long)
+    out, mass = at.kernels.grouped_attention(q, k, k, groups, kgroups, bias=torch.zeros(1, 1), return_mass=True)
+    assert out.shape == (b, h, n, 4) and mass.shape == (b, h, 1, 1)
+    with pytest.raises(at.AttnsteerError, match="at least one key"):
+        at.kernels.grouped_attention(q, k[:, :, :0], k[:, :, :0], groups, kgroups[:0])

@@ -96,7 +96,7 @@ def test_transforms_are_logit_biases():
 
 
 def test_rule_validation_names_field_and_allowed_values():
-    with pytest.raises(at.ConfigError, match=r"Rule\.branch must be one of \('cond', 'uncond', 'all'\), got 'foo'"):
+    with pytest.raises(at.ConfigError, match=r"Rule\.branch must be one of \('cond', 'uncond', 'perturbed', 'all'\), got 'foo'"):
         at.Rule(at.frames[1:], at.frames[0], at.bias(1.0), branch="foo")
     with pytest.raises(at.ConfigError, match=r"Rule\.query must be a selector"):
         at.Rule("frames", at.frames[0], at.bias(1.0))

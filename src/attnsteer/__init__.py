@@ -5,10 +5,12 @@ apply them to an unmodified model with :func:`steer`, and record frame-level att
 :func:`inspect`.
 """
 
-from . import kernels
-from .errors import AttnsteerError, ConfigError, SteeringError, UnsupportedModelError
+from . import kernels, readouts
+from .errors import (AttnsteerError, AttnsteerWarning, ConfigError, KernelError, RecordingError, SteeringError,
+                     UnsupportedModelError)
 from .geometry import box, mask, point, trajectory
 from .layout import Segment, TokenLayout
+from .outputs import output_scale
 from .pairs import frame_distance, frame_window, same_location, same_region, token_distance
 from .plugins.generic import GenericAdapter
 from .rules import Recipe, Rule
@@ -24,9 +26,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttnsteerError",
+    "AttnsteerWarning",
     "ConfigError",
     "GenericAdapter",
+    "KernelError",
     "Recipe",
+    "RecordingError",
     "Record",
     "Rule",
     "Segment",
@@ -45,12 +50,14 @@ __all__ = [
     "inspect",
     "kernels",
     "logit_scale",
+    "output_scale",
     "mask",
     "point",
     "progress",
     "prompt",
     "proportional",
     "query_bias",
+    "readouts",
     "same_location",
     "same_region",
     "scale",

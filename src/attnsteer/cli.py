@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect as pyinspect
 import json
+import math
+import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import AttnsteerError
+from .errors import AttnsteerError, ConfigError
 
 RECIPE_PARAM_TYPES = {bool: "flag", int: int, float: float, str: str}
 
@@ -31,20 +34,68 @@ def _recipe_parameters() -> dict[str, pyinspect.Parameter]:
     return params
 
 
+def _int_at_least(minimum: int, wording: str):
+    """An argparse type: an integer >= ``minimum``, refused as ``expected {wording}``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wording}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {wording}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "an integer >= 0")
+
+
+def _finite_non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _output_folder(text: str) -> Path:
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a folder")
+    return path
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return path
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "tiny-wan") -> None:
+    from .tiny import TINY_MODELS
+
     parser.add_argument("--model", default=default_model,
-                        help="a diffusers pipeline directory or hub name, 'toy', or a built-in tiny model (tiny-wan, ...)")
-    parser.add_argument("--image", help="reference image (PNG/JPEG); default: a built-in test image")
+                        help="a diffusers pipeline directory or cached hub name, 'toy', or a built-in tiny model: "
+                             + ", ".join(sorted(TINY_MODELS)))
+    parser.add_argument("--image", type=_existing_file, help="reference image (PNG/JPEG); default: a built-in test image")
     parser.add_argument("--prompt", default="", help="text prompt")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, help="number of denoising steps (model default if omitted)")
-    parser.add_argument("--frames", type=int, help="number of video frames (model default if omitted)")
-    parser.add_argument("--guidance", type=float, help="guidance scale (model default if omitted)")
+    parser.add_argument("--out", required=True, type=_output_folder, help="output folder")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
+    parser.add_argument("--steps", type=_positive_int, help="number of denoising steps (model default if omitted)")
+    parser.add_argument("--frames", type=_positive_int, help="number of video frames (model default if omitted)")
+    parser.add_argument("--guidance", type=_finite_non_negative, help="guidance scale (model default if omitted)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (real pipelines)")
     parser.add_argument("--format", default="mp4", choices=["mp4", "gif"], help="video file format")
-    parser.add_argument("--fps", type=int, default=8)
+    parser.add_argument("--fps", type=_positive_int, default=8, help="frames per second of the written video")
+    parser.add_argument("--allow-download", action="store_true",
+                        help="let --model fetch a hub model that is not in the local cache (off: fail at once)")
 
 
 def _add_recipe_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -55,7 +106,7 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser, required: bool = Fals
         if kind == "flag":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"recipe parameter {name}")
         else:
-            parser.add_argument(flag, type=kind, default=None, help=f"recipe parameter {name} (default {p.default!r})")
+            parser.add_argument(flag, type=kind, default=None, help=f"recipe parameter {name} (recipe default: {p.default!r})")
 
 
 def _parameter_kind(p: pyinspect.Parameter) -> Any:
@@ -71,6 +122,11 @@ def _parameter_kind(p: pyinspect.Parameter) -> Any:
 
 def _recipe_from_args(args: argparse.Namespace, **fixed: Any) -> Any:
     if not args.recipe:
+        given = [name for name in _recipe_parameters() if getattr(args, name, None) is not None]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise ConfigError(f"{flags} set a recipe parameter but no --recipe was given (choose one of "
+                              f"{', '.join(sorted(_recipes()))})")
         return None
     fn = _recipes()[args.recipe]
     names = pyinspect.signature(fn).parameters
@@ -82,7 +138,8 @@ def _recipe_from_args(args: argparse.Namespace, **fixed: Any) -> Any:
 def _load(args: argparse.Namespace):
     from .models import load_model
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype, seed=args.seed)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, seed=args.seed,
+                       allow_download=args.allow_download)
     model.show_progress(True)
     return model
 
@@ -223,43 +280,70 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnsteer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="attnsteer", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
+    add = functools.partial(sub.add_parser, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
-    p = sub.add_parser("run", help="generate one video with a recipe applied; writes the video and run.json")
+    p = add("run", help="generate one video with a recipe applied; writes the video and run.json")
     _add_model_arguments(p)
     _add_recipe_arguments(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("inspect", help="record frame-level attention; writes record.npz and figures")
+    p = add("inspect", help="record frame-level attention; writes record.npz and figures")
     _add_model_arguments(p)
     _add_recipe_arguments(p)
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("sweep", help="one generation per gamma with the same seed; videos, curves, contact sheet")
+    p = add("sweep", help="one generation per gamma with the same seed; videos, curves, contact sheet")
     _add_model_arguments(p)
     p.add_argument("--gamma", type=_floats, default=[-2.0, -1.0, 0.0, 0.6, 1.0], help="comma-separated gammas")
     p.add_argument("--stop", type=float, default=0.2, help="fraction of steps modulated")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("recipes", help="list recipes and their parameters")
+    p = add("recipes", help="list recipes and their parameters")
     p.set_defaults(func=cmd_recipes)
 
-    p = sub.add_parser("demo", help="DyMoS on the shipped toy model: videos, maps, motion against gamma")
-    p.add_argument("--out", type=Path, default=Path("attnsteer-demo"), help="output folder")
+    p = add("demo", help="DyMoS on the shipped toy model: videos, maps, motion against gamma")
+    p.add_argument("--out", type=_output_folder, default=Path("attnsteer-demo"), help="output folder")
     p.add_argument("--quick", action="store_true", help="fewer seeds and steps (for smoke tests)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
+NUMBER_LIST = re.compile(r"^-\d*\.?\d+(e-?\d+)?(,-?\d*\.?\d+(e-?\d+)?)*$")
+
+
+def join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--gamma -2,-1,0`` as ``--gamma=-2,-1,0``: argparse reads a value that starts with '-' and is
+    not a single number as an option, so documented commands with negative lists would fail."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and NUMBER_LIST.match(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         return args.func(args)
     except AttnsteerError as exc:
+        if args.debug:
+            raise
         print(f"attnsteer: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # an unexpected failure: one line, the traceback with --debug
+        if args.debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"attnsteer: unexpected error: {type(exc).__name__}: {first} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

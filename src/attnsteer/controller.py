@@ -7,7 +7,7 @@ the last one to leave removes them, so sessions nest and combine on the same mod
 
 from __future__ import annotations
 
-import weakref
+import copy
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -15,14 +15,17 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, SteeringError, describe_rule
-from .hooks import AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
-from .execute import run_plan
+from .errors import ConfigError, KernelError, SteeringError, describe_rule
+from .hooks import HOOK_NAME, AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
+from .execute import cross_layout, run_cross_plan, run_plan
+from .guidance import BlockSkipHook, PerturbedGuidance, first_tensor, guidance_scale, replace_first_tensor
 from .layout import TokenLayout
+from .outputs import OutputStage, split_output_rules
 from .plan import build_plan
 from .plugins.base import Adapter, bind_forward_inputs
 from .rules import Rule
 from .schedules import StepInfo
+from .stepping import StepTracker
 from .selectors import SelectionContext
 
 
@@ -52,6 +55,7 @@ class ForwardState:
     step: StepInfo
     branches: tuple[str, ...] | None
     context: str | None
+    text_length: int | None = None  # text keys of the separate cross-attention calls, if the model has them
 
 
 class Client(Protocol):
@@ -67,31 +71,6 @@ class Client(Protocol):
     def on_call(self, state: ForwardState, layer: LayerInfo, applied: list[Rule], mass: torch.Tensor | None) -> None: ...
 
 
-class StepTracker:
-    """Step index and count of each forward: from the pipeline's scheduler when there is one,
-    otherwise by counting distinct (decreasing) timesteps."""
-
-    def __init__(self) -> None:
-        self.pipeline: Any = None
-        self.num_steps: int | None = None
-        self._last_t: float | None = None
-        self._step = 0
-
-    def info(self, timestep: float | None) -> StepInfo:
-        scheduled = getattr(getattr(self.pipeline, "scheduler", None), "timesteps", None)
-        if timestep is not None and isinstance(scheduled, torch.Tensor) and scheduled.numel():
-            step = int((scheduled.detach().float().cpu() - timestep).abs().argmin())
-            return StepInfo(step=step, num_steps=int(scheduled.numel()), timestep=timestep)
-        if timestep is None:
-            return StepInfo(step=None, num_steps=self.num_steps, timestep=None)
-        if self._last_t is None or timestep > self._last_t:
-            self._step = 0
-        elif timestep < self._last_t:
-            self._step += 1
-        self._last_t = timestep
-        return StepInfo(step=self._step, num_steps=self.num_steps, timestep=timestep)
-
-
 class Controller:
     """Hooks of one transformer and the clients attached to it."""
 
@@ -105,37 +84,114 @@ class Controller:
         self.state: ForwardState | None = None
         self._installed: list[InstalledHook] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._copied = False
+        self.layers: list[tuple[str, LayerInfo]] = []  # (attention kind, layer) of every hooked module
+        self.seen_steps: set[StepInfo] = set()
+        self.seen_branches: set[str] = set()
+        self.perturbing: PerturbedGuidance | None = None  # set during the perturbed forward
+        self._skip_hooks: set[int] = set()
 
     # --- attaching -----------------------------------------------------------------------
     def attach(self, client: Client, pipeline: Any = None, num_steps: int | None = None) -> None:
+        cross = [r for r in client.rules if r.attention == "cross"]
+        if cross and not self.adapter.cross_attention_modules(self.model):
+            raise SteeringError(
+                f"{describe_rule(cross[0], None)}: {type(self.model).__name__} has no separate cross-attention "
+                "(its text, if any, sits in the self-attention sequence): use attention='self' with at.text / at.words"
+            )
         if pipeline is not None:
-            self.steps.pipeline = pipeline
+            self.steps.add_pipeline(pipeline)
         if num_steps is not None:
             self.steps.num_steps = num_steps
         if not self.clients:
             self._install()
+        try:
+            self._install_block_skips(getattr(client, "guidance", None))
+        except BaseException:
+            if not self.clients:
+                self._uninstall()
+            raise
         self.clients.append(client)
 
     def detach(self, client: Client) -> None:
         self.clients.remove(client)
         if not self.clients:
+            _CONTROLLERS.pop(id(self.model), None)
             self._uninstall()
+
+    def __deepcopy__(self, memo: dict) -> Controller:
+        """``copy.deepcopy`` of a hooked model copies its hooks and so this controller. The copy is
+        never steered: its controller has no clients and, at the copy's first forward, removes the
+        copied hooks, so the copy runs (and stays) exactly like an unsteered model."""
+        clone = Controller.__new__(Controller)
+        memo[id(self)] = clone  # the copied hooks refer to the clone, not to this controller
+        clone.__init__(copy.deepcopy(self.model, memo), self.component, copy.deepcopy(self.adapter, memo))
+        clone._installed = copy.deepcopy(self._installed, memo)
+        clone._copied = True
+        return clone
 
     def _install(self) -> None:
         modules = self.adapter.attention_modules(self.model)
         if not modules:
             raise SteeringError(f"{self.adapter!r} found no self-attention modules in {type(self.model).__name__}")
         try:
-            for index, (name, module) in enumerate(modules):
-                layer = LayerInfo(index=index, name=name, component=self.component)
-                hook = AttentionHook(self._attention_runner(layer, module), self._set_context)
-                self._installed.append(InstalledHook(module, hook))
+            for attention, found in (("self", modules), ("cross", self.adapter.cross_attention_modules(self.model))):
+                for index, (name, module) in enumerate(found):
+                    layer = LayerInfo(index=index, name=name, component=self.component)
+                    self.layers.append((attention, layer))
+                    hook = AttentionHook(self, layer, attention)
+                    self._installed.append(InstalledHook(module, hook))
             self._handles.append(self.model.register_forward_pre_hook(self._forward_start, with_kwargs=True))
+            self._handles.append(self.model.register_forward_hook(self._perturb_after, with_kwargs=True))
             self._handles.append(self.model.register_forward_hook(self._forward_end, always_call=True))
         except BaseException:
             self._uninstall()
             raise
         refresh_registry_caches(self.model)
+
+    def _install_block_skips(self, guidance: PerturbedGuidance | None) -> None:
+        """STG-R: a skip hook on each block the client's perturbed forward skips (once per block)."""
+        if guidance is None or not guidance.skip_blocks:
+            return
+        blocks = self.adapter.blocks(self.model)
+        bad = [i for i in guidance.skip_blocks if i >= len(blocks)]
+        if bad:
+            raise SteeringError(f"perturbed guidance skip_blocks {bad} out of range: {type(self.model).__name__} has "
+                                f"{len(blocks)} blocks ({self.adapter.block_pattern!r}); allowed 0..{len(blocks) - 1}")
+        for i in guidance.skip_blocks:
+            if i not in self._skip_hooks:
+                self._installed.append(InstalledHook(blocks[i][1], BlockSkipHook(self, i)))
+                self._skip_hooks.add(i)
+
+    def skips_block(self, index: int) -> bool:
+        """Whether block ``index`` returns its input in this forward (the perturbed forward of STG-R)."""
+        return self.perturbing is not None and index in self.perturbing.skip_blocks
+
+    def _perturb_after(self, model: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        """Forward hook: perturbed guidance after each forward (``model.forward`` runs it without re-entering hooks)."""
+        return self.perturb(model.forward, args, kwargs, output)
+
+    def perturb(self, forward: Callable, args: tuple, kwargs: dict, output: Any) -> Any:
+        """After a forward with conditional rows: the perturbed forward, combined into those rows."""
+        state = self.state
+        clients = [c for c in self.clients if getattr(c, "guidance", None) is not None]
+        if state is None or not clients or not state.branches or "cond" not in state.branches:
+            return output
+        guidance = clients[0].guidance
+        strength = guidance.scale_at(state.step)
+        if strength == 0:
+            return output
+        w = guidance_scale(self.steps.pipeline, self.component)
+        self.state, self.perturbing = attrs.evolve(state, branches=("perturbed",) * len(state.branches)), guidance
+        try:
+            perturbed = first_tensor(forward(*args, **kwargs))
+        finally:
+            self.state, self.perturbing = state, None
+        cond = torch.tensor([b == "cond" for b in state.branches], device=perturbed.device)
+        prediction = first_tensor(output)
+        pushed = prediction + (strength / w) * (prediction - perturbed)
+        shape = (-1,) + (1,) * (prediction.dim() - 1)
+        return replace_first_tensor(output, torch.where(cond.view(shape), pushed, prediction))
 
     def _uninstall(self) -> None:
         errors = []
@@ -148,32 +204,53 @@ class Controller:
             handle.remove()
         self._installed.clear()
         self._handles.clear()
+        self._skip_hooks.clear()
+        self.layers.clear()
         self.state = None
         refresh_registry_caches(self.model)
         if errors:
             raise errors[0]
 
+    def _remove_copied_hooks(self) -> None:
+        """In a deep copy: take the copied attention hooks and forward hooks off the copied model."""
+        for item in self._installed:
+            item.remove()
+        self._installed.clear()
+        model = self.model
+        for hooks, flags in ((model._forward_pre_hooks, model._forward_pre_hooks_with_kwargs),
+                             (model._forward_hooks, model._forward_hooks_always_called)):
+            for key in [k for k, fn in hooks.items() if getattr(fn, "__self__", None) is self]:
+                hooks.pop(key)
+                flags.pop(key, None)
+        refresh_registry_caches(self.model)
+
     # --- per forward ---------------------------------------------------------------------
-    def _set_context(self, name: str | None) -> None:
+    def set_context(self, name: str | None) -> None:
         self.context = name
 
     def _forward_start(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._copied:
+            self._remove_copied_hooks()
+            return
         inputs = bind_forward_inputs(model, args, kwargs)
         layout = self.adapter.layout(model, inputs)
         timestep = self.adapter.timestep(model, inputs)
         batch = _batch_size(inputs)
         branches = self.adapter.branches(model, inputs, self.context, batch, self.steps.pipeline)
-        self.state = ForwardState(layout=layout, step=self.steps.info(timestep), branches=branches, context=self.context)
+        self.state = ForwardState(layout=layout, step=self.steps.info(timestep), branches=branches, context=self.context,
+                                  text_length=self.adapter.text_length(model, inputs))
+        self.seen_steps.add(self.state.step)
+        self.seen_branches.update(branches or ("unknown",))
 
     def _forward_end(self, model: torch.nn.Module, args: tuple, output: Any) -> None:
         self.state = None
 
     # --- per attention call --------------------------------------------------------------
-    def _active_rules(self, layer: LayerInfo, state: ForwardState) -> list[tuple[Client, Rule]]:
+    def _active_rules(self, layer: LayerInfo, state: ForwardState, attention: str) -> list[tuple[Client, Rule]]:
         active = []
         for client in self.clients:
             for rule in client.rules:
-                if not rule.matches_layer(layer.index, layer.names):
+                if rule.attention != attention or not rule.matches_layer(layer.index, layer.names):
                     continue
                 try:
                     on = rule.when.active(state.step)
@@ -183,38 +260,36 @@ class Controller:
                     active.append((client, rule))
         return active
 
-    def _attention_runner(self, layer: LayerInfo, module: torch.nn.Module) -> Callable[[Callable, tuple, dict], Any]:
-        def run(forward: Callable, args: tuple, kwargs: dict) -> Any:
-            state = self.state
-            if state is None:
-                if self.clients:
-                    raise SteeringError(
-                        f"self-attention module {layer.qualified!r} ran outside a forward of its transformer "
-                        f"{type(self.model).__name__}; attnsteer learns the token layout from that forward"
-                    )
-                return forward(*args, **kwargs)
-            active = self._active_rules(layer, state)
-            recorders = [c for c in self.clients if c.wants_mass]
-            if not active and not recorders:
-                return forward(*args, **kwargs)
-            seen = []
-
-            def handle(*sdpa_args: Any, **sdpa_kwargs: Any) -> torch.Tensor:
-                return self._attention_call(layer, state, active, recorders, seen, sdpa_args, sdpa_kwargs)
-
-            with SDPAInterceptor(handle):
-                output = forward(*args, **kwargs)
-            if not seen:
-                backend = getattr(getattr(module, "processor", None), "_attention_backend", None)
+    def run_attention(
+        self, layer: LayerInfo, attention: str, module: torch.nn.Module, forward: Callable, args: tuple, kwargs: dict
+    ) -> Any:
+        """One forward of a hooked attention module: steered and recorded through its SDPA calls."""
+        state = self.state
+        if state is None:
+            if self.clients:
                 raise SteeringError(
-                    f"{_subject(active, layer)}: the module computed attention without calling "
-                    "torch.nn.functional.scaled_dot_product_attention (attention backend: "
-                    f"{backend or 'unknown'}), so it cannot be steered or recorded. Non-native backends (flash, sage, "
-                    "xformers, flex) bypass it: call transformer.set_attention_backend('native') first"
+                    f"{attention}-attention module {layer.qualified!r} ran outside a forward of its transformer "
+                    f"{type(self.model).__name__}; attnsteer learns the token layout from that forward"
                 )
-            return output
+            return forward(*args, **kwargs)
+        active = self._active_rules(layer, state, attention)
+        recorders = [c for c in self.clients if c.wants_mass] if attention == "self" else []
+        if not active and not recorders:
+            return forward(*args, **kwargs)
+        seen = []
+        outputs = split_output_rules(active)[1]
+        stage = OutputStage(outputs, layer.qualified, self.adapter) if outputs else None
 
-        return run
+        def handle(*sdpa_args: Any, **sdpa_kwargs: Any) -> torch.Tensor:
+            if attention == "cross":
+                return self._cross_call(layer, state, active, seen, sdpa_args, sdpa_kwargs)
+            return self._attention_call(layer, state, active, recorders, seen, sdpa_args, sdpa_kwargs, stage)
+
+        with SDPAInterceptor(handle):
+            output = forward(*args, **kwargs)
+        if not seen:
+            raise SteeringError(f"{_subject(active, layer)}: {_why_no_attention(module, attention)}")
+        return output if stage is None else stage.apply(output, state.layout)
 
     def _attention_call(
         self,
@@ -225,6 +300,7 @@ class Controller:
         seen: list[bool],
         args: tuple,
         kwargs: dict,
+        stage: OutputStage | None = None,
     ) -> torch.Tensor:
         q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = _sdpa_arguments(args, kwargs)
         if q.shape[-2] != k.shape[-2]:  # cross-attention inside a self-attention module: leave it
@@ -245,24 +321,78 @@ class Controller:
         branches = self.adapter.attention_branches(state.branches, q.shape[0])
         if branches != state.branches:  # the model folds other axes into the attention batch (SVD)
             state = attrs.evolve(state, branches=branches)
+        outputs = stage.read(q, k, scale, layout, state.branches) if stage is not None else []
         try:
             plan = build_plan(
-                tuple((rule, client.selection_context(layout)) for client, rule in active), layout, state.branches,
+                tuple((rule, client.selection_context(layout)) for client, rule in split_output_rules(active)[0]),
+                layout, state.branches,
                 q.shape[0], q.shape[1], want_mass=bool(recorders),
             )
         except ConfigError as exc:
             raise type(exc)(f"in self-attention module {layer.qualified!r}: {exc}") from exc
         if plan.path == "plain" and not recorders and not plan.identity and plan.scale_factor == 1.0:
-            return F.scaled_dot_product_attention(*args, **kwargs)
-        try:
-            out, mass = run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders))
-        except SteeringError as exc:
-            raise SteeringError(f"{where}: {exc}") from exc
+            if not outputs and not plan.applied:
+                return F.scaled_dot_product_attention(*args, **kwargs)
+            out, mass = F.scaled_dot_product_attention(*args, **kwargs), None  # e.g. a logit scale of 1 applied
+        else:
+            try:
+                out, mass = run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders))
+            except (KernelError, SteeringError) as exc:
+                raise type(exc)(f"{where}: {exc}") from exc
         for client in self.clients:
-            mine = [rule for c, rule in active if c is client and rule in plan.applied]
+            mine = [rule for c, rule in active if c is client and (rule in plan.applied or (c, rule) in outputs)]
             if mine or client.wants_mass:
                 client.on_call(state, layer, mine, mass)
         return out
+
+
+    def _cross_call(
+        self, layer: LayerInfo, state: ForwardState, active: list[tuple[Client, Rule]], seen: list[bool],
+        args: tuple, kwargs: dict,
+    ) -> torch.Tensor:
+        """A cross-attention SDPA call: steered when its keys are the forward's text tokens (image-key
+        calls, as in Wan I2V's attn2, pass through); the plan runs on the joint [text, video] layout."""
+        q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = _sdpa_arguments(args, kwargs)
+        if k.shape[-2] != state.text_length:
+            return F.scaled_dot_product_attention(*args, **kwargs)
+        seen.append(True)
+        where = _subject(active, layer)
+        layout = cross_layout(state.layout, state.text_length)
+        if q.dim() != 4 or q.shape[-2] != state.layout.seq_len or dropout_p or is_causal or enable_gqa:
+            raise SteeringError(
+                f"{where}: a cross-attention call with q {tuple(q.shape)}, k {tuple(k.shape)} (dropout_p={dropout_p}, "
+                f"is_causal={is_causal}, enable_gqa={enable_gqa}) does not match {state.layout.seq_len} video queries "
+                f"and {state.text_length} text keys"
+            )
+        branches = self.adapter.attention_branches(state.branches, q.shape[0])
+        try:
+            plan = build_plan(tuple((rule, client.selection_context(layout)) for client, rule in active), layout,
+                              branches, q.shape[0], q.shape[1])
+            out = run_cross_plan(plan, q, k, v, layout, scale, attn_mask)
+        except (ConfigError, KernelError, SteeringError) as exc:
+            raise type(exc)(f"{where}: {exc}") from exc
+        for client in self.clients:
+            mine = [rule for c, rule in active if c is client and rule in plan.applied]
+            if mine:
+                client.on_call(state, layer, mine, None)
+        return out
+
+
+def _why_no_attention(module: torch.nn.Module, attention: str) -> str:
+    """Why a hooked module ran without the SDPA call attnsteer needed, naming the actual cause."""
+    registry = getattr(module, "_diffusers_hook", None)
+    others = [name for name in getattr(registry, "hooks", {}) if name != HOOK_NAME]
+    if others:
+        return (f"the module ran without computing {attention}-attention through SDPA; the diffusers hooks {others} "
+                "on it (a cache or a skipped layer) returned first, so the rule cannot apply there: disable them or "
+                "filter this layer out with Rule(layers=...)")
+    backend = getattr(getattr(module, "processor", None), "_attention_backend", None)
+    if attention == "cross":
+        return ("no SDPA call of the module had the forward's text tokens as keys, so the cross-attention rule found "
+                f"nothing to steer (attention backend: {backend or 'unknown'})")
+    return ("the module computed attention without calling torch.nn.functional.scaled_dot_product_attention "
+            f"(attention backend: {backend or 'unknown'}), so it cannot be steered or recorded. Non-native backends "
+            "(flash, sage, xformers, flex) bypass it: call transformer.set_attention_backend('native') first")
 
 
 def _subject(active: list[tuple[Client, Rule]], layer: LayerInfo) -> str:
@@ -287,13 +417,14 @@ def _batch_size(inputs: dict) -> int:
     raise SteeringError("cannot tell the batch size: the model's forward got no tensor argument")
 
 
-_CONTROLLERS: "weakref.WeakKeyDictionary[torch.nn.Module, Controller]" = weakref.WeakKeyDictionary()
+_CONTROLLERS: dict[int, Controller] = {}  # by id(model), only while some session is attached to it
 
 
 def controller_for(model: torch.nn.Module, component: str, adapter: Adapter) -> Controller:
-    """The controller of ``model``, created on first use (one per model, shared by sessions)."""
-    controller = _CONTROLLERS.get(model)
-    if controller is None or not controller.clients:
+    """The controller of ``model``, created on first use (one per model, shared by sessions). The
+    registry holds it only while a session is attached, so a model left by every session can be freed."""
+    controller = _CONTROLLERS.get(id(model))
+    if controller is None or controller.model is not model or not controller.clients:
         controller = Controller(model, component, adapter)
-        _CONTROLLERS[model] = controller
+        _CONTROLLERS[id(model)] = controller
     return controller

@@ -1,6 +1,10 @@
 """Run a :class:`~attnsteer.plan.CallPlan` on one attention call's q, k, v: pick the kernel of its
 path, fold in the uniform logit scale, apply identity rules, and return the attention mass per
-layout group when a recorder wants it."""
+layout group when a recorder wants it.
+
+Cross-attention calls (video queries, text keys) run on the joint layout ``[text, video]`` of
+:func:`cross_layout`, so the same selectors, predicates and plans serve them: queries are the
+video part of that layout, keys its text part."""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from .errors import SteeringError
 from .kernels import grouped_attention, scored_attention
-from .layout import TokenLayout
+from .layout import Segment, TokenLayout
 from .plan import CallPlan, Selection
 
 
@@ -24,19 +29,23 @@ def run_plan(
     attn_mask: torch.Tensor | None,
     want_mass: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(output [B, H, N, Dv], mass [B, H, G, G] over layout groups or None)."""
+    """(output [B, H, N, Dv], mass [B, H, G, G] over layout groups or None).
+
+    Under autograd the grouped kernel (no backward) is replaced by the score path, which applies
+    the same rules elementwise and is differentiable."""
     scale = (q.shape[-1] ** -0.5 if scale is None else float(scale)) * plan.scale_factor
     device = q.device
     mass = None
-    if plan.path == "scored":
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if plan.path == "scored" or (grad and (plan.path == "grouped" or want_mass)):
         out, mass = scored_attention(
             q, k, v, _score_fn(plan.scored, q.shape[0], q.shape[1], layout.seq_len, device), scale, attn_mask,
             groups=layout.group_ids(device), num_groups=layout.num_groups, return_mass=want_mass,
         )
     elif plan.path == "grouped":
-        cells = plan.cells.to(device)
+        cells, bias = _on_device(plan, device)
         out, mass = grouped_attention(
-            q, k, v, cells, cells, bias=plan.bias.to(device), scale=scale, attn_mask=attn_mask, return_mass=want_mass,
+            q, k, v, cells, cells, bias=bias, scale=scale, attn_mask=attn_mask, return_mass=want_mass,
             num_q_groups=plan.num_cells, num_k_groups=plan.num_cells,
         )
         if mass is not None:
@@ -57,6 +66,12 @@ def run_plan(
     return out, mass
 
 
+@functools.lru_cache(maxsize=64)
+def _on_device(plan: CallPlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A grouped plan's cells and bias on the call's device, copied once per plan."""
+    return plan.cells.to(device), plan.bias.to(device)
+
+
 def _covers_all_queries(s: Selection) -> bool:
     return bool(s.rows.all() and s.heads.all() and s.query.all())
 
@@ -69,15 +84,41 @@ def _score_fn(selections: tuple[Selection, ...], batch: int, heads: int, num_key
     h_idx = torch.arange(heads, device=device)[None, :, None, None]
     k_index = torch.arange(num_keys, device=device)
     bound = [
-        (s, s.transform, s.rows.to(device)[:, None, None, None] & s.heads.to(device)[None, :, None, None])
+        (s.bind(device), s.transform, s.rows.to(device)[:, None, None, None] & s.heads.to(device)[None, :, None, None])
         for s in selections
     ]
 
     def apply(scores: torch.Tensor, q_index: torch.Tensor) -> torch.Tensor:
         q4, k4 = q_index[None, None, :, None], k_index[None, None, None, :]
-        for s, transform, rows_heads in bound:
-            where = rows_heads & s.pair_mask(q_index, k_index)[None, None]
+        for pair_mask, transform, rows_heads in bound:
+            where = rows_heads & pair_mask(q_index, k_index)[None, None]
             scores = torch.where(where, transform.score(scores, b_idx, h_idx, q4, k4), scores)
         return scores
 
     return apply
+
+
+def cross_layout(video: TokenLayout, text_length: int) -> TokenLayout:
+    """The joint layout ``[text, video]`` that a cross-attention call's rules resolve against."""
+    if video.segments or video.video_start:
+        raise SteeringError(f"cross-attention rules need a video-only self-attention layout, got {video.describe()}")
+    return TokenLayout(num_frames=video.num_frames, tokens_per_frame=video.tokens_per_frame, video_start=text_length,
+                       segments=[Segment("text", 0, text_length)], reference_frames=video.reference_frames,
+                       grid=video.grid)
+
+
+def run_cross_plan(
+    plan: CallPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout, scale: float | None,
+    attn_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """The output of a cross-attention call (queries: the video of ``layout``, keys: its text) under ``plan``."""
+    text = layout.video_start
+    scale = (q.shape[-1] ** -0.5 if scale is None else float(scale)) * plan.scale_factor
+    if plan.path == "grouped":
+        cells, bias = _on_device(plan, q.device)
+        return grouped_attention(q, k, v, cells[text:], cells[:text], bias=bias, scale=scale,
+                                 attn_mask=attn_mask, num_q_groups=plan.num_cells, num_k_groups=plan.num_cells)[0]
+    if plan.path == "scored":
+        fn = _score_fn(plan.scored, q.shape[0], q.shape[1], text, q.device)
+        return scored_attention(q, k, v, lambda s, q_index: fn(s, q_index + text), scale, attn_mask)[0]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)

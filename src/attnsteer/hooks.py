@@ -8,6 +8,7 @@ and :func:`remove_hooks` leaves every module as it found it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -51,17 +52,20 @@ class ContextListener(StateManager):
 
 
 class AttentionHook(ModelHook):
-    """Runs one self-attention module's forward through ``run(forward, args, kwargs)``."""
+    """Runs one attention module's forward through its controller: ``controller.run_attention(layer,
+    attention, module, forward, args, kwargs)``. The hook's state is explicit (controller, layer,
+    kind of attention), so a deep copy of a hooked model carries a consistent copy of it."""
 
     _is_stateful = True  # so that diffusers hands us the cache-context name
 
-    def __init__(self, run: Callable[[Callable, tuple, dict], Any], on_context: Callable[[str | None], None]) -> None:
+    def __init__(self, controller: Any, layer: Any, attention: str) -> None:
         super().__init__()
-        self._run = run
-        self.context = ContextListener(on_context)
+        self.controller, self.layer, self.attention = controller, layer, attention
+        self.context = ContextListener(controller.set_context)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        return _run_uncompiled(self._run, self.fn_ref.original_forward, args, kwargs)
+        run = functools.partial(self.controller.run_attention, self.layer, self.attention, module)
+        return _run_uncompiled(run, self.fn_ref.original_forward, args, kwargs)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         return module
@@ -86,9 +90,10 @@ class InstalledHook:
     def remove(self) -> None:
         registry = self.module._diffusers_hook
         registry.remove_hook(HOOK_NAME, recurse=False)
-        if not registry.hooks and not self.had_registry:
-            del self.module._diffusers_hook
-            if not self.had_forward_attr:
+        if not registry.hooks:
+            if not self.had_registry:
+                del self.module._diffusers_hook
+            if not self.had_forward_attr:  # the registry leaves the class forward as an instance attribute
                 self.module.__dict__.pop("forward", None)
 
 

@@ -3,7 +3,9 @@ model, or a diffusers pipeline directory / hub name."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,29 +48,62 @@ def _pipeline_call_kwargs(**defaults: Any) -> Callable[..., dict[str, Any]]:
     return make
 
 
-def load_model(name: str, *, device: str | None = None, dtype: str = "auto", seed: int = 0) -> VideoModel:
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("cpu", "cuda", "mps")
+
+
+def _device_and_dtype(device: str | None, dtype: str, built_in: bool) -> tuple[str, torch.dtype]:
+    """The ``--device`` and ``--dtype`` to use, validated (built-in models default to float32 on the CPU)."""
+    if device is not None and device.split(":")[0] not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)} (optionally 'cuda:N'), got {device!r}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    device = device or ("cpu" if built_in or not torch.cuda.is_available() else "cuda")
+    auto = torch.bfloat16 if device.startswith("cuda") and not built_in else torch.float32
+    return device, {"auto": auto, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def _moved(pipe: Any, device: str, dtype: torch.dtype) -> Any:
+    """A built-in pipeline (built on the CPU in float32) on the requested device and dtype."""
+    return pipe if (device, dtype) == ("cpu", torch.float32) else pipe.to(device, dtype)
+
+
+def load_model(name: str, *, device: str | None = None, dtype: str = "auto", seed: int = 0,
+               allow_download: bool = False) -> VideoModel:
     """``tiny-<family>`` (random weights, offline), ``toy`` (the shipped trained toy model),
-    or a diffusers pipeline directory or hub name (loaded with ``DiffusionPipeline.from_pretrained``)."""
+    or a diffusers pipeline directory or hub name (``DiffusionPipeline.from_pretrained``; a hub name
+    must be in the local cache unless ``allow_download``). ``device`` and ``dtype`` apply to all."""
     from .tiny import TINY_MODELS, build_tiny
 
+    built_in = name in TINY_MODELS or name == "toy"
+    device, torch_dtype = _device_and_dtype(device, dtype, built_in)
     if name in TINY_MODELS:
         pipe, call_kwargs = build_tiny(name, seed=seed)
         defaults = call_kwargs(prompt="")
         size = (defaults["height"], defaults["width"]) if "height" in defaults else None
-        return VideoModel(name, pipe, call_kwargs, size)
+        return VideoModel(name, _moved(pipe, device, torch_dtype), call_kwargs, size)
     if name == "toy":
         from .toy import load_toy_pipeline, toy_call_kwargs
 
-        pipe = load_toy_pipeline()
-        return VideoModel(name, pipe, toy_call_kwargs, None)
+        return VideoModel(name, _moved(load_toy_pipeline(), device, torch_dtype), toy_call_kwargs, None)
+    names = f"built-in models: {', '.join(sorted(TINY_MODELS))}, toy"
+    candidates = [*TINY_MODELS, "toy"]
+    close = [c for c in candidates if sorted(c.split("-")) == sorted(name.split("-"))]
+    close = close or difflib.get_close_matches(name, candidates, n=1)
+    if close:
+        names = f"did you mean {close[0]!r}? {names}"
     if name.startswith("tiny-"):
-        raise ConfigError(f"--model {name!r} is not a built-in tiny model; choose one of {sorted(TINY_MODELS)} or 'toy'")
+        raise ConfigError(f"--model {name!r} is not a built-in tiny model; {names}")
+    path = Path(name).expanduser()
+    looks_local = path.is_absolute() or name.startswith(".") or path.exists() or name.count("/") != 1
+    if looks_local and not path.is_dir():
+        raise ConfigError(f"--model {name!r}: no such pipeline directory (and not a hub name 'owner/model'); {names}")
     from diffusers import DiffusionPipeline
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32, "float32": torch.float32,
-                   "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-    if torch_dtype is None:
-        raise ConfigError(f"--dtype must be one of auto, float32, bfloat16, float16; got {dtype!r}")
-    pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=torch_dtype).to(device)
-    return VideoModel(name, pipe, _pipeline_call_kwargs(), None)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(path) if looks_local else name, torch_dtype=torch_dtype,
+                                                 local_files_only=not allow_download)
+    except (OSError, ValueError) as exc:
+        hint = "" if allow_download else " (not in the local cache; pass --allow-download to fetch it)"
+        raise ConfigError(f"--model {name!r} could not be loaded{hint}: {str(exc).splitlines()[0]}; {names}") from exc
+    return VideoModel(name, pipe.to(device), _pipeline_call_kwargs(), None)

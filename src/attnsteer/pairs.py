@@ -11,6 +11,8 @@ induce, so rules using them keep the fused grouped kernel. Others compare token 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 import torch
 
@@ -19,8 +21,12 @@ from .geometry import token_geometry
 from .selectors import SelectionContext, Selector, _check_selector
 
 
+PairFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class Pairs:
-    """Base class: ``evaluate(ctx, q_index, k_index)`` -> bool [len(q_index), len(k_index)]."""
+    """Base class: ``bind(ctx, device)`` returns ``fn(q_index, k_index) -> bool [len(q), len(k)]``
+    with the call's token facts already on the device (a pure tensor function, cheap to compile)."""
 
     elementwise: bool = False
 
@@ -28,8 +34,12 @@ class Pairs:
         """Selectors whose membership the predicate reads (the grouped path refines cells by them)."""
         return ()
 
-    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+    def bind(self, ctx: SelectionContext, device: torch.device) -> PairFn:
         raise NotImplementedError
+
+    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+        """bool [len(q_index), len(k_index)]: which of these pairs satisfy the predicate."""
+        return self.bind(ctx, q_index.device)(q_index, k_index)
 
     def __and__(self, other: Pairs) -> Pairs:
         return BothPairs(self, _check_pairs(other, "right operand of &"))
@@ -67,9 +77,9 @@ class SameRegion(Pairs):
     def selectors(self) -> tuple[Selector, ...]:
         return (self.region,)
 
-    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
-        inside = self.region.token_mask(ctx).to(q_index.device)
-        return inside[q_index][:, None] == inside[k_index][None, :]
+    def bind(self, ctx: SelectionContext, device: torch.device) -> PairFn:
+        inside = self.region.token_mask(ctx).to(device)
+        return lambda q, k: inside[q][:, None] == inside[k][None, :]
 
     def __repr__(self) -> str:
         return f"same_region({self.region!r})"
@@ -81,10 +91,14 @@ class FrameDistance(Pairs):
 
     max: int = attrs.field(validator=_non_negative_int("frame_distance"))
 
-    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
-        frame = token_geometry(ctx.layout).frame.to(q_index.device)
-        fq, fk = frame[q_index][:, None], frame[k_index][None, :]
-        return (fq >= 0) & (fk >= 0) & ((fq - fk).abs() <= self.max)
+    def bind(self, ctx: SelectionContext, device: torch.device) -> PairFn:
+        frame = token_geometry(ctx.layout).frame.to(device)
+
+        def fn(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            fq, fk = frame[q][:, None], frame[k][None, :]
+            return (fq >= 0) & (fk >= 0) & ((fq - fk).abs() <= self.max)
+
+        return fn
 
     def __repr__(self) -> str:
         return f"frame_distance({self.max})"
@@ -103,18 +117,22 @@ class FrameWindow(Pairs):
         if self.size < 1:
             raise ConfigError(f"frame_window(size=...) must be >= 1 latent frame, got {self.size}")
 
-    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
-        frame = token_geometry(ctx.layout).frame.to(q_index.device)
-        fq, fk = frame[q_index][:, None], frame[k_index][None, :]
+    def bind(self, ctx: SelectionContext, device: torch.device) -> PairFn:
+        frame = token_geometry(ctx.layout).frame.to(device)
         n = ctx.layout.num_frames
-        start = (fq - self.size // 2).clamp_min(0)
-        end = (fq + self.size // 2 + 1).clamp_max(n)
-        if self.adjusted:
-            short = (end - start) < self.size
-            at_left = short & (start == 0)
-            end = torch.where(at_left, torch.full_like(end, min(n, self.size)), end)
-            start = torch.where(short & ~at_left, (end - self.size).clamp_min(0), start)
-        return (fq >= 0) & (fk >= start) & (fk < end)
+
+        def fn(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            fq, fk = frame[q][:, None], frame[k][None, :]
+            start = (fq - self.size // 2).clamp_min(0)
+            end = (fq + self.size // 2 + 1).clamp_max(n)
+            if self.adjusted:
+                short = (end - start) < self.size
+                at_left = short & (start == 0)
+                end = torch.where(at_left, torch.full_like(end, min(n, self.size)), end)
+                start = torch.where(short & ~at_left, (end - self.size).clamp_min(0), start)
+            return (fq >= 0) & (fk >= start) & (fk < end)
+
+        return fn
 
     def __repr__(self) -> str:
         return f"frame_window({self.size}{', adjusted=True' if self.adjusted else ''})"
@@ -126,13 +144,17 @@ class SameLocation(Pairs):
 
     elementwise = True
 
-    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+    def bind(self, ctx: SelectionContext, device: torch.device) -> PairFn:
         if ctx.layout.grid is None:
             raise ConfigError("same_location() needs the token grid of a frame, which this model's adapter does not report")
         geo = token_geometry(ctx.layout)
-        row, col = geo.row.to(q_index.device), geo.col.to(q_index.device)
-        rq, rk = row[q_index][:, None], row[k_index][None, :]
-        return (rq >= 0) & (rq == rk) & (col[q_index][:, None] == col[k_index][None, :])
+        row, col = geo.row.to(device), geo.col.to(device)
+
+        def fn(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            rq = row[q][:, None]
+            return (rq >= 0) & (rq == row[k][None, :]) & (col[q][:, None] == col[k][None, :])
+
+        return fn
 
     def __repr__(self) -> str:
         return "same_location()"
@@ -145,8 +167,8 @@ class TokenDistance(Pairs):
     elementwise = True
     min: int = attrs.field(validator=_non_negative_int("token_distance"))
 
-    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
-        return (q_index[:, None] - k_index[None, :]).abs() > self.min
+    def bind(self, ctx: SelectionContext, device: torch.device) -> PairFn:
+        return lambda q, k: (q[:, None] - k[None, :]).abs() > self.min
 
     def __repr__(self) -> str:
         return f"token_distance({self.min})"
@@ -164,8 +186,9 @@ class BothPairs(Pairs):
     def selectors(self) -> tuple[Selector, ...]:
         return self.left.selectors() + self.right.selectors()
 
-    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
-        return self.left.evaluate(ctx, q_index, k_index) & self.right.evaluate(ctx, q_index, k_index)
+    def bind(self, ctx: SelectionContext, device: torch.device) -> PairFn:
+        left, right = self.left.bind(ctx, device), self.right.bind(ctx, device)
+        return lambda q, k: left(q, k) & right(q, k)
 
     def __repr__(self) -> str:
         return f"({self.left!r} & {self.right!r})"
@@ -173,8 +196,9 @@ class BothPairs(Pairs):
 
 @attrs.frozen(repr=False)
 class EitherPairs(BothPairs):
-    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
-        return self.left.evaluate(ctx, q_index, k_index) | self.right.evaluate(ctx, q_index, k_index)
+    def bind(self, ctx: SelectionContext, device: torch.device) -> PairFn:
+        left, right = self.left.bind(ctx, device), self.right.bind(ctx, device)
+        return lambda q, k: left(q, k) | right(q, k)
 
     def __repr__(self) -> str:
         return f"({self.left!r} | {self.right!r})"
@@ -191,8 +215,9 @@ class NotPairs(Pairs):
     def selectors(self) -> tuple[Selector, ...]:
         return self.inner.selectors()
 
-    def evaluate(self, ctx: SelectionContext, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
-        return ~self.inner.evaluate(ctx, q_index, k_index)
+    def bind(self, ctx: SelectionContext, device: torch.device) -> PairFn:
+        inner = self.inner.bind(ctx, device)
+        return lambda q, k: ~inner(q, k)
 
     def __repr__(self) -> str:
         return f"~{self.inner!r}"

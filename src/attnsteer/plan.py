@@ -74,11 +74,18 @@ class Selection:
 
     def pair_mask(self, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
         """bool [len(q_index), len(k_index)]: selected query x selected key x the rule's pair predicate."""
-        device = q_index.device
-        sel = self.query.to(device)[q_index][:, None] & self.key.to(device)[k_index][None, :]
-        if self.rule.pairs is not None:
-            sel = sel & self.rule.pairs.evaluate(self.ctx, q_index, k_index)
-        return sel
+        return self.bind(q_index.device)(q_index, k_index)
+
+    def bind(self, device: torch.device):
+        """``fn(q_index, k_index) -> pair_mask`` with this call's masks already on ``device``."""
+        query, key = self.query.to(device), self.key.to(device)
+        pairs = None if self.rule.pairs is None else self.rule.pairs.bind(self.ctx, device)
+
+        def fn(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+            sel = query[q][:, None] & key[k][None, :]
+            return sel if pairs is None else sel & pairs(q, k)
+
+        return fn
 
 
 @attrs.frozen(eq=False)
@@ -93,7 +100,8 @@ class CallPlan:
     bias: torch.Tensor | None = None
     cell_groups: torch.Tensor | None = None
     cell_sizes: torch.Tensor | None = None
-    # scored path: the selections applied in rule order
+    # the logit selections in rule order: what the scored path applies (also kept on grouped plans,
+    # whose differentiable form under autograd is the scored path)
     scored: tuple[Selection, ...] = ()
     # identity rules, applied after the kernel
     identity: tuple[Selection, ...] = ()
@@ -186,7 +194,7 @@ def _grouped_plan(
     groups = layout.group_ids()[reps]
     sizes = torch.bincount(cells, minlength=c)
     return CallPlan("grouped", applied, scale_factor, cells=cells, bias=bias, cell_groups=groups, cell_sizes=sizes,
-                    identity=identity)
+                    scored=tuple(selections), identity=identity)
 
 
 def _cells(selections: list[Selection], layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 
 from .controller import ForwardState, LayerInfo
-from .errors import ConfigError, SteeringError
-from .layout import TokenLayout
+from .errors import ConfigError, RecordingError, SteeringError
+from .layout import Segment, TokenLayout
+from .recording_io import read_npz
 from .rules import Rule
-from .selectors import GeneratedFrames, SelectionContext, Selector, _check_selector
+from .selectors import GeneratedFrames, Groups, SelectionContext, Selector, _check_selector
 
-BRANCH_NAMES = ("cond", "uncond", "unknown")
+BRANCH_NAMES = ("cond", "uncond", "perturbed", "unknown")
 FORMAT_VERSION = 1
 
 
@@ -161,11 +162,18 @@ class Record:
     def text_mass(
         self, steps: Iterable[int] | None = None, layers: Any = None, branch: str | None = None, heads: Any = None
     ) -> torch.Tensor:
-        """[F]: mass each query frame puts on text tokens (zeros when the sequence has none)."""
+        """[F]: mass each query frame puts on text tokens of a joint text+video sequence; raises on a
+        recording without text tokens (video-only self-attention, e.g. Wan), rather than return zeros."""
         layout = self._require_layout()
         text = [layout.num_frames + i for i, s in enumerate(layout.untied_segments()) if s.kind == "text"]
+        if not text:
+            raise ConfigError(
+                "text_mass: this recording's self-attention holds no text tokens (a video-only model such as Wan, "
+                "whose text enters through cross-attention); it has text mass only on joint models (CogVideoX, "
+                "HunyuanVideo)"
+            )
         mass = self.frame_level_mass(steps, layers, branch, heads)[: layout.num_frames]
-        return mass[:, text].sum(-1) if text else torch.zeros(layout.num_frames)
+        return mass[:, text].sum(-1)
 
     def reference_mass(
         self, by: str = "step", steps: Iterable[int] | None = None, layers: Any = None, branch: str | None = "cond",
@@ -217,6 +225,7 @@ class Record:
             "format": FORMAT_VERSION,
             "heads": self.heads,
             "queries": repr(self.queries),
+            "query_groups": None if self.layout is None else sorted(self.queries.groups(self.layout)),
             "layout": None if self.layout is None else self.layout.describe(),
             "layers": self.layers,
             "timesteps": {str(k): v for k, v in self.timesteps.items()},
@@ -230,29 +239,47 @@ class Record:
 
     @classmethod
     def load(cls, path: str | Path) -> Record:
-        """Read a recording written by :meth:`save`."""
-        with np.load(Path(path), allow_pickle=False) as data:
-            meta = json.loads(str(data["metadata"]))
-            sums = data["sums"]
+        """Read a recording written by :meth:`save`, validated (see :mod:`attnsteer.recording_io`)."""
+        path = Path(path)
+        meta, sums = read_npz(path)
+        try:
+            return cls._from_saved(meta, sums)
+        except RecordingError as exc:
+            raise RecordingError(f"{path}: {exc}") from exc
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RecordingError(f"{path}: inconsistent recording ({type(exc).__name__}: {exc})") from exc
+
+    @classmethod
+    def _from_saved(cls, meta: dict, sums: np.ndarray) -> Record:
         if meta.get("format") != FORMAT_VERSION:
-            raise ConfigError(f"{path}: unknown recording format {meta.get('format')!r} (expected {FORMAT_VERSION})")
+            raise RecordingError(f"unknown recording format {meta.get('format')!r} (expected {FORMAT_VERSION})")
+        meta = dict(meta)
         rec = cls(heads=meta.pop("heads"))
         layout = meta.pop("layout")
         if layout is not None:
-            from .layout import Segment
-
             rec.layout = TokenLayout(
                 num_frames=layout["num_frames"], tokens_per_frame=layout["tokens_per_frame"],
                 video_start=layout["video_start"], segments=[Segment(**s) for s in layout["segments"]],
                 reference_frames=tuple(layout["reference_frames"]), grid=layout.get("grid"),
             )
-        rec.layers = meta.pop("layers")
-        rec.timesteps = {int(k): v for k, v in meta.pop("timesteps").items()}
-        for (step, layer, branch), count, s in zip(meta.pop("keys"), meta.pop("counts"), sums):
-            rec._sums[(int(step), layer, branch)] = torch.from_numpy(s)
-            rec._counts[(int(step), layer, branch)] = int(count)
+        query_groups = meta.pop("query_groups", None)
+        if query_groups is not None:
+            rec.queries = Groups(query_groups)
+        rec.layers = {str(k): int(v) for k, v in dict(meta.pop("layers")).items()}
+        rec.timesteps = {int(k): float(v) for k, v in dict(meta.pop("timesteps")).items()}
+        keys, counts = list(meta.pop("keys")), [int(c) for c in meta.pop("counts")]
+        groups = rec.layout.num_groups if rec.layout is not None else None
+        expected = (len(keys), sums.shape[1] if rec.heads else 1, groups, groups)
+        if len(counts) != len(keys) or (keys and sums.shape != expected) or any(c < 1 for c in counts):
+            raise RecordingError(f"{len(keys)} records with {len(counts)} counts do not match sums of shape "
+                                 f"{sums.shape} (expected {expected}, counts >= 1)")
+        for (step, layer, branch), count, total in zip(keys, counts, sums):
+            if branch not in BRANCH_NAMES or layer not in rec.layers:
+                raise RecordingError(f"record key {(step, layer, branch)!r} names an unknown branch or layer")
+            rec._sums[(int(step), str(layer), branch)] = torch.from_numpy(total)
+            rec._counts[(int(step), str(layer), branch)] = count
         meta.pop("format")
-        meta.pop("queries")
+        meta.pop("queries", None)
         rec.metadata = meta
         return rec
 

@@ -9,12 +9,14 @@ from typing import Union as TypingUnion
 import attrs
 
 from .errors import ConfigError
+from .guidance import PerturbedGuidance
 from .pairs import Pairs, _check_pairs
 from .schedules import Schedule, always
 from .selectors import AllTokens, Selector, _check_selector
 from .transforms import Transform
 
-BRANCHES = ("cond", "uncond", "all")
+BRANCHES = ("cond", "uncond", "perturbed", "all")
+ATTENTION_KINDS = ("self", "cross")
 
 LayerSpec = TypingUnion[int, str, "re.Pattern[str]"]
 
@@ -31,9 +33,15 @@ def _transform(value: object) -> Transform:
         raise ConfigError(
             "Rule.transform must be a transform: at.bias(x), at.scale(f), at.block(), at.logit_scale(f), "
             "at.temperature(t), at.proportional(n), at.scale_if_positive(a), at.fill(v), at.query_bias(values), "
-            f"at.score_mod(fn) or at.identity(); got {value!r}"
+            f"at.score_mod(fn), at.identity() or at.output_scale(x); got {value!r}"
         )
     return value
+
+
+def _attention(value: object) -> str:
+    if value not in ATTENTION_KINDS:
+        raise ConfigError(f"Rule.attention must be one of {ATTENTION_KINDS}, got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 def _pairs(value: object) -> Pairs | None:
@@ -92,6 +100,8 @@ class Rule:
     ``branch`` picks the guidance branch ("cond", "uncond" or "all"); ``layers`` filters the
     self-attention modules (indices, names or regexes fully matching the module name); ``heads``
     filters heads; ``pairs`` narrows the selected (query, key) pairs by a pair predicate.
+    ``attention="cross"`` acts on the separate text cross-attention calls of models that have them
+    (Wan's ``attn2``): queries are the video tokens, keys the text tokens (``at.text``, ``at.words``).
     """
 
     query: Selector = attrs.field(converter=_selector("query"))
@@ -102,10 +112,14 @@ class Rule:
     layers: tuple[LayerSpec, ...] | None = attrs.field(default=None, converter=_layers)
     heads: tuple[int, ...] | None = attrs.field(default=None, converter=_heads)
     pairs: Pairs | None = attrs.field(default=None, converter=_pairs)
+    attention: str = attrs.field(default="self", converter=_attention)
 
     def __attrs_post_init__(self) -> None:
+        self.transform.check_rule(self)
         if self.transform.identity and not isinstance(self.key, AllTokens):
             raise ConfigError(f"Rule.key must be at.tokens with at.identity() (a query attends to itself), got {self.key!r}")
+        if self.transform.identity and self.attention == "cross":
+            raise ConfigError("at.identity() needs self-attention (a query attending to itself); got attention='cross'")
 
     def matches_layer(self, index: int, names: Iterable[str]) -> bool:
         """Whether this rule covers the self-attention layer ``index`` known under ``names``."""
@@ -135,11 +149,14 @@ class Recipe:
     name: str
     rules: tuple[Rule, ...] = attrs.field(converter=tuple)
     params: tuple[tuple[str, object], ...] = attrs.field(default=(), converter=_params)
+    guidance: PerturbedGuidance | None = None  # an extra perturbed prediction (PAG, STG)
 
     def __attrs_post_init__(self) -> None:
         for r in self.rules:
             if not isinstance(r, Rule):
                 raise ConfigError(f"Recipe {self.name!r} rules must be at.Rule objects, got {r!r}")
+        if self.guidance is not None and not isinstance(self.guidance, PerturbedGuidance):
+            raise ConfigError(f"Recipe {self.name!r} guidance must be a PerturbedGuidance, got {self.guidance!r}")
 
     def __iter__(self) -> Iterator[Rule]:
         return iter(self.rules)
@@ -150,6 +167,14 @@ class Recipe:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params)
         return f"{self.name}({args})"
+
+
+def guidance_of(items: Iterable[object]) -> PerturbedGuidance | None:
+    """The perturbed guidance among the recipes given to at.steer (at most one)."""
+    found = [item.guidance for item in items if isinstance(item, Recipe) and item.guidance is not None]
+    if len(found) > 1:
+        raise ConfigError(f"at.steer takes at most one recipe with perturbed guidance, got {len(found)}")
+    return found[0] if found else None
 
 
 def flatten_rules(items: Iterable[object]) -> tuple[Rule, ...]:

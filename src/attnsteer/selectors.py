@@ -256,6 +256,29 @@ class Complement(Selector):
         return f"~{self.inner!r}"
 
 
+def _group_ids(value: object) -> tuple[int, ...]:
+    ids = tuple(value)  # type: ignore[arg-type]
+    if not all(_is_index(i) and i >= 0 for i in ids):
+        raise ConfigError(f"groups(...) takes group indices >= 0, got {value!r}")
+    return tuple(sorted(set(ids)))
+
+
+@attrs.frozen(repr=False)
+class Groups(Selector):
+    """Explicit layout groups by index (how a loaded recording keeps the query frames it was made with)."""
+
+    ids: tuple[int, ...] = attrs.field(converter=_group_ids)
+
+    def groups(self, layout: TokenLayout) -> frozenset[int]:
+        bad = [i for i in self.ids if i >= layout.num_groups]
+        if bad:
+            raise ConfigError(f"{self!r}: groups {bad} out of range for a layout of {layout.num_groups} groups")
+        return frozenset(self.ids)
+
+    def __repr__(self) -> str:
+        return f"groups({list(self.ids)})"
+
+
 class FrameSelectors:
     """``at.frames``: index or slice it for latent frames; ``.reference`` and ``.generated``."""
 

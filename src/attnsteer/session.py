@@ -13,12 +13,14 @@ from typing import Any
 import attrs
 import torch
 
+from . import audit
 from .controller import Client, Controller, ForwardState, LayerInfo, controller_for
 from .errors import ConfigError, UnsupportedModelError
 from .plugins.base import Adapter
 from .plugins.manager import find_adapter, require_adapter, supported_families
 from .layout import TokenLayout
-from .rules import Recipe, Rule, flatten_rules
+from .guidance import PerturbedGuidance
+from .rules import Recipe, Rule, flatten_rules, guidance_of
 from .selectors import SelectionContext
 from .words import WordIndex, uses_words
 
@@ -65,27 +67,43 @@ def resolve_targets(target: Any, adapter: Adapter | None = None) -> tuple[list[T
 class Session:
     """Attaches one client to every model of a target while the ``with`` block runs."""
 
-    def __init__(self, target: Any, client: Client, *, adapter: Adapter | None = None, num_steps: int | None = None) -> None:
+    def __init__(self, target: Any, client: Client, *, adapter: Adapter | None = None, num_steps: int | None = None,
+                 strict: bool = False) -> None:
         if num_steps is not None and (not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1):
             raise ConfigError(f"num_steps must be a positive int or None, got {num_steps!r}")
+        if not isinstance(strict, bool):
+            raise ConfigError(f"strict must be True or False, got {strict!r}")
         self.targets, self.pipeline = resolve_targets(target, adapter)
         self.client = client
         self.num_steps = num_steps
+        self.strict = strict
         self._attached: list[Controller] = []
 
     def __enter__(self) -> Any:
+        if self._attached:
+            raise ConfigError(
+                f"this session ({self.client!r}) is already active; a session is entered once: nest a new "
+                "at.steer(...) / at.inspect(...) instead"
+            )
         try:
             for t in self.targets:
                 controller = controller_for(t.model, t.component, t.adapter)
                 controller.attach(self.client, pipeline=self.pipeline, num_steps=self.num_steps)
                 self._attached.append(controller)
+            audit.report(audit.unmatched_layers(self.client.rules, self._attached), self.strict, "will never apply")
         except BaseException:
             self._detach_all()
             raise
         return self.client
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        problems = []
+        if exc_type is None and isinstance(self.client, Steering):
+            problems = audit.never_applied(self.client.rules, self.client.applied_rules(), self._attached)
+        elif exc_type is None:
+            problems = audit.nothing_recorded(self.client, self._attached)
         self._detach_all()
+        audit.report(problems, self.strict, "never applied" if isinstance(self.client, Steering) else "is empty")
 
     def _detach_all(self) -> None:
         errors = []
@@ -115,16 +133,22 @@ class Steering:
 
     wants_mass = False
 
-    def __init__(self, rules: tuple[Rule, ...], sources: tuple[Rule | Recipe, ...], words: WordIndex | None = None) -> None:
+    def __init__(self, rules: tuple[Rule, ...], sources: tuple[Rule | Recipe, ...], words: WordIndex | None = None,
+                 guidance: PerturbedGuidance | None = None) -> None:
         self.rules = rules
         self.sources = sources
         self.words = words
+        self.guidance = guidance
         self._index = {id(rule): i for i, rule in enumerate(rules)}
         self._hits: dict[int, dict[str, set]] = {}
         self.calls = 0
 
     def selection_context(self, layout: TokenLayout) -> SelectionContext:
         return SelectionContext(layout, self.words)
+
+    def applied_rules(self) -> set[int]:
+        """Indices (in ``rules``) of the rules that applied at least once."""
+        return set(self._hits)
 
     def on_call(self, state: ForwardState, layer: LayerInfo, applied: list[Rule], mass: torch.Tensor | None) -> None:
         self.calls += 1
@@ -162,16 +186,19 @@ def steer(
     num_steps: int | None = None,
     prompt: str | None = None,
     tokenizer: Any = None,
+    strict: bool = False,
 ) -> Session:
     """Apply rules to ``target``'s self-attention inside a ``with`` block; yields a :class:`Steering`.
 
     ``num_steps`` gives the step count when the target is a bare transformer (for ``at.progress``);
     ``prompt`` (tokenised with ``tokenizer`` or the pipeline's) lets ``at.words(...)`` find its tokens.
+    A rule that cannot apply (a layer filter matching no module) or never applied during the run is
+    reported as an :class:`~attnsteer.errors.AttnsteerWarning`; ``strict=True`` raises instead.
     """
     sources = tuple(rules_or_recipes)
     rules = flatten_rules(sources)
-    client = Steering(rules, sources, word_index(target, rules, prompt, tokenizer))
-    return Session(target, client, adapter=adapter, num_steps=num_steps)
+    client = Steering(rules, sources, word_index(target, rules, prompt, tokenizer), guidance_of(sources))
+    return Session(target, client, adapter=adapter, num_steps=num_steps, strict=strict)
 
 
 def inspect(
@@ -181,17 +208,19 @@ def inspect(
     *,
     adapter: Adapter | None = None,
     num_steps: int | None = None,
+    strict: bool = False,
 ) -> Session:
     """Record frame-level attention of ``target`` inside a ``with`` block; yields a :class:`~attnsteer.record.Record`.
 
     ``heads=True`` keeps one map per head; ``queries`` (a selector, default ``at.frames.generated``)
-    picks the query frames that ``reference_mass`` averages over. Combines with ``at.steer``.
+    picks the query frames that ``reference_mass`` averages over. Combines with ``at.steer``. A
+    model that ran without any recorded attention call is reported (``strict=True``: raises).
     """
     from .record import Record
 
     record = Record(heads=heads, queries=queries)
     record.metadata["model"] = _describe_target(target)
-    return Session(target, record, adapter=adapter, num_steps=num_steps)
+    return Session(target, record, adapter=adapter, num_steps=num_steps, strict=strict)
 
 
 def _describe_target(target: Any) -> str:

@@ -7,8 +7,9 @@ no tokenizer or text encoder can be loaded offline.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -34,9 +35,22 @@ def test_image(size: int = 64) -> Any:
     return Image.fromarray((rgb * 255).astype("uint8"))
 
 
-def _clip_image_encoder() -> tuple[Any, Any]:
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+def _clip_image_processor_class() -> Any:
+    """The PIL CLIP image processor where transformers has it (no torchvision warning), else the default one."""
+    try:
+        from transformers import CLIPImageProcessorPil
 
+        return CLIPImageProcessorPil
+    except ImportError:
+        from transformers import CLIPImageProcessor
+
+        return CLIPImageProcessor
+
+
+def _clip_image_encoder() -> tuple[Any, Any]:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    CLIPImageProcessor = _clip_image_processor_class()
     torch.manual_seed(0)
     config = CLIPVisionConfig(
         hidden_size=16, projection_dim=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
@@ -429,7 +443,22 @@ def build_tiny(name: str, seed: int = 0) -> tuple[Any, Callable[..., dict[str, A
     if name not in TINY_MODELS:
         raise ConfigError(f"model {name!r} is not a built-in tiny model; choose one of {sorted(TINY_MODELS)}")
     build, call_kwargs = TINY_MODELS[name]
-    return build(seed), call_kwargs
+    with _quiet_transformers():
+        return build(seed), call_kwargs
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' notices while a tiny pipeline is built (e.g. that torchvision is absent and the
+    PIL image processor is used) say nothing about the tiny model; the verbosity is restored after."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def word_tokenizer(vocabulary: str = "a an the cat dog red blue ball grass runs jumps on in left right") -> Any:

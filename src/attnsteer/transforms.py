@@ -55,6 +55,9 @@ class Transform:
         """This transform for one call's layout (most transforms do not depend on it)."""
         return self
 
+    def check_rule(self, rule: Any) -> None:
+        """Raise ConfigError when ``rule``'s other fields cannot go with this transform (called by Rule)."""
+
 
 def _number(name: str, field: str, value: object) -> float:
     """A real number of any type; -inf and +inf pass here, each transform decides."""

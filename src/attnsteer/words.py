@@ -16,6 +16,7 @@ import attrs
 import torch
 
 from .errors import ConfigError
+from .layout import Segment
 from .selectors import SelectionContext, Selector
 
 WORD = re.compile(r"\w+")
@@ -64,6 +65,16 @@ class WordIndex:
         ]
 
 
+def _prompt_segment(selector: Selector, ctx: SelectionContext) -> Segment:
+    """The text segment the prompt's tokens sit in; raises when the prompt or the text is missing."""
+    if ctx.words is None:
+        raise ConfigError(f"{selector!r} needs the prompt: pass prompt=... to at.steer / at.inspect")
+    texts = [s for s in ctx.layout.segments if s.kind == "text"]
+    if not texts:
+        raise ConfigError(f"{selector!r} selects nothing: this model's self-attention holds no text tokens")
+    return texts[0]
+
+
 def _phrases(value: object) -> tuple[str, ...]:
     items = (value,) if isinstance(value, str) else tuple(value)  # type: ignore[arg-type]
     if not items or not all(isinstance(p, str) and WORD.search(p) for p in items):
@@ -79,13 +90,7 @@ class Words(Selector):
     phrases: tuple[str, ...] = attrs.field(converter=_phrases)
 
     def _mask(self, ctx: SelectionContext) -> torch.Tensor:
-        layout = ctx.layout
-        if ctx.words is None:
-            raise ConfigError(f"{self!r} needs the prompt: pass prompt=... to at.steer / at.inspect")
-        texts = [s for s in layout.segments if s.kind == "text"]
-        if not texts:
-            raise ConfigError(f"{self!r} selects nothing: this model's self-attention holds no text tokens")
-        segment = texts[0]
+        layout, segment = ctx.layout, _prompt_segment(self, ctx)
         positions = sorted({p for phrase in self.phrases for p in ctx.words.positions(phrase)})
         beyond = [p for p in positions if p >= segment.stop - segment.start]
         if beyond:
@@ -108,12 +113,7 @@ class PromptTokens(Selector):
     group_level = False
 
     def _mask(self, ctx: SelectionContext) -> torch.Tensor:
-        if ctx.words is None:
-            raise ConfigError("at.prompt needs the prompt: pass prompt=... to at.steer / at.inspect")
-        texts = [s for s in ctx.layout.segments if s.kind == "text"]
-        if not texts:
-            raise ConfigError("at.prompt selects nothing: this model's self-attention holds no text tokens")
-        segment = texts[0]
+        segment = _prompt_segment(self, ctx)
         mask = torch.zeros(ctx.layout.seq_len, dtype=torch.bool)
         for i, (a, b) in enumerate(ctx.words.spans[: segment.stop - segment.start]):
             mask[segment.start + i] = b > a

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import KernelError
 from .backends import attention_with_lse
 
 
@@ -42,7 +43,17 @@ def grouped_attention(
     """
     b, h, nq, d = _check_qkv(q, k, v)
     nk = k.shape[-2]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise KernelError(
+            "grouped_attention has no backward (its fused calls' log-sum-exp is not differentiable); steered forwards "
+            "that need gradients take the differentiable score path, or call kernels.scored_attention directly"
+        )
+    if nk == 0:
+        raise KernelError("grouped_attention needs at least one key; k has 0")
     gq, gk = _group_counts(q_groups, k_groups, nq, nk, bias, num_q_groups, num_k_groups)
+    if b * h * nq == 0:  # nothing to attend: empty outputs of the right shapes
+        empty_mass = torch.zeros(b, h, gq, gk, device=q.device) if return_mass else None
+        return q.new_zeros(b, h, nq, v.shape[-1]), empty_mass
     bias4 = _bias4(bias, b, h, gq, gk)
     scale = d**-0.5 if scale is None else float(scale)
     mask = _additive_mask(attn_mask, q.dtype, (b, h, nq, nk))
@@ -78,7 +89,7 @@ def grouped_attention(
     if bool(blocked.any()):
         by_bias = blocked & ~_hidden_by_mask(mask, blocked.shape)
         if bool(by_bias.any()):
-            raise ValueError(
+            raise KernelError(
                 f"{int(by_bias.sum())} query rows have every key blocked (bias -inf, with attn_mask); "
                 "each query must be able to attend to at least one key"
             )
@@ -93,13 +104,13 @@ def grouped_attention(
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int]:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
-            raise ValueError(f"{name} must have shape [B, H, N, D], got {tuple(t.shape)}")
+            raise KernelError(f"{name} must have shape [B, H, N, D], got {tuple(t.shape)}")
     if k.shape[:2] != q.shape[:2] or v.shape[:2] != q.shape[:2]:
-        raise ValueError(f"q, k, v must share [B, H]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise KernelError(f"q, k, v must share [B, H]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if k.shape[-1] != q.shape[-1]:
-        raise ValueError(f"k's head dim must equal q's ({q.shape[-1]}), got {k.shape[-1]}")
+        raise KernelError(f"k's head dim must equal q's ({q.shape[-1]}), got {k.shape[-1]}")
     if v.shape[-2] != k.shape[-2]:
-        raise ValueError(f"v must have as many keys as k ({k.shape[-2]}), got {v.shape[-2]}")
+        raise KernelError(f"v must have as many keys as k ({k.shape[-2]}), got {v.shape[-2]}")
     return tuple(q.shape)  # type: ignore[return-value]
 
 
@@ -107,13 +118,18 @@ def _group_counts(q_groups, k_groups, nq, nk, bias, num_q_groups, num_k_groups) 
     for name, g, n in (("q_groups", q_groups, nq), ("k_groups", k_groups, nk)):
         if not isinstance(g, torch.Tensor) or g.dtype != torch.long or g.shape != (n,):
             shape = tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__
-            raise ValueError(f"{name} must be a LongTensor of shape [{n}], got {shape}")
-    gq = num_q_groups or (bias.shape[-2] if bias is not None else int(q_groups.max()) + 1)
-    gk = num_k_groups or (bias.shape[-1] if bias is not None else int(k_groups.max()) + 1)
+            raise KernelError(f"{name} must be a LongTensor of shape [{n}], got {shape}")
+    gq = num_q_groups or (bias.shape[-2] if bias is not None else _count(q_groups))
+    gk = num_k_groups or (bias.shape[-1] if bias is not None else _count(k_groups))
     for name, g, count in (("q_groups", q_groups, gq), ("k_groups", k_groups, gk)):
-        if int(g.min()) < 0 or int(g.max()) >= count:
-            raise ValueError(f"{name} must hold group ids in [0, {count}), got range [{int(g.min())}, {int(g.max())}]")
+        if g.numel() and (int(g.min()) < 0 or int(g.max()) >= count):
+            raise KernelError(f"{name} must hold group ids in [0, {count}), got range [{int(g.min())}, {int(g.max())}]")
     return gq, gk
+
+
+def _count(groups: torch.Tensor) -> int:
+    """Groups implied by the ids (1 for an empty id tensor)."""
+    return int(groups.max()) + 1 if groups.numel() else 1
 
 
 def _bias4(bias: torch.Tensor | None, b: int, h: int, gq: int, gk: int) -> torch.Tensor | None:
@@ -122,10 +138,10 @@ def _bias4(bias: torch.Tensor | None, b: int, h: int, gq: int, gk: int) -> torch
         return None
     forms = {2: (gq, gk), 3: (b, gq, gk), 4: (b, h, gq, gk)}
     if bias.dim() not in forms or tuple(bias.shape) != forms[bias.dim()]:
-        raise ValueError(f"bias must have shape [Gq, Gk], [B, Gq, Gk] or [B, H, Gq, Gk] = {list(forms.values())}, "
+        raise KernelError(f"bias must have shape [Gq, Gk], [B, Gq, Gk] or [B, H, Gq, Gk] = {list(forms.values())}, "
                          f"got {tuple(bias.shape)}")
     if bool(torch.isnan(bias).any()) or bool((bias == float("inf")).any()):
-        raise ValueError("bias must not contain NaN or +inf")
+        raise KernelError("bias must not contain NaN or +inf")
     bias = bias.float()
     if bias.dim() == 2:
         return bias[None, None]
@@ -141,7 +157,7 @@ def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype, full: tuple[in
     except RuntimeError:
         shape = None
     if mask.dim() != 4 or shape != full:
-        raise ValueError(f"attn_mask must be broadcastable to [B, H, Nq, Nk] = {list(full)}, got {tuple(mask.shape)}")
+        raise KernelError(f"attn_mask must be broadcastable to [B, H, Nq, Nk] = {list(full)}, got {tuple(mask.shape)}")
     if mask.dtype == torch.bool:
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
     else:

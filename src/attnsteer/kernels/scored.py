@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import SteeringError
+from ..errors import KernelError
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 CHUNK_ELEMENTS = 1 << 22  # logits held at once (16 MB in float32; larger chunks fall out of cache)
@@ -57,26 +57,26 @@ def scored_attention(
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if compile or (compile is None and not grad and b * h * nq * nk >= COMPILE_MIN_LOGITS):
         step = _compiled_step()
-    outs, mass = [], None
+    out = torch.empty(b, h, nq, v.shape[-1], dtype=q.dtype, device=q.device)
+    mass = None
     for start in range(0, nq, chunk):
         q_index = torch.arange(start, min(start + chunk, nq), device=q.device)
         rows = None
         if attn_mask is not None:
             rows = attn_mask[..., start : start + chunk, :] if attn_mask.shape[-2] > 1 else attn_mask
-        out, blocked, part = step(score_fn, q[:, :, start : start + chunk].to(work), kt, vw, q_index, rows,
-                                  onehot, scale)
+        rows_out, blocked, part = step(score_fn, q[:, :, start : start + chunk].to(work), kt, vw, q_index, rows,
+                                       onehot, scale)
         if bool(blocked.any()):
-            raise SteeringError(
+            raise KernelError(
                 f"{int(blocked.sum())} query rows have every key blocked (-inf) by the active rules; each query "
                 "must be able to attend to at least one key"
             )
-        outs.append(out)
+        out[:, :, start : start + chunk] = rows_out
         if return_mass:
             part = torch.zeros(b, h, num_groups, num_groups, dtype=work, device=q.device).index_add(
                 2, groups[q_index], part
             )
             mass = part if mass is None else mass + part
-    out = torch.cat(outs, dim=-2).to(q.dtype)
     if not return_mass:
         return out, None
     counts = torch.bincount(groups, minlength=num_groups).clamp_min(1).to(work)

@@ -11,6 +11,7 @@ import torch
 
 from ..errors import SteeringError
 from ..layout import TokenLayout
+from ..outputs import OutputPart
 from .branches import branches_from_context
 
 
@@ -22,7 +23,9 @@ class Adapter:
     - ``timestep``: the scalar timestep of one forward (None if unknown);
     - ``branches``: the guidance branch ("cond"/"uncond") of each batch row, or None if unknown;
     - ``attention_branches``: the branch of each row of one attention call, from ``branches``
-      (the same rows unless the model folds other axes into the attention batch).
+      (the same rows unless the model folds other axes into the attention batch);
+    - ``output_parts``: where the layout's tokens sit in a self-attention module's output (for
+      output transforms such as ``at.output_scale``).
     """
 
     family: str = "base"
@@ -32,6 +35,24 @@ class Adapter:
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
         raise NotImplementedError
+
+    block_pattern: str = r"(transformer_blocks|blocks)\.\d+"
+
+    def blocks(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        """The transformer blocks, in order (what STG-R's block skip indexes)."""
+        return self_attention_modules(model, self.block_pattern)
+
+    def skipped_block_output(self, block: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        """What a skipped block returns: its input hidden states (blocks returning more override this)."""
+        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+    def cross_attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        """The separate text cross-attention modules, in layer order (none for joint-attention models)."""
+        return []
+
+    def text_length(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> int | None:
+        """How many text tokens the cross-attention calls of one forward see as keys (None: no cross-attention)."""
+        return None
 
     def timestep(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> float | None:
         t = inputs.get("timestep")
@@ -57,8 +78,43 @@ class Adapter:
             f"{len(branches)}; the adapter must say which guidance branch each attention row belongs to"
         )
 
+    def output_parts(self, output: Any, layout: TokenLayout, module: str) -> tuple[OutputPart, ...]:
+        """The tensors of a self-attention module's output that hold token rows, with the layout position
+        of each row. Understood here: one [B, seq_len, C] tensor in layout order (Wan ``attn1``), or a
+        ``(video [B, video tokens, C], rest [B, other tokens, C] or None)`` tuple (CogVideoX ``attn1``,
+        HunyuanVideo ``attn``), the rest in layout order; override for other conventions."""
+        positions = torch.arange(layout.seq_len)
+        video = (positions >= layout.video_start) & (positions < layout.video_end)
+        if _rows(output) == layout.seq_len:
+            return (OutputPart(None, positions),)
+        if isinstance(output, tuple) and len(output) == 2 and _rows(output[0]) == int(video.sum()):
+            rest = positions[~video]
+            if output[1] is None and not rest.numel():
+                return (OutputPart(0, positions[video]),)
+            if _rows(output[1]) == rest.numel():
+                return (OutputPart(0, positions[video]), OutputPart(1, rest))
+        raise SteeringError(
+            f"self-attention module {module!r} returned {_describe(output)}; {type(self).__name__} expects a "
+            f"[B, {layout.seq_len}, C] tensor in layout order or a (video [B, {int(video.sum())}, C], rest "
+            f"[B, {layout.seq_len - int(video.sum())}, C]) tuple for layout {layout.describe()} "
+            "(override Adapter.output_parts for other outputs)"
+        )
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} family={self.family!r}>"
+
+
+def _rows(value: Any) -> int | None:
+    """The token count of a [B, rows, C] tensor, else None."""
+    return int(value.shape[1]) if isinstance(value, torch.Tensor) and value.dim() == 3 else None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, tuple):
+        return "a tuple (" + ", ".join(_describe(v) for v in value) + ")"
+    return f"a {type(value).__name__}"
 
 
 def bind_forward_inputs(model: torch.nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any]:

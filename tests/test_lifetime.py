@@ -1,0 +1,154 @@
+"""Lifetime and coexistence: sessions free the model, copies run unsteered, sessions are entered once."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+import attnsteer as at
+from dense_reference import hook_state
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RULE = at.Rule(at.frames[1:], at.frames[0], at.bias(-3.0))
+
+
+def fresh_wan():
+    from attnsteer.tiny import tiny_wan
+
+    return tiny_wan()
+
+
+def run(pipe, image, **overrides):
+    from attnsteer.tiny import wan_call_kwargs
+
+    kwargs = wan_call_kwargs(**{"num_inference_steps": 2, "output_type": "latent", **overrides})
+    return np.asarray(pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs).frames[0])
+
+
+def test_a_pipeline_left_by_its_sessions_can_be_freed(image):
+    pipe = fresh_wan()
+    with at.steer(pipe, RULE), at.inspect(pipe):
+        run(pipe, image)
+    ref = weakref.ref(pipe.transformer)
+    del pipe
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_deep_copy_made_inside_a_session_runs_unsteered(wan_pipe, image):
+    vanilla = run(wan_pipe, image)
+    with at.steer(wan_pipe, RULE):
+        steered = run(wan_pipe, image)
+        clone = copy.deepcopy(wan_pipe)
+        np.testing.assert_array_equal(run(clone, image), vanilla)  # the copy is never steered
+    assert not np.allclose(steered, vanilla)
+    np.testing.assert_array_equal(run(clone, image), vanilla)
+    assert hook_state(clone.transformer) == hook_state(wan_pipe.transformer)  # no hook left on the copy either
+
+
+def test_a_session_is_entered_once(wan_pipe, image):
+    session = at.steer(wan_pipe, RULE)
+    with session:
+        with pytest.raises(at.ConfigError, match="already active"):
+            with session:
+                pass
+        steered = run(wan_pipe, image)  # the outer session still steers
+    with at.steer(wan_pipe, RULE):
+        np.testing.assert_array_equal(run(wan_pipe, image), steered)
+
+
+@pytest.mark.parametrize("rule, reason", [
+    (at.Rule(at.frames[1:], at.frames[0], at.bias(-1.0), layers=r"blocks\.9\.attn1"), "matches none of the 2"),
+    (at.Rule(at.frames[1:], at.frames[0], at.bias(-1.0), when=at.steps(start=50)), "schedule .* was never on"),
+])
+def test_rules_that_never_apply_are_reported_and_strict_raises(wan_pipe, image, rule, reason):
+    before = hook_state(wan_pipe.transformer)
+    with pytest.warns(at.AttnsteerWarning, match=reason):
+        with at.steer(wan_pipe, rule):
+            run(wan_pipe, image)
+    with pytest.raises(at.SteeringError, match=reason):
+        with at.steer(wan_pipe, rule, strict=True):
+            run(wan_pipe, image)
+    assert hook_state(wan_pipe.transformer) == before  # the strict error leaves the model clean
+
+
+def test_a_rule_that_applies_is_not_reported(wan_pipe, image, recwarn):
+    with at.steer(wan_pipe, RULE, strict=True):
+        run(wan_pipe, image)
+    assert not [w for w in recwarn if issubclass(w.category, at.AttnsteerWarning)]
+
+
+def test_a_diffusers_hook_that_skips_attention_is_named_as_the_cause(wan_pipe, image):
+    from diffusers.hooks import HookRegistry, ModelHook
+
+    class ReturnInput(ModelHook):  # like a cache or layer-skip hook: no attention computed
+        def new_forward(self, module, hidden_states, *args, **kwargs):
+            return hidden_states
+
+    attn = wan_pipe.transformer.blocks[0].attn1
+    HookRegistry.check_if_exists_or_initialize(attn).register_hook(ReturnInput(), "my_cache")
+    try:
+        with pytest.raises(at.SteeringError, match=r"diffusers hooks \['my_cache'\]"):
+            with at.steer(wan_pipe, RULE):
+                run(wan_pipe, image)
+    finally:
+        attn._diffusers_hook.remove_hook("my_cache")
+        del attn._diffusers_hook  # leave the shared tiny pipeline as the test found it
+        attn.__dict__.pop("forward", None)
+
+
+def test_second_order_schedulers_count_the_schedulers_steps(image):
+    from diffusers import FlowMatchHeunDiscreteScheduler
+
+    pipe = fresh_wan()
+    pipe.scheduler = FlowMatchHeunDiscreteScheduler(shift=3.0)  # order 2: two model calls per step
+    with at.steer(pipe, at.Rule(at.frames[1:], at.frames[0], at.bias(-1.0), when=at.steps(stop=1))) as first:
+        run(pipe, image, num_inference_steps=3)
+    assert first.summary()["rules"][0]["steps"] == [0]
+    assert first.calls == 2 * 2 * 2  # step 0: 2 model calls x 2 branches x 2 layers
+    with at.steer(pipe, at.Rule(at.frames[1:], at.frames[0], at.bias(-1.0), when=at.progress(stop=1.0))) as every:
+        run(pipe, image, num_inference_steps=3)
+    assert every.summary()["rules"][0]["steps"] == [0, 1, 2]  # 3 steps, not the 5 timesteps
+
+
+def test_a_transformer_shared_by_two_pipelines_takes_its_step_from_the_running_one(image):
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
+
+    first = fresh_wan()
+    second = WanImageToVideoPipeline(**{**first.components, "scheduler": UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)})
+    second.set_progress_bar_config(disable=True)
+    run(second, image, num_inference_steps=2)  # its scheduler now holds 2 other timesteps
+    rule = at.Rule(at.frames[1:], at.frames[0], at.bias(-1.0), when=at.steps(start=2))
+    with at.steer(first, rule) as steering, at.steer(second, at.Rule(at.frames[0], at.frames[1], at.bias(0.5))):
+        run(first, image, num_inference_steps=4)
+    assert steering.summary()["rules"][0]["steps"] == [2, 3]  # first's own steps, not second's scheduler
+
+
+def test_an_inspection_of_modules_without_sdpa_raises_naming_the_cause(wan_pipe, image):
+    from attnsteer.plugins.generic import GenericAdapter
+
+    adapter = GenericAdapter(at.TokenLayout(num_frames=3, tokens_per_frame=16), attention=r"blocks\.0\.ffn")  # no SDPA
+    with pytest.raises(at.SteeringError, match="computed attention without calling"):
+        with at.inspect(wan_pipe.transformer, adapter=adapter, strict=True):
+            run(wan_pipe, image)
+
+
+def test_a_recording_left_empty_by_a_run_is_reported():
+    from types import SimpleNamespace
+
+    from attnsteer import audit
+
+    ran = SimpleNamespace(seen_steps={object()})
+    empty, filled = at.Record(), at.Record()
+    filled.layout = at.TokenLayout(num_frames=1, tokens_per_frame=1)
+    assert audit.nothing_recorded(empty, [ran]) and not audit.nothing_recorded(filled, [ran])
+    assert not audit.nothing_recorded(empty, [SimpleNamespace(seen_steps=set())])  # nothing ran: nothing to say
+    with pytest.raises(at.SteeringError, match="no self-attention call was recorded"):
+        audit.report(audit.nothing_recorded(empty, [ran]), strict=True, when="is empty")
