@@ -43,6 +43,13 @@ class ForwardCounter:
         self._handle.remove()
 
 
+def sdpa_arguments(args: tuple, kwargs: dict) -> dict:
+    """An F.scaled_dot_product_attention call's query, key, value and attn_mask (and the rest) by name."""
+    named = dict(zip(("query", "key", "value", "attn_mask"), args))
+    named.update(kwargs)
+    return named
+
+
 class DenseAttention(TorchFunctionMode):
     def __init__(
         self,
@@ -60,8 +67,7 @@ class DenseAttention(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is not F.scaled_dot_product_attention:
             return func(*args, **kwargs)
-        named = dict(zip(("query", "key", "value", "attn_mask"), args))
-        named.update(kwargs)
+        named = sdpa_arguments(args, kwargs)
         q, k, v = named["query"], named["key"], named["value"]
         if q.shape[-2] != k.shape[-2] or (self.seq_len is not None and q.shape[-2] != self.seq_len):
             return func(*args, **kwargs)
@@ -97,8 +103,7 @@ class EditedAttention(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is not F.scaled_dot_product_attention:
             return func(*args, **kwargs)
-        named = dict(zip(("query", "key", "value", "attn_mask"), args))
-        named.update(kwargs)
+        named = sdpa_arguments(args, kwargs)
         q, k, v = named["query"], named["key"], named["value"]
         if not self.applies(q, k):
             return func(*args, **kwargs)
