@@ -52,8 +52,10 @@ def reference(pipe, run, scale, guidance, perturb_modules=(), skip_blocks=(), ba
         def skip(module, args, kwargs, output):
             if not state["perturbing"]:
                 return output
-            hidden = kwargs.get("hidden_states", args[0] if args else None)
-            return (hidden, kwargs["encoder_hidden_states"]) if isinstance(output, tuple) else hidden
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            if not isinstance(output, tuple):
+                return hidden
+            return hidden, kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[1]
         handles.append(block.register_forward_hook(skip, with_kwargs=True))
 
     def combine(module, args, kwargs, output):
@@ -64,12 +66,14 @@ def reference(pipe, run, scale, guidance, perturb_modules=(), skip_blocks=(), ba
             perturbed = module(*args, **kwargs)[0]
         state["perturbing"] = False
         pred = output[0]
+        if guidance is None:  # no classifier-free guidance: pred = cond + s(cond - perturbed)
+            return (pred + scale * (pred - perturbed),) + tuple(output[1:])
         if batched:  # one forward of [uncond, cond]: pred = uncond + w(cond - uncond) + s(cond - perturbed)
             uncond, cond = pred.chunk(2)
             fold = scale * (cond - perturbed.chunk(2)[1]) / (1 - guidance)  # u' with u' + w(c - u') = the formula
             return (torch.cat([uncond + fold, cond]),) + tuple(output[1:])
         state["calls"] += 1
-        if state["calls"] % 2 == 1:  # Wan: the conditional forward comes first in each step
+        if state["calls"] % 2 == 1:  # Wan, HunyuanVideo: the conditional forward comes first in each step
             state["cond"], state["perturbed"] = pred, perturbed
             return output
         fold = scale * (state["cond"] - state["perturbed"]) / (1 - guidance)
@@ -135,6 +139,41 @@ def test_stg_a_on_batched_cogvideox_uses_identity_attention(cog):
                          batched=True)
     with at.steer(pipe, recipes.stg(mode="A", layers="0", family="cogvideox")):
         got = run()
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def hunyuan():
+    from attnsteer.tiny import hunyuan_call_kwargs, test_image, tiny_hunyuan
+
+    pipe = tiny_hunyuan()
+
+    def run(**overrides):
+        kwargs = hunyuan_call_kwargs(num_inference_steps=2, output_type="latent", **overrides)
+        return np.asarray(pipe(image=test_image(), generator=torch.Generator().manual_seed(0), **kwargs).frames[0])
+
+    return pipe, run
+
+
+def test_pag_on_hunyuan_with_true_cfg_needs_no_guidance_scale(hunyuan):
+    """The I2V pipeline keeps ``true_cfg_scale`` local (its stored ``guidance_scale`` is the embedded
+    guidance): the combination must not depend on reading w."""
+    pipe, run = hunyuan
+    layer = pipe.transformer.single_transformer_blocks[0].attn  # self-attention layer 1
+    expected = reference(pipe, lambda: run(true_cfg_scale=3.0, guidance_scale=1.0), 2.0, 3.0,
+                         perturb_modules=[layer])
+    with at.steer(pipe, recipes.pag(scale=2.0, layers="1")):
+        got = run(true_cfg_scale=3.0, guidance_scale=1.0)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_stg_r_on_hunyuan_with_embedded_guidance(hunyuan):
+    """The STG authors' HunyuanVideo setup: embedded (distilled) guidance 6, no CFG, pred + s (pred - perturbed)."""
+    pipe, run = hunyuan
+    expected = reference(pipe, lambda: run(true_cfg_scale=1.0, guidance_scale=6.0), 1.0, None,
+                         skip_blocks=[pipe.transformer.transformer_blocks[0]])
+    with at.steer(pipe, recipes.stg(mode="R", layers="0", family="hunyuanvideo")):
+        got = run(true_cfg_scale=1.0, guidance_scale=6.0)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .errors import ConfigError, KernelError, SteeringError, describe_rule
 from .hooks import HOOK_NAME, AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
 from .execute import cross_layout, run_cross_plan, run_plan
-from .guidance import BlockSkipHook, PerturbedGuidance, first_tensor, guidance_scale, replace_first_tensor
+from .guidance import BlockSkipHook, GuidanceShift, PerturbedGuidance, first_tensor, replace_first_tensor
 from .layout import TokenLayout
 from .outputs import OutputStage, split_output_rules
 from .plan import build_plan
@@ -90,6 +90,7 @@ class Controller:
         self.seen_branches: set[str] = set()
         self.perturbing: PerturbedGuidance | None = None  # set during the perturbed forward
         self._skip_hooks: set[int] = set()
+        self.guidance_shift = GuidanceShift()  # cond - perturbed of this step, for the rows of every branch
 
     # --- attaching -----------------------------------------------------------------------
     def attach(self, client: Client, pipeline: Any = None, num_steps: int | None = None) -> None:
@@ -172,27 +173,27 @@ class Controller:
         return self.perturb(model.forward, args, kwargs, output)
 
     def perturb(self, forward: Callable, args: tuple, kwargs: dict, output: Any) -> Any:
-        """After a forward with conditional rows: the perturbed forward, combined into those rows."""
+        """After each forward while perturbed guidance is on: the perturbed forward after a conditional
+        one, and ``s (cond - perturbed)`` added to every row (see :mod:`attnsteer.guidance`)."""
         state = self.state
         clients = [c for c in self.clients if getattr(c, "guidance", None) is not None]
-        if state is None or not clients or not state.branches or "cond" not in state.branches:
+        if state is None or not clients or not state.branches:
             return output
         guidance = clients[0].guidance
         strength = guidance.scale_at(state.step)
         if strength == 0:
             return output
-        w = guidance_scale(self.steps.pipeline, self.component)
-        self.state, self.perturbing = attrs.evolve(state, branches=("perturbed",) * len(state.branches)), guidance
-        try:
-            perturbed = first_tensor(forward(*args, **kwargs))
-        finally:
-            self.state, self.perturbing = state, None
-        cond = torch.tensor([b == "cond" for b in state.branches], device=perturbed.device)
         prediction = first_tensor(output)
-        pushed = prediction + (strength / w) * (prediction - perturbed)
-        shape = (-1,) + (1,) * (prediction.dim() - 1)
-        return replace_first_tensor(output, torch.where(cond.view(shape), pushed, prediction))
-
+        if "cond" in state.branches:
+            self.state, self.perturbing = attrs.evolve(state, branches=("perturbed",) * len(state.branches)), guidance
+            try:
+                perturbed = first_tensor(forward(*args, **kwargs))
+            finally:
+                self.state, self.perturbing = state, None
+        else:
+            perturbed = None
+        shift = self.guidance_shift.shift(state, prediction, perturbed)
+        return replace_first_tensor(output, prediction + strength * shift)
     def _uninstall(self) -> None:
         errors = []
         for item in reversed(self._installed):
@@ -205,6 +206,7 @@ class Controller:
         self._installed.clear()
         self._handles.clear()
         self._skip_hooks.clear()
+        self.guidance_shift.clear()
         self.layers.clear()
         self.state = None
         refresh_registry_caches(self.model)

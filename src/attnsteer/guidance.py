@@ -7,16 +7,18 @@ attention for PAG and STG-A) and, for STG-R, with whole transformer blocks skipp
 
 Pipelines that are not guider-based (Wan, CogVideoX, LTX, HunyuanVideo) do not know this branch,
 so attnsteer owns it: a forward hook on the transformer runs the perturbed forward right after
-each conditional one, and returns ``cond + (s / w) (cond - perturbed)`` for the conditional rows.
-The pipeline's own classifier-free guidance ``uncond + w (cond' - uncond)`` then yields exactly the
-formula above (``w`` is the pipeline's guidance scale, ``guidance_scale_2`` for Wan 2.2's second
-expert, and 1 when CFG is off, which gives ``cond + s (cond - perturbed)``). The model is not
-modified: the hooks are removed with the session.
+each conditional one and adds ``s (cond - perturbed)`` to the conditional prediction *and* to the
+unconditional one of the same step (the other half of a batched [uncond, cond] forward, or the
+separate unconditional forward that follows). Whatever ``w`` the pipeline then applies,
+``(uncond + s d) + w ((cond + s d) - (uncond + s d))`` is exactly the formula above, and with CFG off
+the single conditional forward gives ``cond + s (cond - perturbed)``. attnsteer never needs to read
+``w``: it works where the pipeline keeps it local (HunyuanVideo's ``true_cfg_scale``), changes it
+after the forward (CogVideoX's dynamic CFG) or uses another per expert (Wan 2.2's
+``guidance_scale_2``). The model is not modified: the hooks are removed with the session.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import attrs
@@ -60,18 +62,48 @@ class PerturbedGuidance:
         return self.scale
 
 
-def guidance_scale(pipeline: Any, component: str) -> float:
-    """The ``w`` the pipeline applies in this forward (1 when classifier-free guidance is off)."""
-    from .plugins.branches import guidance_is_on
+class GuidanceShift:
+    """``cond - perturbed`` of the current step, per conditional row, and the rows it is added to.
 
-    if pipeline is None or guidance_is_on(pipeline) is False:
-        return 1.0
-    value = getattr(pipeline, "_guidance_scale_2", None) if component == "transformer_2" else None
-    value = getattr(pipeline, "_guidance_scale", None) if value is None else value
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value == 0:
-        raise SteeringError(f"perturbed guidance needs the pipeline's guidance scale; {type(pipeline).__name__} "
-                            f"reports {value!r}")
-    return float(value)
+    A forward with conditional rows brings its perturbed prediction: the shift of its conditional
+    rows, also given to its unconditional rows in order (the halves of a batched [uncond, cond]
+    forward) and kept for the separate unconditional forward of the same step that follows it.
+    """
+
+    def __init__(self) -> None:
+        self._step: StepInfo | None = None
+        self._shift: torch.Tensor | None = None
+
+    def clear(self) -> None:
+        self._step, self._shift = None, None
+
+    def shift(self, state: Any, prediction: torch.Tensor, perturbed: torch.Tensor | None) -> torch.Tensor:
+        """The shift for every row of a forward's ``prediction`` (``perturbed`` None: no conditional rows)."""
+        branches = state.branches
+        cond = [i for i, b in enumerate(branches) if b == "cond"]
+        uncond = [i for i, b in enumerate(branches) if b == "uncond"]
+        if len(cond) + len(uncond) != len(branches):
+            raise SteeringError(f"perturbed guidance: a forward with rows of branches {branches} (only cond and uncond "
+                                "rows can be guided)")
+        if perturbed is not None:
+            cond_shift = prediction[cond] - perturbed[cond]
+            self._step, self._shift = (state.step, cond_shift) if not uncond else (None, None)
+        elif self._shift is not None and self._step == state.step:
+            cond_shift, self._step, self._shift = self._shift, None, None
+        else:
+            raise SteeringError(
+                f"perturbed guidance: an unconditional forward at step {state.step.step} without the conditional "
+                "forward of that step before it; attnsteer adds s (cond - perturbed) to both, so it needs the "
+                "conditional prediction first (as Wan, HunyuanVideo and diffusers' CFG guider run them)"
+            )
+        if uncond and len(uncond) != cond_shift.shape[0]:
+            raise SteeringError(f"perturbed guidance: {len(uncond)} unconditional rows for {cond_shift.shape[0]} "
+                                f"conditional ones in a forward with branches {branches}")
+        shift = torch.empty_like(prediction)
+        for rows in (cond, uncond):
+            if rows:
+                shift[rows] = cond_shift
+        return shift
 
 
 class BlockSkipHook(ModelHook):

@@ -43,8 +43,25 @@ class Adapter:
         return self_attention_modules(model, self.block_pattern)
 
     def skipped_block_output(self, block: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
-        """What a skipped block returns: its input hidden states (blocks returning more override this)."""
-        return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        """What a skipped block returns: its input streams in the places of its outputs (``hidden_states``,
+        and ``encoder_hidden_states`` for joint-attention blocks), read from the block metadata diffusers'
+        own layer-skip hook uses."""
+        from diffusers.hooks._helpers import TransformerBlockRegistry
+
+        try:
+            meta = TransformerBlockRegistry.get(type(block))
+        except ValueError:
+            raise SteeringError(
+                f"{type(self).__name__}: cannot skip a {type(block).__name__} block: diffusers' block registry does "
+                "not say which of its inputs and outputs are the hidden states"
+            ) from None
+        hidden = meta._get_parameter_from_args_kwargs(meta.hidden_states_argument_name, args, kwargs)
+        if meta.return_encoder_hidden_states_index is None:
+            return hidden
+        text = meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)
+        out = [None, None]
+        out[meta.return_hidden_states_index], out[meta.return_encoder_hidden_states_index] = hidden, text
+        return tuple(out)
 
     def cross_attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         """The separate text cross-attention modules, in layer order (none for joint-attention models)."""

@@ -59,14 +59,6 @@ class CogVideoXAdapter(Adapter):
         )
 
 
-    def skipped_block_output(self, block: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
-        """CogVideoX blocks return (hidden_states, encoder_hidden_states)."""
-        names = ("hidden_states", "encoder_hidden_states")
-        bound = dict(zip(names, args))
-        bound.update({k: kwargs[k] for k in names if k in kwargs})
-        return bound["hidden_states"], bound["encoder_hidden_states"]
-
-
 @hookimpl
 def attnsteer_adapter(model: torch.nn.Module) -> Adapter | None:
     return CogVideoXAdapter() if has_class_named(model, ("CogVideoXTransformer3DModel",)) else None
