@@ -52,7 +52,7 @@ class Geometry:
 
 
 def make_runner(pipe, call_kwargs):
-    from attnsteer.tiny import test_image
+    from attnsteer.testing.tiny import test_image
 
     def run(**overrides):
         kwargs = call_kwargs(**{"output_type": "latent", **overrides})
@@ -64,28 +64,28 @@ def make_runner(pipe, call_kwargs):
 
 @pytest.fixture(scope="module")
 def pipe():
-    from attnsteer.tiny import tiny_cogvideox
+    from attnsteer.testing.tiny import tiny_cogvideox
 
     return tiny_cogvideox()
 
 
 @pytest.fixture(scope="module")
 def pipe15():
-    from attnsteer.tiny import tiny_cogvideox15
+    from attnsteer.testing.tiny import tiny_cogvideox15
 
     return tiny_cogvideox15()
 
 
 @pytest.fixture
 def run(pipe):
-    from attnsteer.tiny import cogvideox_call_kwargs
+    from attnsteer.testing.tiny import cogvideox_call_kwargs
 
     return make_runner(pipe, cogvideox_call_kwargs)
 
 
 @pytest.fixture
 def run15(pipe15):
-    from attnsteer.tiny import cogvideox15_call_kwargs
+    from attnsteer.testing.tiny import cogvideox15_call_kwargs
 
     return make_runner(pipe15, cogvideox15_call_kwargs)
 

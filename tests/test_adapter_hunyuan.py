@@ -24,7 +24,7 @@ HUNYUAN_LAYERS = ["transformer.transformer_blocks.0.attn", "transformer.single_t
 
 
 def runner(pipe, call_kwargs, **defaults):
-    from attnsteer.tiny import test_image
+    from attnsteer.testing.tiny import test_image
 
     def run(**overrides):
         kwargs = call_kwargs(**{"output_type": "latent", **defaults, **overrides})
@@ -64,7 +64,7 @@ def dense_group_masses(run, seq):
 
 @pytest.fixture(scope="module", params=["latent_concat", "token_replace"])
 def hunyuan(request):
-    from attnsteer.tiny import hunyuan_call_kwargs, tiny_hunyuan
+    from attnsteer.testing.tiny import hunyuan_call_kwargs, tiny_hunyuan
 
     pipe = tiny_hunyuan(image_condition_type=request.param)
     return pipe, runner(pipe, hunyuan_call_kwargs)
@@ -138,7 +138,7 @@ def unpadded(text_tokens: int = 8, glyph_tokens: int = 4) -> dict:
 
 @pytest.fixture(scope="module")
 def hunyuan15():
-    from attnsteer.tiny import hunyuan15_call_kwargs, tiny_hunyuan15
+    from attnsteer.testing.tiny import hunyuan15_call_kwargs, tiny_hunyuan15
 
     pipe = tiny_hunyuan15()
     return pipe, runner(pipe, hunyuan15_call_kwargs, **unpadded())
@@ -187,7 +187,7 @@ def test_hunyuan15_frame_maps_match_dense(hunyuan15):
 
 def test_hunyuan15_with_padded_conditioning_tokens(hunyuan15):
     """Real prompts pad the Qwen text and, without quoted glyph text, every byT5 token."""
-    from attnsteer.tiny import hunyuan15_call_kwargs
+    from attnsteer.testing.tiny import hunyuan15_call_kwargs
 
     pipe, _ = hunyuan15
     run = runner(pipe, hunyuan15_call_kwargs)

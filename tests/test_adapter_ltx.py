@@ -17,7 +17,7 @@ from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
 
 import attnsteer as at
 from attnsteer.plugins.ltx import layout_from_video_coords
-from attnsteer.tiny import ltx_call_kwargs, test_image
+from attnsteer.testing.tiny import ltx_call_kwargs, test_image
 from dense_reference import DenseAttention, ForwardCounter, frame_bias
 
 SIZE, NUM_FRAMES, CONDITION_AT = 32, 17, 6  # pixel frame 6 lies in latent frame 2 (pixels 5..8) when r = 4
@@ -27,14 +27,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def pipe():
-    from attnsteer.tiny import tiny_ltx
+    from attnsteer.testing.tiny import tiny_ltx
 
     return tiny_ltx()
 
 
 @pytest.fixture(scope="module")
 def cpipe():
-    from attnsteer.tiny import tiny_ltx_condition
+    from attnsteer.testing.tiny import tiny_ltx_condition
 
     return tiny_ltx_condition()
 

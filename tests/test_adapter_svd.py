@@ -25,14 +25,14 @@ TEMPORAL_LAYERS = [
 
 @pytest.fixture(scope="module")
 def pipe():
-    from attnsteer.tiny import tiny_svd
+    from attnsteer.testing.tiny import tiny_svd
 
     return tiny_svd()
 
 
 @pytest.fixture
 def run(pipe):
-    from attnsteer.tiny import svd_call_kwargs, test_image
+    from attnsteer.testing.tiny import svd_call_kwargs, test_image
 
     def run(**overrides):
         kwargs = svd_call_kwargs(**{"output_type": "latent", **overrides})

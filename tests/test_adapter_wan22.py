@@ -17,14 +17,14 @@ FRAMES, TOKENS_PER_FRAME, STEPS = 3, 16, 4
 
 @pytest.fixture(scope="module")
 def pipe():
-    from attnsteer.tiny import tiny_wan22
+    from attnsteer.testing.tiny import tiny_wan22
 
     return tiny_wan22()
 
 
 @pytest.fixture
 def run(pipe, image):
-    from attnsteer.tiny import wan_call_kwargs
+    from attnsteer.testing.tiny import wan_call_kwargs
 
     def run():
         kwargs = wan_call_kwargs(output_type="latent")
@@ -83,14 +83,14 @@ def test_zero_bias_identity_and_both_experts_clean_after(pipe, run):
 
 @pytest.fixture(scope="module")
 def ti2v():
-    from attnsteer.tiny import tiny_wan_ti2v
+    from attnsteer.testing.tiny import tiny_wan_ti2v
 
     return tiny_wan_ti2v()
 
 
 @pytest.fixture
 def run_ti2v(ti2v, image):
-    from attnsteer.tiny import wan_call_kwargs
+    from attnsteer.testing.tiny import wan_call_kwargs
 
     def run(**overrides):
         kwargs = wan_call_kwargs(**{"output_type": "latent", **overrides})

@@ -78,7 +78,7 @@ def _existing_file(text: str) -> Path:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "tiny-wan") -> None:
-    from .tiny import TINY_MODELS
+    from .testing.tiny import TINY_MODELS
 
     parser.add_argument("--model", default=default_model,
                         help="a diffusers pipeline directory or cached hub name, 'toy', or a built-in tiny model: "
@@ -149,7 +149,7 @@ def _image(args: argparse.Namespace):
 
     if args.image:
         return load_image(args.image)
-    from .tiny import test_image
+    from .testing.tiny import test_image
 
     return test_image()
 

@@ -73,7 +73,7 @@ def load_model(name: str, *, device: str | None = None, dtype: str = "auto", see
     """``tiny-<family>`` (random weights, offline), ``toy`` (the shipped trained toy model),
     or a diffusers pipeline directory or hub name (``DiffusionPipeline.from_pretrained``; a hub name
     must be in the local cache unless ``allow_download``). ``device`` and ``dtype`` apply to all."""
-    from .tiny import TINY_MODELS, build_tiny
+    from .testing.tiny import TINY_MODELS, build_tiny
 
     built_in = name in TINY_MODELS or name == "toy"
     device, torch_dtype = _device_and_dtype(device, dtype, built_in)

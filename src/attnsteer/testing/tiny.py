@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def prompt_embedding(text: str, length: int, dim: int) -> torch.Tensor:
@@ -33,6 +33,9 @@ def test_image(size: int = 64) -> Any:
     disc = (x - 0.35) ** 2 + (y - 0.55) ** 2 < 0.04
     rgb[disc] = (0.95, 0.8, 0.1)
     return Image.fromarray((rgb * 255).astype("uint8"))
+
+
+test_image.__test__ = False  # a helper, not a test: pytest must not collect it where a test module imports it
 
 
 def _clip_image_processor_class() -> Any:
