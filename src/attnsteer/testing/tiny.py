@@ -8,6 +8,7 @@ no tokenizer or text encoder can be loaded offline.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -436,6 +437,8 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-ltx-condition": (tiny_ltx_condition, ltx_call_kwargs),
     "tiny-wan-ti2v": (tiny_wan_ti2v, wan_call_kwargs),
     "tiny-hunyuan": (tiny_hunyuan, hunyuan_call_kwargs),
+    "tiny-hunyuan-token-replace": (functools.partial(tiny_hunyuan, image_condition_type="token_replace"),
+                                   hunyuan_call_kwargs),
     "tiny-hunyuan15": (tiny_hunyuan15, hunyuan15_call_kwargs),
     "tiny-svd": (tiny_svd, svd_call_kwargs),
 }
