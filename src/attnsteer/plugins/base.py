@@ -36,10 +36,10 @@ from .branches import CONVENTIONS, convention
 
 TEXT_PLACEMENTS = ("joint-before", "joint-after", "cross", None)
 TEXT_MEANINGS = {
-    "joint-before": "joint sequence, text tokens before the video",
-    "joint-after": "joint sequence, text tokens after the video",
-    "cross": "text in separate cross-attention",
-    None: "no text in attention",
+    "joint-before": "in the self-attention sequence, before the video",
+    "joint-after": "in the self-attention sequence, after the video",
+    "cross": "in separate cross-attention",
+    None: "none",
 }
 
 
@@ -58,7 +58,8 @@ class Adapter:
     - ``tiny_models``: the built-in tiny pipelines (``attnsteer.testing.tiny``) the shared test
       battery runs this family on; ``tested``: what the family's own tests check beyond it;
     - ``refusal``: set to the reason when the family's attention cannot be steered exactly; models
-      of the family are then refused with that reason instead of being steered approximately.
+      of the family are then refused with that reason instead of being steered approximately;
+    - ``table_entries``: texts for columns of ``attnsteer models`` that the declarations cannot give.
 
     and write ``layout(model, inputs) -> TokenLayout`` (its docstring's first line describes the
     layout in ``attnsteer models``). The rest has defaults a family overrides only for its twists:
@@ -75,6 +76,7 @@ class Adapter:
     tiny_models: ClassVar[tuple[str, ...]] = ()
     tested: ClassVar[str] = ""
     refusal: ClassVar[str | None] = None
+    table_entries: ClassVar[Mapping[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -40,6 +40,10 @@ class GenericAdapter(Adapter):
     """
 
     family = "generic"
+    table_entries = {"family": "generic (`at.GenericAdapter`: any module calling F.scaled_dot_product_attention)",
+                     "self-attention modules": "a regex on module names, or a function, given by the user",
+                     "layout": "a `TokenLayout`, or a function of the forward's inputs, given by the user",
+                     "reference frames": "from the layout"}
     tested = ("a pure-torch video transformer: rules against dense, a function picking the layers, a branch "
               "function picking the rows, frame maps against dense, clean exit, attention computed without SDPA "
               "raises, bad arguments raise")
