@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from attnsteer.profiling import peak_memory_growth_mb
+from attnsteer.testing.profiling import peak_memory_growth_mb
 
 
 def time_interleaved(methods: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:

@@ -24,7 +24,7 @@ import copy
 import torch
 
 import attnsteer as at
-from attnsteer import tiny
+from attnsteer.testing import tiny
 from benchmarks.common import format_row, machine, time_interleaved
 
 METHODS = {

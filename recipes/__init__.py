@@ -1,12 +1,14 @@
 """Recipes: named, parameterised groups of rules, written as plain Python.
 
-This folder is installed as ``attnsteer.recipes``. Each public function returns an
-:class:`attnsteer.Recipe`; :data:`RECIPES` lists them for the CLI.
+This folder is installed as ``attnsteer.recipes``. Each recipe is a function returning an
+:class:`attnsteer.Recipe`, declared once with :func:`attnsteer.recipe_registry.recipe` (``@recipe``
+on the function: typed parameters, a one-line description, registration). :data:`RECIPES` maps the
+built-in recipes' names to them; ``attnsteer recipes`` also lists third-party ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from attnsteer.recipe_registry import RecipeSpec, recipe
 
 from .direct_a_video import direct_a_video
 from .dymos import dymos
@@ -16,17 +18,13 @@ from .peekaboo import peekaboo
 from .perturbed import pag, stg
 from .temperature import proportional_attention, ultravico
 
-RECIPES: dict[str, Callable[..., object]] = {
-    "dymos": dymos,
-    "direct_a_video": direct_a_video,
-    "enhance_a_video": enhance_a_video,
-    "peekaboo": peekaboo,
-    "local_window": local_window,
-    "proportional_attention": proportional_attention,
-    "ultravico": ultravico,
-    "pag": pag,
-    "stg": stg,
-}
+# Declared here until their modules put @recipe on them (recipe() leaves a declared recipe as it is).
+direct_a_video, enhance_a_video, local_window, peekaboo, pag, stg, proportional_attention, ultravico = (
+    recipe(fn) for fn in (direct_a_video, enhance_a_video, local_window, peekaboo, pag, stg, proportional_attention,
+                          ultravico))
+
+RECIPES: dict[str, RecipeSpec] = {r.name: r for r in (dymos, direct_a_video, enhance_a_video, peekaboo, local_window,
+                                                      proportional_attention, ultravico, pag, stg)}
 
 __all__ = ["RECIPES", "direct_a_video", "dymos", "enhance_a_video", "local_window", "pag", "peekaboo",
            "proportional_attention", "stg", "ultravico"]

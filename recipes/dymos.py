@@ -14,8 +14,16 @@ import math
 
 import attnsteer as at
 from attnsteer.errors import ConfigError
+from attnsteer.recipe_registry import recipe
 
 
+@recipe(
+    help={"gamma": "logit bias -gamma from generated-frame queries to reference-frame keys: > 0 more motion, < 0 less",
+          "stop": "fraction of the steps modulated (0.2 = the authors' 8 of 40)",
+          "until_step": "modulate steps [0, until_step) instead of a fraction",
+          "branch": "guidance branch modulated: cond, uncond or all",
+          "reference_queries": "also bias the queries of the reference frame"},
+)
 def dymos(
     gamma: float = 0.6,
     stop: float = 0.2,

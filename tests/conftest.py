@@ -31,7 +31,7 @@ def image() -> Image.Image:
 
 @pytest.fixture(scope="session")
 def wan_pipe():
-    from attnsteer.tiny import tiny_wan
+    from attnsteer.testing.tiny import tiny_wan
 
     return tiny_wan()
 
@@ -39,7 +39,7 @@ def wan_pipe():
 @pytest.fixture
 def run_wan(wan_pipe, image):
     """Run the tiny Wan I2V pipeline with a fixed seed; keyword arguments override the defaults."""
-    from attnsteer.tiny import wan_call_kwargs
+    from attnsteer.testing.tiny import wan_call_kwargs
 
     def run(**overrides):
         kwargs = wan_call_kwargs(**overrides)

@@ -1,4 +1,5 @@
-"""CogVideoX and CogVideoX 1.5 I2V: joint text+video self-attention, guidance batched as [uncond, cond].
+"""CogVideoX and CogVideoX 1.5 I2V beyond the shared battery (tests/test_families.py): the unconditional
+branch, no guidance, ``at.text`` rules, a processor that bypasses SDPA, CogVideoX 1.5's temporal patch.
 
 The dense references take the token geometry from the pipeline's config and call arguments only:
 text first (max_sequence_length tokens), then video frame-major, 2x2 latent pixels per token, and
@@ -52,7 +53,7 @@ class Geometry:
 
 
 def make_runner(pipe, call_kwargs):
-    from attnsteer.tiny import test_image
+    from attnsteer.testing.tiny import test_image
 
     def run(**overrides):
         kwargs = call_kwargs(**{"output_type": "latent", **overrides})
@@ -64,30 +65,23 @@ def make_runner(pipe, call_kwargs):
 
 @pytest.fixture(scope="module")
 def pipe():
-    from attnsteer.tiny import tiny_cogvideox
+    from attnsteer.testing.tiny import tiny_cogvideox
 
     return tiny_cogvideox()
 
 
 @pytest.fixture(scope="module")
 def pipe15():
-    from attnsteer.tiny import tiny_cogvideox15
+    from attnsteer.testing.tiny import tiny_cogvideox15
 
     return tiny_cogvideox15()
 
 
 @pytest.fixture
 def run(pipe):
-    from attnsteer.tiny import cogvideox_call_kwargs
+    from attnsteer.testing.tiny import cogvideox_call_kwargs
 
     return make_runner(pipe, cogvideox_call_kwargs)
-
-
-@pytest.fixture
-def run15(pipe15):
-    from attnsteer.tiny import cogvideox15_call_kwargs
-
-    return make_runner(pipe15, cogvideox15_call_kwargs)
 
 
 def dense_dymos(pipe, run, gamma, until_step, rows, **overrides):
@@ -112,27 +106,6 @@ def assert_clean(pipe):
                    for name, m in pipe.transformer.named_modules() if name)
 
 
-def test_zero_bias_identity_and_clean_exit(pipe, run):
-    vanilla = run()
-    with at.steer(pipe, at.recipes.dymos(gamma=0.0, stop=1.0)):
-        steered = run()
-    np.testing.assert_allclose(steered, vanilla, atol=1e-5)
-    assert np.array_equal(run(), vanilla)
-    assert_clean(pipe)
-
-
-def test_dymos_matches_dense_and_biases_only_the_second_half_of_the_batch(pipe, run):
-    vanilla = run()
-    with at.steer(pipe, at.recipes.dymos(gamma=2.0, until_step=2)) as steering:
-        steered = run()
-    assert np.abs(steered - vanilla).max() > 1e-3
-    cond_second = dense_dymos(pipe, run, 2.0, 2, rows=[1])
-    cond_first = dense_dymos(pipe, run, 2.0, 2, rows=[0])
-    np.testing.assert_allclose(steered, cond_second, atol=1e-4)
-    assert np.abs(steered - cond_first).max() > 1e-3, "rows swapped would have matched"
-    assert steering.summary()["rules"][0]["branches"] == ["cond"]
-
-
 def test_uncond_branch_rule_hits_the_first_half(pipe, run):
     with at.steer(pipe, at.recipes.dymos(gamma=2.0, until_step=2, branch="uncond")):
         steered = run()
@@ -143,33 +116,6 @@ def test_no_guidance_means_every_row_is_conditional(pipe, run):
     with at.steer(pipe, at.recipes.dymos(gamma=2.0, until_step=2)):
         steered = run(guidance_scale=1.0)
     np.testing.assert_allclose(steered, dense_dymos(pipe, run, 2.0, 2, rows=[0], guidance_scale=1.0), atol=1e-4)
-
-
-def check_frame_maps(pipe, run, steps):
-    """Per step, layer and branch, the recorded frame map and text mass equal dense per-group mass."""
-    g = run.geometry
-    groups = g.groups()
-    dense = DenseAttention(groups=lambda q: groups, seq_len=g.seq)
-    with dense:
-        run(num_inference_steps=steps)
-    with at.inspect(pipe) as rec:
-        run(num_inference_steps=steps)
-    layers = len(pipe.transformer.transformer_blocks)
-    assert len(dense.masses) == steps * layers  # one forward per step
-    assert rec.frame_map().shape == (g.frames, g.frames)
-    for call, mass in enumerate(dense.masses):
-        step, layer = divmod(call, layers)
-        for row, branch in enumerate(("uncond", "cond")):
-            expected = mass[row].mean(0)
-            got = rec.frame_map(steps=[step], layers=[layer], branch=branch)
-            torch.testing.assert_close(got.double(), expected[: g.frames, : g.frames], atol=1e-5, rtol=0)
-            text = rec.text_mass(steps=[step], layers=[layer], branch=branch)
-            torch.testing.assert_close(text.double(), expected[: g.frames, g.frames], atol=1e-5, rtol=0)
-    torch.testing.assert_close(rec.frame_map().sum(-1) + rec.text_mass(), torch.ones(g.frames), atol=1e-5, rtol=0)
-
-
-def test_frame_maps_with_text_mass_match_dense(pipe, run):
-    check_frame_maps(pipe, run, steps=2)
 
 
 def test_text_selector_works_on_joint_sequences(pipe, run):
@@ -207,25 +153,6 @@ def test_a_processor_that_bypasses_sdpa_makes_active_rules_raise(pipe, run):
     finally:
         pipe.transformer.set_attn_processor(original)
     assert_clean(pipe)
-
-
-def test_cogvideox15_pads_latent_frames_and_patches_time(pipe15, run15):
-    g = run15.geometry
-    assert (g.frames, g.per_frame) == (3, 16)  # 17 frames -> 5 latent frames, padded to 6 -> 3 token frames
-    vanilla = run15()
-    with at.steer(pipe15, at.recipes.dymos(gamma=0.0, stop=1.0)):
-        np.testing.assert_allclose(run15(), vanilla, atol=1e-5)
-    with at.steer(pipe15, at.recipes.dymos(gamma=2.0, until_step=2)):
-        steered = run15()
-    assert np.abs(steered - vanilla).max() > 1e-3
-    np.testing.assert_allclose(steered, dense_dymos(pipe15, run15, 2.0, 2, rows=[1]), atol=1e-4)
-    assert np.abs(steered - dense_dymos(pipe15, run15, 2.0, 2, rows=[0])).max() > 1e-3
-    assert np.array_equal(run15(), vanilla)
-    assert_clean(pipe15)
-
-
-def test_cogvideox15_frame_maps_match_dense(pipe15, run15):
-    check_frame_maps(pipe15, run15, steps=1)
 
 
 def test_frames_not_a_multiple_of_the_temporal_patch_raise(pipe15):

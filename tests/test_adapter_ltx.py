@@ -1,5 +1,5 @@
-"""LTX-Video: video-only attention, per-token timesteps, batch [uncond, cond]; condition tokens of
-``LTXConditionPipeline`` tied to the latent frame they condition.
+"""LTX-Video beyond the shared battery (tests/test_families.py): condition tokens of ``LTXConditionPipeline``
+tied to the latent frame they condition, ``video_coords`` parsing, the flex backend.
 
 The dense references take the geometry from the pipeline's compression ratios and the call
 arguments: latent frame j covers pixel frames r*(j-1)+1 .. r*j, one token per latent pixel, and
@@ -17,8 +17,8 @@ from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
 
 import attnsteer as at
 from attnsteer.plugins.ltx import layout_from_video_coords
-from attnsteer.tiny import ltx_call_kwargs, test_image
-from dense_reference import DenseAttention, ForwardCounter, frame_bias
+from attnsteer.testing.tiny import ltx_call_kwargs, test_image
+from dense_reference import DenseAttention, ForwardCounter
 
 SIZE, NUM_FRAMES, CONDITION_AT = 32, 17, 6  # pixel frame 6 lies in latent frame 2 (pixels 5..8) when r = 4
 STEPS, UNTIL = 2, 1  # rules below act in step 0 only
@@ -27,14 +27,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def pipe():
-    from attnsteer.tiny import tiny_ltx
+    from attnsteer.testing.tiny import tiny_ltx
 
     return tiny_ltx()
 
 
 @pytest.fixture(scope="module")
 def cpipe():
-    from attnsteer.tiny import tiny_ltx_condition
+    from attnsteer.testing.tiny import tiny_ltx_condition
 
     return tiny_ltx_condition()
 
@@ -72,47 +72,6 @@ def dense_run(pipe, run, bias, until_step, rows, seq):
 def assert_clean(pipe):
     assert not any(hasattr(m, "_diffusers_hook") or "forward" in m.__dict__
                    for name, m in pipe.transformer.named_modules() if name)
-
-
-def test_i2v_identity_dymos_and_branches(pipe):
-    frames, tokens = grid(pipe, 9)
-    vanilla = run_i2v(pipe)
-    with at.steer(pipe, at.recipes.dymos(gamma=0.0, stop=1.0)):
-        np.testing.assert_allclose(run_i2v(pipe), vanilla, atol=1e-5)
-    with at.steer(pipe, at.recipes.dymos(gamma=2.0, until_step=UNTIL)) as steering:
-        steered = run_i2v(pipe)
-    assert steering.summary()["rules"][0]["steps"] == [0]
-
-    def bias(rows, batch):
-        return frame_bias(frames * tokens, 0, frames, tokens, -2.0, rows, batch)
-
-    second_half = dense_run(pipe, lambda: run_i2v(pipe), bias, UNTIL, [1], frames * tokens)
-    first_half = dense_run(pipe, lambda: run_i2v(pipe), bias, UNTIL, [0], frames * tokens)
-    assert np.abs(steered - vanilla).max() > 1e-3
-    np.testing.assert_allclose(steered, second_half, atol=1e-4)
-    assert np.abs(steered - first_half).max() > 1e-3, "rows swapped would have matched"
-    assert np.array_equal(run_i2v(pipe), vanilla)
-    assert_clean(pipe)
-
-
-def test_i2v_frame_maps_match_dense(pipe):
-    frames, tokens = grid(pipe, 9)
-    dense = DenseAttention(groups=lambda q: torch.arange(q.shape[-2]) // tokens, seq_len=frames * tokens)
-    with dense:
-        run_i2v(pipe, num_inference_steps=2)
-    with at.inspect(pipe) as rec:
-        run_i2v(pipe, num_inference_steps=2)
-    layers = len(pipe.transformer.transformer_blocks)
-    assert rec.frame_map().shape == (frames, frames)
-    assert len(dense.masses) == 2 * layers
-    for call, mass in enumerate(dense.masses):
-        step, layer = divmod(call, layers)
-        for row, branch in enumerate(("uncond", "cond")):
-            got = rec.frame_map(steps=[step], layers=[layer], branch=branch)
-            torch.testing.assert_close(got.double(), mass[row].mean(0), atol=1e-5, rtol=0)
-    torch.testing.assert_close(rec.frame_map().sum(-1), torch.ones(frames), atol=1e-5, rtol=0)
-    with pytest.raises(at.ConfigError, match="no text tokens"):  # video-only self-attention: no silent zeros
-        rec.text_mass()
 
 
 def test_flex_backend_makes_active_rules_raise(pipe):

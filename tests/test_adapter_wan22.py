@@ -1,4 +1,5 @@
-"""Wan 2.2: A14B's two experts in one session with one step count; TI2V-5B's per-token timesteps.
+"""Wan 2.2 beyond the shared battery (tests/test_families.py): A14B's two experts in one session with one
+step count; TI2V-5B's per-token timesteps.
 
 From the tiny configs: 64x64 pixels, VAE /8, patch 2x2 -> 4x4 tokens per frame; 9 frames -> 3 latent frames.
 """
@@ -17,14 +18,14 @@ FRAMES, TOKENS_PER_FRAME, STEPS = 3, 16, 4
 
 @pytest.fixture(scope="module")
 def pipe():
-    from attnsteer.tiny import tiny_wan22
+    from attnsteer.testing.tiny import tiny_wan22
 
     return tiny_wan22()
 
 
 @pytest.fixture
 def run(pipe, image):
-    from attnsteer.tiny import wan_call_kwargs
+    from attnsteer.testing.tiny import wan_call_kwargs
 
     def run():
         kwargs = wan_call_kwargs(output_type="latent")
@@ -69,28 +70,19 @@ def test_layer_filter_can_pick_one_expert(pipe, run):
     assert all(name.startswith("transformer_2.") for name in steering.summary()["rules"][0]["layers"])
 
 
-def test_zero_bias_identity_and_both_experts_clean_after(pipe, run):
-    vanilla = run()
-    before = [hook_state(m) for m in (pipe.transformer, pipe.transformer_2)]
-    with at.steer(pipe, at.recipes.dymos(gamma=0.0, stop=1.0)):
-        np.testing.assert_allclose(run(), vanilla, atol=1e-5)
-    assert np.array_equal(run(), vanilla)
-    assert [hook_state(m) for m in (pipe.transformer, pipe.transformer_2)] == before
-
-
 # --- TI2V-5B: expand_timesteps (the image replaces latent frame 0, whose tokens get timestep 0) ---------------
 
 
 @pytest.fixture(scope="module")
 def ti2v():
-    from attnsteer.tiny import tiny_wan_ti2v
+    from attnsteer.testing.tiny import tiny_wan_ti2v
 
     return tiny_wan_ti2v()
 
 
 @pytest.fixture
 def run_ti2v(ti2v, image):
-    from attnsteer.tiny import wan_call_kwargs
+    from attnsteer.testing.tiny import wan_call_kwargs
 
     def run(**overrides):
         kwargs = wan_call_kwargs(**{"output_type": "latent", **overrides})
@@ -120,47 +112,3 @@ def test_ti2v_per_token_timesteps_map_to_scheduler_steps(ti2v, run_ti2v):
     assert rec.layout.reference_frames == (0,)
     assert np.array_equal(run_ti2v(), vanilla)
     assert hook_state(ti2v.transformer) == before
-
-
-def dense_ti2v(ti2v, run, gamma, until_step, biased_forward):
-    """DyMoS densely on the ``biased_forward``-th forward (0: cond, 1: uncond) of the first ``until_step`` steps."""
-    counter = ForwardCounter(ti2v.transformer)
-
-    def extra(q):
-        step, forward = divmod(counter.count, 2)
-        if forward != biased_forward or step >= until_step:
-            return None
-        return frame_bias(q.shape[-2], 0, FRAMES, TOKENS_PER_FRAME, -gamma, [0], q.shape[0])
-
-    try:
-        with DenseAttention(extra, seq_len=FRAMES * TOKENS_PER_FRAME):
-            return run()
-    finally:
-        counter.remove()
-
-
-def test_ti2v_dymos_matches_dense_on_the_cond_forward(ti2v, run_ti2v):
-    vanilla = run_ti2v()
-    with at.steer(ti2v, at.recipes.dymos(gamma=2.0, until_step=2)) as steering:
-        steered = run_ti2v()
-    assert steering.summary()["rules"][0]["branches"] == ["cond"]
-    assert np.abs(steered - vanilla).max() > 1e-3
-    np.testing.assert_allclose(steered, dense_ti2v(ti2v, run_ti2v, 2.0, 2, biased_forward=0), atol=1e-4)
-    assert np.abs(steered - dense_ti2v(ti2v, run_ti2v, 2.0, 2, biased_forward=1)).max() > 1e-3
-
-
-def test_ti2v_frame_maps_match_dense(ti2v, run_ti2v):
-    with at.inspect(ti2v) as rec:
-        run_ti2v(num_inference_steps=2)
-    groups = torch.arange(FRAMES).repeat_interleave(TOKENS_PER_FRAME)
-    dense = DenseAttention(groups=lambda q: groups, seq_len=FRAMES * TOKENS_PER_FRAME)
-    with dense:
-        run_ti2v(num_inference_steps=2)
-    assert len(dense.masses) == 2 * 2 * 2  # steps x (cond, uncond) x layers
-    for call, mass in enumerate(dense.masses):
-        forward, layer = divmod(call, 2)
-        step, branch = forward // 2, ("cond", "uncond")[forward % 2]
-        got = rec.frame_map(steps=[step], layers=[layer], branch=branch)
-        assert got.shape == (FRAMES, FRAMES)
-        torch.testing.assert_close(got.double(), mass[0].mean(0), atol=1e-5, rtol=0)
-    torch.testing.assert_close(rec.frame_map().sum(-1), torch.ones(FRAMES), atol=1e-5, rtol=0)

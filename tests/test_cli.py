@@ -10,7 +10,7 @@ from PIL import Image
 
 import attnsteer as at
 from attnsteer.cli import build_parser, main
-from attnsteer.tiny import TINY_MODELS
+from attnsteer.testing.tiny import TINY_MODELS
 from attnsteer.videoio import load_video
 
 

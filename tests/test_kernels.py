@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnsteer.kernels import dense_attention, grouped_attention
+from attnsteer.kernels import grouped_attention
+from attnsteer.testing.oracle import dense_attention
 
 
 @st.composite

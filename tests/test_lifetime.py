@@ -19,13 +19,13 @@ RULE = at.Rule(at.frames[1:], at.frames[0], at.bias(-3.0))
 
 
 def fresh_wan():
-    from attnsteer.tiny import tiny_wan
+    from attnsteer.testing.tiny import tiny_wan
 
     return tiny_wan()
 
 
 def run(pipe, image, **overrides):
-    from attnsteer.tiny import wan_call_kwargs
+    from attnsteer.testing.tiny import wan_call_kwargs
 
     kwargs = wan_call_kwargs(**{"num_inference_steps": 2, "output_type": "latent", **overrides})
     return np.asarray(pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs).frames[0])

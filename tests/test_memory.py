@@ -9,7 +9,7 @@ import sys
 PROBE = r"""
 import json, sys, torch
 import attnsteer as at
-from attnsteer.profiling import peak_memory_growth_mb
+from attnsteer.testing.profiling import peak_memory_growth_mb
 from diffusers import WanTransformer3DModel
 
 torch.manual_seed(0)

@@ -22,8 +22,8 @@ from torch.overrides import TorchFunctionMode
 
 import attnsteer as at
 from attnsteer.readouts import ReadoutCall
-from attnsteer import tiny
-from attnsteer.tiny import (cogvideox_call_kwargs, hunyuan_call_kwargs, tiny_cogvideox, tiny_hunyuan, tiny_wan,
+from attnsteer.testing import tiny
+from attnsteer.testing.tiny import (cogvideox_call_kwargs, hunyuan_call_kwargs, tiny_cogvideox, tiny_hunyuan, tiny_wan,
                             wan_call_kwargs)
 from dense_reference import hook_state
 

@@ -89,7 +89,7 @@ def reference(pipe, run, scale, guidance, perturb_modules=(), skip_blocks=(), ba
 
 @pytest.fixture(scope="module")
 def wan(wan_pipe, image):
-    from attnsteer.tiny import wan_call_kwargs
+    from attnsteer.testing.tiny import wan_call_kwargs
 
     def run():
         kwargs = wan_call_kwargs(num_inference_steps=2, output_type="latent")
@@ -100,7 +100,7 @@ def wan(wan_pipe, image):
 
 @pytest.fixture(scope="module")
 def cog():
-    from attnsteer.tiny import cogvideox_call_kwargs, test_image, tiny_cogvideox
+    from attnsteer.testing.tiny import cogvideox_call_kwargs, test_image, tiny_cogvideox
 
     pipe = tiny_cogvideox()
 

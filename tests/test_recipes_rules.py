@@ -68,7 +68,7 @@ def matrix(geo, predicate) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def wan_run(wan_pipe, image):
-    from attnsteer.tiny import wan_call_kwargs
+    from attnsteer.testing.tiny import wan_call_kwargs
 
     def run(**overrides):
         kwargs = wan_call_kwargs(num_inference_steps=STEPS, output_type="latent", **overrides)
@@ -79,7 +79,7 @@ def wan_run(wan_pipe, image):
 
 @pytest.fixture(scope="module")
 def cog():
-    from attnsteer.tiny import cogvideox_call_kwargs, test_image, tiny_cogvideox
+    from attnsteer.testing.tiny import cogvideox_call_kwargs, test_image, tiny_cogvideox
 
     pipe = tiny_cogvideox()
 
@@ -234,7 +234,7 @@ def test_direct_a_video_amplifies_inside_and_suppresses_outside(cog):
 
 
 def test_direct_a_video_on_wans_cross_attention(wan_pipe, image):
-    from attnsteer.tiny import wan_call_kwargs, word_tokenizer
+    from attnsteer.testing.tiny import wan_call_kwargs, word_tokenizer
 
     prompt, box, lam = "a dog on grass", (0.5, 0.0, 1.0, 1.0), 25.0
     kwargs = wan_call_kwargs(prompt=prompt, num_inference_steps=STEPS, output_type="latent")

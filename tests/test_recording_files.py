@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def recording(wan_pipe, tmp_path_factory):
-    from attnsteer.tiny import test_image, wan_call_kwargs
+    from attnsteer.testing.tiny import test_image, wan_call_kwargs
 
     with at.inspect(wan_pipe, heads=True, queries=at.frames[2]) as rec:
         wan_pipe(image=test_image(), generator=torch.Generator().manual_seed(0),

@@ -311,7 +311,7 @@ def test_the_compiled_score_path_equals_the_eager_one():
 def test_cross_attention_rules_steer_wans_text_calls_exactly(wan_pipe, image):
     import numpy as np
 
-    from attnsteer.tiny import wan_call_kwargs, word_tokenizer
+    from attnsteer.testing.tiny import wan_call_kwargs, word_tokenizer
 
     prompt = "a red dog runs"
     kwargs = wan_call_kwargs(prompt=prompt, num_inference_steps=2, output_type="latent")
@@ -334,7 +334,7 @@ def test_cross_attention_rules_steer_wans_text_calls_exactly(wan_pipe, image):
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
     assert steering.summary()["rules"][0]["layers"] == ["transformer.blocks.0.attn2", "transformer.blocks.1.attn2"]
     with pytest.raises(at.SteeringError, match="no separate cross-attention"):
-        from attnsteer.tiny import tiny_cogvideox
+        from attnsteer.testing.tiny import tiny_cogvideox
 
         with at.steer(tiny_cogvideox(), at.Rule(at.video, at.text, at.bias(1.0), attention="cross")):
             pass

@@ -12,7 +12,9 @@ from .geometry import box, mask, point, trajectory
 from .layout import Segment, TokenLayout
 from .outputs import output_scale
 from .pairs import frame_distance, frame_window, same_location, same_region, token_distance
+from .plugins.base import Adapter
 from .plugins.generic import GenericAdapter
+from .plugins.hookspecs import hookimpl
 from .rules import Recipe, Rule
 from .schedules import always, progress, steps, timesteps
 from .selectors import frames, text, tokens, video
@@ -25,6 +27,7 @@ from .words import prompt, words
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adapter",
     "AttnsteerError",
     "AttnsteerWarning",
     "ConfigError",
@@ -46,6 +49,7 @@ __all__ = [
     "frame_distance",
     "frame_window",
     "frames",
+    "hookimpl",
     "identity",
     "inspect",
     "kernels",

@@ -1,10 +1,9 @@
-"""The ``attnsteer`` command: run, inspect, sweep, recipes, demo."""
+"""The ``attnsteer`` command: run, inspect, sweep, recipes, models, demo."""
 
 from __future__ import annotations
 
 import argparse
 import functools
-import inspect as pyinspect
 import json
 import math
 import re
@@ -16,21 +15,21 @@ from typing import Any
 
 from .errors import AttnsteerError, ConfigError
 
-RECIPE_PARAM_TYPES = {bool: "flag", int: int, float: float, str: str}
-
-
 def _recipes() -> dict[str, Any]:
-    from .recipes import RECIPES
+    """Every registered recipe by name, built-in and third-party."""
+    from .recipe_registry import available_recipes
 
-    return RECIPES
+    return available_recipes()
 
 
-def _recipe_parameters() -> dict[str, pyinspect.Parameter]:
-    """Every parameter of every recipe, by name (recipes sharing a name share the option)."""
-    params: dict[str, pyinspect.Parameter] = {}
-    for fn in _recipes().values():
-        for p in pyinspect.signature(fn).parameters.values():
-            params.setdefault(p.name, p)
+def _shortcut_parameters() -> dict[str, Any]:
+    """The built-in recipes' parameters by name; each has its own option (``--gamma``), shared by the
+    recipes that have it. Every recipe's parameters, third-party ones too, are given as ``--param``."""
+    params: dict[str, Any] = {}
+    for spec in _recipes().values():
+        if spec.source == "built-in":
+            for p in spec.parameters:
+                params.setdefault(p.name, p)
     return params
 
 
@@ -78,7 +77,7 @@ def _existing_file(text: str) -> Path:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "tiny-wan") -> None:
-    from .tiny import TINY_MODELS
+    from .testing.tiny import TINY_MODELS
 
     parser.add_argument("--model", default=default_model,
                         help="a diffusers pipeline directory or cached hub name, 'toy', or a built-in tiny model: "
@@ -99,40 +98,45 @@ def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "
 
 
 def _add_recipe_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    parser.add_argument("--recipe", choices=sorted(_recipes()), required=required, help="recipe to apply")
-    for name, p in _recipe_parameters().items():
-        kind = _parameter_kind(p)
+    parser.add_argument("--recipe", choices=sorted(_recipes()), required=required,
+                        help="recipe to apply (`attnsteer recipes` lists them)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a parameter of the recipe, repeatable (any recipe, third-party ones too)")
+    for name, p in _shortcut_parameters().items():
         flag = "--" + name.replace("_", "-")
-        if kind == "flag":
+        if p.kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"recipe parameter {name}")
         else:
-            parser.add_argument(flag, type=kind, default=None, help=f"recipe parameter {name} (recipe default: {p.default!r})")
+            default = "required" if p.required else f"recipe default: {p.default!r}"
+            parser.add_argument(flag, type=p.kind, default=None, help=f"recipe parameter {name} ({default})")
 
 
-def _parameter_kind(p: pyinspect.Parameter) -> Any:
-    """The argparse type of a recipe parameter: from its default, else from its annotation (``int | None``)."""
-    if p.default is not None and type(p.default) in RECIPE_PARAM_TYPES:
-        return RECIPE_PARAM_TYPES[type(p.default)]
-    annotation = str(p.annotation)
-    for typ, kind in RECIPE_PARAM_TYPES.items():
-        if typ.__name__ in annotation:
-            return kind
-    return str
+def _recipe_arguments(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
+    """The chosen recipe's arguments: its ``--name`` options, then ``--param KEY=VALUE`` parsed by the parameter's type."""
+    given = {name: getattr(args, name) for name in _shortcut_parameters() if getattr(args, name, None) is not None}
+    for name in given:
+        spec.parameter(name)  # an option of another recipe raises, naming this recipe's parameters
+    for item in args.param:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--param expects KEY=VALUE, got {item!r}")
+        if key in given:
+            raise ConfigError(f"recipe parameter {key!r} is given twice")
+        given[key] = spec.parameter(key).parse(text, spec.name)
+    return given
 
 
 def _recipe_from_args(args: argparse.Namespace, **fixed: Any) -> Any:
     if not args.recipe:
-        given = [name for name in _recipe_parameters() if getattr(args, name, None) is not None]
+        given = ["--" + n.replace("_", "-") for n in _shortcut_parameters() if getattr(args, n, None) is not None]
+        given += [f"--param {item}" for item in args.param]
         if given:
-            flags = ", ".join("--" + n.replace("_", "-") for n in given)
-            raise ConfigError(f"{flags} set a recipe parameter but no --recipe was given (choose one of "
+            raise ConfigError(f"{', '.join(given)} set a recipe parameter but no --recipe was given (choose one of "
                               f"{', '.join(sorted(_recipes()))})")
         return None
-    fn = _recipes()[args.recipe]
-    names = pyinspect.signature(fn).parameters
-    kwargs = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    kwargs.update(fixed)
-    return fn(**kwargs)
+    spec = _recipes()[args.recipe]
+    return spec(**{**_recipe_arguments(args, spec), **fixed})
 
 
 def _load(args: argparse.Namespace):
@@ -149,7 +153,7 @@ def _image(args: argparse.Namespace):
 
     if args.image:
         return load_image(args.image)
-    from .tiny import test_image
+    from .testing.tiny import test_image
 
     return test_image()
 
@@ -164,14 +168,22 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    for name, fn in _recipes().items():
-        signature = pyinspect.signature(fn)
-        print(f"{name}{signature}")
-        doc = pyinspect.getdoc(fn) or ""
-        for line in doc.splitlines():
-            print(f"    {line}")
-        if all(p.default is not p.empty for p in signature.parameters.values()):
-            print(f"    default rules: {fn()!r} -> {[repr(r) for r in fn().rules]}")
+    """Every recipe, built-in and third-party: signature, source, description, parameters."""
+    for spec in _recipes().values():
+        print(f"{spec.name}({spec.signature_text()})  [{spec.source}]")
+        print(f"    {spec.description}")
+        for p in spec.parameters:
+            choices = f" (one of {', '.join(map(str, p.choices))})" if p.choices else ""
+            print(f"    --param {p.name}=<{p.type_name}>  {p.help}{choices}".rstrip())
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """The family table, read from the adapters (``--markdown``: the table of docs/models.md)."""
+    from .plugins.table import family_rows, markdown_table, text_table
+
+    rows = family_rows()
+    print(markdown_table(rows) if args.markdown else text_table(rows))
     return 0
 
 
@@ -302,8 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", type=float, default=0.2, help="fraction of steps modulated")
     p.set_defaults(func=cmd_sweep)
 
-    p = add("recipes", help="list recipes and their parameters")
+    p = add("recipes", help="list recipes (built-in and third-party) and their parameters")
     p.set_defaults(func=cmd_recipes)
+
+    p = add("models", help="list the supported model families: modules, layout, reference frames, branches, tests")
+    p.add_argument("--markdown", action="store_true", help="print the markdown table of docs/models.md")
+    p.set_defaults(func=cmd_models)
 
     p = add("demo", help="DyMoS on the shipped toy model: videos, maps, motion against gamma")
     p.add_argument("--out", type=_output_folder, default=Path("attnsteer-demo"), help="output folder")

@@ -1,9 +1,11 @@
 """Turn a ``--model`` argument into a video generator: a built-in tiny model, the shipped toy
-model, or a diffusers pipeline directory / hub name."""
+model, a diffusers pipeline directory / hub name, or a Python factory ``package.module:function``."""
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,23 @@ def _pipeline_call_kwargs(**defaults: Any) -> Callable[..., dict[str, Any]]:
     return make
 
 
+FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # package.module:function
+
+
+def _factory_pipeline(spec: str) -> Any:
+    """The pipeline ``module:function`` returns (a third-party model the CLI cannot load otherwise)."""
+    module_name, function_name = spec.split(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"--model {spec!r}: cannot import {function_name} from {module_name} ({exc})") from None
+    pipe = factory()
+    if not isinstance(getattr(pipe, "components", None), dict) or not callable(pipe):
+        raise ConfigError(f"--model {spec!r}: {function_name}() must return a pipeline (callable, with a components "
+                          f"dict), got {type(pipe).__name__}")
+    return pipe
+
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda", "mps")
 
@@ -70,12 +89,12 @@ def _moved(pipe: Any, device: str, dtype: torch.dtype) -> Any:
 
 def load_model(name: str, *, device: str | None = None, dtype: str = "auto", seed: int = 0,
                allow_download: bool = False) -> VideoModel:
-    """``tiny-<family>`` (random weights, offline), ``toy`` (the shipped trained toy model),
-    or a diffusers pipeline directory or hub name (``DiffusionPipeline.from_pretrained``; a hub name
+    """``tiny-<family>`` (random weights, offline), ``toy`` (the shipped trained toy model), a factory
+    ``package.module:function`` returning a pipeline, or a diffusers pipeline directory or hub name (``DiffusionPipeline.from_pretrained``; a hub name
     must be in the local cache unless ``allow_download``). ``device`` and ``dtype`` apply to all."""
-    from .tiny import TINY_MODELS, build_tiny
+    from .testing.tiny import TINY_MODELS, build_tiny
 
-    built_in = name in TINY_MODELS or name == "toy"
+    built_in = name in TINY_MODELS or name == "toy" or bool(FACTORY.match(name))
     device, torch_dtype = _device_and_dtype(device, dtype, built_in)
     if name in TINY_MODELS:
         pipe, call_kwargs = build_tiny(name, seed=seed)
@@ -86,6 +105,8 @@ def load_model(name: str, *, device: str | None = None, dtype: str = "auto", see
         from .toy import load_toy_pipeline, toy_call_kwargs
 
         return VideoModel(name, _moved(load_toy_pipeline(), device, torch_dtype), toy_call_kwargs, None)
+    if FACTORY.match(name):
+        return VideoModel(name, _moved(_factory_pipeline(name), device, torch_dtype), _pipeline_call_kwargs(), None)
     names = f"built-in models: {', '.join(sorted(TINY_MODELS))}, toy"
     candidates = [*TINY_MODELS, "toy"]
     close = [c for c in candidates if sorted(c.split("-")) == sorted(name.split("-"))]

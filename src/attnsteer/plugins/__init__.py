@@ -1,1 +1,2 @@
-"""Built-in model adapters, found through a pluggy plugin manager."""
+"""Model adapters: one declarative :class:`~attnsteer.plugins.base.Adapter` per family, one module per
+family here; :mod:`.manager` finds them (and third-party ones) through a pluggy plugin manager."""

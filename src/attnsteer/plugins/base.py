@@ -1,40 +1,128 @@
-"""The adapter interface: the facts attnsteer needs about one model family, in one place."""
+r"""The adapter interface: the facts attnsteer needs about one model family, in one place.
+
+An adapter is declarative where the facts are static and has one function for what must be read
+from each forward, the token layout::
+
+    class MochiAdapter(Adapter):
+        family = "mochi"
+        model_classes = ("MochiTransformer3DModel",)          # class names, subclasses match too
+        self_attention = r"transformer_blocks\.\d+\.attn1"     # regex fully matching module names
+        text = "joint-after"                                  # where text sits: TEXT_PLACEMENTS
+        branches = "batched-uncond-cond"                      # guidance convention: branches.CONVENTIONS
+
+        def layout(self, model, inputs):  # its docstring's first line describes it in `attnsteer models`
+            ...
+            return self.token_layout(frames, (rows, cols), text=inputs["encoder_hidden_states"].shape[1])
+
+A class like this in a module under ``attnsteer/plugins/`` or in a module named by an ``attnsteer``
+entry point is registered by :mod:`attnsteer.plugins.manager`; no hook function is written.
+Declarations are checked when the class is defined (a bad value raises ``ConfigError`` naming the
+class, the field and the allowed values).
+"""
 
 from __future__ import annotations
 
 import inspect
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from ..errors import SteeringError
-from ..layout import TokenLayout
+from ..errors import ConfigError, SteeringError
+from ..layout import Segment, TokenLayout
 from ..outputs import OutputPart
-from .branches import branches_from_context
+from .branches import CONVENTIONS, convention
+
+TEXT_PLACEMENTS = ("joint-before", "joint-after", "cross", None)
+TEXT_MEANINGS = {
+    "joint-before": "in the self-attention sequence, before the video",
+    "joint-after": "in the self-attention sequence, after the video",
+    "cross": "in separate cross-attention",
+    None: "none",
+}
 
 
 class Adapter:
-    """What attnsteer asks of a model family. Subclass it and return it from ``attnsteer_adapter``.
+    """What attnsteer asks of a model family. Declare the static facts as class attributes:
 
-    - ``attention_modules``: the self-attention modules, in layer order, as (name, module);
-    - ``layout``: the :class:`TokenLayout` of the self-attention calls of one forward;
-    - ``timestep``: the scalar timestep of one forward (None if unknown);
-    - ``branches``: the guidance branch ("cond"/"uncond") of each batch row, or None if unknown;
-    - ``attention_branches``: the branch of each row of one attention call, from ``branches``
-      (the same rows unless the model folds other axes into the attention batch);
-    - ``output_parts``: where the layout's tokens sit in a self-attention module's output (for
-      output transforms such as ``at.output_scale``).
+    - ``family``: a short name ("wan"), shown in errors, tables and recordings;
+    - ``model_classes``: the class names of the models of this family (subclasses match too);
+    - ``self_attention``: a regex fully matching the names of the self-attention modules, in
+      ``model.named_modules()`` order (override ``attention_modules`` for another order);
+    - ``cross_attention``: the same for separate text cross-attention modules (None: none);
+    - ``text``: where the text tokens sit, one of :data:`TEXT_PLACEMENTS`;
+    - ``branches``: the guidance convention, a name in :data:`~attnsteer.plugins.branches.CONVENTIONS`
+      (or a method ``branches(model, inputs, context, batch_size, pipeline)``);
+    - ``reference_frames``: the latent frames holding the conditioning image (``token_layout`` uses them);
+    - ``tiny_models``: the built-in tiny pipelines (``attnsteer.testing.tiny``) the shared test
+      battery runs this family on; ``tested``: what the family's own tests check beyond it;
+    - ``refusal``: set to the reason when the family's attention cannot be steered exactly; models
+      of the family are then refused with that reason instead of being steered approximately;
+    - ``table_entries``: texts for columns of ``attnsteer models`` that the declarations cannot give.
+
+    and write ``layout(model, inputs) -> TokenLayout`` (its docstring's first line describes the
+    layout in ``attnsteer models``). The rest has defaults a family overrides only for its twists:
+    ``timestep``, ``attention_branches``, ``output_parts``, ``blocks``, ``skipped_block_output``.
     """
 
-    family: str = "base"
+    family: ClassVar[str] = "base"
+    model_classes: ClassVar[tuple[str, ...]] = ()
+    self_attention: ClassVar[str | None] = None
+    cross_attention: ClassVar[str | None] = None
+    text: ClassVar[str | None] = None
+    branches: ClassVar[Any] = CONVENTIONS["context"]
+    reference_frames: ClassVar[tuple[int, ...]] = (0,)
+    tiny_models: ClassVar[tuple[str, ...]] = ()
+    tested: ClassVar[str] = ""
+    refusal: ClassVar[str | None] = None
+    table_entries: ClassVar[Mapping[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_declarations(cls)
+
+    @classmethod
+    def matches(cls, model: object) -> bool:
+        """Whether ``model`` belongs to this family (by class name, without importing the class)."""
+        return has_class_named(model, cls.model_classes)
 
     def attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        raise NotImplementedError
+        """The self-attention modules, in layer order, as (name, module)."""
+        if self.self_attention is None:
+            raise NotImplementedError(f"{type(self).__name__} declares no self_attention pattern")
+        return self_attention_modules(model, self.self_attention)
+
+    def cross_attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        """The separate text cross-attention modules, in layer order (none for joint-attention models)."""
+        return [] if self.cross_attention is None else self_attention_modules(model, self.cross_attention)
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
-        raise NotImplementedError
+        """The :class:`TokenLayout` of the self-attention calls of one forward (``inputs``: its arguments by name)."""
+        raise NotImplementedError(f"{type(self).__name__} must define layout(model, inputs)")
+
+    def token_layout(self, num_frames: int, grid: tuple[int, int] | None, *, tokens_per_frame: int | None = None,
+                     text: int = 0, text_name: str = "") -> TokenLayout:
+        """A layout of ``num_frames`` frame-major frames of ``grid`` (rows, cols) tokens, with ``text`` text
+        tokens placed as the class's ``text`` says, and its ``reference_frames``."""
+        per_frame = grid[0] * grid[1] if grid is not None else tokens_per_frame
+        if per_frame is None:
+            raise ConfigError("token_layout needs a grid or tokens_per_frame")
+        if text and self.text not in ("joint-before", "joint-after"):
+            raise ConfigError(f"{type(self).__name__} declares text={self.text!r}: its self-attention has no text "
+                              f"tokens, got text={text}")
+        video = num_frames * per_frame
+        before = self.text == "joint-before"
+        segments = [Segment("text", 0 if before else video, text + (0 if before else video), name=text_name)] if text else []
+        return TokenLayout(num_frames=num_frames, tokens_per_frame=per_frame, grid=grid,
+                           video_start=text if before else 0, segments=segments,
+                           reference_frames=tuple(f for f in self.reference_frames if f < num_frames))
+
+    def text_length(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> int | None:
+        """How many text tokens the cross-attention calls of one forward see as keys (None: no cross-attention)."""
+        if self.text != "cross" or inputs.get("encoder_hidden_states") is None:
+            return None
+        return int(inputs["encoder_hidden_states"].shape[1])
 
     block_pattern: str = r"(transformer_blocks|blocks)\.\d+"
 
@@ -63,26 +151,14 @@ class Adapter:
         out[meta.return_hidden_states_index], out[meta.return_encoder_hidden_states_index] = hidden, text
         return tuple(out)
 
-    def cross_attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        """The separate text cross-attention modules, in layer order (none for joint-attention models)."""
-        return []
-
-    def text_length(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> int | None:
-        """How many text tokens the cross-attention calls of one forward see as keys (None: no cross-attention)."""
-        return None
-
     def timestep(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> float | None:
+        """The scalar timestep of one forward (the maximum of per-token timesteps; None if unknown)."""
         t = inputs.get("timestep")
         if t is None:
             return None
         if isinstance(t, torch.Tensor):
             return float(t.detach().float().max()) if t.numel() else None
         return float(t)
-
-    def branches(
-        self, model: torch.nn.Module, inputs: Mapping[str, Any], context: str | None, batch_size: int, pipeline: Any
-    ) -> tuple[str, ...] | None:
-        return branches_from_context(context, batch_size, pipeline)
 
     def attention_branches(self, branches: tuple[str, ...] | None, batch_size: int) -> tuple[str, ...] | None:
         """The branch of each of the ``batch_size`` rows of one self-attention call, given the
@@ -141,6 +217,32 @@ def bind_forward_inputs(model: torch.nn.Module, args: tuple, kwargs: Mapping[str
     arguments = dict(bound.arguments)
     arguments.pop(next(iter(signature.parameters)), None)  # self
     return arguments
+
+
+def check_declarations(cls: type[Adapter]) -> None:
+    """Refuse bad class-level declarations when the class is defined; a named ``branches`` becomes its convention."""
+    owner = cls.__name__
+    if not isinstance(cls.family, str) or not cls.family:
+        raise ConfigError(f"{owner}.family must be a non-empty string, got {cls.family!r}")
+    if isinstance(cls.model_classes, str) or not all(isinstance(c, str) for c in cls.model_classes):
+        raise ConfigError(f"{owner}.model_classes must be a tuple of class names, got {cls.model_classes!r}")
+    for field in ("self_attention", "cross_attention"):
+        pattern = getattr(cls, field)
+        if pattern is None:
+            continue
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as exc:
+            raise ConfigError(f"{owner}.{field} must be a regex on module names, got {pattern!r} ({exc})") from None
+    if cls.text not in TEXT_PLACEMENTS:
+        raise ConfigError(f"{owner}.text must be one of {TEXT_PLACEMENTS}, got {cls.text!r}")
+    declared = cls.__dict__.get("branches")
+    if declared is not None and not callable(declared):
+        cls.branches = convention(declared, owner)
+    if not all(isinstance(f, int) and f >= 0 for f in cls.reference_frames):
+        raise ConfigError(f"{owner}.reference_frames must be a tuple of frame indices, got {cls.reference_frames!r}")
+    if cls.refusal is not None and not (isinstance(cls.refusal, str) and cls.refusal):
+        raise ConfigError(f"{owner}.refusal must be None or the reason the family is refused, got {cls.refusal!r}")
 
 
 def has_class_named(model: object, names: tuple[str, ...]) -> bool:

@@ -27,38 +27,30 @@ from typing import Any
 import torch
 
 from ..errors import SteeringError
-from ..layout import Segment, TokenLayout
-from .base import Adapter, has_class_named, self_attention_modules
-from .hookspecs import hookimpl
-
-SELF_ATTENTION = r"transformer_blocks\.\d+\.attn1"
+from ..layout import TokenLayout
+from .base import Adapter
 
 
 class CogVideoXAdapter(Adapter):
     family = "cogvideox"
-
-    def attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        return self_attention_modules(model, SELF_ATTENTION)
+    model_classes = ("CogVideoXTransformer3DModel",)
+    self_attention = r"transformer_blocks\.\d+\.attn1"
+    text = "joint-before"
+    branches = "batched-uncond-cond"
+    tiny_models = ("tiny-cogvideox", "tiny-cogvideox15")
+    tested = ("the uncond branch hits the first half of the batch; no guidance makes every row conditional; "
+              "at.text rules; latent frames that are not a multiple of patch_size_t raise; a processor that "
+              "bypasses SDPA raises")
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
+        """Text first, then video tokens frame-major, patch 2 (and ``patch_size_t`` latent frames per token frame in 1.5)."""
         _, frames, _, height, width = inputs["hidden_states"].shape
-        text = inputs["encoder_hidden_states"].shape[1]
         patch, patch_t = model.config.patch_size, model.config.patch_size_t or 1
         if frames % patch_t:
             raise SteeringError(
                 f"{type(model).__name__} got {frames} latent frames, not a multiple of patch_size_t={patch_t}: "
                 "its tokens cannot be mapped to frames (the CogVideoX pipelines pad the latent frames first)"
             )
-        rows, cols = height // patch, width // patch
-        return TokenLayout(
-            num_frames=frames // patch_t,
-            tokens_per_frame=rows * cols,
-            grid=(rows, cols),
-            video_start=text,
-            segments=[Segment("text", 0, text)],
-        )
+        return self.token_layout(frames // patch_t, (height // patch, width // patch),
+                                 text=inputs["encoder_hidden_states"].shape[1])
 
-
-@hookimpl
-def attnsteer_adapter(model: torch.nn.Module) -> Adapter | None:
-    return CogVideoXAdapter() if has_class_named(model, ("CogVideoXTransformer3DModel",)) else None

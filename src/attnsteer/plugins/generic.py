@@ -19,7 +19,8 @@ import torch
 
 from ..errors import ConfigError
 from ..layout import TokenLayout
-from .base import Adapter, self_attention_modules
+from .base import Adapter
+from .branches import branches_from_context
 
 LayoutSpec = TokenLayout | Callable[[torch.nn.Module, Mapping[str, Any]], TokenLayout]
 AttentionSpec = str | Callable[[torch.nn.Module], list[tuple[str, torch.nn.Module]]]
@@ -39,6 +40,13 @@ class GenericAdapter(Adapter):
     """
 
     family = "generic"
+    table_entries = {"family": "generic (`at.GenericAdapter`: any module calling F.scaled_dot_product_attention)",
+                     "self-attention modules": "a regex on module names, or a function, given by the user",
+                     "layout": "a `TokenLayout`, or a function of the forward's inputs, given by the user",
+                     "reference frames": "from the layout"}
+    tested = ("a pure-torch video transformer: rules against dense, a function picking the layers, a branch "
+              "function picking the rows, frame maps against dense, clean exit, attention computed without SDPA "
+              "raises, bad arguments raise")
 
     def __init__(self, layout: LayoutSpec, attention: AttentionSpec, branches: BranchSpec | None = None) -> None:
         if not isinstance(layout, TokenLayout) and not callable(layout):
@@ -55,16 +63,20 @@ class GenericAdapter(Adapter):
         if branches is not None and not callable(branches):
             raise ConfigError(f"GenericAdapter(branches=...) must be None or a function, got {branches!r}")
         self._layout, self._attention, self._branches = layout, attention, branches
+        if isinstance(attention, str):
+            self.self_attention = attention
 
     def attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+        """The modules the ``attention`` regex matches, or those the ``attention`` function returns."""
         if isinstance(self._attention, str):
-            return self_attention_modules(model, self._attention)
+            return super().attention_modules(model)
         found = list(self._attention(model))
         if not all(_is_named_module(item) for item in found):
             raise ConfigError(f"GenericAdapter's attention function must return (name, module) pairs, got {found!r}")
         return found
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
+        """As the user states it: a TokenLayout, or a function of the forward's inputs."""
         layout = self._layout if isinstance(self._layout, TokenLayout) else self._layout(model, inputs)
         if not isinstance(layout, TokenLayout):
             raise ConfigError(f"GenericAdapter's layout function must return a TokenLayout, got {layout!r}")
@@ -73,8 +85,9 @@ class GenericAdapter(Adapter):
     def branches(
         self, model: torch.nn.Module, inputs: Mapping[str, Any], context: str | None, batch_size: int, pipeline: Any
     ) -> tuple[str, ...] | None:
+        """From the user's ``branches`` function, else from the pipeline's cache context."""
         if self._branches is None:
-            return super().branches(model, inputs, context, batch_size, pipeline)
+            return branches_from_context(context, batch_size, pipeline)
         found = self._branches(inputs, batch_size)
         if found is None:
             return None

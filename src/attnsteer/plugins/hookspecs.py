@@ -1,4 +1,9 @@
-"""The plugin hooks an adapter package implements (pluggy project name ``attnsteer``)."""
+"""The plugin hook (pluggy project name ``attnsteer``): ``attnsteer_adapter(model)``.
+
+Declarative adapters (:class:`~attnsteer.plugins.base.Adapter` subclasses with ``model_classes``)
+answer it without hand-written code; write ``@hookimpl def attnsteer_adapter(model)`` in a plugin
+module only to recognise models by something other than their class names.
+"""
 
 from __future__ import annotations
 

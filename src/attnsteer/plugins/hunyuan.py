@@ -37,80 +37,51 @@ HunyuanVideo 1.5 (``HunyuanVideo15Transformer3DModel``; ``HunyuanVideo15Pipeline
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from ..layout import Segment, TokenLayout
-from .base import Adapter, has_class_named, self_attention_modules
-from .hookspecs import hookimpl
+from ..layout import TokenLayout
+from .base import Adapter
 
-HUNYUAN_SELF_ATTENTION = r"(transformer_blocks|single_transformer_blocks)\.\d+\.attn"
-HUNYUAN15_SELF_ATTENTION = r"transformer_blocks\.\d+\.attn"
-FORWARD_ORDER = ("cond", "uncond")  # branches of the forwards an I2V pipeline makes on one latent input
 HUNYUAN15_CONDITIONING = ("image_embeds", "encoder_hidden_states_2", "encoder_hidden_states")
-
-
-def _video_tokens(model: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, tuple[int, int]]:
-    """(token frames, (rows, cols) of a frame's token grid) of a [B, C, F, H, W] latent after the patch embedding."""
-    _, _, frames, height, width = hidden_states.shape
-    p, p_t = model.config.patch_size, model.config.patch_size_t
-    return frames // p_t, (height // p, width // p)
-
-
-def _video_then_text(model: torch.nn.Module, hidden_states: torch.Tensor, text: int, name: str = "") -> TokenLayout:
-    num_frames, grid = _video_tokens(model, hidden_states)
-    per_frame = grid[0] * grid[1]
-    video = num_frames * per_frame
-    return TokenLayout(num_frames=num_frames, tokens_per_frame=per_frame, grid=grid,
-                       segments=[Segment("text", video, video + text, name=name)])
 
 
 class HunyuanVideoAdapter(Adapter):
     family = "hunyuanvideo"
-
-    def __init__(self) -> None:
-        self._last_input: weakref.ref[torch.Tensor] | None = None
-        self._repeats = 0
-
-    def attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        return self_attention_modules(model, HUNYUAN_SELF_ATTENTION)
+    model_classes = ("HunyuanVideoTransformer3DModel",)
+    self_attention = r"(transformer_blocks|single_transformer_blocks)\.\d+\.attn"
+    text = "joint-after"
+    branches = "forward-order"
+    tiny_models = ("tiny-hunyuan", "tiny-hunyuan-token-replace")
+    tested = ("true CFG on and off (two forwards per step or one), the swapped forward would not match; "
+              "the flex backend raises")
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
-        return _video_then_text(model, inputs["hidden_states"], inputs["encoder_hidden_states"].shape[1])
-
-    def branches(
-        self, model: torch.nn.Module, inputs: Mapping[str, Any], context: str | None, batch_size: int, pipeline: Any
-    ) -> tuple[str, ...] | None:
-        if context is not None:
-            return super().branches(model, inputs, context, batch_size, pipeline)
-        hidden_states = inputs["hidden_states"]
-        if self._last_input is not None and self._last_input() is hidden_states:
-            self._repeats += 1
-        else:
-            self._last_input, self._repeats = weakref.ref(hidden_states), 0
-        if self._repeats >= len(FORWARD_ORDER):
-            return None  # more forwards on one input than the pipelines make: do not guess
-        return (FORWARD_ORDER[self._repeats],) * batch_size
+        """Video tokens first (frame-major, patch ``patch_size_t`` x 2 x 2), then all text tokens (padding masked as keys)."""
+        return self.token_layout(*video_tokens(model, inputs["hidden_states"]),
+                                 text=inputs["encoder_hidden_states"].shape[1])
 
 
 class HunyuanVideo15Adapter(Adapter):
     family = "hunyuanvideo15"
-
-    def attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        return self_attention_modules(model, HUNYUAN15_SELF_ATTENTION)
+    model_classes = ("HunyuanVideo15Transformer3DModel",)
+    self_attention = r"transformer_blocks\.\d+\.attn"
+    text = "joint-after"
+    branches = "separate-forwards"
+    tiny_models = ("tiny-hunyuan15",)
+    tested = "padded conditioning tokens (hidden as keys and as queries); the flex backend raises"
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
+        """Video tokens first, then SigLIP image, byT5 and text tokens as one "text" segment ``image+byt5+text``."""
         conditioning = sum(inputs[k].shape[1] for k in HUNYUAN15_CONDITIONING if inputs.get(k) is not None)
-        return _video_then_text(model, inputs["hidden_states"], conditioning, name="image+byt5+text")
+        return self.token_layout(*video_tokens(model, inputs["hidden_states"]), text=conditioning,
+                                 text_name="image+byt5+text")
 
 
-@hookimpl
-def attnsteer_adapter(model: torch.nn.Module) -> Adapter | None:
-    if has_class_named(model, ("HunyuanVideoTransformer3DModel",)):
-        return HunyuanVideoAdapter()
-    if has_class_named(model, ("HunyuanVideo15Transformer3DModel",)):
-        return HunyuanVideo15Adapter()
-    return None
+def video_tokens(model: torch.nn.Module, hidden_states: torch.Tensor) -> tuple[int, tuple[int, int]]:
+    """(token frames, (rows, cols) of a frame's token grid) of a [B, C, F, H, W] latent after the patch embedding."""
+    _, _, frames, height, width = hidden_states.shape
+    p, p_t = model.config.patch_size, model.config.patch_size_t
+    return frames // p_t, (height // p, width // p)

@@ -37,19 +37,24 @@ import torch
 
 from ..errors import SteeringError
 from ..layout import Segment, TokenLayout
-from .base import Adapter, has_class_named, self_attention_modules
-from .hookspecs import hookimpl
-
-SELF_ATTENTION = r"transformer_blocks\.\d+\.attn1"
+from .base import Adapter
 
 
 class LTXAdapter(Adapter):
     family = "ltx"
-
-    def attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        return self_attention_modules(model, SELF_ATTENTION)
+    model_classes = ("LTXVideoTransformer3DModel",)
+    self_attention = r"transformer_blocks\.\d+\.attn1"
+    cross_attention = r"transformer_blocks\.\d+\.attn2"
+    text = "cross"
+    branches = "batched-uncond-cond"
+    tiny_models = ("tiny-ltx", "tiny-ltx-condition")
+    tested = ("LTXConditionPipeline with an image condition at a later frame: DyMoS and a frame-to-frame rule "
+              "against dense (leaving the condition tokens out of their frame would not match), group masses and "
+              "frame maps against dense; video_coords parsing (two-frame video conditions, two images at one frame, "
+              "ambiguous windows raise); the flex backend raises")
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
+        """Video tokens only, pre-packed frame-major; condition tokens prepended for frames k > 0 join their frame."""
         coords = inputs.get("video_coords")
         if coords is not None:
             layout = layout_from_video_coords(coords)
@@ -61,7 +66,7 @@ class LTXAdapter(Adapter):
                     "attnsteer cannot map its tokens to frames"
                 )
             frames, height, width = (int(v) for v in grid)
-            layout = TokenLayout(num_frames=frames, tokens_per_frame=height * width, grid=(height, width))
+            layout = self.token_layout(frames, (height, width))
         tokens = inputs["hidden_states"].shape[1]
         if layout.seq_len != tokens:
             raise SteeringError(
@@ -106,8 +111,3 @@ def layout_from_video_coords(coords: torch.Tensor) -> TokenLayout:
         num_frames=len(video), tokens_per_frame=per_frame, video_start=len(before) * per_frame, segments=segments,
         grid=(rows, cols) if rows * cols == per_frame else None,
     )
-
-
-@hookimpl
-def attnsteer_adapter(model: torch.nn.Module) -> Adapter | None:
-    return LTXAdapter() if has_class_named(model, ("LTXVideoTransformer3DModel",)) else None

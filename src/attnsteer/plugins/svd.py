@@ -30,24 +30,31 @@ from typing import Any
 import torch
 
 from ..layout import TokenLayout
-from .base import Adapter, has_class_named, self_attention_modules
-from .hookspecs import hookimpl
+from .base import Adapter, self_attention_modules
 
-SELF_ATTENTION = (
-    r"(down_blocks\.\d+|mid_block|up_blocks\.\d+)\.attentions\.\d+\.temporal_transformer_blocks\.\d+\.attn1"
-)
 EXECUTION_ORDER = ("down_blocks", "mid_block", "up_blocks")
 
 
 class StableVideoDiffusionAdapter(Adapter):
     family = "svd"
+    model_classes = ("UNetSpatioTemporalConditionModel",)
+    self_attention = (
+        r"(down_blocks\.\d+|mid_block|up_blocks\.\d+)\.attentions\.\d+\.temporal_transformer_blocks\.\d+\.attn1"
+    )
+    text = None
+    branches = "batched-uncond-cond"
+    tiny_models = ("tiny-svd",)
+    tested = ("temporal layers only, in execution order; no guidance makes every row conditional; "
+              "a processor that computes attention by hand raises")
 
     def attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        found = self_attention_modules(model, SELF_ATTENTION)
+        """The temporal self-attention modules in execution order: down blocks, mid block, up blocks."""
+        found = self_attention_modules(model, self.self_attention)
         return sorted(found, key=lambda item: EXECUTION_ORDER.index(item[0].split(".", 1)[0]))
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
-        return TokenLayout(num_frames=inputs["sample"].shape[1], tokens_per_frame=1)
+        """The frames: calls are (videos x h x w, F), one token per frame."""
+        return self.token_layout(inputs["sample"].shape[1], None, tokens_per_frame=1)
 
     def attention_branches(self, branches: tuple[str, ...] | None, batch_size: int) -> tuple[str, ...] | None:
         """Each video's branch repeated over its h*w spatial positions (attention rows are video-major)."""
@@ -55,8 +62,3 @@ class StableVideoDiffusionAdapter(Adapter):
             return super().attention_branches(branches, batch_size)
         positions = batch_size // len(branches)
         return tuple(branch for branch in branches for _ in range(positions))
-
-
-@hookimpl
-def attnsteer_adapter(model: torch.nn.Module) -> Adapter | None:
-    return StableVideoDiffusionAdapter() if has_class_named(model, ("UNetSpatioTemporalConditionModel",)) else None

@@ -22,35 +22,23 @@ from typing import Any
 import torch
 
 from ..layout import TokenLayout
-from .base import Adapter, has_class_named, self_attention_modules
-from .hookspecs import hookimpl
-
-SELF_ATTENTION = r"blocks\.\d+\.attn1"
-CROSS_ATTENTION = r"blocks\.\d+\.attn2"
-WAN_CLASSES = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
+from .base import Adapter
 
 
 class WanAdapter(Adapter):
     family = "wan"
-
-    def attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        return self_attention_modules(model, SELF_ATTENTION)
+    model_classes = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
+    self_attention = r"blocks\.\d+\.attn1"
+    cross_attention = r"blocks\.\d+\.attn2"
+    text = "cross"
+    branches = "separate-forwards"
+    tiny_models = ("tiny-wan", "tiny-wan22", "tiny-wan-ti2v")
+    tested = ("Wan 2.2 A14B: both experts in one session with one step count, a layer filter picking one expert; "
+              "TI2V-5B: per-token timesteps map to scheduler steps; nested sessions add their biases; "
+              "a hand-written attention dispatch raises")
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
+        """Video tokens only, frame-major, ``patch_size`` (1, 2, 2) latent pixels per token."""
         _, _, frames, height, width = inputs["hidden_states"].shape
         p_t, p_h, p_w = model.config.patch_size
-        rows, cols = height // p_h, width // p_w
-        return TokenLayout(num_frames=frames // p_t, tokens_per_frame=rows * cols, grid=(rows, cols))
-
-    def cross_attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        return self_attention_modules(model, CROSS_ATTENTION)
-
-    def text_length(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> int | None:
-        return int(inputs["encoder_hidden_states"].shape[1])
-
-
-@hookimpl
-def attnsteer_adapter(model: torch.nn.Module) -> Adapter | None:
-    if has_class_named(model, WAN_CLASSES):
-        return WanAdapter()
-    return None
+        return self.token_layout(frames // p_t, (height // p_h, width // p_w))

@@ -8,13 +8,14 @@ no tokenizer or text encoder can be loaded offline.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def prompt_embedding(text: str, length: int, dim: int) -> torch.Tensor:
@@ -33,6 +34,9 @@ def test_image(size: int = 64) -> Any:
     disc = (x - 0.35) ** 2 + (y - 0.55) ** 2 < 0.04
     rgb[disc] = (0.95, 0.8, 0.1)
     return Image.fromarray((rgb * 255).astype("uint8"))
+
+
+test_image.__test__ = False  # a helper, not a test: pytest must not collect it where a test module imports it
 
 
 def _clip_image_processor_class() -> Any:
@@ -433,6 +437,8 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-ltx-condition": (tiny_ltx_condition, ltx_call_kwargs),
     "tiny-wan-ti2v": (tiny_wan_ti2v, wan_call_kwargs),
     "tiny-hunyuan": (tiny_hunyuan, hunyuan_call_kwargs),
+    "tiny-hunyuan-token-replace": (functools.partial(tiny_hunyuan, image_condition_type="token_replace"),
+                                   hunyuan_call_kwargs),
     "tiny-hunyuan15": (tiny_hunyuan15, hunyuan15_call_kwargs),
     "tiny-svd": (tiny_svd, svd_call_kwargs),
 }

@@ -1,0 +1,10 @@
+"""Support for tests and benchmarks, shipped so that users and plugin authors can run the same checks.
+
+- :mod:`attnsteer.testing.tiny`: tiny random-weight pipelines built from configs (offline, seconds on
+  a CPU), their call arguments, and a fixed test image (the CLI's ``--model tiny-*`` and default image);
+- :mod:`attnsteer.testing.oracle`: the dense float64 reference of the grouped attention kernel;
+- :mod:`attnsteer.testing.profiling`: peak-memory measurement of one call.
+
+Nothing here is imported by ``import attnsteer``. Functions whose names start with ``test_`` carry
+``__test__ = False`` so that pytest does not collect them when a test module imports them.
+"""
