@@ -51,6 +51,7 @@ __all__ = [
     "kernels",
     "logit_scale",
     "output_scale",
+    "maps",
     "mask",
     "point",
     "progress",

@@ -361,7 +361,8 @@ class Controller:
             out, mass = F.scaled_dot_product_attention(*args, **kwargs), None  # e.g. a logit scale of 1 applied
         else:
             try:
-                out, mass = run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders))
+                with_maps = _record_spatial_maps(recorders, plan, q, k, v, state, layer, scale, attn_mask)
+                out, mass = with_maps or run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders))
             except (KernelError, SteeringError) as exc:
                 raise type(exc)(f"{where}: {exc}") from exc
         for client in self.clients:
@@ -401,6 +402,16 @@ class Controller:
             if mine:
                 client.on_call(state, layer, mine, None)
         return out
+
+
+def _record_spatial_maps(recorders: list[Client], plan, q, k, v, state, layer, scale, attn_mask):
+    """(output, mass) of a call whose recorders keep spatial maps (``at.inspect(maps=...)``), else None."""
+    spatial = [c.maps for c in recorders if getattr(c, "maps", None) is not None]
+    if not spatial:
+        return None
+    from .map_recording import record_maps  # imports record, which imports this module
+
+    return record_maps(spatial, plan, q, k, v, state, layer, scale, attn_mask)
 
 
 def _why_no_attention(module: torch.nn.Module, attention: str) -> str:
