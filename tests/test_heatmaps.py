@@ -102,7 +102,19 @@ WAN_EXPECTED = {
 }
 
 
-def test_wan_maps_equal_dense_softmax_per_step_layer_and_branch(wan_pipe, run_wan):
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """The grouped pass in chunks of 4 query rows, as large calls run it."""
+    from attnsteer import map_compute
+
+    monkeypatch.setattr(map_compute, "QUERY_BLOCK", 4)
+    monkeypatch.setattr(map_compute, "BLOCKS_PER_THREAD", 1)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_wan_maps_equal_dense_softmax_per_step_layer_and_branch(wan_pipe, run_wan, chunked, request):
+    if chunked:
+        request.getfixturevalue("small_chunks")
     vanilla = run_wan(num_inference_steps=WAN_STEPS)
     with at.inspect(wan_pipe, maps=WAN_MAPS, map_steps="each", map_layers="each") as rec:
         recorded = run_wan(num_inference_steps=WAN_STEPS)
@@ -249,7 +261,7 @@ def test_cogvideox_word_text_and_point_maps_equal_dense_softmax(cog):
 # --- tiny HunyuanVideo: joint [video, text], padded text hidden by the attention mask ----------------
 
 
-def test_hunyuan_maps_with_padded_text_equal_dense_softmax():
+def test_hunyuan_maps_with_padded_text_equal_dense_softmax(small_chunks):
     from attnsteer.tiny import hunyuan_call_kwargs, test_image, tiny_hunyuan
 
     pipe = tiny_hunyuan()

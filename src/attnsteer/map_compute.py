@@ -3,7 +3,9 @@
 - **Per-query mass onto key sets** (``onto``): the grouped kernel's per-query weights
   (``grouped_attention(per_query=True)``) on a partition of the keys into cells that refines the
   plan's cells and every key set asked for; a key set's map is the sum of its cells' weights. The
-  queries run in chunks, so the extra memory is a chunk's accumulator plus O(N x cells).
+  queries run in chunks written into one output, so the memory beyond the output is a chunk's
+  accumulators (1/16 of the output when there are heads enough to keep the threads busy) plus
+  O(N x cells).
 - **Mean attention of a query set on every key** (``region``): with ``lse_i`` the log-sum-exp of
   query i's logits (from the same kernel), ``sum_i exp(s_ij + b_ij - lse_i)`` is, for every key j,
   the log-sum-exp of a *transposed* attention call (keys as queries, the selected queries as keys,
@@ -24,7 +26,9 @@ from .kernels.grouped import _additive_mask, grouped_attention
 from .layout import TokenLayout
 from .plan import CallPlan
 
-CHUNK_BYTES = 16 << 20  # accumulator bytes of one query chunk of the grouped pass
+QUERY_CHUNKS = 16  # the grouped pass runs the queries in up to this many chunks ...
+BLOCKS_PER_THREAD = 32  # ... each holding enough query blocks per head to keep every thread busy
+QUERY_BLOCK = 256  # queries per block of the CPU flash kernel (its unit of parallel work)
 
 
 @attrs.frozen(eq=False)
@@ -76,7 +80,7 @@ def run_with_maps(
     group_sum = torch.zeros(b, h, layout.num_groups, layout.num_groups, dtype=torch.float32, device=device)
     onto = torch.zeros(b, n, len(key_sets), dtype=torch.float32, device=device)
     q_groups = groups.to(device)
-    chunk = max(1, CHUNK_BYTES // max(1, b * h * v.shape[-1] * 4))
+    chunk = _chunk_rows(n, b * h)
     for start in range(0, n, chunk):
         rows = slice(start, min(start + chunk, n))
         mask_rows = None
@@ -97,6 +101,15 @@ def run_with_maps(
     ]
     region_maps = torch.stack(regions, 1) if regions else torch.zeros(b, 0, n, device=device)
     return out, mass, CallMaps(onto=onto, regions=region_maps)
+
+
+def _chunk_rows(n: int, rows_times_heads: int) -> int:
+    """Query rows per chunk of the grouped pass: 1/16 of the call (a chunk's accumulators then hold 1/16
+    of the output's memory) unless that leaves the fused kernel too few query blocks to share among
+    the threads (it splits queries in blocks of ``QUERY_BLOCK`` per batch row and head)."""
+    min_rows = QUERY_BLOCK * -(-BLOCKS_PER_THREAD * torch.get_num_threads() // rows_times_heads)
+    chunks = max(1, min(QUERY_CHUNKS, n // min_rows))
+    return -(-n // chunks)
 
 
 def _refine(base: torch.Tensor, masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
