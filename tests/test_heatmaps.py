@@ -11,10 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 import attnsteer as at
 from attnsteer.kernels import grouped_attention
-from dense_reference import DenseAttention, ForwardCounter, frame_bias
+from dense_reference import DenseAttention, ForwardCounter, frame_bias, sdpa_arguments
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -335,3 +337,53 @@ def test_map_errors_name_the_field_and_what_is_allowed(wan_pipe, run_wan):
         rec.maps.heatmap("nothing")
     with pytest.raises(at.ConfigError, match="no recorded map"):
         rec.maps.heatmap(0, branch="perturbed")
+
+
+# --- Wan's separate text cross-attention (attn2), read without changing it ----------------------------
+
+
+class CrossProbabilities(TorchFunctionMode):
+    """softmax of every SDPA call whose keys are ``text`` tokens (Wan's text cross-attention), float64;
+    the call itself runs unchanged."""
+
+    def __init__(self, text: int) -> None:
+        super().__init__()
+        self.text = text
+        self.probabilities: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            named = sdpa_arguments(args, kwargs)
+            q, k = named["query"], named["key"]
+            if k.shape[-2] == self.text and q.shape[-2] != self.text:
+                assert named.get("attn_mask") is None
+                scale = named.get("scale") or q.shape[-1] ** -0.5
+                self.probabilities.append(((q.double() @ k.double().transpose(-1, -2)) * scale).softmax(-1))
+        return func(*args, **kwargs)
+
+
+def test_wan_word_maps_read_from_the_text_cross_attention(wan_pipe, run_wan):
+    from attnsteer.tiny import wan_call_kwargs, word_tokenizer
+
+    prompt = "a red ball"
+    text = wan_call_kwargs()["prompt_embeds"].shape[1]
+    specs = [at.maps.onto(at.words("red", "ball"), attention="cross"), at.maps.onto(at.frames.reference)]
+    vanilla = run_wan(prompt=prompt, num_inference_steps=WAN_STEPS)
+    with at.inspect(wan_pipe, maps=specs, map_steps="each", map_layers="each", prompt=prompt,
+                    tokenizer=word_tokenizer()) as rec:
+        recorded = run_wan(prompt=prompt, num_inference_steps=WAN_STEPS)
+    np.testing.assert_allclose(recorded, vanilla, atol=1e-6)
+    dense = CrossProbabilities(text)
+    with dense:
+        run_wan(prompt=prompt, num_inference_steps=WAN_STEPS)
+    assert rec.maps.layer_bin_labels == ["transformer.blocks.0.attn1", "transformer.blocks.0.attn2",
+                                         "transformer.blocks.1.attn1", "transformer.blocks.1.attn2"]
+    label = "onto words('red', 'ball') (cross-attention)"
+    for p, (step, layer, rows) in zip(dense.probabilities, wan_calls(WAN_STEPS), strict=True):
+        (branch, row), = rows.items()
+        got = rec.maps.heatmap(label, steps=[step], layers=f"transformer.blocks.{layer}.attn2", branch=branch)
+        torch.testing.assert_close(got.values.double(), p[..., [1, 2]].sum(-1).mean(1)[row], atol=1e-5, rtol=0)
+    assert rec.maps.heatmap(label).frames.shape == (WAN_FRAMES, *WAN_GRID)
+    with pytest.raises(at.ConfigError, match=r"onto\(attention=\.\.\.\) must be one of"):
+        at.maps.onto(at.text, attention="joint")

@@ -53,54 +53,95 @@ def run_with_maps(
 ) -> tuple[torch.Tensor, torch.Tensor, CallMaps]:
     """(output [B, H, N, Dv], mass [B, H, G, G] over layout groups, maps) of one self-attention call
     under ``plan``; ``key_sets`` and ``query_sets`` are boolean [N] masks (CPU)."""
-    if plan.path == "scored":
-        rules = ", ".join(repr(s.rule) for s in plan.scored)
-        raise SteeringError(
-            f"spatial maps need rules that are constant per pair of token sets (the grouped kernel); {rules} "
-            "change logits elementwise (the score path), which gives no per-query log-sum-exp: record the maps "
-            "without those rules"
-        )
     device = q.device
     scale = (q.shape[-1] ** -0.5 if scale is None else float(scale)) * plan.scale_factor
-    base = plan.cells if plan.path == "grouped" else layout.group_ids()
-    cells, parent, first = _refine(base, key_sets)
-    bias = None
-    if plan.path == "grouped":
-        bias = plan.bias[..., parent, :][..., parent]
-        bias = bias.to(device)
-    cells_d = cells.to(device)
-    num_cells = int(parent.numel())
+    cells = _Cells.of(plan, layout, key_sets, device)
     groups = layout.group_ids()
-    to_group = torch.nn.functional.one_hot(groups[first], layout.num_groups).float().to(device)  # [C, G]
-    to_keys = torch.stack([m[first] for m in key_sets], -1).float().to(device) if key_sets else None  # [C, K]
-
+    to_group = torch.nn.functional.one_hot(groups[cells.first], layout.num_groups).float().to(device)  # [C, G]
     b, h, n, _ = q.shape
     out = torch.empty(b, h, n, v.shape[-1], dtype=q.dtype, device=device)
     lse = torch.empty(b, h, n, dtype=torch.float32, device=device)
     group_sum = torch.zeros(b, h, layout.num_groups, layout.num_groups, dtype=torch.float32, device=device)
     onto = torch.zeros(b, n, len(key_sets), dtype=torch.float32, device=device)
     q_groups = groups.to(device)
+    for rows, out_rows, qm in _grouped_chunks(q, k, v, cells.ids, cells.ids, cells, scale, attn_mask):
+        out[:, :, rows] = out_rows
+        lse[:, :, rows] = qm.lse
+        group_sum.index_add_(2, q_groups[rows], qm.weights @ to_group)
+        if key_sets:
+            onto[:, rows] = (qm.weights @ cells.to_keys).mean(1)
+    counts = torch.bincount(groups, minlength=layout.num_groups).clamp_min(1).float().to(device)
+    mass = group_sum / counts[:, None]
+    regions = [
+        _mean_attention(q, k, lse, cells.ids, cells.bias, scale, attn_mask, query_set) for query_set in query_sets
+    ]
+    region_maps = torch.stack(regions, 1) if regions else torch.zeros(b, 0, n, device=device)
+    return out, mass, CallMaps(onto=onto, regions=region_maps)
+
+
+def cross_maps(
+    plan: CallPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TokenLayout, scale: float | None,
+    attn_mask: torch.Tensor | None, key_sets: list[torch.Tensor],
+) -> torch.Tensor:
+    """[B, Nv, K]: per video query of a cross-attention call, its mass (mean over heads) on each key set.
+
+    ``layout`` is the call's joint ``[text, video]`` layout (:func:`attnsteer.execute.cross_layout`):
+    the keys are its text part, the queries its video part; ``key_sets`` are [N] masks over it.
+    The call's output is left to the model (this only reads its q and k)."""
+    scale = (q.shape[-1] ** -0.5 if scale is None else float(scale)) * plan.scale_factor
+    cells = _Cells.of(plan, layout, key_sets, q.device)
+    text = layout.video_start
+    b, _, n, _ = q.shape
+    onto = torch.zeros(b, n, len(key_sets), dtype=torch.float32, device=q.device)
+    for rows, _, qm in _grouped_chunks(q, k, v, cells.ids[text:], cells.ids[:text], cells, scale, attn_mask):
+        onto[:, rows] = (qm.weights @ cells.to_keys).mean(1)
+    return onto
+
+
+@attrs.frozen(eq=False)
+class _Cells:
+    """The key partition of a maps call: the plan's cells (or the layout groups) refined by every key
+    set, on the call's device, with the plan's bias on them."""
+
+    ids: torch.Tensor  # [N] cell of every token
+    first: torch.Tensor  # [C] first token of every cell (CPU)
+    bias: torch.Tensor | None  # the plan's bias over the refined cells
+    to_keys: torch.Tensor | None  # [C, K] float: which cells make up each key set
+
+    @property
+    def count(self) -> int:
+        return int(self.first.numel())
+
+    @classmethod
+    def of(cls, plan: CallPlan, layout: TokenLayout, key_sets: list[torch.Tensor], device: torch.device) -> _Cells:
+        if plan.path == "scored":
+            rules = ", ".join(repr(s.rule) for s in plan.scored)
+            raise SteeringError(
+                f"spatial maps need rules that are constant per pair of token sets (the grouped kernel); {rules} "
+                "change logits elementwise (the score path), which gives no per-query log-sum-exp: record the maps "
+                "without those rules"
+            )
+        base = plan.cells if plan.path == "grouped" else layout.group_ids()
+        ids, parent, first = _refine(base, key_sets)
+        bias = None if plan.path != "grouped" else plan.bias[..., parent, :][..., parent].to(device)
+        to_keys = torch.stack([m[first] for m in key_sets], -1).float().to(device) if key_sets else None
+        return cls(ids.to(device), first, bias, to_keys)
+
+
+def _grouped_chunks(q, k, v, q_cells, k_cells, cells: _Cells, scale: float, attn_mask):
+    """(rows, output rows, QueryMass) of the grouped kernel over chunks of the queries."""
+    b, h, n, _ = q.shape
     chunk = _chunk_rows(n, b * h)
     for start in range(0, n, chunk):
         rows = slice(start, min(start + chunk, n))
         mask_rows = None
         if attn_mask is not None:
             mask_rows = attn_mask[..., rows, :] if attn_mask.shape[-2] > 1 else attn_mask
-        out[:, :, rows], qm = grouped_attention(
-            q[:, :, rows], k, v, cells_d[rows], cells_d, bias=bias, scale=scale, attn_mask=mask_rows,
-            per_query=True, num_q_groups=num_cells, num_k_groups=num_cells,
+        out, qm = grouped_attention(
+            q[:, :, rows], k, v, q_cells[rows], k_cells, bias=cells.bias, scale=scale, attn_mask=mask_rows,
+            per_query=True, num_q_groups=cells.count, num_k_groups=cells.count,
         )
-        lse[:, :, rows] = qm.lse
-        group_sum.index_add_(2, q_groups[rows], qm.weights @ to_group)
-        if to_keys is not None:
-            onto[:, rows] = (qm.weights @ to_keys).mean(1)
-    counts = torch.bincount(groups, minlength=layout.num_groups).clamp_min(1).float().to(device)
-    mass = group_sum / counts[:, None]
-    regions = [
-        _mean_attention(q, k, lse, cells_d, bias, scale, attn_mask, query_set) for query_set in query_sets
-    ]
-    region_maps = torch.stack(regions, 1) if regions else torch.zeros(b, 0, n, device=device)
-    return out, mass, CallMaps(onto=onto, regions=region_maps)
+        yield rows, out, qm
 
 
 def _chunk_rows(n: int, rows_times_heads: int) -> int:

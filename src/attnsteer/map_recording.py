@@ -19,7 +19,7 @@ import torch
 
 from .errors import ConfigError, RecordingError, SteeringError
 from .layout import TokenLayout
-from .map_compute import CallMaps, run_with_maps
+from .map_compute import CallMaps, cross_maps, run_with_maps
 from .maps import LayerBins, MapSpec, StepBins, check_maps
 from .plan import CallPlan
 from .recording_io import read_npz
@@ -45,6 +45,7 @@ class Heatmap:
     steps: str
     layers: str
     branch: str
+    queries: torch.Tensor | None = None  # bool [N]: the query set of a region map (drawn as an outline)
 
     @property
     def frames(self) -> torch.Tensor:
@@ -86,30 +87,41 @@ class MapRecording:
         self.bin_layers: dict[str, set[str]] = {}
         self.labels = [m.label for m in self.specs]
         self.axes = {m.label: m.axis for m in self.specs}
+        self.query_sets: dict[str, torch.Tensor] = {}  # label -> bool [N] of each region map
         self._sums: dict[Key, torch.Tensor] = {}
         self._counts: dict[Key, int] = {}
 
     # --- recording -----------------------------------------------------------------------
-    def bins(self, state: ForwardState, layer: LayerInfo) -> tuple[str, str] | None:
-        """(step bin, layer bin) of a call, or None when the call is in no bin (nothing to compute)."""
+    def bins(self, state: ForwardState, layer: LayerInfo, attention: str = "self") -> tuple[str, str] | None:
+        """(step bin, layer bin) of a call of the ``attention`` kind, or None when no map reads it (no
+        map of that kind, or the call is in no bin)."""
+        if not any(spec.attention == attention for spec in self.specs):
+            return None
         step_bin = self.step_bins.label(state.step.step, state.step.num_steps)
         layer_bin = self.layer_bins.label(layer.index, layer.qualified)
         return None if step_bin is None or layer_bin is None else (step_bin, layer_bin)
 
-    def sets(self, layout: TokenLayout) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The key sets of the ``onto`` maps and the query sets of the region maps, in map order."""
+    def sets(self, layout: TokenLayout, attention: str = "self") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The key sets of the ``onto`` maps and the query sets of the region maps read from calls of the
+        ``attention`` kind (whose layout is ``layout``), in map order."""
         ctx = SelectionContext(layout, self.words)
         keys, queries = [], []
-        for spec in self.specs:
+        for spec in self._of(attention):
             try:
                 mask = spec.selector.token_mask(ctx)
             except ConfigError as exc:
                 raise type(exc)(f"inspect map {spec.label!r}: {exc}") from exc
             (keys if spec.axis == "query" else queries).append(mask)
+            if spec.axis == "key" and attention == "self":
+                self.query_sets.setdefault(spec.label, mask)
         return keys, queries
 
-    def add(self, state: ForwardState, layer: LayerInfo, bins: tuple[str, str], maps: CallMaps) -> None:
-        """Add one call's maps (batch rows averaged per branch)."""
+    def _of(self, attention: str) -> list[MapSpec]:
+        return [spec for spec in self.specs if spec.attention == attention]
+
+    def add(self, state: ForwardState, layer: LayerInfo, bins: tuple[str, str], maps: CallMaps,
+            attention: str = "self") -> None:
+        """Add one call's maps, those read from calls of the ``attention`` kind (batch rows averaged per branch)."""
         layout = state.layout
         if self.layout is None:
             self.layout = layout
@@ -125,7 +137,7 @@ class MapRecording:
         onto, regions = maps.onto.detach().double().cpu(), maps.regions.detach().double().cpu()
         branches = state.branches or ("unknown",) * onto.shape[0]
         columns = {"query": iter(range(onto.shape[-1])), "key": iter(range(regions.shape[1]))}
-        for spec in self.specs:
+        for spec in self._of(attention):
             column = next(columns[spec.axis])
             values = onto[..., column] if spec.axis == "query" else regions[:, column]  # [B, N]
             for branch in dict.fromkeys(branches):
@@ -187,7 +199,7 @@ class MapRecording:
             label=label, axis=self.axes[label], values=total.float(), layout=self.layout,
             steps=_join(sorted({k[1] for k in keys}, key=self.step_bin_labels.index)),
             layers=_join(sorted({k[2] for k in keys}, key=self.layer_bin_labels.index)),
-            branch=branch or "every",
+            branch=branch or "every", queries=self.query_sets.get(label),
         )
 
     def _label(self, map: MapSpec | str | int) -> str:
@@ -228,6 +240,7 @@ class MapRecording:
         keys = sorted(self._sums)
         meta = {
             "format": FORMAT, "maps": self.labels, "axes": self.axes,
+            "query_sets": {label: torch.nonzero(m).flatten().tolist() for label, m in self.query_sets.items()},
             "layout": None if self.layout is None else self.layout.describe(), "layers": self.layers,
             "step_bins": {b: sorted(s) for b, s in self.bin_steps.items()},
             "layer_bins": {b: sorted(s) for b, s in self.bin_layers.items()},
@@ -260,6 +273,12 @@ class MapRecording:
         rec.labels = [str(m) for m in meta["maps"]]
         rec.axes = {str(k): str(v) for k, v in dict(meta["axes"]).items()}
         rec.layout = None if meta["layout"] is None else TokenLayout.from_description(meta["layout"])
+        rec.query_sets = {}
+        for label, tokens in dict(meta["query_sets"]).items():
+            if label not in rec.labels or rec.layout is None:
+                raise RecordingError(f"query set of an unknown map {label!r}")
+            rec.query_sets[str(label)] = torch.zeros(rec.layout.seq_len, dtype=torch.bool)
+            rec.query_sets[str(label)][[int(t) for t in tokens]] = True
         rec.layers = {str(k): int(v) for k, v in dict(meta["layers"]).items()}
         rec.bin_steps = {str(b): {int(s) for s in v} for b, v in dict(meta["step_bins"]).items()}
         rec.bin_layers = {str(b): {str(s) for s in v} for b, v in dict(meta["layer_bins"]).items()}
@@ -304,10 +323,32 @@ def record_maps(
     keys = [m for key_sets, _ in sets for m in key_sets]
     queries = [m for _, query_sets in sets for m in query_sets]
     out, mass, maps = run_with_maps(plan, q, k, v, state.layout, scale, attn_mask, keys, queries)
+    _deliver(wanted, sets, maps, state, layer, "self")
+    return out, mass
+
+
+def record_cross_maps(
+    recordings: list[MapRecording], plan: CallPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    state: ForwardState, layer: LayerInfo, scale: float | None, attn_mask: torch.Tensor | None, layout: TokenLayout,
+) -> None:
+    """Read the cross-attention maps (``at.maps.onto(..., attention="cross")``) of one text cross-attention
+    call, whose joint layout is ``layout`` ([text, video]); the call's output is not touched."""
+    wanted = [(r, bins) for r in recordings if (bins := r.bins(state, layer, "cross")) is not None]
+    if not wanted:
+        return
+    sets = [r.sets(layout, "cross") for r, _ in wanted]
+    per_query = cross_maps(plan, q, k, v, layout, scale, attn_mask, [m for key_sets, _ in sets for m in key_sets])
+    onto = torch.zeros(per_query.shape[0], state.layout.seq_len, per_query.shape[-1], device=per_query.device)
+    onto[:, state.layout.video_start : state.layout.video_end] = per_query
+    _deliver(wanted, sets, CallMaps(onto=onto, regions=onto.new_zeros(onto.shape[0], 0, onto.shape[1])), state, layer,
+             "cross")
+
+
+def _deliver(wanted, sets, maps: CallMaps, state: ForwardState, layer: LayerInfo, attention: str) -> None:
+    """Give each recording its columns of a call's maps."""
     at_key = at_query = 0
     for (recording, bins), (key_sets, query_sets) in zip(wanted, sets):
         part = CallMaps(onto=maps.onto[..., at_key : at_key + len(key_sets)],
                         regions=maps.regions[:, at_query : at_query + len(query_sets)])
-        recording.add(state, layer, bins, part)
+        recording.add(state, layer, bins, part, attention)
         at_key, at_query = at_key + len(key_sets), at_query + len(query_sets)
-    return out, mass

@@ -29,11 +29,16 @@ from .selectors import FrameIndex, Selector, Video, _check_selector
 from .validation import integer
 
 
+ATTENTION = ("self", "cross")
+
+
 class MapSpec:
     """Base class of the map kinds: ``selector`` is the token set the map is about (keys of ``onto``,
-    queries of ``region``); ``label`` names the map in a recording and in figures."""
+    queries of ``region``); ``label`` names the map in a recording and in figures; ``attention`` the
+    calls it is read from."""
 
     axis: ClassVar[str]  # "query": one value per query token; "key": one value per key token
+    attention: str = "self"
 
     @property
     def label(self) -> str:
@@ -46,14 +51,16 @@ class MapSpec:
 
 @attrs.frozen
 class Onto(MapSpec):
-    """Per query token, the attention mass on the key tokens of ``keys``."""
+    """Per query token, the attention mass on the key tokens of ``keys``; ``attention="cross"`` reads
+    the separate text cross-attention (Wan's ``attn2``) instead of the self-attention."""
 
     keys: Selector = attrs.field(converter=lambda s: _check_selector(s, "maps.onto(keys)"))
+    attention: str = attrs.field(default="self", validator=attrs.validators.in_(ATTENTION))
     axis: ClassVar[str] = "query"
 
     @property
     def label(self) -> str:
-        return f"onto {self.keys!r}"
+        return f"onto {self.keys!r}" + (" (cross-attention)" if self.attention == "cross" else "")
 
     @property
     def selector(self) -> Selector:
@@ -77,10 +84,14 @@ class Region(MapSpec):
         return self.queries
 
 
-def onto(keys: Selector) -> Onto:
+def onto(keys: Selector, attention: str = "self") -> Onto:
     """Per query token, the attention mass it puts on ``keys`` (``at.frames.reference``, ``at.text``,
-    ``at.words("dog")``, ``at.box(...)``, ...)."""
-    return Onto(keys)
+    ``at.words("dog")``, ``at.box(...)``, ...). ``attention="cross"``: in the separate text
+    cross-attention of models that have one (Wan), where ``keys`` are prompt words; the map is then
+    over the video queries."""
+    if attention not in ATTENTION:
+        raise ConfigError(f"maps.onto(attention=...) must be one of {ATTENTION}, got {attention!r}")
+    return Onto(keys, attention)
 
 
 def region(queries: Selector, frame: int | None = None) -> Region:
