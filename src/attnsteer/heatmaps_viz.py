@@ -88,7 +88,7 @@ def _draw(ax: Any, frame: np.ndarray | None, grid: np.ndarray, vmax: float, alph
         alpha = 1.0
     image = ax.imshow(grid, cmap=CMAP, vmin=0.0, vmax=vmax, alpha=alpha, extent=(0, w, h, 0),
                       interpolation=interpolation)
-    if outline is not None and outline.any():
+    if outline is not None and outline.any() and not outline.all():  # a whole frame (received) is not outlined
         ax.add_collection(LineCollection(_cell_edges(outline, w, h), colors="cyan", linewidths=1.5))
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
@@ -103,28 +103,37 @@ def plot_heatmap_grid(
     alpha: float = 0.6, interpolation: str = "bilinear",
 ) -> Figure:
     """A grid of heatmaps: one row per entry of ``heatmaps`` (label -> Heatmap, e.g. by step range or by
-    word), one column per latent frame (``frames``, default up to ``max_frames`` spread over the video),
-    drawn over the decoded ``video`` when given, on one colour scale (0 .. ``vmax``, default the largest
-    value shown) with one colour bar. The title names what the rows share (map, steps, layers, branch)."""
+    word), one column per latent frame (``frames``, default up to ``max_frames`` spread over the video
+    and those holding a region map's queries),
+    drawn over the decoded ``video`` when given (one for all rows, or label -> video), on one colour
+    scale (0 .. ``vmax``, default the largest value shown) with one colour bar. The title names what
+    the rows share (map, steps, layers, branch)."""
     rows = _check_heatmaps(heatmaps)
     _check_style(alpha, interpolation)
     first = next(iter(rows.values()))
     num_latent = first.frames.shape[0]
-    chosen = _even(num_latent, max_frames) if frames is None else [int(f) for f in frames]
+    outlines = {label: _outline(h) for label, h in rows.items()}
+    if frames is None:  # spread over the video, plus the frames that hold a region map's queries
+        marked = {int(f) for o in outlines.values() if o is not None and not o.all()
+                  for f in np.nonzero(o.any((1, 2)))[0]}
+        chosen = sorted(set(_even(num_latent, max_frames)) | marked)
+    else:
+        chosen = [int(f) for f in frames]
     bad = [f for f in chosen if not 0 <= f < num_latent]
     if bad or not chosen:
         raise ConfigError(f"frames must be latent frame indices in [0, {num_latent}), got {frames!r}")
-    pictures = None if video is None else as_frames(video)
+    videos = _videos(video, rows)
     grids = {label: h.frames.numpy() for label, h in rows.items()}
-    outlines = {label: _outline(h) for label, h in rows.items()}
     vmax = float(max(g[chosen].max() for g in grids.values())) if vmax is None else float(vmax)
-    aspect = first.frames.shape[2] / first.frames.shape[1] if pictures is None else pictures.shape[2] / pictures.shape[1]
+    some = next(iter(videos.values()))
+    aspect = first.frames.shape[2] / first.frames.shape[1] if some is None else some.shape[2] / some.shape[1]
     cell = 1.7
     fig = Figure(figsize=(cell * min(max(aspect, 0.6), 2.0) * len(chosen) + 1.6, cell * len(rows) + 0.9),
                  layout="constrained")
     axes = fig.subplots(len(rows), len(chosen), squeeze=False)
     image = None
     for r, (label, grid) in enumerate(grids.items()):
+        pictures = videos[label]
         for c, f in enumerate(chosen):
             t = None if pictures is None else video_frame_of(f, len(pictures), num_latent)
             outline = None if outlines[label] is None else outlines[label][f]
@@ -161,6 +170,17 @@ def _outline(h: Heatmap) -> np.ndarray | None:
         return None
     video = h.queries[h.layout.video_start : h.layout.video_end]
     return video.reshape(h.frames.shape).numpy()
+
+
+def _videos(video: Any, rows: Mapping[str, Heatmap]) -> dict[str, np.ndarray | None]:
+    """The decoded video of each row: one for all rows, or a mapping with the rows' labels."""
+    if isinstance(video, Mapping):
+        missing = [label for label in rows if label not in video]
+        if missing:
+            raise ConfigError(f"video has no entry for the rows {missing}; give one video, or one per row label")
+        return {label: as_frames(video[label], f"video[{label!r}]") for label in rows}
+    pictures = None if video is None else as_frames(video)
+    return {label: pictures for label in rows}
 
 
 def _units(h: Heatmap) -> str:
