@@ -144,7 +144,7 @@ def test_stg_a_on_batched_cogvideox_uses_identity_attention(cog):
 
 @pytest.fixture(scope="module")
 def hunyuan():
-    from attnsteer.tiny import hunyuan_call_kwargs, test_image, tiny_hunyuan
+    from attnsteer.testing.tiny import hunyuan_call_kwargs, test_image, tiny_hunyuan
 
     pipe = tiny_hunyuan()
 

@@ -55,6 +55,7 @@ __all__ = [
     "kernels",
     "logit_scale",
     "output_scale",
+    "maps",
     "mask",
     "point",
     "progress",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AttnsteerError, ConfigError
+from .heatmaps_cli import add_heatmap_arguments, inspect_options, write_heatmap_figures
 
 def _recipes() -> dict[str, Any]:
     """Every registered recipe by name, built-in and third-party."""
@@ -220,7 +221,8 @@ def _record_run(model, image, args, recipe):
     """Generate once under at.inspect (and the recipe, if any): (frames, record, steering summary)."""
     import attnsteer as at
 
-    with at.inspect(model.pipe) as rec, at.steer(model.pipe, *([recipe] if recipe else [])) as steering:
+    options = inspect_options(args, model)
+    with at.inspect(model.pipe, **options) as rec, at.steer(model.pipe, *([recipe] if recipe else [])) as steering:
         frames = _generate(model, image, args)
     rec.metadata["rules"] = steering.summary()
     return frames, rec
@@ -256,7 +258,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     frames, rec = _record_run(model, image, args, recipe)
     rec.save(args.out / "record.npz")
     save_video(frames, args.out / f"video.{args.format}", fps=args.fps)
-    written = write_record_figures(rec, args.out)
+    written = write_record_figures(rec, args.out) + write_heatmap_figures(rec, frames, args.out, args.format, args.fps)
     if recipe is not None:
         _, vanilla = _record_run(model, image, args, None)
         vanilla.save(args.out / "vanilla_record.npz")
@@ -303,9 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_arguments(p)
     p.set_defaults(func=cmd_run)
 
-    p = add("inspect", help="record frame-level attention; writes record.npz and figures")
+    p = add("inspect", help="record frame-level attention (and spatial heatmaps); writes record.npz and figures")
     _add_model_arguments(p)
     _add_recipe_arguments(p)
+    add_heatmap_arguments(p)
     p.set_defaults(func=cmd_inspect)
 
     p = add("sweep", help="one generation per gamma with the same seed; videos, curves, contact sheet")

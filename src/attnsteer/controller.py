@@ -300,7 +300,7 @@ class Controller:
                 )
             return forward(*args, **kwargs)
         active = self._active_rules(layer, state, attention)
-        recorders = [c for c in self.clients if c.wants_mass] if attention == "self" else []
+        recorders = [c for c in self.clients if c.wants_mass] if attention == "self" else _cross_recorders(self.clients)
         if not active and not recorders:
             return forward(*args, **kwargs)
         seen = []
@@ -309,7 +309,7 @@ class Controller:
 
         def handle(*sdpa_args: Any, **sdpa_kwargs: Any) -> torch.Tensor:
             if attention == "cross":
-                return self._cross_call(layer, state, active, seen, sdpa_args, sdpa_kwargs)
+                return self._cross_call(layer, state, active, seen, sdpa_args, sdpa_kwargs, recorders)
             return self._attention_call(layer, state, active, recorders, seen, sdpa_args, sdpa_kwargs, stage)
 
         with SDPAInterceptor(handle):
@@ -363,7 +363,8 @@ class Controller:
             out, mass = F.scaled_dot_product_attention(*args, **kwargs), None  # e.g. a logit scale of 1 applied
         else:
             try:
-                out, mass = run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders))
+                with_maps = _record_spatial_maps(recorders, plan, q, k, v, state, layer, scale, attn_mask)
+                out, mass = with_maps or run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders))
             except (KernelError, SteeringError) as exc:
                 raise type(exc)(f"{where}: {exc}") from exc
         for client in self.clients:
@@ -375,7 +376,7 @@ class Controller:
 
     def _cross_call(
         self, layer: LayerInfo, state: ForwardState, active: list[tuple[Client, Rule]], seen: list[bool],
-        args: tuple, kwargs: dict,
+        args: tuple, kwargs: dict, recorders: list[Client] = (),
     ) -> torch.Tensor:
         """A cross-attention SDPA call: steered when its keys are the forward's text tokens (image-key
         calls, as in Wan I2V's attn2, pass through); the plan runs on the joint [text, video] layout."""
@@ -396,6 +397,10 @@ class Controller:
             plan = build_plan(tuple((rule, client.selection_context(layout)) for client, rule in active), layout,
                               branches, q.shape[0], q.shape[1])
             out = run_cross_plan(plan, q, k, v, layout, scale, attn_mask)
+            if recorders:
+                from .map_recording import record_cross_maps  # imports record, which imports this module
+
+                record_cross_maps([c.maps for c in recorders], plan, q, k, v, state, layer, scale, attn_mask, layout)
         except (ConfigError, KernelError, SteeringError) as exc:
             raise type(exc)(f"{where}: {exc}") from exc
         for client in self.clients:
@@ -403,6 +408,22 @@ class Controller:
             if mine:
                 client.on_call(state, layer, mine, None)
         return out
+
+
+def _cross_recorders(clients: list[Client]) -> list[Client]:
+    """The clients whose spatial maps read the text cross-attention (``at.maps.onto(..., attention="cross")``)."""
+    return [c for c in clients
+            if getattr(c, "maps", None) is not None and any(s.attention == "cross" for s in c.maps.specs)]
+
+
+def _record_spatial_maps(recorders: list[Client], plan, q, k, v, state, layer, scale, attn_mask):
+    """(output, mass) of a call whose recorders keep spatial maps (``at.inspect(maps=...)``), else None."""
+    spatial = [c.maps for c in recorders if getattr(c, "maps", None) is not None]
+    if not spatial:
+        return None
+    from .map_recording import record_maps  # imports record, which imports this module
+
+    return record_maps(spatial, plan, q, k, v, state, layer, scale, attn_mask)
 
 
 def _why_no_attention(module: torch.nn.Module, attention: str) -> str:

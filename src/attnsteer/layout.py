@@ -133,6 +133,15 @@ class TokenLayout:
         """LongTensor [seq_len]: the group of every token (cached per layout and device)."""
         return _group_ids(self, torch.device(device))
 
+    @classmethod
+    def from_description(cls, d: dict) -> TokenLayout:
+        """The layout back from :meth:`describe` (saved recordings)."""
+        return cls(
+            num_frames=d["num_frames"], tokens_per_frame=d["tokens_per_frame"], video_start=d["video_start"],
+            segments=[Segment(**s) for s in d["segments"]], reference_frames=tuple(d["reference_frames"]),
+            grid=d.get("grid"),
+        )
+
     def describe(self) -> dict:
         """A JSON-friendly summary, for run records and saved recordings."""
         return {

@@ -18,7 +18,7 @@ import torch
 
 from .controller import ForwardState, LayerInfo
 from .errors import ConfigError, RecordingError, SteeringError
-from .layout import Segment, TokenLayout
+from .layout import TokenLayout
 from .recording_io import read_npz
 from .rules import Rule
 from .selectors import GeneratedFrames, Groups, SelectionContext, Selector, _check_selector
@@ -32,6 +32,7 @@ class Record:
 
     wants_mass = True
     rules: tuple[Rule, ...] = ()
+    maps: Any = None  # a MapRecording when at.inspect(maps=...) keeps spatial maps
 
     def __init__(self, heads: bool = False, queries: Selector | None = None) -> None:
         if not isinstance(heads, bool):
@@ -106,18 +107,7 @@ class Record:
         return sorted(keys)
 
     def _layer_names(self, layers: Any) -> set[str]:
-        import re
-
-        items = [layers] if isinstance(layers, (int, str)) else list(layers)
-        names = set()
-        for item in items:
-            if isinstance(item, int) and not isinstance(item, bool):
-                names |= {n for n, i in self.layers.items() if i == item}
-            elif isinstance(item, str):
-                names |= {n for n in self.layers if n == item or re.fullmatch(item, n)}
-            else:
-                raise ConfigError(f"layers must hold layer indices or names/regexes, got {item!r}")
-        return names
+        return layer_names(layers, self.layers)
 
     def group_mass(
         self, steps: Iterable[int] | None = None, layers: Any = None, branch: str | None = None, heads: Any = None
@@ -257,11 +247,7 @@ class Record:
         rec = cls(heads=meta.pop("heads"))
         layout = meta.pop("layout")
         if layout is not None:
-            rec.layout = TokenLayout(
-                num_frames=layout["num_frames"], tokens_per_frame=layout["tokens_per_frame"],
-                video_start=layout["video_start"], segments=[Segment(**s) for s in layout["segments"]],
-                reference_frames=tuple(layout["reference_frames"]), grid=layout.get("grid"),
-            )
+            rec.layout = TokenLayout.from_description(layout)
         query_groups = meta.pop("query_groups", None)
         if query_groups is not None:
             rec.queries = Groups(query_groups)
@@ -299,6 +285,23 @@ class RecordDiff:
 
     def text_mass(self, **selection: Any) -> torch.Tensor:
         return self.a.text_mass(**selection) - self.b.text_mass(**selection)
+
+
+def layer_names(layers: Any, known: dict[str, int]) -> set[str]:
+    """The recorded layer names (of ``known``: name -> layer index) that ``layers`` selects: indices,
+    names or regexes, one or several."""
+    import re
+
+    items = [layers] if isinstance(layers, (int, str)) else list(layers)
+    names = set()
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool):
+            names |= {n for n, i in known.items() if i == item}
+        elif isinstance(item, str):
+            names |= {n for n in known if n == item or re.fullmatch(item, n)}
+        else:
+            raise ConfigError(f"layers must hold layer indices or names/regexes, got {item!r}")
+    return names
 
 
 def _ints(values: Iterable[Any], field: str) -> list[int]:

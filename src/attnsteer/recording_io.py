@@ -20,8 +20,10 @@ MAX_EXPANSION = 200  # uncompressed bytes per byte of file: far above what real 
 MIN_ALLOWANCE = 64 << 20  # small files may always expand to this
 
 
-def read_npz(path: Path) -> tuple[dict[str, Any], np.ndarray]:
-    """(metadata, sums) of a recording file, validated as far as the file alone allows."""
+def read_npz(path: Path, sums_shape: str = "[records, heads, groups, groups]") -> tuple[dict[str, Any], np.ndarray]:
+    """(metadata, sums) of a recording file, validated as far as the file alone allows; ``sums_shape``
+    names the dimensions the sums must have (frame recordings; spatial map recordings have two)."""
+    ndim = sums_shape.count(",") + 1
     if not path.is_file():
         raise RecordingError(f"{path}: no such recording file")
     if not zipfile.is_zipfile(path):
@@ -37,7 +39,7 @@ def read_npz(path: Path) -> tuple[dict[str, Any], np.ndarray]:
                 raise RecordingError(f"{path}: its arrays would expand to {declared} bytes from a "
                                      f"{path.stat().st_size}-byte file; refusing to allocate that")
             meta_text = _read_array(path, archive, "metadata.npy", kind="U", max_dims=0)
-            sums = _read_array(path, archive, "sums.npy", kind="f", max_dims=4)
+            sums = _read_array(path, archive, "sums.npy", kind="f", max_dims=ndim)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise RecordingError(f"{path}: damaged recording file ({exc})") from exc
     try:
@@ -46,8 +48,8 @@ def read_npz(path: Path) -> tuple[dict[str, Any], np.ndarray]:
         raise RecordingError(f"{path}: its metadata is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict):
         raise RecordingError(f"{path}: its metadata must be a JSON object")
-    if sums.ndim != 4:
-        raise RecordingError(f"{path}: sums must be [records, heads, groups, groups], got shape {sums.shape}")
+    if sums.ndim != ndim:
+        raise RecordingError(f"{path}: sums must be {sums_shape}, got shape {sums.shape}")
     if not np.isfinite(sums).all():
         raise RecordingError(f"{path}: sums hold NaN or infinite values")
     return meta, sums

@@ -22,6 +22,7 @@ from .layout import TokenLayout
 from .guidance import PerturbedGuidance
 from .rules import Recipe, Rule, flatten_rules, guidance_of
 from .selectors import SelectionContext
+from .maps import check_maps
 from .words import WordIndex, uses_words
 
 PIPELINE_DENOISERS = ("transformer", "transformer_2", "unet")
@@ -123,7 +124,7 @@ def word_index(target: Any, rules: tuple[Rule, ...], prompt: str | None, tokeniz
     if not wanted:
         return None
     if prompt is None:
-        raise ConfigError(f"rule {wanted[0]!r} selects prompt words: pass prompt=... (and tokenizer=... for a "
+        raise ConfigError(f"{wanted[0]!r} selects prompt words: pass prompt=... (and tokenizer=... for a "
                           "pipeline without one) to at.steer / at.inspect")
     return WordIndex.from_tokenizer(tokenizer if tokenizer is not None else getattr(target, "tokenizer", None), prompt)
 
@@ -209,17 +210,31 @@ def inspect(
     adapter: Adapter | None = None,
     num_steps: int | None = None,
     strict: bool = False,
+    maps: Any = None,
+    map_steps: Any = 5,
+    map_layers: Any = "all",
+    map_max_mb: float = 100.0,
+    prompt: str | None = None,
+    tokenizer: Any = None,
 ) -> Session:
     """Record frame-level attention of ``target`` inside a ``with`` block; yields a :class:`~attnsteer.record.Record`.
 
     ``heads=True`` keeps one map per head; ``queries`` (a selector, default ``at.frames.generated``)
     picks the query frames that ``reference_mass`` averages over. Combines with ``at.steer``. A
     model that ran without any recorded attention call is reported (``strict=True``: raises).
+    ``maps`` (``at.maps.onto(...)``, ``at.maps.region(...)``, ``at.maps.received(...)``) also keeps
+    spatial maps, as ``rec.maps``, binned by ``map_steps`` and ``map_layers`` (see :mod:`attnsteer.maps`)
+    and refused beyond ``map_max_mb``; ``prompt`` (and ``tokenizer``) resolve ``at.words`` in them.
     """
+    from .map_recording import MapRecording
     from .record import Record
 
     record = Record(heads=heads, queries=queries)
     record.metadata["model"] = _describe_target(target)
+    if maps is not None:
+        specs = check_maps(maps)
+        record.maps = MapRecording(specs, map_steps, map_layers, word_index(target, specs, prompt, tokenizer),
+                                   map_max_mb)
     return Session(target, record, adapter=adapter, num_steps=num_steps, strict=strict)
 
 

@@ -11,6 +11,8 @@ O(N * (D + G)). The ``w_c`` are the attention mass per key class, so frame maps 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -31,7 +33,8 @@ def grouped_attention(
     *,
     num_q_groups: int | None = None,
     num_k_groups: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    per_query: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | QueryMass | None]:
     """``softmax(q k^T * scale + bias[q_groups][:, k_groups] + attn_mask) @ v`` and, with
     ``return_mass``, the mass [B, H, Gq, Gk] (float32): per query group, the mean over its queries
     of the total attention weight on each key group.
@@ -40,9 +43,14 @@ def grouped_attention(
     bias [Gq, Gk] | [B, Gq, Gk] | [B, H, Gq, Gk] (``-inf`` allowed); attn_mask boolean (True =
     attend) or additive, broadcastable to [B, H, Nq, Nk]. A query row that the mask alone hides
     from every key gets output 0 (as SDPA gives) and mass 0; a row the bias blocks raises.
+
+    ``per_query=True`` (implies ``return_mass``) returns the mass before it is averaged over query
+    groups, as a :class:`QueryMass`: the weight of every query on each key group and the
+    log-sum-exp of every query's biased logits (spatial heatmaps are built from them).
     """
     b, h, nq, d = _check_qkv(q, k, v)
     nk = k.shape[-2]
+    return_mass = return_mass or per_query
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise KernelError(
             "grouped_attention has no backward (its fused calls' log-sum-exp is not differentiable); steered forwards "
@@ -53,6 +61,8 @@ def grouped_attention(
     gq, gk = _group_counts(q_groups, k_groups, nq, nk, bias, num_q_groups, num_k_groups)
     if b * h * nq == 0:  # nothing to attend: empty outputs of the right shapes
         empty_mass = torch.zeros(b, h, gq, gk, device=q.device) if return_mass else None
+        if return_mass and per_query:
+            empty_mass = QueryMass(torch.zeros(b, h, nq, gk, device=q.device), torch.zeros(b, h, nq, device=q.device))
         return q.new_zeros(b, h, nq, v.shape[-1]), empty_mass
     bias4 = _bias4(bias, b, h, gq, gk)
     scale = d**-0.5 if scale is None else float(scale)
@@ -98,6 +108,8 @@ def grouped_attention(
     if not return_mass:
         return out, None
     total = (running_max + torch.log(running_sum)).masked_fill(blocked, 0.0)  # hidden rows: every weight 0
+    if per_query:
+        return out, _query_mass(class_logits, total, gk)
     return out, _mass(class_logits, total, q_groups, gq, gk)
 
 
@@ -209,3 +221,18 @@ def _mass(class_logits, total: torch.Tensor, q_groups: torch.Tensor, gq: int, gk
         mass[..., group] = torch.zeros(b, h, gq, dtype=torch.float32, device=total.device).index_add_(-1, q_groups, weight)
     counts = torch.bincount(q_groups, minlength=gq).clamp_min(1).float()
     return mass / counts[:, None]
+
+
+class QueryMass(NamedTuple):
+    """The per-query mass of :func:`grouped_attention` (``per_query=True``), float32."""
+
+    weights: torch.Tensor  # [B, H, Nq, Gk]: each query's total attention weight on each key group
+    lse: torch.Tensor  # [B, H, Nq]: log-sum-exp of each query's biased, masked logits (0 for hidden rows)
+
+
+def _query_mass(class_logits, total: torch.Tensor, gk: int) -> QueryMass:
+    """Per query, the weight on each key group (0 on groups without keys)."""
+    weights = torch.zeros(*total.shape, gk, dtype=torch.float32, device=total.device)
+    for (group,), logit in class_logits:
+        weights[..., group] = torch.exp(logit - total)
+    return QueryMass(weights, total)
