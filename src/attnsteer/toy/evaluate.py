@@ -241,32 +241,50 @@ def prompt_following(pipe: Any, count: int, steps: int = 20, guidance_scale: flo
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Compare toy weights: motion, fidelity, prompt following and reference mass against gamma.
+    """Compare toy weights (default: the shipped ones): motion, identity, prompt following and reference
+    mass against gamma.
 
-        python -m attnsteer.toy.evaluate WEIGHTS.safetensors [...] [--device cuda] [--clips 8]
-        python -m attnsteer.toy.evaluate WEIGHTS.safetensors --prompt-following 48   # vanilla only
+        python -m attnsteer.toy.evaluate [WEIGHTS.safetensors ...] [--device cuda] [--clips 8]
+        python -m attnsteer.toy.evaluate [WEIGHTS.safetensors ...] --prompt-following 48   # vanilla only
     """
     import argparse
     from pathlib import Path
 
     import torch
 
+    from .model import WEIGHTS
     from .pipeline import ToyI2VPipeline
     from .train import positive_int
 
+    def weights_file(text: str) -> Path:
+        if not Path(text).is_file():
+            raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+        return Path(text)
+
+    def guidance(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value >= 1 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a finite number >= 1, got {text!r}")
+        return value
+
     parser = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("weights", type=Path, nargs="+")
+    parser.add_argument("weights", type=weights_file, nargs="*", default=[WEIGHTS],
+                        help="toy weights as written by attnsteer.toy.train (default: the shipped weights)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--clips", type=positive_int, default=8)
     parser.add_argument("--steps", type=positive_int, default=20)
-    parser.add_argument("--guidance", type=float, help="guidance scale (default: the pipeline's, 3)")
+    parser.add_argument("--guidance", type=guidance, help="guidance scale (default: the pipeline's, 3; 1: no "
+                                                          "unconditional branch)")
     parser.add_argument("--prompt-following", type=positive_int, metavar="N",
                         help="instead of the sweep: direction accuracy of N vanilla videos")
     args = parser.parse_args(argv)
     clips = evaluation_clips(args.clips, seeds=tuple(range(1000, 1000 + args.clips)))
     for path in args.weights:
         pipe = ToyI2VPipeline.from_weights(path, device=args.device)
-        print(f"## {path}")
+        print(f"## {path.name if path == WEIGHTS else path}")
         if args.prompt_following:
             correct, error = prompt_following(pipe, args.prompt_following, args.steps, args.guidance)
             print(f"direction right in {correct} of {args.prompt_following} (chance {args.prompt_following / 4:g}); "
