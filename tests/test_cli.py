@@ -35,10 +35,13 @@ def test_run_writes_video_and_record(tmp_path, image):
     assert rule["steps"] == [0, 1] and rule["branches"] == ["cond"] and len(rule["layers"]) == 2
 
 
-def test_inspect_writes_record_and_figures(tmp_path):
+def test_inspect_writes_record_and_figures(tmp_path, capsys):
     out = tmp_path / "inspect"
     assert main(["inspect", "--model", "tiny-wan", "--recipe", "dymos", "--gamma", "2", "--stop", "0.5",
                  "--steps", "2", "--out", str(out)]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    report = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"wrote {len(written)} files" in report and all(name in report for name in written)
     rec = at.Record.load(out / "record.npz")
     assert rec.frame_map().shape == (3, 3) and rec.steps == [0, 1]
     for name in ("frame_map", "frame_maps_by_step", "reference_mass_by_step", "reference_mass_by_layer",
@@ -89,6 +92,12 @@ def test_negative_values_after_an_option_parse_as_written():
     (["run", "--image", "no-such.png"], "--image: no such file"),
     (["run", "--dtype", "float64"], "--dtype must be one of"),
     (["run", "--device", "tpu"], "--device must be one of"),
+    (["run", "--image", __file__], "is not an image Pillow can read"),
+    (["sweep", "--stop", "0"], "--stop: expected a fraction of the steps in (0, 1]"),
+    (["sweep", "--gamma", "nan"], "--gamma: expected comma-separated finite numbers"),
+    (["sweep", "--gamma", "-1,x"], "--gamma: expected comma-separated finite numbers"),
+    (["run", "--recipe", "dymos", "--gamma", "inf"], "--recipe dymos --gamma inf: dymos(gamma=...) must be a finite"),
+    (["run", "--recipe", "dymos", "--until-step", "-1"], "--recipe dymos --until-step -1: steps(stop=...) must be an int >= 1"),
 ])
 def test_bad_flags_exit_2_with_one_line_naming_the_flag(tmp_path, capsys, argv, message):
     assert exit_code(argv + ["--out", str(tmp_path / "out")]) == 2

@@ -66,19 +66,42 @@ def test_grid_shares_one_colour_scale(tmp_path):
 def test_contact_sheet(tmp_path):
     video = np.random.default_rng(0).random((9, 16, 24, 3))
     fig = viz.contact_sheet({"vanilla": video, "steered": torch.from_numpy(video[::-1].copy())},
-                            tmp_path / "sheet.png", max_frames=4)
+                            tmp_path / "sheet.png", max_frames=4, title="clip 1, prompt 'right fast'")
     assert_png(tmp_path / "sheet.png", fig)
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == ["t=0", "t=3", "t=5", "t=8"]  # evenly sampled, shown once above the first row
-    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["vanilla", "steered"]
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["t=0", "t=3", "t=5", "t=8"]  # first and last kept
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["vanilla", "steered"]
+    assert ax.get_title() == "clip 1, prompt 'right fast'"
+    mosaic = ax.images[0].get_array()
+    frames = at.videoio.as_frames(video)
+    assert np.array_equal(mosaic[18:34, 26 * 2 : 26 * 2 + 24], frames[::-1][5])  # row 1, third pick: t=5
+    every = viz.contact_sheet({"a": video})
+    assert len(every.axes[0].get_xticks()) == 9  # nine frames: every one shown, none skipped
+
+
+def test_count_axes_have_integer_ticks():
+    fig = viz.plot_reference_mass({"vanilla": ([0, 1, 2, 3], [0.5, 0.4, 0.45, 0.4])}, shade=(0, 1))
+    ticks = fig.axes[0].get_xticks()
+    assert np.array_equal(ticks, np.round(ticks))
+    assert len(fig.axes[0].patches) == 1  # the shaded span
+
+
+def test_cell_values_stay_readable_as_maps_grow():
+    small, large = viz.plot_frame_map(frame_map(4)), viz.plot_frame_map(frame_map(12))
+    assert all(t.get_fontsize() >= viz.CELL_FONT for t in large.axes[0].texts)
+    assert large.get_size_inches()[0] > small.get_size_inches()[0]  # the figure grows instead of the font shrinking
+    assert large.axes[0].get_window_extent().width / 12 >= 0.4 * viz.DPI  # cells of 0.4 inch or more
 
 
 def test_metrics_panels(tmp_path):
     fig = viz.plot_metrics([-1, 0, 1], {"flow": [0.1, 0.5, 0.9], "psnr_first": [30, float("inf"), 25]},
-                           tmp_path / "metrics.png", title="toy")
+                           tmp_path / "metrics.png", title="toy", targets={"flow": 0.5})
     assert_png(tmp_path / "metrics.png", fig)
     assert [ax.get_title() for ax in fig.axes] == ["flow", "psnr_first"]
     assert len(fig.axes[1].get_lines()[0].get_xdata()) == 2  # the inf point is left out
+    assert list(fig.axes[0].get_lines()[1].get_ydata()) == [0.5, 0.5]  # the target line
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["-1", "0", "1"]
+    assert len(viz.plot_metrics([0, 1], {str(i): [0, 1] for i in range(5)}, ncols=3).axes) == 6  # 2 rows, one blank
 
 
 def test_bad_inputs_name_the_argument():
@@ -98,3 +121,28 @@ def test_bad_inputs_name_the_argument():
         viz.contact_sheet({"x": np.zeros((3, 3))})
     with pytest.raises(at.ConfigError, match=r"series\['flow'\] has 2 values for 3 xs"):
         viz.plot_metrics([0, 1, 2], {"flow": [1, 2]})
+
+
+@pytest.mark.parametrize("call, message", [
+    # a recording's (steps, curve) pair where a mapping label -> curve is expected
+    (lambda: viz.plot_reference_mass(([0, 1], [0.5, 0.4])), "curves must be a mapping label -> values"),
+    # one video where a mapping label -> video is expected (was: "truth value ... is ambiguous")
+    (lambda: viz.contact_sheet(np.zeros((3, 8, 8, 3))), "videos must be a mapping label -> video"),
+    (lambda: viz.plot_frame_map_grid([np.eye(3)]), "maps must be a mapping title -> "),
+    (lambda: viz.plot_metrics([0, 1], [[1, 2]]), "series must be a mapping metric name"),
+    # the path given where the second map goes
+    (lambda: viz.plot_frame_map_diff(np.eye(3), "diff.png"), "b is a file path"),
+    (lambda: viz.plot_frame_map(np.eye(3), 3), "path must be a file path"),
+    (lambda: viz.plot_frame_map(np.eye(3), reference_frames="0"), "reference_frames must be a frame index"),
+    (lambda: viz.contact_sheet({"a": np.zeros((3, 8, 8, 3)), "b": np.zeros((3, 6, 8, 3))}), "one frame size"),
+    (lambda: viz.contact_sheet({"a": np.zeros((3, 8, 8, 3))}, max_frames=0), "max_frames must be an int >= 1"),
+    (lambda: viz.plot_metrics([0], {"a": [1]}, targets={"b": 0}), "targets name metrics that are not in series"),
+])
+def test_plausible_misuse_names_the_argument(call, message):
+    with pytest.raises(at.ConfigError, match=message):
+        call()
+
+
+def test_one_reference_frame_may_be_an_int():
+    labels = [t.get_text() for t in viz.plot_frame_map(np.eye(3), reference_frames=-1).axes[0].get_xticklabels()]
+    assert labels == ["0", "1", "2 (ref)"]

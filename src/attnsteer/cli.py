@@ -70,10 +70,18 @@ def _output_folder(text: str) -> Path:
     return path
 
 
-def _existing_file(text: str) -> Path:
+def _image_file(text: str) -> Path:
+    """An argparse type: a file that Pillow can read as an image."""
+    from PIL import Image, UnidentifiedImageError
+
     path = Path(text)
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an image Pillow can read (PNG, JPEG, ...): {exc}") from None
     return path
 
 
@@ -83,7 +91,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "
     parser.add_argument("--model", default=default_model,
                         help="a diffusers pipeline directory or cached hub name, 'toy', or a built-in tiny model: "
                              + ", ".join(sorted(TINY_MODELS)))
-    parser.add_argument("--image", type=_existing_file, help="reference image (PNG/JPEG); default: a built-in test image")
+    parser.add_argument("--image", type=_image_file, help="reference image (PNG/JPEG); default: a built-in test image")
     parser.add_argument("--prompt", default="", help="text prompt")
     parser.add_argument("--out", required=True, type=_output_folder, help="output folder")
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
@@ -137,7 +145,12 @@ def _recipe_from_args(args: argparse.Namespace, **fixed: Any) -> Any:
                               f"{', '.join(sorted(_recipes()))})")
         return None
     spec = _recipes()[args.recipe]
-    return spec(**{**_recipe_arguments(args, spec), **fixed})
+    kwargs = _recipe_arguments(args, spec)
+    try:
+        return spec(**{**kwargs, **fixed})
+    except ConfigError as exc:  # name the flags that made the recipe, not only its internal field
+        flags = " ".join(f"--param {n}={v}" for n, v in kwargs.items())
+        raise ConfigError(f"--recipe {args.recipe} {flags}: {exc}".replace("  ", " ")) from exc
 
 
 def _load(args: argparse.Namespace):
@@ -228,27 +241,34 @@ def _record_run(model, image, args, recipe):
     return frames, rec
 
 
-def write_record_figures(rec, out: Path, label: str = "") -> list[Path]:
-    """The standard figures of one recording: cond frame map, maps by step, reference mass by step and layer."""
+def write_record_figures(rec, out: Path, label: str = "", run_name: str = "vanilla") -> list[Path]:
+    """The standard figures of one recording: frame map, maps by step, reference mass by step and by layer;
+    titles name the branch, steps and layers each covers, legends the run (``run_name``)."""
     from . import viz
+    from .sweep import branch_of
 
     ref = rec.layout.reference_frames
     prefix = f"{label}_" if label else ""
-    branch = "cond" if "cond" in rec.branches else None
+    branch = branch_of(rec)
+    scope = f"{branch or 'all'} branch"
+    steps, layers = f"{len(rec.steps)} steps", f"{len(rec.layers)} layers"
     paths = [out / f"{prefix}frame_map.png", out / f"{prefix}frame_maps_by_step.png",
              out / f"{prefix}reference_mass_by_step.png", out / f"{prefix}reference_mass_by_layer.png"]
     viz.plot_frame_map(rec.frame_map(branch=branch), paths[0], reference_frames=ref,
-                       title=f"{label or 'frame map'} ({branch or 'all'} branch, all steps)")
+                       title=f"{run_name}: {scope}, all {steps}, all {layers}")
     viz.plot_frame_map_grid({f"step {s}": rec.frame_map(steps=[s], branch=branch) for s in rec.steps}, paths[1],
-                            reference_frames=ref, title=f"frame maps by step ({branch or 'all'} branch)")
-    viz.plot_reference_mass({label or "run": rec.reference_mass(by="step", branch=branch)}, paths[2])
-    viz.plot_reference_mass({label or "run": rec.reference_mass(by="layer", branch=branch)}, paths[3],
-                            xlabel="self-attention layer")
+                            reference_frames=ref, title=f"{run_name}, frame maps by step: {scope}, all {layers}")
+    viz.plot_reference_mass({run_name: rec.reference_mass(by="step", branch=branch)}, paths[2],
+                            title=f"generated frames -> reference: {scope}, all {layers}")
+    viz.plot_reference_mass({run_name: rec.reference_mass(by="layer", branch=branch)}, paths[3],
+                            xlabel="self-attention layer (index)", title=f"generated frames -> reference: {scope}, "
+                                                                          f"all {steps}")
     return paths
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from . import viz
+    from .sweep import branch_of
     from .videoio import save_video
 
     recipe = _recipe_from_args(args)
@@ -256,41 +276,78 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     image = _image(args)
     args.out.mkdir(parents=True, exist_ok=True)
     frames, rec = _record_run(model, image, args, recipe)
-    rec.save(args.out / "record.npz")
-    save_video(frames, args.out / f"video.{args.format}", fps=args.fps)
-    written = write_record_figures(rec, args.out) + write_heatmap_figures(rec, frames, args.out, args.format, args.fps)
+    name = repr(recipe) if recipe else "vanilla"
+    written = [rec.save(args.out / "record.npz"),
+               save_video(frames, args.out / f"video.{args.format}", fps=args.fps),
+               *write_record_figures(rec, args.out, run_name=name),
+               *write_heatmap_figures(rec, frames, args.out, args.format, args.fps)]
     if recipe is not None:
         _, vanilla = _record_run(model, image, args, None)
         vanilla.save(args.out / "vanilla_record.npz")
-        branch = "cond" if "cond" in rec.branches else None
+        branch = branch_of(rec)
         viz.plot_frame_map_diff(rec.frame_map(branch=branch), vanilla.frame_map(branch=branch),
-                                args.out / "diff_vs_vanilla.png", labels=(repr(recipe), "vanilla"),
-                                title=f"{recipe!r} minus vanilla ({branch or 'all'} branch)")
-        written.append(args.out / "diff_vs_vanilla.png")
-    print(f"wrote {args.out / 'record.npz'} and {len(written)} figures to {args.out}")
+                                args.out / "diff_vs_vanilla.png",
+                                title=f"{name} minus vanilla: {branch or 'all'} branch, all {len(rec.steps)} steps, "
+                                      f"all {len(rec.layers)} layers")
+        written += [args.out / "vanilla_record.npz", args.out / "diff_vs_vanilla.png"]
+    print(f"wrote {len(written)} files to {args.out}: {', '.join(p.name for p in written)}")
     return 0
 
 
-def _floats(text: str) -> list[float]:
+def _finite(text: str) -> float:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like -2,-1,0,0.6,1; got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _floats(text: str) -> list[float]:
+    """An argparse type: comma-separated finite numbers, at least one."""
+    try:
+        values = [_finite(x) for x in text.split(",") if x.strip()]
+    except argparse.ArgumentTypeError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers like -2,-1,0,0.6,1; got {text!r}")
+    return values
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    value = _finite(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction of the steps in (0, 1], got {text!r}")
+    return value
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import run_sweep
+    import numpy as np
+
+    from .sweep import steer_sweep, write_sweep
 
     model = _load(args)
     model.show_progress(False)
-    run_sweep(model, _image(args), args, args.gamma)
+    image = _image(args)
+    results = steer_sweep(model.pipe, lambda: [_generate(model, image, args)], args.gamma, stop=args.stop)
+    reference = np.asarray(image.convert("RGB")) if image is not None else None
+    rows = write_sweep(results, args.out, reference=reference, video_format=args.format, fps=args.fps,
+                       stop=args.stop, model=args.model)
+    from .metrics import format_table
+
+    print(format_table(rows))
+    print(f"wrote a video and a recording per gamma, reference_mass_by_step.png, contact_sheet.png and "
+          f"metrics.txt to {args.out}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args)
+    run_demo(args.out, quick=args.quick)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sweep", help="one generation per gamma with the same seed; videos, curves, contact sheet")
     _add_model_arguments(p)
     p.add_argument("--gamma", type=_floats, default=[-2.0, -1.0, 0.0, 0.6, 1.0], help="comma-separated gammas")
-    p.add_argument("--stop", type=float, default=0.2, help="fraction of steps modulated")
+    p.add_argument("--stop", type=_fraction, default=0.2, help="fraction of the steps DyMoS modulates, in (0, 1]")
     p.set_defaults(func=cmd_sweep)
 
     p = add("recipes", help="list recipes (built-in and third-party) and their parameters")
@@ -326,20 +383,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", help="DyMoS on the shipped toy model: videos, maps, motion against gamma")
     p.add_argument("--out", type=_output_folder, default=Path("attnsteer-demo"), help="output folder")
-    p.add_argument("--quick", action="store_true", help="fewer seeds and steps (for smoke tests)")
+    p.add_argument("--quick", action="store_true", help="2 clips and 8 steps instead of 8 and 20 (a smoke test)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
-NUMBER_LIST = re.compile(r"^-\d*\.?\d+(e-?\d+)?(,-?\d*\.?\d+(e-?\d+)?)*$")
+NEGATIVE_VALUE = re.compile(r"^-[\d.]")  # "-2", "-2,-1,0", "-1e-3", "-.5", also mistyped "-1,x"
 
 
 def join_negative_values(argv: Sequence[str]) -> list[str]:
     """``--gamma -2,-1,0`` as ``--gamma=-2,-1,0``: argparse reads a value that starts with '-' and is
-    not a single number as an option, so documented commands with negative lists would fail."""
+    not a single number as an option, so documented commands with negative lists would fail (and a
+    mistyped list would get "expected one argument" instead of the value's own error)."""
     out: list[str] = []
     for token in argv:
-        if out and out[-1].startswith("--") and "=" not in out[-1] and NUMBER_LIST.match(token):
+        if out and out[-1].startswith("--") and "=" not in out[-1] and NEGATIVE_VALUE.match(token):
             out[-1] = f"{out[-1]}={token}"
         else:
             out.append(token)

@@ -1,18 +1,33 @@
-"""A gamma sweep: one generation per DyMoS gamma with the same seed, recorded and compared."""
+"""A gamma sweep: the same generation once per DyMoS gamma, recorded, for ``attnsteer sweep`` and the demo.
+
+:func:`steer_sweep` is the one runner both use; :func:`write_sweep` writes what ``attnsteer sweep``
+promises (a video and a recording per gamma, reference-mass curves, a contact sheet, a metrics table).
+"""
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 from tqdm.auto import tqdm
 
 import attnsteer as at
 
 from . import metrics, viz
+from .errors import ConfigError
 from .videoio import save_video
+
+
+@attrs.frozen
+class SweepResult:
+    """What one gamma produced: the videos of one ``generate()`` call and their recording (all pooled)."""
+
+    gamma: float
+    videos: list[np.ndarray]
+    record: Any  # at.Record
 
 
 def gamma_label(gamma: float) -> str:
@@ -20,25 +35,62 @@ def gamma_label(gamma: float) -> str:
     return f"gamma_{gamma:g}"
 
 
-def run_sweep(model: Any, image: Any, args: argparse.Namespace, gammas: list[float]) -> list[dict[str, Any]]:
-    """Generate, record and measure one video per gamma; write videos, records, figures and a table to ``args.out``."""
-    out: Path = args.out
+def steer_sweep(
+    pipe: Any, generate: Callable[[], Sequence[np.ndarray]], gammas: Sequence[float], *, stop: float,
+    desc: str = "gamma sweep",
+) -> dict[float, SweepResult]:
+    """Run ``generate()`` (which calls ``pipe`` and returns its videos) once per gamma under
+    ``at.recipes.dymos(gamma, stop)`` and ``at.inspect``; the same seeds inside ``generate`` make the
+    gammas comparable."""
+    if not gammas:
+        raise ConfigError("gammas must hold at least one value")
+    results = {}
+    for gamma in tqdm(gammas, desc=desc, unit="gamma"):
+        with at.inspect(pipe) as rec, at.steer(pipe, at.recipes.dymos(gamma=gamma, stop=stop)):
+            videos = list(generate())
+        results[gamma] = SweepResult(gamma, videos, rec)
+    return results
+
+
+def branch_of(record: Any) -> str | None:
+    """The branch figures show: the conditional one where the model has it, else all calls."""
+    return "cond" if "cond" in record.branches else None
+
+
+def _difference(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute pixel difference of two videos, on a 0..1 scale."""
+    from .videoio import as_frames
+
+    return float(np.abs(as_frames(a).astype(np.float32) - as_frames(b).astype(np.float32)).mean() / 255)
+
+
+def write_sweep(
+    results: dict[float, SweepResult], out: Path, *, reference: Any = None, video_format: str = "mp4",
+    fps: int = 8, stop: float = 0.2, model: str = "",
+) -> list[dict[str, Any]]:
+    """``out``/gamma_G.{mp4,gif} and gamma_G.npz per gamma, reference_mass_by_step.png,
+    contact_sheet.png and metrics.txt (fidelity against ``reference``, an image, when given);
+    returns the metric rows."""
     out.mkdir(parents=True, exist_ok=True)
-    videos, curves, rows = {}, {}, []
-    reference = np.asarray(image.convert("RGB")) if image is not None else None
-    for gamma in tqdm(gammas, desc="gamma sweep", unit="video"):
-        label = gamma_label(gamma)
-        with at.inspect(model.pipe) as rec, at.steer(model.pipe, at.recipes.dymos(gamma=gamma, stop=args.stop)):
-            frames = model(image, args.prompt, seed=args.seed, num_inference_steps=args.steps,
-                           num_frames=args.frames, guidance_scale=args.guidance)
-        save_video(frames, out / f"{label}.{args.format}", fps=args.fps)
-        rec.save(out / f"{label}.npz")
-        videos[f"γ={gamma:g}"] = frames
-        curves[f"γ={gamma:g}"] = rec.reference_mass(by="step", branch="cond" if "cond" in rec.branches else None)
-        rows.append({"gamma": gamma, **metrics.evaluate(frames, reference)})
-    viz.plot_reference_mass(curves, out / "reference_mass_by_step.png", title="mass of generated frames on the reference frame")
-    viz.contact_sheet(videos, out / "contact_sheet.png")
+    rows = []
+    for gamma, result in results.items():
+        (video,) = result.videos
+        save_video(video, out / f"{gamma_label(gamma)}.{video_format}", fps=fps)
+        result.record.save(out / f"{gamma_label(gamma)}.npz")
+        rows.append({"gamma": gamma, **metrics.evaluate(video, reference)})
+    base = results.get(0.0, next(iter(results.values())))
+    branch, steps = branch_of(base.record), len(base.record.steps)
+    steered = [s for s in range(steps) if s / steps < stop]
+    curves = {f"{g:g}": r.record.reference_mass(by="step", branch=branch) for g, r in results.items()}
+    viz.plot_reference_mass(curves, out / "reference_mass_by_step.png", legend_title="DyMoS gamma",
+                            shade=(steered[0], steered[-1]) if steered else None,
+                            title=f"{model}: generated frames -> reference frame, {branch or 'all'} branch, all "
+                                  f"{len(base.record.layers)} layers; shaded: DyMoS steps (first {stop:.0%} of "
+                                  f"{steps})".strip())
+    viz.contact_sheet({f"γ={g:g}\n|Δ| {_difference(r.videos[0], base.videos[0]):.2g}": r.videos[0]
+                       for g, r in results.items()}, out / "contact_sheet.png",
+                      title=f"{model} videos by DyMoS gamma, same seed; |Δ|: mean absolute pixel difference "
+                            f"(0-1) to γ={base.gamma:g}".strip())
     table = metrics.format_table(rows)
     (out / "metrics.txt").write_text(table + "\n")
-    print(table)
     return rows

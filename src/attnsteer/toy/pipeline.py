@@ -7,6 +7,7 @@ recipe work on it unchanged. ``image=None`` runs the same weights as text-to-vid
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,12 @@ class ToyI2VPipeline(DiffusionPipeline):
     def current_timestep(self) -> Any:
         return self._current_timestep
 
+    @property
+    def interrupt(self) -> bool:
+        return getattr(self, "_interrupt", False)
+
     def _reference(self, image: Any) -> torch.Tensor | None:
+        """Reference latents [1, 48, h, w] of one image (None for text-to-video)."""
         if image is None:
             return None
         if isinstance(image, Image.Image):
@@ -78,48 +84,76 @@ class ToyI2VPipeline(DiffusionPipeline):
     def __call__(
         self,
         image: Any = None,
-        prompt: str = "right fast",
+        prompt: str | list[str] = "right fast",
         num_frames: int = FRAMES,
         num_inference_steps: int = 20,
         guidance_scale: float = 3.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "np",
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
         **_ignored: Any,
     ) -> ToyPipelineOutput:
+        """One video per prompt. A list of prompts is one batch (as in diffusers): ``image`` and
+        ``generator`` are then lists of the same length (or one image for all), and each video
+        starts from its own generator's noise, so it equals the video of a call with that clip alone
+        (to float rounding). ``callback_on_step_end(pipe, step, timestep, {"latents": ...})`` runs
+        after each step, as in diffusers; setting ``pipe._interrupt`` there skips the remaining steps."""
         if num_frames != FRAMES:
             raise ConfigError(f"num_frames must be {FRAMES} for the toy model, got {num_frames}")
         if output_type not in ("np", "latent"):
             raise ConfigError(f"output_type must be 'np' or 'latent', got {output_type!r}")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        images = _per_video(image, len(prompts), "image", single=lambda x: x is None or not isinstance(x, list))
+        generators = _per_video(generator, len(prompts), "generator", single=lambda x: not isinstance(x, list))
         self._guidance_scale = guidance_scale
-        reference = self._reference(image)
         device = self.transformer.device
         shape = (1, self.transformer.config.out_channels, FRAMES, SIZE // 4, SIZE // 4)
-        latents = torch.randn(shape, generator=generator).to(device)  # drawn on the CPU: same noise on any device
-        reference = None if reference is None else reference.to(device)
+        # drawn on the CPU, one clip at a time: the same noise on any device and in any batch
+        latents = torch.cat([torch.randn(shape, generator=g) for g in generators]).to(device)
+        references = [self._reference(im) for im in images]
+        has_image = [r is not None for r in references]
+        if any(has_image) and not all(has_image):
+            raise ConfigError("image must be given for every video of a batch or for none")
+        reference = torch.cat(references).to(device) if all(has_image) else None
         cond_channels = condition(reference, latents, has_frame_ramp(self.transformer))
-        text = self.prompts([prompt])
-        null = self.prompts([None])
+        text = self.prompts(prompts)
+        null = self.prompts([None] * len(prompts))
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         self._num_timesteps = len(self.scheduler.timesteps)
+        self._interrupt = False
         with self.progress_bar(total=num_inference_steps) as bar:
-            for t in self.scheduler.timesteps:
+            for i, t in enumerate(self.scheduler.timesteps):
+                if self._interrupt:
+                    continue
                 self._current_timestep = t
                 if self.clean_reference and reference is not None:
                     latents[:, :, 0] = reference
                 inputs = torch.cat([latents, cond_channels], dim=1)
+                timestep = t.expand(len(prompts))
                 with self.transformer.cache_context("cond"):
-                    velocity = self.transformer(hidden_states=inputs, timestep=t.expand(1),
+                    velocity = self.transformer(hidden_states=inputs, timestep=timestep,
                                                 encoder_hidden_states=text, return_dict=False)[0]
                 if self.do_classifier_free_guidance:
                     with self.transformer.cache_context("uncond"):
-                        unconditional = self.transformer(hidden_states=inputs, timestep=t.expand(1),
+                        unconditional = self.transformer(hidden_states=inputs, timestep=timestep,
                                                          encoder_hidden_states=null, return_dict=False)[0]
                     velocity = unconditional + guidance_scale * (velocity - unconditional)
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    latents = callback_on_step_end(self, i, t, {"latents": latents}).get("latents", latents)
                 bar.update()
         self._current_timestep = None
         if self.clean_reference and reference is not None:
             latents[:, :, 0] = reference
         if output_type == "latent":
-            return ToyPipelineOutput(frames=[latents[0].cpu().numpy()])
-        return ToyPipelineOutput(frames=[from_latents(latents)[0].cpu().numpy()])
+            return ToyPipelineOutput(frames=list(latents.cpu().numpy()))
+        return ToyPipelineOutput(frames=list(from_latents(latents).cpu().numpy()))
+
+
+def _per_video(value: Any, count: int, name: str, single: Any) -> list[Any]:
+    """``value`` once per video of a batch: a single value repeated, or a list of exactly ``count``."""
+    if single(value):
+        return [value] * count
+    if len(value) != count:
+        raise ConfigError(f"{name} must be one value or a list of {count} (one per prompt), got {len(value)}")
+    return list(value)
