@@ -96,7 +96,7 @@ def test_negative_values_after_an_option_parse_as_written():
     (["sweep", "--stop", "0"], "--stop: expected a fraction of the steps in (0, 1]"),
     (["sweep", "--gamma", "nan"], "--gamma: expected comma-separated finite numbers"),
     (["sweep", "--gamma", "-1,x"], "--gamma: expected comma-separated finite numbers"),
-    (["run", "--recipe", "dymos", "--gamma", "inf"], "--recipe dymos --gamma inf: dymos(gamma=...) must be a finite"),
+    (["run", "--recipe", "dymos", "--gamma", "inf"], "--recipe dymos --gamma inf: dymos(gamma=...) must be finite"),
     (["run", "--recipe", "dymos", "--until-step", "-1"], "--recipe dymos --until-step -1: steps(stop=...) must be an int >= 1"),
 ])
 def test_bad_flags_exit_2_with_one_line_naming_the_flag(tmp_path, capsys, argv, message):

@@ -149,7 +149,8 @@ def _recipe_from_args(args: argparse.Namespace, **fixed: Any) -> Any:
     try:
         return spec(**{**kwargs, **fixed})
     except ConfigError as exc:  # name the flags that made the recipe, not only its internal field
-        flags = " ".join(f"--param {n}={v}" for n, v in kwargs.items())
+        flags = " ".join(f"--{n.replace('_', '-')} {v}" if getattr(args, n, None) is not None else f"--param {n}={v}"
+                         for n, v in kwargs.items())
         raise ConfigError(f"--recipe {args.recipe} {flags}: {exc}".replace("  ", " ")) from exc
 
 
