@@ -23,6 +23,15 @@ def _recipes() -> dict[str, Any]:
     return available_recipes()
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default only where it has one (not None, False or an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, []) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _shortcut_parameters() -> dict[str, Any]:
     """The built-in recipes' parameters by name; each has its own option (``--gamma``), shared by the
     recipes that have it. Every recipe's parameters, third-party ones too, are given as ``--param``."""
@@ -111,13 +120,17 @@ def _add_recipe_arguments(parser: argparse.ArgumentParser, required: bool = Fals
                         help="recipe to apply (`attnsteer recipes` lists them)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a parameter of the recipe, repeatable (any recipe, third-party ones too)")
+    group = parser.add_argument_group("recipe parameters", "options for the built-in recipes' parameters, with the recipes "
+                                      "that take them (--param KEY=VALUE works for every recipe)")
     for name, p in _shortcut_parameters().items():
         flag = "--" + name.replace("_", "-")
+        users = ", ".join(spec.name for spec in _recipes().values()
+                          if spec.source == "built-in" and any(q.name == name for q in spec.parameters))
         if p.kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"recipe parameter {name}")
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=users)
         else:
-            default = "required" if p.required else f"recipe default: {p.default!r}"
-            parser.add_argument(flag, type=p.kind, default=None, help=f"recipe parameter {name} ({default})")
+            default = "required" if p.required else f"default {p.default!r}"
+            group.add_argument(flag, type=p.kind, default=None, help=f"{users} ({default})")
 
 
 def _recipe_arguments(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
@@ -353,10 +366,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnsteer", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=_DefaultsHelp)
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    add = functools.partial(sub.add_parser, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = functools.partial(sub.add_parser, formatter_class=_DefaultsHelp)
 
     p = add("run", help="generate one video with a recipe applied; writes the video and run.json")
     _add_model_arguments(p)
