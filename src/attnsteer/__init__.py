@@ -5,7 +5,7 @@ apply them to an unmodified model with :func:`steer`, and record frame-level att
 :func:`inspect`.
 """
 
-from . import kernels, readouts
+from . import kernels, maps, readouts
 from .errors import (AttnsteerError, AttnsteerWarning, ConfigError, KernelError, RecordingError, SteeringError,
                      UnsupportedModelError)
 from .geometry import box, mask, point, trajectory
@@ -19,6 +19,7 @@ from .rules import Recipe, Rule
 from .schedules import always, progress, steps, timesteps
 from .selectors import frames, text, tokens, video
 from .record import Record
+from .recipe_registry import recipe
 from .session import inspect, steer
 from .transforms import (bias, block, fill, identity, logit_scale, proportional, query_bias, scale, scale_if_positive,
                          score_mod, temperature)
@@ -63,6 +64,7 @@ __all__ = [
     "proportional",
     "query_bias",
     "readouts",
+    "recipe",
     "same_location",
     "same_region",
     "scale",

@@ -130,6 +130,7 @@ def plot_heatmap_grid(
     cell = 1.7
     fig = Figure(figsize=(cell * min(max(aspect, 0.6), 2.0) * len(chosen) + 1.6, cell * len(rows) + 0.9),
                  layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.1)  # room for the row labels at the left edge
     axes = fig.subplots(len(rows), len(chosen), squeeze=False)
     image = None
     for r, (label, grid) in enumerate(grids.items()):
