@@ -128,3 +128,17 @@ def test_cli_lists_and_runs_the_example(example, tmp_path):
     assert record["recipe"] == "hold_still(strength=2.0, until_step=1)"
     (rule,) = record["applied"]["rules"]
     assert rule["steps"] == [0] and rule["branches"] == ["cond"] and len(rule["layers"]) == 2
+
+
+def test_docs_extending_lists_the_example_files_as_they_are():
+    """docs/extending.md walks through the example package; each file it shows is the file itself."""
+    import re
+
+    root = EXAMPLE.parent.parent
+    text = (root / "docs" / "extending.md").read_text()
+    shown = re.findall(r"<!-- not-run: the file (\S+) -->\n```\w*\n(.*?)```", text, re.S)
+    assert {path for path, _ in shown} == {"tests/example_plugin/attnsteer_example/adapter.py",
+                                          "tests/example_plugin/attnsteer_example/recipes.py",
+                                          "tests/example_plugin/pyproject.toml"}
+    for path, body in shown:
+        assert body == (root / path).read_text(), f"docs/extending.md shows an outdated {path}"
