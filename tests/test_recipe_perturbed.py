@@ -120,7 +120,8 @@ def test_pag_on_wan_matches_the_authors_combination(wan):
         got = run()
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
     assert not np.allclose(got, vanilla, atol=1e-4)  # the guidance changes the video
-    assert hook_state(pipe.transformer) == before
+    after = hook_state(pipe.transformer)  # the root gains diffusers' own cache-context registry in a run
+    assert after[1:] == before[1:] and after[0][2:] == before[0][2:]
     with at.steer(pipe, recipes.pag(scale=0.0, layers="1")):
         np.testing.assert_array_equal(run(), vanilla)  # scale 0: no perturbed forward at all
 
@@ -188,3 +189,29 @@ def test_bad_parameters_are_refused(wan):
     with pytest.raises(at.SteeringError, match=r"skip_blocks \[9\] out of range"):
         with at.steer(pipe, recipes.stg(mode="R", layers="9")):
             pass
+
+
+def test_ltx_guidance_rescale_is_refused_not_approximated():
+    """LTX rescales the guided prediction by the std of the conditional one, which the shift has changed."""
+    from attnsteer.testing.tiny import build_tiny, test_image
+
+    pipe, call_kwargs = build_tiny("tiny-ltx")
+    kwargs = call_kwargs(output_type="latent", num_inference_steps=2, guidance_rescale=0.7)
+    before = hook_state(pipe.transformer)
+    with pytest.raises(at.SteeringError, match=r"guidance_rescale=0.7.*guidance_rescale=0"):
+        with at.steer(pipe, recipes.stg(mode="A", layers="0", family="ltx")):
+            pipe(image=test_image(32), generator=torch.Generator().manual_seed(0), **kwargs)
+    after = hook_state(pipe.transformer)  # the root gains diffusers' own cache-context registry in a run
+    assert after[1:] == before[1:] and after[0][2:] == before[0][2:]
+
+
+def test_adaptive_scale_needs_a_timestep():
+    from attnsteer.guidance import PerturbedGuidance
+    from attnsteer.schedules import StepInfo
+
+    guidance = PerturbedGuidance(scale=2.0, adaptive_scale=0.01)
+    assert guidance.scale_at(StepInfo(step=0, num_steps=2, timestep=900.0)) == pytest.approx(1.0)
+    with pytest.raises(at.SteeringError, match=r"adaptive_scale=0.01.*has none"):
+        guidance.scale_at(StepInfo(step=0, num_steps=2, timestep=None))
+    with pytest.raises(at.ConfigError, match=r"adaptive_scale=\.\.\.\) must be >= 0"):
+        PerturbedGuidance(scale=2.0, adaptive_scale=-1)

@@ -183,6 +183,14 @@ class Controller:
         strength = guidance.scale_at(state.step)
         if strength == 0:
             return output
+        rescale = getattr(self.steps.pipeline, "_guidance_rescale", 0.0) or 0.0
+        if rescale > 0:
+            raise SteeringError(
+                f"perturbed guidance on {type(self.model).__name__} with guidance_rescale={rescale}: the pipeline "
+                "rescales by the standard deviation of the conditional prediction, which attnsteer has shifted by "
+                "s (cond - perturbed), so the result would not be the published formula; call the pipeline with "
+                "guidance_rescale=0"
+            )
         prediction = first_tensor(output)
         if "cond" in state.branches:
             self.state, self.perturbing = attrs.evolve(state, branches=("perturbed",) * len(state.branches)), guidance
@@ -194,6 +202,7 @@ class Controller:
             perturbed = None
         shift = self.guidance_shift.shift(state, prediction, perturbed)
         return replace_first_tensor(output, prediction + strength * shift)
+
     def _uninstall(self) -> None:
         errors = []
         for item in reversed(self._installed):

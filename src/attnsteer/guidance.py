@@ -30,12 +30,15 @@ from .schedules import Schedule, StepInfo, always
 from .validation import integer, real_number
 
 
+def _non_negative(value: object, field: str) -> float:
+    number = real_number(value, field)
+    if number < 0:
+        raise ConfigError(f"{field} must be >= 0, got {value!r}")
+    return number
+
 
 def _scale(value: object) -> float:
-    number = real_number(value, "PerturbedGuidance(scale=...)")
-    if number < 0:
-        raise ConfigError(f"PerturbedGuidance(scale=...) must be >= 0, got {value!r}")
-    return number
+    return _non_negative(value, "PerturbedGuidance(scale=...)")
 
 
 def _blocks(value: object) -> tuple[int, ...]:
@@ -50,14 +53,18 @@ class PerturbedGuidance:
 
     scale: float = attrs.field(converter=_scale)
     when: Schedule = attrs.field(default=always, validator=attrs.validators.instance_of(Schedule))
-    adaptive_scale: float = attrs.field(default=0.0, converter=lambda v: real_number(v, "adaptive_scale"))
+    adaptive_scale: float = attrs.field(default=0.0, converter=lambda v: _non_negative(v, "PerturbedGuidance(adaptive_scale=...)"))
     skip_blocks: tuple[int, ...] = attrs.field(default=(), converter=_blocks)
 
     def scale_at(self, info: StepInfo) -> float:
         """``s`` for this forward (0 when the schedule is off)."""
         if not self.when.active(info):
             return 0.0
-        if self.adaptive_scale and info.timestep is not None:
+        if self.adaptive_scale:
+            if info.timestep is None:
+                raise SteeringError(f"PerturbedGuidance(adaptive_scale={self.adaptive_scale}) decays with the timestep, "
+                                    "but this forward has none (pass the timestep to the transformer, or set "
+                                    "adaptive_scale=0)")
             return max(self.scale - self.adaptive_scale * (1000.0 - info.timestep), 0.0)
         return self.scale
 
