@@ -127,6 +127,14 @@ def mochi(pipe, kwargs) -> Geometry:
     return Geometry(frames, side * side, text=kwargs["prompt_embeds"].shape[1])
 
 
+def allegro(pipe, kwargs) -> Geometry:
+    """Video tokens only (text in cross-attention): odd frame counts keep the first frame, patch 2 per frame."""
+    n, t = kwargs["num_frames"], pipe.vae_scale_factor_temporal
+    frames = math.ceil(n / t) if n % 2 == 0 else math.ceil((n - 1) / t) + 1
+    side = kwargs["height"] // pipe.vae_scale_factor_spatial // pipe.transformer.config.patch_size
+    return Geometry(frames, side * side)
+
+
 def all_text_valid(length: int = 8) -> dict:
     """Prompt masks with every text token valid (padded ones, which Mochi drops per row: test_adapter_mochi)."""
     return {f"{p}prompt_attention_mask": torch.ones(1, length, dtype=torch.long) for p in ("", "negative_")}
@@ -152,6 +160,7 @@ CASES = {
     # SVD's Karras schedule from sigma 700 magnifies float32 rounding of the attention: 1.2e-4 seen on 1024 latents
     "tiny-svd": Case(svd, "batched", image_size=32, denoisers=("unet",), atol=3e-4),
     "tiny-mochi": Case(mochi, "batched-rows", image_size=None, extra=all_text_valid),
+    "tiny-allegro": Case(allegro, "batched", image_size=None),
 }
 
 

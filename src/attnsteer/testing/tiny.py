@@ -444,6 +444,7 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-hunyuan15": (tiny_hunyuan15, hunyuan15_call_kwargs),
     "tiny-svd": (tiny_svd, svd_call_kwargs),
     "tiny-mochi": (_a.tiny_mochi, _a.mochi_call_kwargs),
+    "tiny-allegro": (_a.tiny_allegro, _a.allegro_call_kwargs),
 }
 
 
