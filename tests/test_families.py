@@ -27,6 +27,7 @@ import torch
 import attnsteer as at
 from attnsteer.plugins.manager import find_adapter, registered_adapters
 from attnsteer.testing.tiny import TINY_MODELS, build_tiny, test_image
+from attnsteer.testing.tiny_families_a import easyanimate_image_to_video
 from dense_reference import DenseAttention, frame_bias, hook_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -135,6 +136,13 @@ def allegro(pipe, kwargs) -> Geometry:
     return Geometry(frames, side * side)
 
 
+def easyanimate(pipe, kwargs) -> Geometry:
+    """Text first (no mask: every position a key), then video tokens, patch 2 per latent frame."""
+    frames = (kwargs["num_frames"] - 1) // pipe.vae_temporal_compression_ratio + 1
+    side = kwargs["height"] // pipe.vae_spatial_compression_ratio // pipe.transformer.config.patch_size
+    return Geometry(frames, side * side, text=kwargs["prompt_embeds"].shape[1], text_first=True)
+
+
 def all_text_valid(length: int = 8) -> dict:
     """Prompt masks with every text token valid (padded ones, which Mochi drops per row: test_adapter_mochi)."""
     return {f"{p}prompt_attention_mask": torch.ones(1, length, dtype=torch.long) for p in ("", "negative_")}
@@ -161,6 +169,8 @@ CASES = {
     "tiny-svd": Case(svd, "batched", image_size=32, denoisers=("unet",), atol=3e-4),
     "tiny-mochi": Case(mochi, "batched-rows", image_size=None, extra=all_text_valid),
     "tiny-allegro": Case(allegro, "batched", image_size=None),
+    "tiny-easyanimate": Case(easyanimate, "batched", image_size=None),
+    "tiny-easyanimate-inpaint": Case(easyanimate, "batched", image_size=None, extra=easyanimate_image_to_video),
 }
 
 

@@ -445,6 +445,8 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-svd": (tiny_svd, svd_call_kwargs),
     "tiny-mochi": (_a.tiny_mochi, _a.mochi_call_kwargs),
     "tiny-allegro": (_a.tiny_allegro, _a.allegro_call_kwargs),
+    "tiny-easyanimate": (_a.tiny_easyanimate, _a.easyanimate_call_kwargs),
+    "tiny-easyanimate-inpaint": (_a.tiny_easyanimate_inpaint, _a.easyanimate_call_kwargs),
 }
 
 

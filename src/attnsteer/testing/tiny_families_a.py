@@ -86,3 +86,72 @@ def allegro_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **over
     )
     kwargs.update(overrides)
     return kwargs
+
+
+def _magvit_vae() -> Any:
+    from diffusers import AutoencoderKLMagvit
+
+    return AutoencoderKLMagvit(
+        in_channels=3, out_channels=3,
+        down_block_types=("SpatialDownBlock3D",) + ("SpatialTemporalDownBlock3D",) * 3,
+        up_block_types=("SpatialUpBlock3D",) + ("SpatialTemporalUpBlock3D",) * 3,
+        block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=2,
+        spatial_group_norm=False,
+    )
+
+
+def _easyanimate_transformer(in_channels: int, **config: Any) -> Any:
+    from diffusers import EasyAnimateTransformer3DModel
+
+    return EasyAnimateTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=in_channels, out_channels=4, time_embed_dim=2,
+        text_embed_dim=16, num_layers=2, sample_width=16, sample_height=16, patch_size=2, **config,
+    )
+
+
+def tiny_easyanimate(seed: int = 0) -> Any:
+    """An EasyAnimate text-to-video pipeline (joint text+video attention, text first, batch [uncond, cond]),
+    random weights."""
+    from diffusers import EasyAnimatePipeline, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    return _quiet(EasyAnimatePipeline(vae=_magvit_vae(), text_encoder=None, tokenizer=None,
+                                      transformer=_easyanimate_transformer(4),
+                                      scheduler=FlowMatchEulerDiscreteScheduler()))
+
+
+def easyanimate_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for a fast call of :func:`tiny_easyanimate` (32x32, 9 frames = 3 latent frames of 2x2
+    tokens, 8 text tokens, 4 steps)."""
+    (embeds, mask), (negative, negative_mask) = _text(prompt, 8, 16), _text(negative_prompt, 8, 16)
+    kwargs: dict[str, Any] = dict(
+        prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt_embeds=negative,
+        negative_prompt_attention_mask=negative_mask, height=32, width=32, num_frames=9, num_inference_steps=4,
+        guidance_scale=6.0, output_type="np",
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def tiny_easyanimate_inpaint(seed: int = 0) -> Any:
+    """An EasyAnimate inpaint pipeline (image-to-video: mask and masked-video latents concatenated by channel;
+    the image is latent frame 0), random weights. Call it with :func:`easyanimate_image_to_video`'s arguments."""
+    from diffusers import EasyAnimateInpaintPipeline, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    # latent, mask latent, masked-video latent; the mask goes through the VAE (diffusers 0.42's direct resize
+    # reads a ``cache_mag_vae`` that AutoencoderKLMagvit's config lacks)
+    transformer = _easyanimate_transformer(4 + 4 + 4, resize_inpaint_mask_directly=False)
+    return _quiet(EasyAnimateInpaintPipeline(vae=_magvit_vae(), text_encoder=None, tokenizer=None,
+                                             transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler()))
+
+
+def easyanimate_image_to_video(image: Any = None, num_frames: int = 9, size: int = 32) -> dict[str, Any]:
+    """``video`` and ``mask_video`` arguments that make the inpaint pipeline generate from ``image`` (frame 0 kept,
+    the rest generated), as diffusers' ``get_image_to_video_latent`` makes them."""
+    from diffusers.pipelines.easyanimate.pipeline_easyanimate_inpaint import get_image_to_video_latent
+
+    from .tiny import test_image
+
+    video, mask = get_image_to_video_latent(image or test_image(size), None, num_frames, (size, size))
+    return {"video": video, "mask_video": mask}
