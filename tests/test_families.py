@@ -143,6 +143,12 @@ def easyanimate(pipe, kwargs) -> Geometry:
     return Geometry(frames, side * side, text=kwargs["prompt_embeds"].shape[1], text_first=True)
 
 
+def consisid(pipe, kwargs) -> Geometry:
+    """CogVideoX 1.0 geometry: text first, then video tokens, patch 2, no temporal patch."""
+    side = kwargs["height"] // pipe.vae_scale_factor_spatial // pipe.transformer.config.patch_size
+    return Geometry(latent_frames(pipe, kwargs), side * side, text=kwargs["max_sequence_length"], text_first=True)
+
+
 def all_text_valid(length: int = 8) -> dict:
     """Prompt masks with every text token valid (padded ones, which Mochi drops per row: test_adapter_mochi)."""
     return {f"{p}prompt_attention_mask": torch.ones(1, length, dtype=torch.long) for p in ("", "negative_")}
@@ -171,6 +177,7 @@ CASES = {
     "tiny-allegro": Case(allegro, "batched", image_size=None),
     "tiny-easyanimate": Case(easyanimate, "batched", image_size=None),
     "tiny-easyanimate-inpaint": Case(easyanimate, "batched", image_size=None, extra=easyanimate_image_to_video),
+    "tiny-consisid": Case(consisid, "batched", image_size=32),
 }
 
 

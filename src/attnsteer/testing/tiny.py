@@ -447,6 +447,7 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-allegro": (_a.tiny_allegro, _a.allegro_call_kwargs),
     "tiny-easyanimate": (_a.tiny_easyanimate, _a.easyanimate_call_kwargs),
     "tiny-easyanimate-inpaint": (_a.tiny_easyanimate_inpaint, _a.easyanimate_call_kwargs),
+    "tiny-consisid": (_a.tiny_consisid, _a.consisid_call_kwargs),
 }
 
 
