@@ -27,6 +27,7 @@ import torch
 import attnsteer as at
 from attnsteer.plugins.manager import find_adapter, registered_adapters
 from attnsteer.testing.tiny import TINY_MODELS, build_tiny, test_image
+from attnsteer.testing.tiny_families_a import easyanimate_image_to_video
 from dense_reference import DenseAttention, frame_bias, hook_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,13 +64,15 @@ class Geometry:
 class Case:
     """How to run one tiny pipeline and what its attention calls look like.
 
-    ``forwards``: "cond-then-uncond" (one forward per branch and step, the conditional one first) or
-    "batched" (one forward per step; the second half of each attention call's batch is conditional).
+    ``forwards``: "cond-then-uncond" (one forward per branch and step, the conditional one first),
+    "batched" (one forward per step; the second half of each attention call's batch is conditional) or
+    "batched-rows" (one forward per step, batch [uncond, cond], and each attention module makes one call
+    per batch row, in row order: Mochi). ``image_size``: None for a text-to-video pipeline (no image).
     """
 
     geometry: Callable[[Any, dict], Geometry]  # (pipeline, call arguments) -> Geometry
     forwards: str
-    image_size: int = 64
+    image_size: int | None = 64
     denoisers: tuple[str, ...] = ("transformer",)
     extra: Callable[[], dict] = dict  # call arguments beyond the tiny model's defaults
     atol: float = 1e-4  # on outputs, for float32 rounding of attention (the kernel's order of sums) through the run
@@ -118,6 +121,39 @@ def svd(pipe, kwargs) -> Geometry:
     return Geometry(kwargs["num_frames"], 1)
 
 
+def mochi(pipe, kwargs) -> Geometry:
+    """Video tokens (patch 2, no temporal patch), then the text tokens (all valid: see ``all_text_valid``)."""
+    frames = (kwargs["num_frames"] - 1) // pipe.vae_temporal_scale_factor + 1
+    side = kwargs["height"] // pipe.vae_spatial_scale_factor // pipe.transformer.config.patch_size
+    return Geometry(frames, side * side, text=kwargs["prompt_embeds"].shape[1])
+
+
+def allegro(pipe, kwargs) -> Geometry:
+    """Video tokens only (text in cross-attention): odd frame counts keep the first frame, patch 2 per frame."""
+    n, t = kwargs["num_frames"], pipe.vae_scale_factor_temporal
+    frames = math.ceil(n / t) if n % 2 == 0 else math.ceil((n - 1) / t) + 1
+    side = kwargs["height"] // pipe.vae_scale_factor_spatial // pipe.transformer.config.patch_size
+    return Geometry(frames, side * side)
+
+
+def easyanimate(pipe, kwargs) -> Geometry:
+    """Text first (no mask: every position a key), then video tokens, patch 2 per latent frame."""
+    frames = (kwargs["num_frames"] - 1) // pipe.vae_temporal_compression_ratio + 1
+    side = kwargs["height"] // pipe.vae_spatial_compression_ratio // pipe.transformer.config.patch_size
+    return Geometry(frames, side * side, text=kwargs["prompt_embeds"].shape[1], text_first=True)
+
+
+def consisid(pipe, kwargs) -> Geometry:
+    """CogVideoX 1.0 geometry: text first, then video tokens, patch 2, no temporal patch."""
+    side = kwargs["height"] // pipe.vae_scale_factor_spatial // pipe.transformer.config.patch_size
+    return Geometry(latent_frames(pipe, kwargs), side * side, text=kwargs["max_sequence_length"], text_first=True)
+
+
+def all_text_valid(length: int = 8) -> dict:
+    """Prompt masks with every text token valid (padded ones, which Mochi drops per row: test_adapter_mochi)."""
+    return {f"{p}prompt_attention_mask": torch.ones(1, length, dtype=torch.long) for p in ("", "negative_")}
+
+
 def unpadded(text_tokens: int = 8, glyph_tokens: int = 4) -> dict:
     """HunyuanVideo 1.5 masks with every conditioning token valid (padded ones: test_adapter_hunyuan)."""
     ones = {"prompt_embeds_mask": text_tokens, "prompt_embeds_mask_2": glyph_tokens}
@@ -137,6 +173,11 @@ CASES = {
     "tiny-hunyuan15": Case(hunyuan15, "cond-then-uncond", extra=unpadded),
     # SVD's Karras schedule from sigma 700 magnifies float32 rounding of the attention: 1.2e-4 seen on 1024 latents
     "tiny-svd": Case(svd, "batched", image_size=32, denoisers=("unet",), atol=3e-4),
+    "tiny-mochi": Case(mochi, "batched-rows", image_size=None, extra=all_text_valid),
+    "tiny-allegro": Case(allegro, "batched", image_size=None),
+    "tiny-easyanimate": Case(easyanimate, "batched", image_size=None),
+    "tiny-easyanimate-inpaint": Case(easyanimate, "batched", image_size=None, extra=easyanimate_image_to_video),
+    "tiny-consisid": Case(consisid, "batched", image_size=32),
 }
 
 
@@ -187,16 +228,19 @@ class Family:
         self.geometry = self.case.geometry(self.pipe, self.kwargs)
         self.denoisers = {d: getattr(self.pipe, d) for d in self.case.denoisers}
         self.per_step = 2 if self.case.forwards == "cond-then-uncond" else 1
+        self.calls_per_layer = 2 if self.case.forwards == "batched-rows" else 1
 
     def run(self) -> np.ndarray:
-        image = test_image(self.case.image_size)
-        return np.asarray(self.pipe(image=image, generator=torch.Generator().manual_seed(0), **self.kwargs).frames)
+        image = {} if self.case.image_size is None else {"image": test_image(self.case.image_size)}
+        return np.asarray(self.pipe(**image, generator=torch.Generator().manual_seed(0), **self.kwargs).frames)
 
     def hook_state(self) -> list:
         return [hook_state(d) for d in self.denoisers.values()]
 
-    def rows(self, forward: int, batch: int, branch: str) -> list[int]:
-        """The rows of ``branch`` in an attention call of the ``forward``-th forward (batch rows ``batch``)."""
+    def rows(self, forward: int, batch: int, branch: str, call: int = 0) -> list[int]:
+        """The rows of ``branch`` in the ``call``-th attention call of the ``forward``-th forward (batch rows ``batch``)."""
+        if self.calls_per_layer == 2:  # one call per batch row: [uncond, cond] in call order
+            return list(range(batch)) if ("uncond", "cond")[call % 2] == branch else []
         if self.per_step == 2:
             return list(range(batch)) if ("cond", "uncond")[forward % 2] == branch else []
         half = batch // 2  # batched [uncond, cond]; SVD folds space into the batch video-major, so halves hold
@@ -204,13 +248,14 @@ class Family:
 
     def dense_dymos(self, branch: str) -> np.ndarray:
         """The run with DyMoS's bias added densely in the rows of ``branch`` during the first UNTIL steps."""
-        g, log = self.geometry, ForwardLog(self.denoisers)
+        g, log, calls = self.geometry, ForwardLog(self.denoisers), {}
 
         def extra(q):
             forward = len(log.order) - 1
+            calls[forward] = call = calls.get(forward, -1) + 1
             if forward // self.per_step >= UNTIL:
                 return None
-            rows = self.rows(forward, q.shape[0], branch)
+            rows = self.rows(forward, q.shape[0], branch, call)
             return frame_bias(g.seq, g.video_start, g.frames, g.per_frame, -GAMMA, rows, q.shape[0])
 
         try:
@@ -228,9 +273,10 @@ class Family:
                 self.run()
         finally:
             log.remove()
-        return [(forward // self.per_step, log.order[forward], layer, branch, mass[rows].mean(dim=(0, 1)))
-                for forward, layer, mass in dense.calls for branch in BRANCHES
-                if (rows := self.rows(forward, mass.shape[0], branch))]
+        per = self.calls_per_layer
+        return [(forward // self.per_step, log.order[forward], call // per, branch, mass[rows].mean(dim=(0, 1)))
+                for forward, call, mass in dense.calls for branch in BRANCHES
+                if (rows := self.rows(forward, mass.shape[0], branch, call))]
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))

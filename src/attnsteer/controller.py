@@ -341,9 +341,11 @@ class Controller:
         q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = _sdpa_arguments(args, kwargs)
         if q.shape[-2] != k.shape[-2]:  # cross-attention inside a self-attention module: leave it
             return F.scaled_dot_product_attention(*args, **kwargs)
+        call = len(seen)  # this call's index within the module's forward
         seen.append(True)
-        layout = state.layout
         where = _subject(active, layer)
+        forward_layout = state.layout
+        layout, branches = self.adapter.call_view(forward_layout, state.branches, q.shape[0], call)
         if q.dim() != 4 or q.shape[-2] != layout.seq_len:
             raise SteeringError(
                 f"{where}: the attention call has q of shape {tuple(q.shape)} but {type(self.adapter).__name__} "
@@ -354,9 +356,16 @@ class Controller:
                 f"{where}: unsupported SDPA arguments (dropout_p={dropout_p}, is_causal={is_causal}, "
                 f"enable_gqa={enable_gqa}); attnsteer supports inference-mode bidirectional attention"
             )
-        branches = self.adapter.attention_branches(state.branches, q.shape[0])
+        if layout.num_groups != forward_layout.num_groups and recorders:
+            raise SteeringError(
+                f"{where}: this call's layout {layout.describe()} has other token groups than its forward's "
+                f"{forward_layout.describe()}, so its attention mass cannot join the recording"
+            )
         if branches != state.branches:  # the model folds other axes into the attention batch (SVD)
             state = attrs.evolve(state, branches=branches)
+        recorded = state  # recordings keep the forward's layout (same groups, asserted above)
+        if layout != forward_layout:  # one call per batch row over its valid tokens (Mochi)
+            state = attrs.evolve(state, layout=layout)
         outputs = stage.read(q, k, scale, layout, state.branches) if stage is not None else []
         try:
             plan = build_plan(
@@ -379,7 +388,7 @@ class Controller:
         for client in self.clients:
             mine = [rule for c, rule in active if c is client and (rule in plan.applied or (c, rule) in outputs)]
             if mine or client.wants_mass:
-                client.on_call(state, layer, mine, mass)
+                client.on_call(recorded, layer, mine, mass)
         return out
 
 

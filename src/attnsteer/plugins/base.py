@@ -171,6 +171,14 @@ class Adapter:
             f"{len(branches)}; the adapter must say which guidance branch each attention row belongs to"
         )
 
+    def call_view(self, layout: TokenLayout, branches: tuple[str, ...] | None, batch_size: int,
+                  call: int) -> tuple[TokenLayout, tuple[str, ...] | None]:
+        """The layout and per-row branches of the ``call``-th self-attention SDPA call (``batch_size`` rows) of
+        one module forward, given its forward's ``layout`` and ``branches``. Default: the forward's layout and
+        :meth:`attention_branches`; a model that makes one call per batch row over that row's valid tokens
+        (Mochi) overrides it. A call's layout must have the forward's token groups for recordings."""
+        return layout, self.attention_branches(branches, batch_size)
+
     def output_parts(self, output: Any, layout: TokenLayout, module: str) -> tuple[OutputPart, ...]:
         """The tensors of a self-attention module's output that hold token rows, with the layout position
         of each row. Understood here: one [B, seq_len, C] tensor in layout order (Wan ``attn1``), or a

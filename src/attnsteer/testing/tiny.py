@@ -428,6 +428,8 @@ def ltx_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **override
     return kwargs
 
 
+from . import tiny_families_a as _a  # noqa: E402  (its builders import this module's helpers when called)
+
 TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]] = {
     "tiny-wan": (tiny_wan, wan_call_kwargs),
     "tiny-cogvideox": (tiny_cogvideox, cogvideox_call_kwargs),
@@ -441,6 +443,11 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
                                    hunyuan_call_kwargs),
     "tiny-hunyuan15": (tiny_hunyuan15, hunyuan15_call_kwargs),
     "tiny-svd": (tiny_svd, svd_call_kwargs),
+    "tiny-mochi": (_a.tiny_mochi, _a.mochi_call_kwargs),
+    "tiny-allegro": (_a.tiny_allegro, _a.allegro_call_kwargs),
+    "tiny-easyanimate": (_a.tiny_easyanimate, _a.easyanimate_call_kwargs),
+    "tiny-easyanimate-inpaint": (_a.tiny_easyanimate_inpaint, _a.easyanimate_call_kwargs),
+    "tiny-consisid": (_a.tiny_consisid, _a.consisid_call_kwargs),
 }
 
 
