@@ -332,7 +332,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     model = _load(args)
     model.show_progress(False)
     image = _image(args)
-    results = steer_sweep(model.pipe, lambda: [_generate(model, image, args)], args.gamma, stop=args.stop)
+    results = steer_sweep(
+        model.pipe, lambda: [_generate(model, image, args)], args.gamma, stop=args.stop, batch=args.batch,
+        generate_batch=lambda n: model.batch(image, args.prompt, n, seed=args.seed, num_inference_steps=args.steps,
+                                             num_frames=args.frames, guidance_scale=args.guidance),
+    )
     reference = np.asarray(image.convert("RGB")) if image is not None else None
     rows = write_sweep(results, args.out, reference=reference, video_format=args.format, fps=args.fps,
                        stop=args.stop, model=args.model)
@@ -373,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(p)
     p.add_argument("--gamma", type=_floats, default=[-2.0, -1.0, 0.0, 0.6, 1.0], help="comma-separated gammas")
     p.add_argument("--stop", type=_fraction, default=0.2, help="fraction of the steps DyMoS modulates, in (0, 1]")
+    p.add_argument("--batch", type=_int_at_least(1, "a positive number of gammas per call"), default=None,
+                   metavar="N", help="run up to N gammas as the batch rows of one pipeline call (same outputs as one "
+                   "call per gamma; refused where the model cannot batch exactly); default: one call per gamma")
     p.set_defaults(func=cmd_sweep)
 
     p = add("recipes", help="list recipes (built-in and third-party) and their parameters")

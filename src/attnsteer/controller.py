@@ -23,6 +23,7 @@ from .layout import TokenLayout
 from .outputs import OutputStage, split_output_rules
 from .plan import build_plan
 from .plugins.base import Adapter, bind_forward_inputs
+from .plugins.branches import item_of_rows
 from .rules import Rule
 from .schedules import StepInfo
 from .stepping import StepTracker
@@ -349,9 +350,11 @@ class Controller:
         if branches != state.branches:  # the model folds other axes into the attention batch (SVD)
             state = attrs.evolve(state, branches=branches)
         outputs = stage.read(q, k, scale, layout, state.branches) if stage is not None else []
+        rows = {id(c): _client_rows(c, state.branches, q.shape[0]) for c in self.clients}
         try:
             plan = build_plan(
-                tuple((rule, client.selection_context(layout)) for client, rule in split_output_rules(active)[0]),
+                tuple((rule, _context(client, layout, rows[id(client)]))
+                      for client, rule in split_output_rules(active)[0]),
                 layout, state.branches,
                 q.shape[0], q.shape[1], want_mass=bool(recorders),
             )
@@ -370,7 +373,7 @@ class Controller:
         for client in self.clients:
             mine = [rule for c, rule in active if c is client and (rule in plan.applied or (c, rule) in outputs)]
             if mine or client.wants_mass:
-                client.on_call(state, layer, mine, mass)
+                _notify(client, state, layer, mine, mass, rows[id(client)])
         return out
 
 
@@ -394,8 +397,9 @@ class Controller:
             )
         branches = self.adapter.attention_branches(state.branches, q.shape[0])
         try:
-            plan = build_plan(tuple((rule, client.selection_context(layout)) for client, rule in active), layout,
-                              branches, q.shape[0], q.shape[1])
+            rows = {id(c): _client_rows(c, branches, q.shape[0]) for c in self.clients}
+            plan = build_plan(tuple((rule, _context(client, layout, rows[id(client)])) for client, rule in active),
+                              layout, branches, q.shape[0], q.shape[1])
             out = run_cross_plan(plan, q, k, v, layout, scale, attn_mask)
             if recorders:
                 from .map_recording import record_cross_maps  # imports record, which imports this module
@@ -406,8 +410,34 @@ class Controller:
         for client in self.clients:
             mine = [rule for c, rule in active if c is client and rule in plan.applied]
             if mine:
-                client.on_call(state, layer, mine, None)
+                _notify(client, state, layer, mine, None, rows[id(client)])
         return out
+
+
+def _client_rows(client: Client, branches: tuple[str, ...] | None, batch: int) -> tuple[bool, ...] | None:
+    """The rows of a call that belong to a client with a ``batch_item`` (index, count) share, else None."""
+    item = getattr(client, "batch_item", None)
+    if item is None:
+        return None
+    index, count = item
+    return tuple(i == index for i in item_of_rows(branches, batch, count))
+
+
+def _context(client: Client, layout: TokenLayout, rows: tuple[bool, ...] | None) -> SelectionContext:
+    """The client's selection context for a call, restricted to its rows when it has a batch share."""
+    ctx = client.selection_context(layout)
+    return ctx if rows is None else attrs.evolve(ctx, rows=rows)
+
+
+def _notify(client: Client, state: ForwardState, layer: LayerInfo, applied: list[Rule], mass: torch.Tensor | None,
+            rows: tuple[bool, ...] | None) -> None:
+    """``client.on_call``, seeing only its own rows (branches and mass) when it has a batch share."""
+    if rows is not None:
+        keep = [r for r, on in enumerate(rows) if on]
+        branches = None if state.branches is None else tuple(state.branches[r] for r in keep)
+        state = attrs.evolve(state, branches=branches)
+        mass = None if mass is None else mass[keep]
+    client.on_call(state, layer, applied, mass)
 
 
 def _cross_recorders(clients: list[Client]) -> list[Client]:

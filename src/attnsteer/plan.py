@@ -124,6 +124,10 @@ def select(rule: Rule, ctx: SelectionContext, branches: Sequence[str] | None, ba
     """Resolve one rule against one call (raises with the field at fault when it cannot)."""
     rows = torch.zeros(batch, dtype=torch.bool)
     rows[rule_rows(rule, branches, batch)] = True
+    if ctx.rows is not None:
+        if len(ctx.rows) != batch:
+            raise ConfigError(f"the session's batch rows {ctx.rows} do not match the call's batch of {batch}")
+        rows &= torch.tensor(ctx.rows, dtype=torch.bool)
     head_mask = torch.zeros(heads, dtype=torch.bool)
     head_mask[rule_heads(rule, heads)] = True
     return Selection(rule, ctx, rows, head_mask, rule.query.token_mask(ctx), rule.key.token_mask(ctx))
