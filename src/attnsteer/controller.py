@@ -21,6 +21,7 @@ from .execute import cross_layout, run_cross_plan, run_plan
 from .guidance import BlockSkipHook, GuidanceShift, PerturbedGuidance, first_tensor, replace_first_tensor
 from .layout import TokenLayout
 from .outputs import OutputStage, split_output_rules
+from .parallel import context_parallel_config, gather_heads, head_slice
 from .plan import build_plan
 from .plugins.base import Adapter, bind_forward_inputs
 from .plugins.branches import item_of_rows
@@ -307,11 +308,12 @@ class Controller:
         seen = []
         outputs = split_output_rules(active)[1]
         stage = OutputStage(outputs, layer.qualified, self.adapter) if outputs else None
+        _check_context_parallel(module, attention, layer, active, recorders, stage)
 
         def handle(*sdpa_args: Any, **sdpa_kwargs: Any) -> torch.Tensor:
             if attention == "cross":
                 return self._cross_call(layer, state, active, seen, sdpa_args, sdpa_kwargs, recorders)
-            return self._attention_call(layer, state, active, recorders, seen, sdpa_args, sdpa_kwargs, stage)
+            return self._attention_call(layer, state, active, recorders, seen, sdpa_args, sdpa_kwargs, stage, module)
 
         with SDPAInterceptor(handle):
             output = forward(*args, **kwargs)
@@ -329,6 +331,7 @@ class Controller:
         args: tuple,
         kwargs: dict,
         stage: OutputStage | None = None,
+        module: torch.nn.Module | None = None,
     ) -> torch.Tensor:
         q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = _sdpa_arguments(args, kwargs)
         if q.shape[-2] != k.shape[-2]:  # cross-attention inside a self-attention module: leave it
@@ -351,12 +354,14 @@ class Controller:
             state = attrs.evolve(state, branches=branches)
         outputs = stage.read(q, k, scale, layout, state.branches) if stage is not None else []
         rows = {id(c): _client_rows(c, state.branches, q.shape[0]) for c in self.clients}
+        heads = None if module is None else head_slice(module, q.shape[1], where)
         try:
             plan = build_plan(
                 tuple((rule, _context(client, layout, rows[id(client)]))
                       for client, rule in split_output_rules(active)[0]),
                 layout, state.branches,
                 q.shape[0], q.shape[1], want_mass=bool(recorders),
+                head_offset=0 if heads is None else heads.offset, total_heads=None if heads is None else heads.total,
             )
         except ConfigError as exc:
             raise type(exc)(f"in self-attention module {layer.qualified!r}: {exc}") from exc
@@ -370,6 +375,8 @@ class Controller:
                 out, mass = with_maps or run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders))
             except (KernelError, SteeringError) as exc:
                 raise type(exc)(f"{where}: {exc}") from exc
+        if heads is not None and recorders and mass is not None:
+            mass = gather_heads(mass, heads)  # every rank records all heads, as one process would
         for client in self.clients:
             mine = [rule for c, rule in active if c is client and (rule in plan.applied or (c, rule) in outputs)]
             if mine or client.wants_mass:
@@ -412,6 +419,26 @@ class Controller:
             if mine:
                 _notify(client, state, layer, mine, None, rows[id(client)])
         return out
+
+
+def _check_context_parallel(module: torch.nn.Module, attention: str, layer: LayerInfo, active: list, recorders: list,
+                            stage: OutputStage | None) -> None:
+    """Under diffusers context parallelism: ring is refused; under Ulysses, what sees sequence-sharded
+    tensors (cross-attention queries, module outputs, spatial maps) is refused, naming it."""
+    cp = context_parallel_config(module)
+    if cp is None:
+        return
+    where = _subject(active, layer)
+    head_slice(module, 1, where)  # raises for ring attention
+    if attention == "cross":
+        raise SteeringError(f"{where}: under context parallelism cross-attention runs on a shard of the video "
+                            "queries; cross-attention rules and maps are not supported there yet")
+    if stage is not None:
+        raise SteeringError(f"{where}: under context parallelism a module's output holds a shard of the tokens; "
+                            "output rules are not supported there yet")
+    if any(getattr(c, "maps", None) is not None for c in recorders):
+        raise SteeringError(f"recording in module {layer.qualified!r}: spatial maps are not recorded under context "
+                            "parallelism yet (frame maps are)")
 
 
 def _client_rows(client: Client, branches: tuple[str, ...] | None, batch: int) -> tuple[bool, ...] | None:
