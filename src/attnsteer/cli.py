@@ -340,12 +340,27 @@ def _fraction(text: str) -> float:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .distributed import init_process_group, local_device, sharded
     from .sweep import steer_sweep, write_sweep
 
-    model = _load(args)
-    model.show_progress(False)
-    image = _image(args)
-    results = steer_sweep(model.pipe, lambda: [_generate(model, image, args)], args.gamma, stop=args.stop)
+    args.device = local_device(args.device)
+    distributed = init_process_group(args.device)
+    try:
+        model = _load(args)
+        model.show_progress(False)
+        image = _image(args)
+        results = sharded(lambda gammas: steer_sweep(
+            model.pipe, lambda: [_generate(model, image, args)], gammas, stop=args.stop, batch=args.batch,
+            generate_batch=lambda n: model.batch(image, args.prompt, n, seed=args.seed, num_inference_steps=args.steps,
+                                                 num_frames=args.frames, guidance_scale=args.guidance),
+        ), args.gamma)
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if results is None:
+        return 0  # a torchrun rank other than 0: rank 0 gathered its results and writes the report
     reference = np.asarray(image.convert("RGB")) if image is not None else None
     rows = write_sweep(results, args.out, reference=reference, video_format=args.format, fps=args.fps,
                        stop=args.stop, model=args.model)
@@ -382,10 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_heatmap_arguments(p)
     p.set_defaults(func=cmd_inspect)
 
-    p = add("sweep", help="one generation per gamma with the same seed; videos, curves, contact sheet")
+    p = add("sweep", help="one generation per gamma with the same seed; videos, curves, contact sheet",
+            description="One generation per gamma with the same seed. Under torchrun (python -m "
+                        "torch.distributed.run --nproc_per_node N -m attnsteer.cli sweep ...) the gammas are "
+                        "shared round-robin over the N processes (gloo on the CPU, nccl with --device cuda: one "
+                        "GPU per process) and rank 0 writes the one report.")
     _add_model_arguments(p)
     p.add_argument("--gamma", type=_floats, default=[-2.0, -1.0, 0.0, 0.6, 1.0], help="comma-separated gammas")
     p.add_argument("--stop", type=_fraction, default=0.2, help="fraction of the steps DyMoS modulates, in (0, 1]")
+    p.add_argument("--batch", type=_int_at_least(1, "a positive number of gammas per call"), default=None,
+                   metavar="N", help="run up to N gammas as the batch rows of one pipeline call (same outputs as one "
+                   "call per gamma; refused where the model cannot batch exactly); default: one call per gamma")
     p.set_defaults(func=cmd_sweep)
 
     p = add("recipes", help="list recipes (built-in and third-party) and their parameters")

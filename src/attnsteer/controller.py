@@ -21,8 +21,10 @@ from .execute import cross_layout, run_cross_plan, run_plan
 from .guidance import BlockSkipHook, GuidanceShift, PerturbedGuidance, first_tensor, replace_first_tensor
 from .layout import TokenLayout
 from .outputs import OutputStage, split_output_rules
+from .parallel import context_parallel_config, gather_heads, head_slice
 from .plan import build_plan
 from .plugins.base import Adapter, bind_forward_inputs
+from .plugins.branches import item_of_rows
 from .rules import Rule
 from .schedules import StepInfo
 from .stepping import StepTracker
@@ -315,11 +317,12 @@ class Controller:
         seen = []
         outputs = split_output_rules(active)[1]
         stage = OutputStage(outputs, layer.qualified, self.adapter) if outputs else None
+        _check_context_parallel(module, attention, layer, active, recorders, stage)
 
         def handle(*sdpa_args: Any, **sdpa_kwargs: Any) -> torch.Tensor:
             if attention == "cross":
                 return self._cross_call(layer, state, active, seen, sdpa_args, sdpa_kwargs, recorders)
-            return self._attention_call(layer, state, active, recorders, seen, sdpa_args, sdpa_kwargs, stage)
+            return self._attention_call(layer, state, active, recorders, seen, sdpa_args, sdpa_kwargs, stage, module)
 
         with SDPAInterceptor(handle):
             output = forward(*args, **kwargs)
@@ -337,6 +340,7 @@ class Controller:
         args: tuple,
         kwargs: dict,
         stage: OutputStage | None = None,
+        module: torch.nn.Module | None = None,
     ) -> torch.Tensor:
         q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = _sdpa_arguments(args, kwargs)
         if q.shape[-2] != k.shape[-2]:  # cross-attention inside a self-attention module: leave it
@@ -367,11 +371,15 @@ class Controller:
         if layout != forward_layout:  # one call per batch row over its valid tokens (Mochi)
             state = attrs.evolve(state, layout=layout)
         outputs = stage.read(q, k, scale, layout, state.branches) if stage is not None else []
+        rows = {id(c): _client_rows(c, state.branches, q.shape[0]) for c in self.clients}
+        heads = None if module is None else head_slice(module, q.shape[1], where)
         try:
             plan = build_plan(
-                tuple((rule, client.selection_context(layout)) for client, rule in split_output_rules(active)[0]),
+                tuple((rule, _context(client, layout, rows[id(client)]))
+                      for client, rule in split_output_rules(active)[0]),
                 layout, state.branches,
                 q.shape[0], q.shape[1], want_mass=bool(recorders),
+                head_offset=0 if heads is None else heads.offset, total_heads=None if heads is None else heads.total,
             )
         except ConfigError as exc:
             raise type(exc)(f"in self-attention module {layer.qualified!r}: {exc}") from exc
@@ -385,10 +393,12 @@ class Controller:
                 out, mass = with_maps or run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders))
             except (KernelError, SteeringError) as exc:
                 raise type(exc)(f"{where}: {exc}") from exc
+        if heads is not None and recorders and mass is not None:
+            mass = gather_heads(mass, heads)  # every rank records all heads, as one process would
         for client in self.clients:
             mine = [rule for c, rule in active if c is client and (rule in plan.applied or (c, rule) in outputs)]
             if mine or client.wants_mass:
-                client.on_call(recorded, layer, mine, mass)
+                _notify(client, recorded, layer, mine, mass, rows[id(client)])
         return out
 
 
@@ -412,8 +422,9 @@ class Controller:
             )
         branches = self.adapter.attention_branches(state.branches, q.shape[0])
         try:
-            plan = build_plan(tuple((rule, client.selection_context(layout)) for client, rule in active), layout,
-                              branches, q.shape[0], q.shape[1])
+            rows = {id(c): _client_rows(c, branches, q.shape[0]) for c in self.clients}
+            plan = build_plan(tuple((rule, _context(client, layout, rows[id(client)])) for client, rule in active),
+                              layout, branches, q.shape[0], q.shape[1])
             out = run_cross_plan(plan, q, k, v, layout, scale, attn_mask)
             if recorders:
                 from .map_recording import record_cross_maps  # imports record, which imports this module
@@ -424,8 +435,54 @@ class Controller:
         for client in self.clients:
             mine = [rule for c, rule in active if c is client and rule in plan.applied]
             if mine:
-                client.on_call(state, layer, mine, None)
+                _notify(client, state, layer, mine, None, rows[id(client)])
         return out
+
+
+def _check_context_parallel(module: torch.nn.Module, attention: str, layer: LayerInfo, active: list, recorders: list,
+                            stage: OutputStage | None) -> None:
+    """Under diffusers context parallelism: ring is refused; under Ulysses, what sees sequence-sharded
+    tensors (cross-attention queries, module outputs, spatial maps) is refused, naming it."""
+    cp = context_parallel_config(module)
+    if cp is None:
+        return
+    where = _subject(active, layer)
+    head_slice(module, 1, where)  # raises for ring attention
+    if attention == "cross":
+        raise SteeringError(f"{where}: under context parallelism cross-attention runs on a shard of the video "
+                            "queries; cross-attention rules and maps are not supported there yet")
+    if stage is not None:
+        raise SteeringError(f"{where}: under context parallelism a module's output holds a shard of the tokens; "
+                            "output rules are not supported there yet")
+    if any(getattr(c, "maps", None) is not None for c in recorders):
+        raise SteeringError(f"recording in module {layer.qualified!r}: spatial maps are not recorded under context "
+                            "parallelism yet (frame maps are)")
+
+
+def _client_rows(client: Client, branches: tuple[str, ...] | None, batch: int) -> tuple[bool, ...] | None:
+    """The rows of a call that belong to a client with a ``batch_item`` (index, count) share, else None."""
+    item = getattr(client, "batch_item", None)
+    if item is None:
+        return None
+    index, count = item
+    return tuple(i == index for i in item_of_rows(branches, batch, count))
+
+
+def _context(client: Client, layout: TokenLayout, rows: tuple[bool, ...] | None) -> SelectionContext:
+    """The client's selection context for a call, restricted to its rows when it has a batch share."""
+    ctx = client.selection_context(layout)
+    return ctx if rows is None else attrs.evolve(ctx, rows=rows)
+
+
+def _notify(client: Client, state: ForwardState, layer: LayerInfo, applied: list[Rule], mass: torch.Tensor | None,
+            rows: tuple[bool, ...] | None) -> None:
+    """``client.on_call``, seeing only its own rows (branches and mass) when it has a batch share."""
+    if rows is not None:
+        keep = [r for r, on in enumerate(rows) if on]
+        branches = None if state.branches is None else tuple(state.branches[r] for r in keep)
+        state = attrs.evolve(state, branches=branches)
+        mass = None if mass is None else mass[keep]
+    client.on_call(state, layer, applied, mass)
 
 
 def _cross_recorders(clients: list[Client]) -> list[Client]:

@@ -39,7 +39,8 @@ def run_plan(
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if plan.path == "scored" or (grad and (plan.path == "grouped" or want_mass)):
         out, mass = scored_attention(
-            q, k, v, _score_fn(plan.scored, q.shape[0], q.shape[1], layout.seq_len, device), scale, attn_mask,
+            q, k, v, _score_fn(plan.scored, q.shape[0], q.shape[1], layout.seq_len, device, plan.head_offset), scale,
+            attn_mask,
             groups=layout.group_ids(device), num_groups=layout.num_groups, return_mass=want_mass,
         )
     elif plan.path == "grouped":
@@ -77,11 +78,13 @@ def _covers_all_queries(s: Selection) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _score_fn(selections: tuple[Selection, ...], batch: int, heads: int, num_keys: int, device: torch.device):
+def _score_fn(selections: tuple[Selection, ...], batch: int, heads: int, num_keys: int, device: torch.device,
+              head_offset: int = 0):
     """The score function of the scored path: each selection's transform, in rule order, on its pairs
-    (cached per plan, so a compiled chunk step is reused across layers and steps)."""
+    (cached per plan, so a compiled chunk step is reused across layers and steps). Transforms see
+    global head indices (``head_offset + h`` on a Ulysses rank)."""
     b_idx = torch.arange(batch, device=device)[:, None, None, None]
-    h_idx = torch.arange(heads, device=device)[None, :, None, None]
+    h_idx = torch.arange(head_offset, head_offset + heads, device=device)[None, :, None, None]
     k_index = torch.arange(num_keys, device=device)
     bound = [
         (s.bind(device), s.transform, s.rows.to(device)[:, None, None, None] & s.heads.to(device)[None, :, None, None])

@@ -36,6 +36,17 @@ class VideoModel:
         frames = output.frames[0]
         return np.asarray(frames, dtype=np.float32)
 
+    def batch(self, image: Image.Image | None, prompt: str, n: int, seed: int = 0, **overrides: Any) -> list[np.ndarray]:
+        """The videos of ``n`` items of this call batched in one pipeline call (same seed each; see
+        :func:`attnsteer.batched.batch_call_kwargs`)."""
+        from .batched import batch_call_kwargs
+
+        kwargs = self._call_kwargs(prompt=prompt, **{k: v for k, v in overrides.items() if v is not None})
+        if image is not None and self.image_size is not None:
+            image = image.convert("RGB").resize((self.image_size[1], self.image_size[0]))
+        output = self.pipe(**batch_call_kwargs(self.pipe, {"image": image, **kwargs}, n, seed))
+        return [np.asarray(frames, dtype=np.float32) for frames in output.frames]
+
     def show_progress(self, enabled: bool = True) -> None:
         if hasattr(self.pipe, "set_progress_bar_config"):
             self.pipe.set_progress_bar_config(disable=not enabled)

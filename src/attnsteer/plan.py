@@ -42,14 +42,17 @@ def rule_rows(rule: Rule, branches: Sequence[str] | None, batch_size: int) -> li
     return [row for row, b in enumerate(branches) if b == rule.branch]
 
 
-def rule_heads(rule: Rule, num_heads: int) -> list[int]:
-    """The heads a rule applies to; raises when its head filter exceeds the layer's heads."""
+def rule_heads(rule: Rule, num_heads: int, head_offset: int = 0, total_heads: int | None = None) -> list[int]:
+    """The heads of the call (``num_heads`` of them, global heads ``head_offset + h``, as a Ulysses rank
+    holds a slice of ``total_heads``) that a rule applies to; raises when its head filter exceeds the
+    layer's heads."""
+    total = num_heads if total_heads is None else total_heads
     if rule.heads is None:
         return list(range(num_heads))
-    bad = [h for h in rule.heads if h >= num_heads]
+    bad = [h for h in rule.heads if h >= total]
     if bad:
-        raise ConfigError(f"Rule.heads {bad} out of range for a layer with {num_heads} heads (allowed 0..{num_heads - 1})")
-    return list(rule.heads)
+        raise ConfigError(f"Rule.heads {bad} out of range for a layer with {total} heads (allowed 0..{total - 1})")
+    return [h - head_offset for h in rule.heads if head_offset <= h < head_offset + num_heads]
 
 
 @attrs.frozen(eq=False)
@@ -105,6 +108,8 @@ class CallPlan:
     scored: tuple[Selection, ...] = ()
     # identity rules, applied after the kernel
     identity: tuple[Selection, ...] = ()
+    # global index of the call's first head (a Ulysses rank's slice of the heads; score functions see global heads)
+    head_offset: int = 0
 
     @property
     def num_cells(self) -> int:
@@ -120,12 +125,18 @@ class CallPlan:
         return summed / (onehot.T @ weights).clamp_min(1)[:, None]
 
 
-def select(rule: Rule, ctx: SelectionContext, branches: Sequence[str] | None, batch: int, heads: int) -> Selection:
-    """Resolve one rule against one call (raises with the field at fault when it cannot)."""
+def select(rule: Rule, ctx: SelectionContext, branches: Sequence[str] | None, batch: int, heads: int,
+           head_offset: int = 0, total_heads: int | None = None) -> Selection:
+    """Resolve one rule against one call (raises with the field at fault when it cannot); the call's
+    heads are global heads ``head_offset ...`` of ``total_heads`` (a Ulysses rank's slice)."""
     rows = torch.zeros(batch, dtype=torch.bool)
     rows[rule_rows(rule, branches, batch)] = True
+    if ctx.rows is not None:
+        if len(ctx.rows) != batch:
+            raise ConfigError(f"the session's batch rows {ctx.rows} do not match the call's batch of {batch}")
+        rows &= torch.tensor(ctx.rows, dtype=torch.bool)
     head_mask = torch.zeros(heads, dtype=torch.bool)
-    head_mask[rule_heads(rule, heads)] = True
+    head_mask[rule_heads(rule, heads, head_offset, total_heads)] = True
     return Selection(rule, ctx, rows, head_mask, rule.query.token_mask(ctx), rule.key.token_mask(ctx))
 
 
@@ -138,13 +149,16 @@ def build_plan(
     num_heads: int,
     *,
     want_mass: bool = False,
+    head_offset: int = 0,
+    total_heads: int | None = None,
 ) -> CallPlan:
     """Resolve the active ``(rule, context)`` pairs of one call into a :class:`CallPlan` (CPU tensors;
-    cached, since the same rules meet the same layout in every layer and step)."""
+    cached, since the same rules meet the same layout in every layer and step). Under Ulysses context
+    parallelism the call holds ``num_heads`` of ``total_heads`` heads, from global head ``head_offset``."""
     selections, applied, scale_factor = [], [], 1.0
     for rule, ctx in rules:
         try:
-            s = select(rule, ctx, branches, batch_size, num_heads)
+            s = select(rule, ctx, branches, batch_size, num_heads, head_offset, total_heads)
         except ConfigError as exc:
             raise type(exc)(f"rule {rule!r}: {exc}") from exc
         if not (s.rows.any() and s.heads.any() and s.query.any() and s.key.any()):
@@ -158,10 +172,12 @@ def build_plan(
     identity = tuple(s for s in selections if s.rule.transform.identity and not want_mass)
     logits = [s for s in selections if s not in identity]
     if not logits:
-        return CallPlan("plain", tuple(applied), scale_factor, identity=identity)
+        return CallPlan("plain", tuple(applied), scale_factor, identity=identity, head_offset=head_offset)
     if all(_is_grouped(s) for s in logits):
-        return _grouped_plan(logits, layout, tuple(applied), scale_factor, identity, batch_size, num_heads)
-    return CallPlan("scored", tuple(applied), scale_factor, scored=tuple(logits), identity=identity)
+        plan = _grouped_plan(logits, layout, tuple(applied), scale_factor, identity, batch_size, num_heads)
+        return attrs.evolve(plan, head_offset=head_offset)
+    return CallPlan("scored", tuple(applied), scale_factor, scored=tuple(logits), identity=identity,
+                    head_offset=head_offset)
 
 
 def _is_grouped(s: Selection) -> bool:

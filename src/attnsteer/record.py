@@ -33,6 +33,7 @@ class Record:
     wants_mass = True
     rules: tuple[Rule, ...] = ()
     maps: Any = None  # a MapRecording when at.inspect(maps=...) keeps spatial maps
+    batch_item: tuple[int, int] | None = None  # (index, count): records only that item's rows of a batched call
 
     def __init__(self, heads: bool = False, queries: Selector | None = None) -> None:
         if not isinstance(heads, bool):

@@ -24,10 +24,12 @@ if TYPE_CHECKING:
 @attrs.frozen
 class SelectionContext:
     """What a selector is resolved against in one attention call: the token layout, and the
-    prompt's word-to-token index when the session was given a prompt (for ``at.words``)."""
+    prompt's word-to-token index when the session was given a prompt (for ``at.words``). ``rows``:
+    the batch rows of the call that belong to the session (a batched sweep's share), None for all."""
 
     layout: TokenLayout
     words: WordIndex | None = None
+    rows: tuple[bool, ...] | None = None
 
 
 class Selector:

@@ -15,7 +15,7 @@ import torch
 
 from . import audit
 from .controller import Client, Controller, ForwardState, LayerInfo, controller_for
-from .errors import ConfigError, UnsupportedModelError
+from .errors import ConfigError, SteeringError, UnsupportedModelError
 from .plugins.base import Adapter
 from .plugins.manager import find_adapter, require_adapter, supported_families
 from .layout import TokenLayout
@@ -133,6 +133,7 @@ class Steering:
     """The client of ``at.steer``: its rules, and a log of where each rule was applied."""
 
     wants_mass = False
+    batch_item: tuple[int, int] | None = None
 
     def __init__(self, rules: tuple[Rule, ...], sources: tuple[Rule | Recipe, ...], words: WordIndex | None = None,
                  guidance: PerturbedGuidance | None = None) -> None:
@@ -180,6 +181,19 @@ class Steering:
         return f"Steering({', '.join(repr(s) for s in self.sources)})"
 
 
+def check_batch_item(batch_item: Any) -> tuple[int, int] | None:
+    """``batch_item=(index, count)``: this session applies to the index-th of ``count`` items batched in one
+    pipeline call (see :mod:`attnsteer.batched`); validated, or None."""
+    if batch_item is None:
+        return None
+    ok = (isinstance(batch_item, tuple) and len(batch_item) == 2
+          and all(isinstance(x, int) and not isinstance(x, bool) for x in batch_item)
+          and 0 <= batch_item[0] < batch_item[1])
+    if not ok:
+        raise ConfigError(f"batch_item must be (index, count) with 0 <= index < count, got {batch_item!r}")
+    return batch_item
+
+
 def steer(
     target: Any,
     *rules_or_recipes: Rule | Recipe | Iterable[Rule],
@@ -188,6 +202,7 @@ def steer(
     prompt: str | None = None,
     tokenizer: Any = None,
     strict: bool = False,
+    batch_item: tuple[int, int] | None = None,
 ) -> Session:
     """Apply rules to ``target``'s self-attention inside a ``with`` block; yields a :class:`Steering`.
 
@@ -195,10 +210,14 @@ def steer(
     ``prompt`` (tokenised with ``tokenizer`` or the pipeline's) lets ``at.words(...)`` find its tokens.
     A rule that cannot apply (a layer filter matching no module) or never applied during the run is
     reported as an :class:`~attnsteer.errors.AttnsteerWarning`; ``strict=True`` raises instead.
+    ``batch_item=(i, n)`` restricts the rules to the rows of the i-th of n items batched in one call.
     """
     sources = tuple(rules_or_recipes)
     rules = flatten_rules(sources)
     client = Steering(rules, sources, word_index(target, rules, prompt, tokenizer), guidance_of(sources))
+    client.batch_item = check_batch_item(batch_item)
+    if client.batch_item is not None:
+        _refuse_unbatchable(rules, client.guidance)
     return Session(target, client, adapter=adapter, num_steps=num_steps, strict=strict)
 
 
@@ -216,6 +235,7 @@ def inspect(
     map_max_mb: float = 100.0,
     prompt: str | None = None,
     tokenizer: Any = None,
+    batch_item: tuple[int, int] | None = None,
 ) -> Session:
     """Record frame-level attention of ``target`` inside a ``with`` block; yields a :class:`~attnsteer.record.Record`.
 
@@ -231,11 +251,28 @@ def inspect(
 
     record = Record(heads=heads, queries=queries)
     record.metadata["model"] = _describe_target(target)
+    record.batch_item = check_batch_item(batch_item)
+    if maps is not None and record.batch_item is not None:
+        raise ConfigError("at.inspect(maps=..., batch_item=...): spatial maps are not recorded per batch item; "
+                          "record them in a run of their own")
     if maps is not None:
         specs = check_maps(maps)
         record.maps = MapRecording(specs, map_steps, map_layers, word_index(target, specs, prompt, tokenizer),
                                    map_max_mb)
     return Session(target, record, adapter=adapter, num_steps=num_steps, strict=strict)
+
+
+def _refuse_unbatchable(rules: tuple[Rule, ...], guidance: PerturbedGuidance | None) -> None:
+    """What a batch share cannot restrict to its rows: output rules and perturbed guidance act on whole forwards."""
+    from .outputs import OutputTransform
+
+    if guidance is not None:
+        raise SteeringError("at.steer(batch_item=...): perturbed guidance adds a forward over the whole batch, so "
+                            "it cannot be restricted to one batch item; run it sequentially")
+    outputs = [r for r in rules if isinstance(r.transform, OutputTransform)]
+    if outputs:
+        raise SteeringError(f"at.steer(batch_item=...): {outputs[0]!r} edits the module output, which is not "
+                            "restricted to one batch item; run it sequentially")
 
 
 def _describe_target(target: Any) -> str:

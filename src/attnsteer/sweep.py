@@ -37,19 +37,34 @@ def gamma_label(gamma: float) -> str:
 
 def steer_sweep(
     pipe: Any, generate: Callable[[], Sequence[np.ndarray]], gammas: Sequence[float], *, stop: float,
-    desc: str = "gamma sweep",
+    desc: str = "gamma sweep", batch: int | None = None, generate_batch: Callable[[int], Sequence[Any]] | None = None,
 ) -> dict[float, SweepResult]:
     """Run ``generate()`` (which calls ``pipe`` and returns its videos) once per gamma under
     ``at.recipes.dymos(gamma, stop)`` and ``at.inspect``; the same seeds inside ``generate`` make the
-    gammas comparable."""
+    gammas comparable. ``batch=N`` runs up to N gammas as the rows of one call of ``generate_batch(n)``
+    (which returns the n items' videos; see :mod:`attnsteer.batched`), with the same results."""
     if not gammas:
         raise ConfigError("gammas must hold at least one value")
+    if batch is not None:
+        return _batched_sweep(pipe, generate_batch, gammas, stop=stop, batch=batch)
     results = {}
     for gamma in tqdm(gammas, desc=desc, unit="gamma"):
         with at.inspect(pipe) as rec, at.steer(pipe, at.recipes.dymos(gamma=gamma, stop=stop)):
             videos = list(generate())
         results[gamma] = SweepResult(gamma, videos, rec)
     return results
+
+
+def _batched_sweep(
+    pipe: Any, generate_batch: Callable[[int], Sequence[Any]] | None, gammas: Sequence[float], *, stop: float, batch: int,
+) -> dict[float, SweepResult]:
+    from .batched import run_batched
+
+    if generate_batch is None:
+        raise ConfigError("steer_sweep(batch=...) needs generate_batch(n), which calls the pipeline for n items")
+    gammas = list(dict.fromkeys(gammas))  # one row per distinct gamma, as the sequential sweep keys them
+    runs = run_batched(pipe, [at.recipes.dymos(gamma=g, stop=stop) for g in gammas], generate_batch, chunk=batch)
+    return {g: SweepResult(g, [video], rec) for g, (video, rec) in zip(gammas, runs)}
 
 
 def branch_of(record: Any) -> str | None:

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SteeringError
 
 COND_CONTEXTS = ("cond", "pred_cond")
 UNCOND_CONTEXTS = ("uncond", "pred_uncond")
@@ -149,3 +149,26 @@ def convention(name: object, owner: str) -> BranchConvention:
     if name not in CONVENTIONS:
         raise ConfigError(f"{owner}.branches must be one of {sorted(CONVENTIONS)} (or a method), got {name!r}")
     return CONVENTIONS[name]  # type: ignore[index]
+
+
+def item_of_rows(branches: RowBranches, batch_size: int, count: int) -> tuple[int, ...]:
+    """Which of ``count`` batched items (prompts repeated in one pipeline call) each attention row
+    belongs to: within each branch, the k-th row is item k (rows [uncond x n, cond x n] of a batched
+    forward, or n rows of one branch's separate forward). Raises where the rows do not split that way
+    (a model folding frames or condition images into the batch, or an unknown mix of branches)."""
+    labels = branches if branches is not None else ("unknown",) * batch_size
+    if len(labels) != batch_size:
+        raise ConfigError(f"{len(labels)} branch labels for an attention batch of {batch_size}")
+    seen: dict[str, int] = {}
+    items = []
+    for label in labels:
+        items.append(seen.get(label, 0))
+        seen[label] = items[-1] + 1
+    if any(n != count for n in seen.values()):
+        raise SteeringError(
+            f"a batched run of {count} items met an attention batch of {batch_size} rows with branches "
+            f"{dict(seen)} per branch; it cannot tell which item each row belongs to (the model folds other axes "
+            "into the batch, or the branch of each row is unknown), so it cannot batch exactly: run the values "
+            "sequentially (no --batch)"
+        )
+    return tuple(items)
