@@ -176,9 +176,15 @@ def _load(args: argparse.Namespace):
     return model
 
 
-def _image(args: argparse.Namespace):
+def _image(args: argparse.Namespace, model: Any):
+    """The conditioning image: ``--image``, else a built-in test image; None for text-to-video pipelines."""
     from .videoio import load_image
 
+    if not model.takes_image:
+        if args.image:
+            raise ConfigError(f"--image: {args.model} is a text-to-video pipeline ({type(model.pipe).__name__} "
+                              "takes no image); leave --image out")
+        return None
     if args.image:
         return load_image(args.image)
     from .testing.tiny import test_image
@@ -222,7 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = _recipe_from_args(args)
     model = _load(args)
-    image = _image(args)
+    image = _image(args, model)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with at.steer(model.pipe, *([recipe] if recipe else [])) as steering:
@@ -287,7 +293,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     recipe = _recipe_from_args(args)
     model = _load(args)
-    image = _image(args)
+    image = _image(args, model)
     args.out.mkdir(parents=True, exist_ok=True)
     frames, rec = _record_run(model, image, args, recipe)
     name = repr(recipe) if recipe else "vanilla"
@@ -348,7 +354,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         model = _load(args)
         model.show_progress(False)
-        image = _image(args)
+        image = _image(args, model)
         results = sharded(lambda gammas: steer_sweep(
             model.pipe, lambda: [_generate(model, image, args)], gammas, stop=args.stop, batch=args.batch,
             generate_batch=lambda n: model.batch(image, args.prompt, n, seed=args.seed, num_inference_steps=args.steps,

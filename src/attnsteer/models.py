@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -26,13 +27,25 @@ class VideoModel:
         self._call_kwargs = call_kwargs
         self.image_size = image_size  # (height, width) the image is resized to, None: the pipeline decides
 
-    def __call__(self, image: Image.Image | None, prompt: str, seed: int = 0, **overrides: Any) -> np.ndarray:
-        kwargs = self._call_kwargs(prompt=prompt, **{k: v for k, v in overrides.items() if v is not None})
+    @property
+    def takes_image(self) -> bool:
+        """Whether the pipeline takes a conditioning ``image`` (image-to-video), read from its signature."""
+        parameters = inspect.signature(self.pipe.__call__).parameters
+        return "image" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+    def _image(self, image: Image.Image | None) -> dict[str, Any]:
+        """The image argument of a call: resized to ``image_size``; none for text-to-video pipelines."""
+        if not self.takes_image:
+            return {}
         if image is not None and self.image_size is not None:
             image = image.convert("RGB").resize((self.image_size[1], self.image_size[0]))
+        return {"image": image}
+
+    def __call__(self, image: Image.Image | None, prompt: str, seed: int = 0, **overrides: Any) -> np.ndarray:
+        kwargs = self._call_kwargs(prompt=prompt, **{k: v for k, v in overrides.items() if v is not None})
         device = getattr(self.pipe, "device", torch.device("cpu"))
         generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(seed)
-        output = self.pipe(image=image, generator=generator, **kwargs)
+        output = self.pipe(generator=generator, **self._image(image), **kwargs)
         frames = output.frames[0]
         return np.asarray(frames, dtype=np.float32)
 
@@ -42,9 +55,7 @@ class VideoModel:
         from .batched import batch_call_kwargs
 
         kwargs = self._call_kwargs(prompt=prompt, **{k: v for k, v in overrides.items() if v is not None})
-        if image is not None and self.image_size is not None:
-            image = image.convert("RGB").resize((self.image_size[1], self.image_size[0]))
-        output = self.pipe(**batch_call_kwargs(self.pipe, {"image": image, **kwargs}, n, seed))
+        output = self.pipe(**batch_call_kwargs(self.pipe, {**self._image(image), **kwargs}, n, seed))
         return [np.asarray(frames, dtype=np.float32) for frames in output.frames]
 
     def show_progress(self, enabled: bool = True) -> None:
