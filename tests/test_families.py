@@ -118,6 +118,11 @@ def svd(pipe, kwargs) -> Geometry:
     return Geometry(kwargs["num_frames"], 1)
 
 
+def latte(pipe, kwargs) -> Geometry:
+    """Temporal attention: one token per latent frame (the VAE is per image: latent frames are frames)."""
+    return Geometry(kwargs["video_length"], 1)
+
+
 def unpadded(text_tokens: int = 8, glyph_tokens: int = 4) -> dict:
     """HunyuanVideo 1.5 masks with every conditioning token valid (padded ones: test_adapter_hunyuan)."""
     ones = {"prompt_embeds_mask": text_tokens, "prompt_embeds_mask_2": glyph_tokens}
@@ -137,6 +142,7 @@ CASES = {
     "tiny-hunyuan15": Case(hunyuan15, "cond-then-uncond", extra=unpadded),
     # SVD's Karras schedule from sigma 700 magnifies float32 rounding of the attention: 1.2e-4 seen on 1024 latents
     "tiny-svd": Case(svd, "batched", image_size=32, denoisers=("unet",), atol=3e-4),
+    "tiny-latte": Case(latte, "batched"),
 }
 
 

@@ -428,6 +428,8 @@ def ltx_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **override
     return kwargs
 
 
+from .tiny_families_c import latte_call_kwargs, tiny_latte  # noqa: E402
+
 TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]] = {
     "tiny-wan": (tiny_wan, wan_call_kwargs),
     "tiny-cogvideox": (tiny_cogvideox, cogvideox_call_kwargs),
@@ -441,6 +443,7 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
                                    hunyuan_call_kwargs),
     "tiny-hunyuan15": (tiny_hunyuan15, hunyuan15_call_kwargs),
     "tiny-svd": (tiny_svd, svd_call_kwargs),
+    "tiny-latte": (tiny_latte, latte_call_kwargs),
 }
 
 

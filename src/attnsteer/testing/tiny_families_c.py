@@ -1,0 +1,67 @@
+"""Tiny random-weight pipelines of the Latte, AnimateDiff and Motif-Video families (see :mod:`.tiny`).
+
+Text-to-video pipelines take no image, but every built-in tiny model is called with one (the CLI's
+``--image``, the family battery): :func:`text_to_video` wraps such a pipeline class so that the
+``image`` argument is dropped, documented on the class, and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+
+
+@functools.cache
+def text_to_video(pipeline_class: type) -> type:
+    """A subclass of the text-to-video ``pipeline_class`` whose ``__call__`` accepts and ignores ``image``."""
+
+    def __call__(self, *args: Any, image: Any = None, **kwargs: Any) -> Any:
+        return pipeline_class.__call__(self, *args, **kwargs)
+
+    doc = (f"{pipeline_class.__name__} for the built-in tiny models: text-to-video, so the ``image`` every "
+           "tiny model is called with is ignored.")
+    return type(f"Tiny{pipeline_class.__name__}", (pipeline_class,), {"__call__": __call__, "__doc__": doc})
+
+
+def tiny_latte(seed: int = 0) -> Any:
+    """A Latte pipeline (spatial and temporal attention as separate calls, batch [uncond, cond]), random weights."""
+    from diffusers import AutoencoderKL, DDIMScheduler, LattePipeline, LatteTransformer3DModel
+
+    torch.manual_seed(seed)
+    transformer = LatteTransformer3DModel(
+        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=2, caption_channels=16,
+        in_channels=4, cross_attention_dim=16, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+        video_length=3,  # the temporal position embedding has this many frames: calls must use as many
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=2, layers_per_block=1,
+    )
+    pipe = text_to_video(LattePipeline)(
+        tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=DDIMScheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def latte_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", num_frames: int | None = None,
+                      **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for a fast call of :func:`tiny_latte` (16x16, 3 frames of 8x8 latents = 4x4 patches,
+    8 caption tokens, guidance 5). ``num_frames`` must be 3 (the tiny model's ``video_length``)."""
+    from .tiny import prompt_embedding  # here: tiny.py imports this module
+
+    if num_frames not in (None, 3):
+        raise ConfigError(f"tiny-latte makes 3 frames (its temporal position embedding has 3), got num_frames={num_frames}")
+    kwargs: dict[str, Any] = dict(
+        prompt_embeds=prompt_embedding(prompt, 8, 16),
+        negative_prompt_embeds=prompt_embedding(negative_prompt, 8, 16),
+        negative_prompt=None, height=16, width=16, video_length=3, num_inference_steps=4,
+        guidance_scale=5.0, output_type="np", clean_caption=False, mask_feature=False,
+    )
+    kwargs.update(overrides)
+    return kwargs
