@@ -123,6 +123,11 @@ def latte(pipe, kwargs) -> Geometry:
     return Geometry(kwargs["video_length"], 1)
 
 
+def animatediff(pipe, kwargs) -> Geometry:
+    """Motion-module attention: one token per frame (the SD VAE is per image)."""
+    return Geometry(kwargs["num_frames"], 1)
+
+
 def unpadded(text_tokens: int = 8, glyph_tokens: int = 4) -> dict:
     """HunyuanVideo 1.5 masks with every conditioning token valid (padded ones: test_adapter_hunyuan)."""
     ones = {"prompt_embeds_mask": text_tokens, "prompt_embeds_mask_2": glyph_tokens}
@@ -143,6 +148,7 @@ CASES = {
     # SVD's Karras schedule from sigma 700 magnifies float32 rounding of the attention: 1.2e-4 seen on 1024 latents
     "tiny-svd": Case(svd, "batched", image_size=32, denoisers=("unet",), atol=3e-4),
     "tiny-latte": Case(latte, "batched"),
+    "tiny-animatediff": Case(animatediff, "batched", denoisers=("unet",)),
 }
 
 

@@ -428,7 +428,7 @@ def ltx_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **override
     return kwargs
 
 
-from .tiny_families_c import latte_call_kwargs, tiny_latte  # noqa: E402
+from .tiny_families_c import animatediff_call_kwargs, latte_call_kwargs, tiny_animatediff, tiny_latte  # noqa: E402
 
 TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]] = {
     "tiny-wan": (tiny_wan, wan_call_kwargs),
@@ -444,6 +444,7 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-hunyuan15": (tiny_hunyuan15, hunyuan15_call_kwargs),
     "tiny-svd": (tiny_svd, svd_call_kwargs),
     "tiny-latte": (tiny_latte, latte_call_kwargs),
+    "tiny-animatediff": (tiny_animatediff, animatediff_call_kwargs),
 }
 
 

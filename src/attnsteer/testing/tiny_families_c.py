@@ -29,7 +29,7 @@ def text_to_video(pipeline_class: type) -> type:
 
 def tiny_latte(seed: int = 0) -> Any:
     """A Latte pipeline (spatial and temporal attention as separate calls, batch [uncond, cond]), random weights."""
-    from diffusers import AutoencoderKL, DDIMScheduler, LattePipeline, LatteTransformer3DModel
+    from diffusers import DDIMScheduler, LattePipeline, LatteTransformer3DModel
 
     torch.manual_seed(seed)
     transformer = LatteTransformer3DModel(
@@ -38,12 +38,8 @@ def tiny_latte(seed: int = 0) -> Any:
         num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
         video_length=3,  # the temporal position embedding has this many frames: calls must use as many
     )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=2, layers_per_block=1,
-    )
     pipe = text_to_video(LattePipeline)(
-        tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=DDIMScheduler(),
+        tokenizer=None, text_encoder=None, vae=_sd_vae(), transformer=transformer, scheduler=DDIMScheduler(),
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -62,6 +58,50 @@ def latte_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", num_fram
         negative_prompt_embeds=prompt_embedding(negative_prompt, 8, 16),
         negative_prompt=None, height=16, width=16, video_length=3, num_inference_steps=4,
         guidance_scale=5.0, output_type="np", clean_caption=False, mask_feature=False,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _sd_vae() -> Any:
+    """A 2x-downsampling image VAE (4 latent channels) for the Stable-Diffusion-based tiny pipelines."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=2, layers_per_block=1,
+    )
+
+
+def tiny_animatediff(seed: int = 0) -> Any:
+    """An AnimateDiff pipeline (SD UNet + MotionAdapter -> ``UNetMotionModel``, batch [uncond, cond]), random weights."""
+    from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, norm_num_groups=2, attention_head_dim=8,
+    )
+    motion_adapter = MotionAdapter(block_out_channels=(16, 16), motion_layers_per_block=1, motion_norm_num_groups=2,
+                                   motion_num_attention_heads=2)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False)
+    pipe = text_to_video(AnimateDiffPipeline)(
+        vae=_sd_vae(), text_encoder=None, tokenizer=None, unet=unet, motion_adapter=motion_adapter,
+        scheduler=scheduler, feature_extractor=None, image_encoder=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def animatediff_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for a fast call of :func:`tiny_animatediff` (16x16, 3 frames of 8x8 latents, 4 prompt
+    tokens, guidance 5)."""
+    from .tiny import prompt_embedding  # here: tiny.py imports this module
+
+    kwargs: dict[str, Any] = dict(
+        prompt_embeds=prompt_embedding(prompt, 4, 16), negative_prompt_embeds=prompt_embedding(negative_prompt, 4, 16),
+        height=16, width=16, num_frames=3, num_inference_steps=4, guidance_scale=5.0, output_type="np",
     )
     kwargs.update(overrides)
     return kwargs
