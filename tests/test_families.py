@@ -128,6 +128,12 @@ def animatediff(pipe, kwargs) -> Geometry:
     return Geometry(kwargs["num_frames"], 1)
 
 
+def motif_video(pipe, kwargs) -> Geometry:
+    """Video tokens (patch 2, Wan VAE /8 and /4 in time), then the text tokens (no image tokens: no text encoder)."""
+    side = kwargs["height"] // pipe.vae_scale_factor_spatial // pipe.transformer.config.patch_size
+    return Geometry(latent_frames(pipe, kwargs), side * side, text=kwargs["prompt_embeds"].shape[1])
+
+
 def unpadded(text_tokens: int = 8, glyph_tokens: int = 4) -> dict:
     """HunyuanVideo 1.5 masks with every conditioning token valid (padded ones: test_adapter_hunyuan)."""
     ones = {"prompt_embeds_mask": text_tokens, "prompt_embeds_mask_2": glyph_tokens}
@@ -149,6 +155,7 @@ CASES = {
     "tiny-svd": Case(svd, "batched", image_size=32, denoisers=("unet",), atol=3e-4),
     "tiny-latte": Case(latte, "batched"),
     "tiny-animatediff": Case(animatediff, "batched", denoisers=("unet",)),
+    "tiny-motif-video": Case(motif_video, "cond-then-uncond"),
 }
 
 

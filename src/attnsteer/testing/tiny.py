@@ -428,7 +428,14 @@ def ltx_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **override
     return kwargs
 
 
-from .tiny_families_c import animatediff_call_kwargs, latte_call_kwargs, tiny_animatediff, tiny_latte  # noqa: E402
+from .tiny_families_c import (  # noqa: E402
+    animatediff_call_kwargs,
+    latte_call_kwargs,
+    motif_video_call_kwargs,
+    tiny_animatediff,
+    tiny_latte,
+    tiny_motif_video,
+)
 
 TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]] = {
     "tiny-wan": (tiny_wan, wan_call_kwargs),
@@ -445,6 +452,7 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-svd": (tiny_svd, svd_call_kwargs),
     "tiny-latte": (tiny_latte, latte_call_kwargs),
     "tiny-animatediff": (tiny_animatediff, animatediff_call_kwargs),
+    "tiny-motif-video": (tiny_motif_video, motif_video_call_kwargs),
 }
 
 
