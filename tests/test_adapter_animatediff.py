@@ -63,3 +63,17 @@ def test_a_frame_to_frame_rule_matches_dense_on_motion_calls_and_leaves_spatial_
     spatial = EditedAttention(edit, lambda q, k: q.shape[-2] == k.shape[-2] in (16, 64))
     with spatial:
         assert np.abs(run(guidance_scale=1.0) - steered).max() > 1e-3, "editing the spatial calls would have matched"
+
+
+def test_perturbed_attention_guidance_batches_are_not_read_as_uncond_cond(tiny):
+    from types import SimpleNamespace
+
+    from attnsteer.plugins.manager import require_adapter
+
+    pipe, _ = tiny
+    adapter = require_adapter(pipe.unet)
+    guided = SimpleNamespace(do_classifier_free_guidance=True, do_perturbed_attention_guidance=False)
+    assert adapter.branches(pipe.unet, {}, None, 2, guided) == ("uncond", "cond")
+    assert adapter.attention_branches(("uncond", "cond"), 4) == ("uncond", "uncond", "cond", "cond")
+    pag = SimpleNamespace(do_classifier_free_guidance=True, do_perturbed_attention_guidance=True)
+    assert adapter.branches(pipe.unet, {}, None, 6, pag) is None  # [uncond, cond, perturbed] x 2 videos

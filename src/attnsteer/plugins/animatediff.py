@@ -24,7 +24,9 @@ Layout facts:
 - Reference frame: none holds an image (video-to-video encodes every frame alike);
   ``at.frames.reference`` is frame 0, the first frame.
 - Guidance: one forward per step with the batch [uncond, cond], no cache context;
-  ``do_classifier_free_guidance`` says whether the batch is doubled.
+  ``do_classifier_free_guidance`` says whether the batch is doubled. ``AnimateDiffPAGPipeline``
+  batches [uncond, cond, perturbed] (``do_perturbed_attention_guidance``): its rows' branches are
+  not read (rules on one branch raise; ``branch="all"`` rules act on every row).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 
 from ..layout import TokenLayout
 from .base import Adapter, self_attention_modules
+from .branches import CONVENTIONS
 from .latte import per_position_branches
 
 EXECUTION_ORDER = ("down_blocks", "mid_block", "up_blocks")
@@ -47,12 +50,23 @@ class AnimateDiffAdapter(Adapter):
     self_attention = (r"(down_blocks\.\d+|mid_block|up_blocks\.\d+)\.motion_modules\.\d+"
                       r"\.transformer_blocks\.\d+\.attn[12]")
     text = "cross"
-    branches = "batched-uncond-cond"
     tiny_models = ("tiny-animatediff",)
     tested = ("motion-module attn1 and attn2 only, in execution order; a frame-to-frame rule against dense with "
               "the per-frame spatial calls unchanged")
     table_entries = {"reference frames": "none (text-to-video): frame 0 is the first frame"}
     block_pattern = r"(down_blocks\.\d+|mid_block|up_blocks\.\d+)\.motion_modules\.\d+\.transformer_blocks\.\d+"
+
+    def branches(self, model: torch.nn.Module, inputs: Mapping[str, Any], context: str | None, batch_size: int,
+                 pipeline: Any) -> tuple[str, ...] | None:
+        """batched-uncond-cond: one forward, batch [uncond, cond], every row conditional while guidance is off; with
+        perturbed-attention guidance (AnimateDiffPAGPipeline, batch [uncond, cond, perturbed]) unknown."""
+        try:
+            perturbed = bool(getattr(pipeline, "do_perturbed_attention_guidance", False))
+        except (AttributeError, TypeError):  # a property reading state set only inside __call__
+            perturbed = False
+        if perturbed:
+            return None
+        return CONVENTIONS["batched-uncond-cond"].__get__(self)(model, inputs, context, batch_size, pipeline)
 
     def attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         """The motion modules' self-attention (not an ``attn2`` built for cross-attention), in execution order."""
