@@ -134,6 +134,11 @@ def motif_video(pipe, kwargs) -> Geometry:
     return Geometry(latent_frames(pipe, kwargs), side * side, text=kwargs["prompt_embeds"].shape[1])
 
 
+def i2vgen_xl(pipe, kwargs) -> Geometry:
+    """Temporal attention (and the image-latent encoder's): one token per frame (the SD VAE is per image)."""
+    return Geometry(kwargs["num_frames"], 1)
+
+
 def unpadded(text_tokens: int = 8, glyph_tokens: int = 4) -> dict:
     """HunyuanVideo 1.5 masks with every conditioning token valid (padded ones: test_adapter_hunyuan)."""
     ones = {"prompt_embeds_mask": text_tokens, "prompt_embeds_mask_2": glyph_tokens}
@@ -156,6 +161,7 @@ CASES = {
     "tiny-latte": Case(latte, "batched"),
     "tiny-animatediff": Case(animatediff, "batched", denoisers=("unet",)),
     "tiny-motif-video": Case(motif_video, "cond-then-uncond"),
+    "tiny-i2vgen-xl": Case(i2vgen_xl, "batched", image_size=16, denoisers=("unet",)),
 }
 
 
