@@ -139,6 +139,13 @@ def i2vgen_xl(pipe, kwargs) -> Geometry:
     return Geometry(kwargs["num_frames"], 1)
 
 
+def anyflow(pipe, kwargs) -> Geometry:
+    """Wan geometry: Wan VAE (/8, /4 in time), patch (1, 2, 2), video tokens only."""
+    _, p_h, p_w = pipe.transformer.config.patch_size
+    side = kwargs["height"] // pipe.vae_scale_factor_spatial // p_h
+    return Geometry(latent_frames(pipe, kwargs), side * side)
+
+
 def unpadded(text_tokens: int = 8, glyph_tokens: int = 4) -> dict:
     """HunyuanVideo 1.5 masks with every conditioning token valid (padded ones: test_adapter_hunyuan)."""
     ones = {"prompt_embeds_mask": text_tokens, "prompt_embeds_mask_2": glyph_tokens}
@@ -162,6 +169,7 @@ CASES = {
     "tiny-animatediff": Case(animatediff, "batched", denoisers=("unet",)),
     "tiny-motif-video": Case(motif_video, "cond-then-uncond"),
     "tiny-i2vgen-xl": Case(i2vgen_xl, "batched", image_size=16, denoisers=("unet",)),
+    "tiny-anyflow": Case(anyflow, "batched"),
 }
 
 

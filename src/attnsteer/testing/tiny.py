@@ -430,10 +430,12 @@ def ltx_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **override
 
 from .tiny_families_c import (  # noqa: E402
     animatediff_call_kwargs,
+    anyflow_call_kwargs,
     i2vgen_xl_call_kwargs,
     latte_call_kwargs,
     motif_video_call_kwargs,
     tiny_animatediff,
+    tiny_anyflow,
     tiny_i2vgen_xl,
     tiny_latte,
     tiny_motif_video,
@@ -456,6 +458,7 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-animatediff": (tiny_animatediff, animatediff_call_kwargs),
     "tiny-motif-video": (tiny_motif_video, motif_video_call_kwargs),
     "tiny-i2vgen-xl": (tiny_i2vgen_xl, i2vgen_xl_call_kwargs),
+    "tiny-anyflow": (tiny_anyflow, anyflow_call_kwargs),
 }
 
 
