@@ -55,7 +55,7 @@ class MotifVideoAdapter(Adapter):
         return found[: len(found) - decoders]
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
-        """Video tokens first (frame-major, patch ``patch_size_t`` x p x p), then image embedding and text tokens as one "text" segment ``image+text``."""
+        """Video tokens first (frame-major, ``patch_size_t`` x ``patch_size``^2 patches), then image+text tokens."""
         _, _, frames, height, width = inputs["hidden_states"].shape
         p, p_t = model.config.patch_size, model.config.patch_size_t
         image = inputs.get("image_embeds")

@@ -1,4 +1,5 @@
-"""Tiny random-weight pipelines of the Latte, AnimateDiff and Motif-Video families (see :mod:`.tiny`).
+"""Tiny random-weight pipelines of the Latte, AnimateDiff, Motif-Video, I2VGen-XL and AnyFlow families (see
+:mod:`.tiny`, whose ``TINY_MODELS`` lists them).
 
 Text-to-video pipelines take no image, but every built-in tiny model is called with one (the CLI's
 ``--image``, the family battery): :func:`text_to_video` wraps such a pipeline class so that the
@@ -52,7 +53,8 @@ def latte_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", num_fram
     from .tiny import prompt_embedding  # here: tiny.py imports this module
 
     if num_frames not in (None, 3):
-        raise ConfigError(f"tiny-latte makes 3 frames (its temporal position embedding has 3), got num_frames={num_frames}")
+        raise ConfigError(f"tiny-latte makes 3 frames (its temporal position embedding has 3), "
+                          f"got num_frames={num_frames}")
     kwargs: dict[str, Any] = dict(
         prompt_embeds=prompt_embedding(prompt, 8, 16),
         negative_prompt_embeds=prompt_embedding(negative_prompt, 8, 16),
@@ -74,7 +76,8 @@ def _sd_vae(vae_class: type | None = None) -> Any:
 
 
 def tiny_animatediff(seed: int = 0) -> Any:
-    """An AnimateDiff pipeline (SD UNet + MotionAdapter -> ``UNetMotionModel``, batch [uncond, cond]), random weights."""
+    """An AnimateDiff pipeline (SD UNet + MotionAdapter -> ``UNetMotionModel``, batch [uncond, cond]), random
+    weights."""
     from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, UNet2DConditionModel
 
     torch.manual_seed(seed)
