@@ -67,3 +67,11 @@ def test_cross_attention_rules_raise(tiny):
     with pytest.raises(at.SteeringError, match="no separate cross-attention"):
         with at.steer(pipe, at.Rule(at.frames[1:], at.text, at.bias(1.0), attention="cross")):
             run()
+
+
+def test_without_temporal_attention_nothing_is_steered(tiny):
+    pipe, run = tiny
+    spatial_only = run(enable_temporal_attentions=False)
+    with pytest.warns(at.AttnsteerWarning, match="never applied"):  # said, not silent
+        with at.steer(pipe, at.recipes.dymos(gamma=2.0)):
+            assert np.array_equal(run(enable_temporal_attentions=False), spatial_only)

@@ -15,7 +15,7 @@ Layout facts:
   call sees the video's frames).
 - The temporal fold is video-major, (B*F, h*w, C) -> (B, h*w, F, C) -> (B*h*w, F, C): attention row
   r belongs to video r // (h*w) (``per_position_branches``). ``enable_temporal_attentions=False``
-  makes no temporal call, so nothing is steered or recorded. Block skips (STG-R) index the temporal
+  makes no temporal call: nothing is steered (a session warns that its rules never applied). Block skips (STG-R) index the temporal
   blocks too.
 - Latte is text-to-video: no frame holds an image. ``at.frames.reference`` is frame 0, the first frame.
 - Guidance: one forward per step with the batch [uncond, cond] (prompt embeddings concatenated
@@ -51,7 +51,8 @@ class LatteAdapter(Adapter):
     branches = "batched-uncond-cond"
     tiny_models = ("tiny-latte",)
     tested = ("temporal layers only (spatial self- and cross-attention calls unchanged, against dense); "
-              "a frame-to-frame rule against dense; a cross-attention rule raises")
+              "a frame-to-frame rule against dense; a cross-attention rule raises; no temporal calls: nothing "
+              "steered, a warning")
     table_entries = {"reference frames": "none (text-to-video): frame 0 is the first frame"}
     block_pattern = r"temporal_transformer_blocks\.\d+"  # the blocks STG-R skips: those of the steered calls
 
