@@ -152,6 +152,32 @@ def consisid(pipe, kwargs) -> Geometry:
 def all_text_valid(length: int = 8) -> dict:
     """Prompt masks with every text token valid (padded ones, which Mochi drops per row: test_adapter_mochi)."""
     return {f"{p}prompt_attention_mask": torch.ones(1, length, dtype=torch.long) for p in ("", "negative_")}
+def latte(pipe, kwargs) -> Geometry:
+    """Temporal attention: one token per latent frame (the VAE is per image: latent frames are frames)."""
+    return Geometry(kwargs["video_length"], 1)
+
+
+def animatediff(pipe, kwargs) -> Geometry:
+    """Motion-module attention: one token per frame (the SD VAE is per image)."""
+    return Geometry(kwargs["num_frames"], 1)
+
+
+def motif_video(pipe, kwargs) -> Geometry:
+    """Video tokens (patch 2, Wan VAE /8 and /4 in time), then the text tokens (no image tokens: no text encoder)."""
+    side = kwargs["height"] // pipe.vae_scale_factor_spatial // pipe.transformer.config.patch_size
+    return Geometry(latent_frames(pipe, kwargs), side * side, text=kwargs["prompt_embeds"].shape[1])
+
+
+def i2vgen_xl(pipe, kwargs) -> Geometry:
+    """Temporal attention (and the image-latent encoder's): one token per frame (the SD VAE is per image)."""
+    return Geometry(kwargs["num_frames"], 1)
+
+
+def anyflow(pipe, kwargs) -> Geometry:
+    """Wan geometry: Wan VAE (/8, /4 in time), patch (1, 2, 2), video tokens only."""
+    _, p_h, p_w = pipe.transformer.config.patch_size
+    side = kwargs["height"] // pipe.vae_scale_factor_spatial // p_h
+    return Geometry(latent_frames(pipe, kwargs), side * side)
 
 
 def unpadded(text_tokens: int = 8, glyph_tokens: int = 4) -> dict:
@@ -178,6 +204,11 @@ CASES = {
     "tiny-easyanimate": Case(easyanimate, "batched", image_size=None),
     "tiny-easyanimate-inpaint": Case(easyanimate, "batched", image_size=None, extra=easyanimate_image_to_video),
     "tiny-consisid": Case(consisid, "batched", image_size=32),
+    "tiny-latte": Case(latte, "batched"),
+    "tiny-animatediff": Case(animatediff, "batched", denoisers=("unet",)),
+    "tiny-motif-video": Case(motif_video, "cond-then-uncond"),
+    "tiny-i2vgen-xl": Case(i2vgen_xl, "batched", image_size=16, denoisers=("unet",)),
+    "tiny-anyflow": Case(anyflow, "batched"),
 }
 
 

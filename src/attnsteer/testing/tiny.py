@@ -429,6 +429,18 @@ def ltx_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **override
 
 
 from . import tiny_families_a as _a  # noqa: E402  (its builders import this module's helpers when called)
+from .tiny_families_c import (  # noqa: E402
+    animatediff_call_kwargs,
+    anyflow_call_kwargs,
+    i2vgen_xl_call_kwargs,
+    latte_call_kwargs,
+    motif_video_call_kwargs,
+    tiny_animatediff,
+    tiny_anyflow,
+    tiny_i2vgen_xl,
+    tiny_latte,
+    tiny_motif_video,
+)
 
 TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]] = {
     "tiny-wan": (tiny_wan, wan_call_kwargs),
@@ -448,6 +460,11 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-easyanimate": (_a.tiny_easyanimate, _a.easyanimate_call_kwargs),
     "tiny-easyanimate-inpaint": (_a.tiny_easyanimate_inpaint, _a.easyanimate_call_kwargs),
     "tiny-consisid": (_a.tiny_consisid, _a.consisid_call_kwargs),
+    "tiny-latte": (tiny_latte, latte_call_kwargs),
+    "tiny-animatediff": (tiny_animatediff, animatediff_call_kwargs),
+    "tiny-motif-video": (tiny_motif_video, motif_video_call_kwargs),
+    "tiny-i2vgen-xl": (tiny_i2vgen_xl, i2vgen_xl_call_kwargs),
+    "tiny-anyflow": (tiny_anyflow, anyflow_call_kwargs),
 }
 
 
