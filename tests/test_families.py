@@ -149,6 +149,13 @@ def consisid(pipe, kwargs) -> Geometry:
     return Geometry(latent_frames(pipe, kwargs), side * side, text=kwargs["max_sequence_length"], text_first=True)
 
 
+def cosmos(pipe, kwargs) -> Geometry:
+    """Video tokens only (text in cross-attention), patch (1, 2, 2); the image is conditioning latent frame 0."""
+    _, p_h, p_w = pipe.transformer.config.patch_size
+    rows, cols = kwargs["height"] // pipe.vae_scale_factor_spatial // p_h, kwargs["width"] // pipe.vae_scale_factor_spatial // p_w
+    return Geometry(latent_frames(pipe, kwargs), rows * cols)
+
+
 def all_text_valid(length: int = 8) -> dict:
     """Prompt masks with every text token valid (padded ones, which Mochi drops per row: test_adapter_mochi)."""
     return {f"{p}prompt_attention_mask": torch.ones(1, length, dtype=torch.long) for p in ("", "negative_")}
@@ -178,6 +185,7 @@ CASES = {
     "tiny-easyanimate": Case(easyanimate, "batched", image_size=None),
     "tiny-easyanimate-inpaint": Case(easyanimate, "batched", image_size=None, extra=easyanimate_image_to_video),
     "tiny-consisid": Case(consisid, "batched", image_size=32),
+    "tiny-cosmos2": Case(cosmos, "cond-then-uncond", image_size=32),
 }
 
 

@@ -448,6 +448,7 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-easyanimate": (_a.tiny_easyanimate, _a.easyanimate_call_kwargs),
     "tiny-easyanimate-inpaint": (_a.tiny_easyanimate_inpaint, _a.easyanimate_call_kwargs),
     "tiny-consisid": (_a.tiny_consisid, _a.consisid_call_kwargs),
+    "tiny-cosmos2": (_a.tiny_cosmos2, _a.cosmos2_call_kwargs),
 }
 
 
