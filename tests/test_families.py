@@ -156,6 +156,13 @@ def cosmos(pipe, kwargs) -> Geometry:
     return Geometry(latent_frames(pipe, kwargs), rows * cols)
 
 
+def kandinsky5(pipe, kwargs) -> Geometry:
+    """Video tokens only (Qwen text in cross-attention), patch (1, 2, 2) of the latent frames."""
+    p_t, p_h, p_w = pipe.transformer.config.patch_size
+    side = kwargs["height"] // pipe.vae_scale_factor_spatial // p_h
+    return Geometry(latent_frames(pipe, kwargs) // p_t, side * (kwargs["width"] // pipe.vae_scale_factor_spatial // p_w))
+
+
 def all_text_valid(length: int = 8) -> dict:
     """Prompt masks with every text token valid (padded ones, which Mochi drops per row: test_adapter_mochi)."""
     return {f"{p}prompt_attention_mask": torch.ones(1, length, dtype=torch.long) for p in ("", "negative_")}
@@ -186,6 +193,7 @@ CASES = {
     "tiny-easyanimate-inpaint": Case(easyanimate, "batched", image_size=None, extra=easyanimate_image_to_video),
     "tiny-consisid": Case(consisid, "batched", image_size=32),
     "tiny-cosmos2": Case(cosmos, "cond-then-uncond", image_size=32),
+    "tiny-kandinsky5-i2v": Case(kandinsky5, "cond-then-uncond", image_size=32),
 }
 
 
