@@ -42,6 +42,8 @@ class CosmosAdapter(Adapter):
     text = "cross"
     branches = "step-order"
     tiny_models = ("tiny-cosmos2",)
+    table_entries = {"reference frames": "the conditioning latent frames of `condition_mask` (frame 0 for an image); "
+                                         "latent frame 0 without any"}
     tested = ("a 5-frame video conditions latent frames 0 and 1 (the reference frames); conditional then "
               "unconditional forward per step, all conditional with guidance off; steps from sigma / (sigma + 1)")
 
