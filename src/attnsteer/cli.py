@@ -163,11 +163,14 @@ def _load(args: argparse.Namespace):
     return model
 
 
-def _image(args: argparse.Namespace):
+def _image(args: argparse.Namespace, model):
+    """The ``--image``, else the built-in test image; None for a pipeline that takes no image (text-to-video)."""
     from .videoio import load_image
 
     if args.image:
         return load_image(args.image)
+    if not model.takes_image:
+        return None
     from .testing.tiny import test_image
 
     return test_image()
@@ -209,7 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = _recipe_from_args(args)
     model = _load(args)
-    image = _image(args)
+    image = _image(args, model)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with at.steer(model.pipe, *([recipe] if recipe else [])) as steering:
@@ -274,7 +277,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     recipe = _recipe_from_args(args)
     model = _load(args)
-    image = _image(args)
+    image = _image(args, model)
     args.out.mkdir(parents=True, exist_ok=True)
     frames, rec = _record_run(model, image, args, recipe)
     name = repr(recipe) if recipe else "vanilla"
@@ -331,7 +334,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     model = _load(args)
     model.show_progress(False)
-    image = _image(args)
+    image = _image(args, model)
     results = steer_sweep(model.pipe, lambda: [_generate(model, image, args)], args.gamma, stop=args.stop)
     reference = np.asarray(image.convert("RGB")) if image is not None else None
     rows = write_sweep(results, args.out, reference=reference, video_format=args.format, fps=args.fps,

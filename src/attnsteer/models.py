@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -26,13 +27,23 @@ class VideoModel:
         self._call_kwargs = call_kwargs
         self.image_size = image_size  # (height, width) the image is resized to, None: the pipeline decides
 
+    @property
+    def takes_image(self) -> bool:
+        """Whether the pipeline takes an ``image`` argument (text-to-video pipelines take none)."""
+        try:
+            return "image" in inspect.signature(self.pipe.__call__).parameters
+        except (TypeError, ValueError):  # no signature to read: pass the image as before
+            return True
+
     def __call__(self, image: Image.Image | None, prompt: str, seed: int = 0, **overrides: Any) -> np.ndarray:
         kwargs = self._call_kwargs(prompt=prompt, **{k: v for k, v in overrides.items() if v is not None})
+        if image is not None and not self.takes_image:
+            raise ConfigError(f"--image: {self.name} ({type(self.pipe).__name__}) takes no image; leave --image out")
         if image is not None and self.image_size is not None:
             image = image.convert("RGB").resize((self.image_size[1], self.image_size[0]))
         device = getattr(self.pipe, "device", torch.device("cpu"))
         generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(seed)
-        output = self.pipe(image=image, generator=generator, **kwargs)
+        output = self.pipe(**({"image": image} if self.takes_image else {}), generator=generator, **kwargs)
         frames = output.frames[0]
         return np.asarray(frames, dtype=np.float32)
 

@@ -135,7 +135,7 @@ def easyanimate_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **
 
 def tiny_easyanimate_inpaint(seed: int = 0) -> Any:
     """An EasyAnimate inpaint pipeline (image-to-video: mask and masked-video latents concatenated by channel;
-    the image is latent frame 0), random weights. Call it with :func:`easyanimate_image_to_video`'s arguments."""
+    the image is latent frame 0), random weights; :func:`easyanimate_inpaint_call_kwargs` gives it the image."""
     from diffusers import EasyAnimateInpaintPipeline, FlowMatchEulerDiscreteScheduler
 
     torch.manual_seed(seed)
@@ -144,6 +144,15 @@ def tiny_easyanimate_inpaint(seed: int = 0) -> Any:
     transformer = _easyanimate_transformer(4 + 4 + 4, resize_inpaint_mask_directly=False)
     return _quiet(EasyAnimateInpaintPipeline(vae=_magvit_vae(), text_encoder=None, tokenizer=None,
                                              transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler()))
+
+
+def easyanimate_inpaint_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
+    """:func:`easyanimate_call_kwargs` plus the ``video`` and ``mask_video`` that make :func:`tiny_easyanimate_inpaint`
+    generate from the built-in test image (frame 0 kept), sized to the call's frames and pixels."""
+    kwargs = easyanimate_call_kwargs(prompt, negative_prompt, **overrides)
+    if "video" not in overrides:
+        kwargs.update(easyanimate_image_to_video(None, kwargs["num_frames"], kwargs["height"]))
+    return kwargs
 
 
 def easyanimate_image_to_video(image: Any = None, num_frames: int = 9, size: int = 32) -> dict[str, Any]:
