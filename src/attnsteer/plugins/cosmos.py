@@ -45,7 +45,8 @@ class CosmosAdapter(Adapter):
     table_entries = {"reference frames": "the conditioning latent frames of `condition_mask` (frame 0 for an image); "
                                          "latent frame 0 without any"}
     tested = ("a 5-frame video conditions latent frames 0 and 1 (the reference frames); conditional then "
-              "unconditional forward per step, all conditional with guidance off; steps from sigma / (sigma + 1)")
+              "unconditional forward per step, all conditional with guidance off; steps from sigma / (sigma + 1); "
+              "Cosmos Predict 2.5 on a still video: DyMoS against dense, two conditioning frames")
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
         """Video tokens only, frame-major, patch (1, 2, 2); the conditioning frames of ``condition_mask`` are the reference frames."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -306,4 +307,40 @@ def kandinsky5_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **o
         kwargs[f"{prefix}prompt_embeds_clip"] = prompt_embedding("pooled: " + text, 1, 16)[:, 0]
         kwargs[f"{prefix}prompt_cu_seqlens"] = torch.tensor([0, 8], dtype=torch.int32)
     kwargs.update(overrides)
+    return kwargs
+
+
+def tiny_cosmos25(seed: int = 0) -> Any:
+    """A Cosmos Predict 2.5 pipeline (one latent input for the conditional and the unconditional forward of a step;
+    the model is fed sigma), random weights. Not a CLI model: diffusers converts its ``image`` with torchvision, which
+    attnsteer does not require; call it with :func:`cosmos25_call_kwargs` (a still video as a tensor)."""
+    from diffusers import AutoencoderKLWan, Cosmos2_5_PredictBasePipeline, CosmosTransformer3DModel
+    from diffusers import UniPCMultistepScheduler
+
+    torch.manual_seed(seed)
+    transformer = CosmosTransformer3DModel(  # no padding-mask channel: diffusers resizes it with torchvision
+        in_channels=16 + 1, out_channels=16, num_attention_heads=2, attention_head_dim=16, num_layers=2, mlp_ratio=2,
+        text_embed_dim=32, adaln_lora_dim=4, max_size=(4, 32, 32), patch_size=(1, 2, 2), rope_scale=(2.0, 1.0, 1.0),
+        concat_padding_mask=False, extra_pos_embed_type="learnable",
+    )
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+    return _quiet(Cosmos2_5_PredictBasePipeline(
+        text_encoder=None, tokenizer=None, transformer=transformer, vae=vae, scheduler=scheduler,
+        safety_checker=PassThroughSafetyChecker(),
+    ))
+
+
+def cosmos25_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
+    """:func:`cosmos2_call_kwargs` plus ``video``: the test image as a still [1, 3, T, H, W] tensor in [-1, 1] (passed
+    as a tensor, it skips the torchvision conversion), of which latent frame 0 conditions the generation."""
+    from .tiny import test_image
+
+    kwargs = cosmos2_call_kwargs(prompt, negative_prompt, **overrides)
+    if "video" not in overrides:
+        pixels = torch.from_numpy(np.asarray(test_image(kwargs["height"]), dtype=np.float32))
+        frame = pixels.permute(2, 0, 1)[None, :, None] / 127.5 - 1  # [1, 3, 1, H, W]
+        kwargs["video"] = frame.expand(-1, -1, kwargs["num_frames"], -1, -1).contiguous()
+        kwargs.setdefault("num_latent_conditional_frames", 1)
     return kwargs
