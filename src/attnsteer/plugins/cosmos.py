@@ -65,7 +65,7 @@ class CosmosAdapter(Adapter):
 
 
 def conditioning_frames(condition_mask: torch.Tensor | None, patch_t: int = 1) -> tuple[int, ...]:
-    """The token frames whose latent frames are all conditioning frames in every row of ``condition_mask`` [B, 1, T, H, W]."""
+    """The token frames whose latent frames all condition, in every row of ``condition_mask`` [B, 1, T, H, W]."""
     if condition_mask is None:
         return ()
     per_frame = condition_mask.detach().amin(dim=(0, 1, 3, 4)) > 0.5  # [T]

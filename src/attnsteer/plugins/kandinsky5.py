@@ -42,7 +42,8 @@ class Kandinsky5Adapter(Adapter):
     branches = "step-order"
     tiny_models = ("tiny-kandinsky5-i2v",)
     tested = "sparse (nabla) attention raises naming the reason"
-    table_entries = {"reference frames": "latent frame 0 (the image in image-to-video; the first frame in text-to-video)"}
+    table_entries = {"reference frames": "latent frame 0 (the image in image-to-video; the first frame in "
+                                         "text-to-video)"}
     block_pattern = r"visual_transformer_blocks\.\d+"
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:

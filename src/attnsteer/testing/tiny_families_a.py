@@ -50,7 +50,8 @@ def mochi_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overri
     (embeds, mask), (negative, negative_mask) = _text(prompt, 8, 32), _text(negative_prompt, 8, 32)
     kwargs: dict[str, Any] = dict(
         prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt_embeds=negative,
-        negative_prompt_attention_mask=negative_mask, height=32, width=32, num_frames=13, num_inference_steps=4, guidance_scale=4.5, output_type="np",
+        negative_prompt_attention_mask=negative_mask, height=32, width=32, num_frames=13, num_inference_steps=4,
+        guidance_scale=4.5, output_type="np",
     )
     kwargs.update(overrides)
     return kwargs
@@ -147,7 +148,8 @@ def tiny_easyanimate_inpaint(seed: int = 0) -> Any:
                                              transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler()))
 
 
-def easyanimate_inpaint_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
+def easyanimate_inpaint_call_kwargs(prompt: str = "a cat", negative_prompt: str = "",
+                                    **overrides: Any) -> dict[str, Any]:
     """:func:`easyanimate_call_kwargs` plus the ``video`` and ``mask_video`` that make :func:`tiny_easyanimate_inpaint`
     generate from the built-in test image (frame 0 kept), sized to the call's frames and pixels."""
     kwargs = easyanimate_call_kwargs(prompt, negative_prompt, **overrides)
