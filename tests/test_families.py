@@ -27,7 +27,6 @@ import torch
 import attnsteer as at
 from attnsteer.plugins.manager import find_adapter, registered_adapters
 from attnsteer.testing.tiny import TINY_MODELS, build_tiny, test_image
-from attnsteer.testing.tiny_families_a import easyanimate_image_to_video
 from dense_reference import DenseAttention, frame_bias, hook_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -149,6 +148,20 @@ def consisid(pipe, kwargs) -> Geometry:
     return Geometry(latent_frames(pipe, kwargs), side * side, text=kwargs["max_sequence_length"], text_first=True)
 
 
+def cosmos(pipe, kwargs) -> Geometry:
+    """Video tokens only (text in cross-attention), patch (1, 2, 2); the image is conditioning latent frame 0."""
+    _, p_h, p_w = pipe.transformer.config.patch_size
+    rows, cols = kwargs["height"] // pipe.vae_scale_factor_spatial // p_h, kwargs["width"] // pipe.vae_scale_factor_spatial // p_w
+    return Geometry(latent_frames(pipe, kwargs), rows * cols)
+
+
+def kandinsky5(pipe, kwargs) -> Geometry:
+    """Video tokens only (Qwen text in cross-attention), patch (1, 2, 2) of the latent frames."""
+    p_t, p_h, p_w = pipe.transformer.config.patch_size
+    side = kwargs["height"] // pipe.vae_scale_factor_spatial // p_h
+    return Geometry(latent_frames(pipe, kwargs) // p_t, side * (kwargs["width"] // pipe.vae_scale_factor_spatial // p_w))
+
+
 def all_text_valid(length: int = 8) -> dict:
     """Prompt masks with every text token valid (padded ones, which Mochi drops per row: test_adapter_mochi)."""
     return {f"{p}prompt_attention_mask": torch.ones(1, length, dtype=torch.long) for p in ("", "negative_")}
@@ -202,13 +215,15 @@ CASES = {
     "tiny-mochi": Case(mochi, "batched-rows", image_size=None, extra=all_text_valid),
     "tiny-allegro": Case(allegro, "batched", image_size=None),
     "tiny-easyanimate": Case(easyanimate, "batched", image_size=None),
-    "tiny-easyanimate-inpaint": Case(easyanimate, "batched", image_size=None, extra=easyanimate_image_to_video),
+    "tiny-easyanimate-inpaint": Case(easyanimate, "batched", image_size=None),  # video + mask_video from the image
     "tiny-consisid": Case(consisid, "batched", image_size=32),
     "tiny-latte": Case(latte, "batched"),
     "tiny-animatediff": Case(animatediff, "batched", denoisers=("unet",)),
     "tiny-motif-video": Case(motif_video, "cond-then-uncond"),
     "tiny-i2vgen-xl": Case(i2vgen_xl, "batched", image_size=16, denoisers=("unet",)),
     "tiny-anyflow": Case(anyflow, "batched"),
+    "tiny-cosmos2": Case(cosmos, "cond-then-uncond", image_size=32),
+    "tiny-kandinsky5-i2v": Case(kandinsky5, "cond-then-uncond", image_size=32),
 }
 
 

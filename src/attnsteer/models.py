@@ -30,7 +30,10 @@ class VideoModel:
     @property
     def takes_image(self) -> bool:
         """Whether the pipeline takes a conditioning ``image`` (image-to-video), read from its signature."""
-        parameters = inspect.signature(self.pipe.__call__).parameters
+        try:
+            parameters = inspect.signature(self.pipe.__call__).parameters
+        except (TypeError, ValueError):  # no signature to read: pass the image
+            return True
         return "image" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
     def _image(self, image: Image.Image | None) -> dict[str, Any]:

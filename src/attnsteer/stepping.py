@@ -52,7 +52,7 @@ class StepTracker:
             order = max(1, int(getattr(scheduler, "order", 1) or 1))
             index = getattr(scheduler, "step_index", None)
             if not isinstance(index, int):
-                index = int((scheduled.detach().float().cpu() - timestep).abs().argmin())
+                index = _first_index(scheduler, scheduled, timestep)
             return StepInfo(step=index // order, num_steps=math.ceil(scheduled.numel() / order), timestep=timestep)
         if timestep is None:
             return StepInfo(step=None, num_steps=self.num_steps, timestep=None)
@@ -62,3 +62,15 @@ class StepTracker:
             self._step += 1
         self._last_t = timestep
         return StepInfo(step=self._step, num_steps=self.num_steps, timestep=timestep)
+
+
+def _first_index(scheduler: Any, scheduled: torch.Tensor, timestep: float) -> int:
+    """The scheduler's position for a forward made while its ``step_index`` is unset: the scheduled timestep equal
+    to the forward's; where none is (a model fed another scale, e.g. Cosmos' sigma / (sigma + 1)), a scheduler
+    that counts its updates has made none yet, so its first step (``begin_index`` or 0); else the nearest one."""
+    distance = (scheduled.detach().float().cpu() - timestep).abs()
+    nearest = int(distance.argmin())
+    if float(distance[nearest]) <= 1e-3 * max(1.0, abs(timestep)) or not hasattr(scheduler, "_step_index"):
+        return nearest
+    begin = getattr(scheduler, "begin_index", None)
+    return begin if isinstance(begin, int) else 0

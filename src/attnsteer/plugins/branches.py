@@ -94,6 +94,25 @@ def _forward_order(adapter, model, inputs, context, batch_size, pipeline) -> Row
     return (FORWARD_ORDER[state["repeats"]],) * batch_size
 
 
+def _step_order(adapter, model, inputs, context, batch_size, pipeline) -> RowBranches:
+    """A context, when set, wins; otherwise, while guidance is on, the forwards at one timestep alternate
+    FORWARD_ORDER (conditional first), whatever their latent input tensors."""
+    if context is not None:
+        return branches_from_context(context, batch_size, pipeline)
+    guided = guidance_is_on(pipeline)
+    if guided is False:
+        return ("cond",) * batch_size
+    timestep = adapter.timestep(model, inputs)
+    if guided is None or timestep is None:
+        return None
+    state = adapter.__dict__.setdefault("_step_order", {"timestep": None, "forwards": 0})
+    if state["timestep"] == timestep:
+        state["forwards"] += 1
+    else:
+        state["timestep"], state["forwards"] = timestep, 0
+    return (FORWARD_ORDER[state["forwards"] % len(FORWARD_ORDER)],) * batch_size
+
+
 def _cond_only(adapter, model, inputs, context, batch_size, pipeline) -> RowBranches:
     return named_branch(context, batch_size) or ("cond",) * batch_size
 
@@ -137,6 +156,8 @@ CONVENTIONS = {c.name: c for c in (
                      "every row conditional while guidance is off", _from_context),
     BranchConvention("forward-order", "no context: the first forward on a latent input is conditional, a second "
                      "forward on that very tensor (true CFG) unconditional", _forward_order),
+    BranchConvention("step-order", "no context: while guidance is on, the first forward at a step's timestep is "
+                     "conditional and the second one unconditional (their latent inputs may differ)", _step_order),
     BranchConvention("cond-only", "no classifier-free guidance (guidance-distilled): every row conditional",
                      _cond_only),
 )}

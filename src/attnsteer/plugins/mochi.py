@@ -38,7 +38,8 @@ class MochiAdapter(Adapter):
     branches = "batched-uncond-cond"
     tiny_models = ("tiny-mochi",)
     tested = ("one SDPA call per batch row over its valid text tokens: padded prompts of different lengths per "
-              "branch steered against dense")
+              "branch steered against dense and recorded; an all-padding (zeroed) prompt steered, its recording refused")
+    _valid_text: tuple[int, ...] = ()  # valid text tokens per batch row of the current forward (set by layout)
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
         """Video tokens first (frame-major, patch 2), then the text tokens; each row's call holds its valid text only."""

@@ -458,13 +458,15 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-mochi": (_a.tiny_mochi, _a.mochi_call_kwargs),
     "tiny-allegro": (_a.tiny_allegro, _a.allegro_call_kwargs),
     "tiny-easyanimate": (_a.tiny_easyanimate, _a.easyanimate_call_kwargs),
-    "tiny-easyanimate-inpaint": (_a.tiny_easyanimate_inpaint, _a.easyanimate_call_kwargs),
+    "tiny-easyanimate-inpaint": (_a.tiny_easyanimate_inpaint, _a.easyanimate_inpaint_call_kwargs),
     "tiny-consisid": (_a.tiny_consisid, _a.consisid_call_kwargs),
     "tiny-latte": (tiny_latte, latte_call_kwargs),
     "tiny-animatediff": (tiny_animatediff, animatediff_call_kwargs),
     "tiny-motif-video": (tiny_motif_video, motif_video_call_kwargs),
     "tiny-i2vgen-xl": (tiny_i2vgen_xl, i2vgen_xl_call_kwargs),
     "tiny-anyflow": (tiny_anyflow, anyflow_call_kwargs),
+    "tiny-cosmos2": (_a.tiny_cosmos2, _a.cosmos2_call_kwargs),
+    "tiny-kandinsky5-i2v": (_a.tiny_kandinsky5_i2v, _a.kandinsky5_call_kwargs),
 }
 
 
