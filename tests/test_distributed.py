@@ -71,3 +71,10 @@ def test_rule_heads_map_a_ulysses_slice_to_global_heads():
     assert rule_heads(at.Rule(at.video, at.video, at.bias(1.0)), 2, head_offset=2, total_heads=4) == [0, 1]
     with pytest.raises(ConfigError, match="out of range for a layer with 4 heads"):
         rule_heads(at.Rule(at.video, at.video, at.bias(1.0), heads=[4]), 2, head_offset=2, total_heads=4)
+
+
+def test_sharded_without_a_process_group_refuses(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ConfigError, match="init_process_group"):
+        sharded(lambda vs: {v: v for v in vs}, [0, 1])
