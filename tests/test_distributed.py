@@ -12,15 +12,16 @@ import torch
 
 import attnsteer as at
 from attnsteer.distributed import shard, sharded
+from attnsteer.errors import ConfigError
+from attnsteer.plan import rule_heads
 from attnsteer.models import load_model
 from attnsteer.sweep import gamma_label, steer_sweep
 from attnsteer.testing.tiny import test_image
 
-pytestmark = pytest.mark.multiprocess
-
 SWEEP = ["sweep", "--model", "tiny-wan", "--gamma", "1,0", "--steps", "2", "--format", "gif"]
 
 
+@pytest.mark.multiprocess
 def test_two_process_sweep_equals_one_process(tmp_path):
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
               "-m", "attnsteer.cli", *SWEEP, "--out", str(tmp_path)]
@@ -45,6 +46,7 @@ def test_shard_round_robin_and_single_process():
     assert sharded(lambda vs: {v: v * 10 for v in vs}, [3, 1]) == {3: 30, 1: 10}  # no torchrun: all values here
 
 
+@pytest.mark.multiprocess
 def test_ulysses_two_processes_equal_one_process(tmp_path):
     """diffusers Ulysses (ulysses_degree=2, gloo all-to-all, CPU mesh) on tiny Wan's transformer: head-filtered
     and head-reading rules and frame maps (per head and pooled) equal the one-process run; ring is refused."""
@@ -60,3 +62,19 @@ def test_ulysses_two_processes_equal_one_process(tmp_path):
     assert found["output"] <= 1e-5
     assert found["per_head_map"] <= 1e-6 and found["pooled_map"] <= 1e-6
     assert "ring attention" in found["ring_error"] and "docs/scale.md" in found["ring_error"]
+
+
+def test_rule_heads_map_a_ulysses_slice_to_global_heads():
+    rule = at.Rule(at.frames[1:], at.frames[0], at.bias(-1.0), heads=[1, 3])
+    assert rule_heads(rule, 2, head_offset=0, total_heads=4) == [1]  # rank 0 holds heads 0, 1
+    assert rule_heads(rule, 2, head_offset=2, total_heads=4) == [1]  # rank 1 holds heads 2, 3: global 3 is local 1
+    assert rule_heads(at.Rule(at.video, at.video, at.bias(1.0)), 2, head_offset=2, total_heads=4) == [0, 1]
+    with pytest.raises(ConfigError, match="out of range for a layer with 4 heads"):
+        rule_heads(at.Rule(at.video, at.video, at.bias(1.0), heads=[4]), 2, head_offset=2, total_heads=4)
+
+
+def test_sharded_without_a_process_group_refuses(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ConfigError, match="init_process_group"):
+        sharded(lambda vs: {v: v for v in vs}, [0, 1])

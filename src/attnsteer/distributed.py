@@ -57,10 +57,14 @@ def shard(values: Sequence[T], rank: int, world_size: int) -> list[T]:
 
 def sharded(run: Callable[[list[T]], dict[T, Any]], values: Sequence[T]) -> dict[T, Any] | None:
     """``run(my values)`` on every rank, merged on rank 0 in the order of ``values``; None on the other
-    ranks. Without torchrun (or with one process) it is ``run(values)``."""
+    ranks (join the group first: :func:`init_process_group`). Without torchrun (or with one process) it
+    is ``run(values)``."""
     rank, world = launched_world()
-    if world <= 1 or not dist.is_initialized():
+    if world <= 1:
         return run(list(values))
+    if not dist.is_initialized():
+        raise ConfigError(f"launched by torchrun as rank {rank} of {world} without a process group: call "
+                          "attnsteer.distributed.init_process_group() first, or every rank would run every value")
     mine = shard(values, rank, world)
     results = run(mine) if mine else {}
     gathered: list[dict[T, Any] | None] = [None] * world if rank == 0 else None  # type: ignore[assignment]
