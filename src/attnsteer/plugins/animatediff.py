@@ -36,15 +36,11 @@ from typing import Any
 
 import torch
 
-from ..layout import TokenLayout
-from .base import Adapter, self_attention_modules
 from .branches import CONVENTIONS
-from .latte import per_position_branches
-
-EXECUTION_ORDER = ("down_blocks", "mid_block", "up_blocks")
+from .temporal import TemporalUNetAdapter
 
 
-class AnimateDiffAdapter(Adapter):
+class AnimateDiffAdapter(TemporalUNetAdapter):
     family = "animatediff"
     model_classes = ("UNetMotionModel",)
     self_attention = (r"(down_blocks\.\d+|mid_block|up_blocks\.\d+)\.motion_modules\.\d+"
@@ -67,22 +63,3 @@ class AnimateDiffAdapter(Adapter):
         if perturbed:
             return None
         return CONVENTIONS["batched-uncond-cond"].__get__(self)(model, inputs, context, batch_size, pipeline)
-
-    def attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        """The motion modules' self-attention (not an ``attn2`` built for cross-attention), in execution order."""
-        found = [(name, module) for name, module in self_attention_modules(model, self.self_attention)
-                 if not getattr(module, "is_cross_attention", False)]
-        return sorted(found, key=lambda item: EXECUTION_ORDER.index(item[0].split(".", 1)[0]))
-
-    def blocks(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        """The motion-module transformer blocks, in execution order."""
-        found = self_attention_modules(model, self.block_pattern)
-        return sorted(found, key=lambda item: EXECUTION_ORDER.index(item[0].split(".", 1)[0]))
-
-    def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
-        """The frames of the motion-module calls, (videos x h x w, F): one token per frame."""
-        return self.token_layout(inputs["sample"].shape[2], None, tokens_per_frame=1)
-
-    def attention_branches(self, branches: tuple[str, ...] | None, batch_size: int) -> tuple[str, ...] | None:
-        """Each video's branch repeated over its h*w spatial positions (motion-module rows are video-major)."""
-        return per_position_branches(self, branches, batch_size)

@@ -31,16 +31,7 @@ import torch
 
 from ..layout import TokenLayout
 from .base import Adapter
-
-
-def per_position_branches(adapter: Adapter, branches: tuple[str, ...] | None,
-                          batch_size: int) -> tuple[str, ...] | None:
-    """The branch of each row of a temporal call whose batch folds the spatial positions in video-major:
-    each video's branch repeated over its positions (other batch sizes: the base class decides)."""
-    if branches is None or batch_size % len(branches):
-        return Adapter.attention_branches(adapter, branches, batch_size)
-    positions = batch_size // len(branches)
-    return tuple(branch for branch in branches for _ in range(positions))
+from .temporal import per_position_branches
 
 
 class LatteAdapter(Adapter):

@@ -26,19 +26,10 @@ Layout facts:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-import torch
-
-from ..layout import TokenLayout
-from .base import Adapter, self_attention_modules
-from .latte import per_position_branches
-
-EXECUTION_ORDER = ("image_latents_temporal_encoder", "transformer_in", "down_blocks", "mid_block", "up_blocks")
+from .temporal import TemporalUNetAdapter
 
 
-class TextToVideoUNet3DAdapter(Adapter):
+class TextToVideoUNet3DAdapter(TemporalUNetAdapter):
     family = "unet3d"
     model_classes = ("UNet3DConditionModel", "I2VGenXLUNet")
     self_attention = (r"image_latents_temporal_encoder\.attn1|transformer_in\.transformer_blocks\.\d+\.attn[12]"
@@ -50,24 +41,6 @@ class TextToVideoUNet3DAdapter(Adapter):
     tested = ("I2VGen-XL: temporal layers only (image-latent encoder included), in execution order; "
               "UNet3DConditionModel: a frame-to-frame rule against dense on the temporal calls (spatial calls "
               "unchanged); branches unknown where the pipeline does not say whether guidance is on")
+    execution_order = ("image_latents_temporal_encoder", "transformer_in", "down_blocks", "mid_block", "up_blocks")
     block_pattern = (r"transformer_in\.transformer_blocks\.\d+"
                      r"|(down_blocks\.\d+|mid_block|up_blocks\.\d+)\.temp_attentions\.\d+\.transformer_blocks\.\d+")
-
-    def attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        """The temporal self-attention modules (not an ``attn2`` built for cross-attention), in execution order."""
-        found = [(name, module) for name, module in self_attention_modules(model, self.self_attention)
-                 if not getattr(module, "is_cross_attention", False)]
-        return sorted(found, key=lambda item: EXECUTION_ORDER.index(item[0].split(".", 1)[0]))
-
-    def blocks(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-        """The temporal transformer blocks, in execution order."""
-        found = self_attention_modules(model, self.block_pattern)
-        return sorted(found, key=lambda item: EXECUTION_ORDER.index(item[0].split(".", 1)[0]))
-
-    def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
-        """The frames of the temporal calls, (videos x h x w, F): one token per frame."""
-        return self.token_layout(inputs["sample"].shape[2], None, tokens_per_frame=1)
-
-    def attention_branches(self, branches: tuple[str, ...] | None, batch_size: int) -> tuple[str, ...] | None:
-        """Each video's branch repeated over its h*w spatial positions (temporal rows are video-major)."""
-        return per_position_branches(self, branches, batch_size)
