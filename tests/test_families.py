@@ -73,6 +73,7 @@ class Case:
     denoisers: tuple[str, ...] = ("transformer",)
     extra: Callable[[], dict] = dict  # call arguments beyond the tiny model's defaults
     atol: float = 1e-4  # on outputs, for float32 rounding of attention (the kernel's order of sums) through the run
+    image_arg: str = "image"  # the call argument that takes the conditioning image
 
 
 def latent_frames(pipe, kwargs) -> int:
@@ -118,6 +119,17 @@ def svd(pipe, kwargs) -> Geometry:
     return Geometry(kwargs["num_frames"], 1)
 
 
+def wan_vace(pipe, kwargs) -> Geometry:
+    """Wan geometry, after one latent frame per reference image (here one, the battery's image)."""
+    plain = wan(pipe, kwargs)
+    return Geometry(plain.frames + 1, plain.per_frame)
+
+
+def chronoedit(pipe, kwargs) -> Geometry:
+    """Without temporal reasoning the pipeline makes 5 frames (2 latent frames) whatever ``num_frames`` says."""
+    return wan(pipe, {**kwargs, "num_frames": 5})
+
+
 def unpadded(text_tokens: int = 8, glyph_tokens: int = 4) -> dict:
     """HunyuanVideo 1.5 masks with every conditioning token valid (padded ones: test_adapter_hunyuan)."""
     ones = {"prompt_embeds_mask": text_tokens, "prompt_embeds_mask_2": glyph_tokens}
@@ -137,6 +149,8 @@ CASES = {
     "tiny-hunyuan15": Case(hunyuan15, "cond-then-uncond", extra=unpadded),
     # SVD's Karras schedule from sigma 700 magnifies float32 rounding of the attention: 1.2e-4 seen on 1024 latents
     "tiny-svd": Case(svd, "batched", image_size=32, denoisers=("unet",), atol=3e-4),
+    "tiny-wan-vace": Case(wan_vace, "cond-then-uncond", image_arg="reference_images"),
+    "tiny-chronoedit": Case(chronoedit, "cond-then-uncond"),
 }
 
 
@@ -190,7 +204,7 @@ class Family:
 
     def run(self) -> np.ndarray:
         image = test_image(self.case.image_size)
-        return np.asarray(self.pipe(image=image, generator=torch.Generator().manual_seed(0), **self.kwargs).frames)
+        return np.asarray(self.pipe(**{self.case.image_arg: image}, generator=torch.Generator().manual_seed(0), **self.kwargs).frames)
 
     def hook_state(self) -> list:
         return [hook_state(d) for d in self.denoisers.values()]

@@ -428,6 +428,8 @@ def ltx_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **override
     return kwargs
 
 
+from . import tiny_families_b as _b  # noqa: E402  (it uses the helpers above)
+
 TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]] = {
     "tiny-wan": (tiny_wan, wan_call_kwargs),
     "tiny-cogvideox": (tiny_cogvideox, cogvideox_call_kwargs),
@@ -441,6 +443,8 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
                                    hunyuan_call_kwargs),
     "tiny-hunyuan15": (tiny_hunyuan15, hunyuan15_call_kwargs),
     "tiny-svd": (tiny_svd, svd_call_kwargs),
+    "tiny-wan-vace": (_b.tiny_wan_vace, _b.wan_vace_call_kwargs),
+    "tiny-chronoedit": (_b.tiny_chronoedit, _b.chronoedit_call_kwargs),
 }
 
 

@@ -1,0 +1,92 @@
+"""Tiny random-weight pipelines of more Wan-derived and joint families (VACE, ChronoEdit, SkyReels-V2 diffusion
+forcing, LTX-2, HunyuanVideo Framepack): built from configs, no download, a few seconds on a CPU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+
+def prompt_embedding(text: str, length: int, dim: int) -> torch.Tensor:
+    """:func:`attnsteer.testing.tiny.prompt_embedding` (imported late: tiny.py registers this module's builders)."""
+    from .tiny import prompt_embedding as embedding
+
+    return embedding(text, length, dim)
+
+
+def _wan_vae() -> Any:
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+
+
+def _flow_unipc() -> Any:
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+
+
+def tiny_wan_vace(seed: int = 0) -> Any:
+    """A Wan VACE pipeline: two main blocks, VACE context blocks at layers 0 and 1 (control: 16 + 16 latent
+    channels + 64 mask channels), random weights."""
+    from diffusers import WanVACEPipeline, WanVACETransformer3DModel
+
+    torch.manual_seed(seed)
+    vae = _wan_vae()
+    transformer = WanVACETransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32, vace_layers=[0, 1], vace_in_channels=96,
+    )
+    pipe = WanVACEPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
+                           scheduler=_flow_unipc())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def wan_vace_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for a fast call of :func:`tiny_wan_vace` (64x64, 5 frames = 2 latent frames, after one
+    reference-image latent frame when called with ``reference_images=image``: 3 frames of 4x4 tokens)."""
+    kwargs: dict[str, Any] = dict(
+        prompt_embeds=prompt_embedding(prompt, 512, 32), negative_prompt_embeds=prompt_embedding(negative_prompt, 512, 32),
+        height=64, width=64, num_frames=5, num_inference_steps=4, guidance_scale=5.0, output_type="np",
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def tiny_chronoedit(seed: int = 0) -> Any:
+    """A ChronoEdit pipeline (Wan 2.1 I2V-style, CLIP image tokens in cross-attention), random weights."""
+    from diffusers import ChronoEditPipeline, ChronoEditTransformer3DModel
+
+    torch.manual_seed(seed)
+    vae = _wan_vae()
+    transformer = ChronoEditTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32, image_dim=16, added_kv_proj_dim=24,
+    )
+    from .tiny import _clip_image_encoder
+
+    image_encoder, image_processor = _clip_image_encoder()
+    pipe = ChronoEditPipeline(
+        tokenizer=None, text_encoder=None, image_encoder=image_encoder, image_processor=image_processor,
+        transformer=transformer, vae=vae, scheduler=_flow_unipc(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def chronoedit_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for a fast call of :func:`tiny_chronoedit` (64x64; without temporal reasoning 5 frames =
+    2 latent frames of 4x4 tokens: the input image, then the edited one)."""
+    kwargs: dict[str, Any] = dict(
+        prompt_embeds=prompt_embedding(prompt, 512, 32), negative_prompt_embeds=prompt_embedding(negative_prompt, 512, 32),
+        height=64, width=64, num_inference_steps=4, guidance_scale=5.0, output_type="np",
+    )
+    kwargs.update(overrides)
+    return kwargs
