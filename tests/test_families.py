@@ -151,6 +151,7 @@ CASES = {
     "tiny-svd": Case(svd, "batched", image_size=32, denoisers=("unet",), atol=3e-4),
     "tiny-wan-vace": Case(wan_vace, "cond-then-uncond", image_arg="reference_images"),
     "tiny-chronoedit": Case(chronoedit, "cond-then-uncond"),
+    "tiny-skyreels-v2-df": Case(wan, "cond-then-uncond"),
 }
 
 

@@ -28,6 +28,14 @@ class SelectionContext:
 
     layout: TokenLayout
     words: WordIndex | None = None
+    query_frames: frozenset[int] | None = None  # per-frame schedules: the frames whose own step a rule is on in
+
+    def limit_queries(self, mask: torch.Tensor) -> torch.Tensor:
+        """``mask`` (a rule's query tokens) restricted to ``query_frames`` and the segments tied to them."""
+        if self.query_frames is None:
+            return mask
+        groups = torch.tensor(sorted(_frames_with_segments(self.layout, set(self.query_frames))), dtype=torch.long)
+        return mask & torch.isin(self.layout.group_ids(), groups)
 
 
 class Selector:
