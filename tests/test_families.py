@@ -43,20 +43,22 @@ class Geometry:
     per_frame: int
     text: int = 0
     text_first: bool = False
+    before: int = 0  # condition tokens before the video (and text), in no frame (Framepack's compressed history)
 
     @property
     def seq(self) -> int:
-        return self.frames * self.per_frame + self.text
+        return self.before + self.frames * self.per_frame + self.text
 
     @property
     def video_start(self) -> int:
-        return self.text if self.text_first else 0
+        return self.before + (self.text if self.text_first else 0)
 
     def groups(self) -> torch.Tensor:
-        """Frame of each token; ``frames`` for the text tokens."""
+        """Frame of each token; ``frames`` for the text tokens; the next group for the condition tokens."""
         video = torch.arange(self.frames).repeat_interleave(self.per_frame)
         text = torch.full((self.text,), self.frames)
-        return torch.cat([text, video] if self.text_first else [video, text])
+        before = torch.full((self.before,), self.frames + (1 if self.text else 0))
+        return torch.cat([before] + ([text, video] if self.text_first else [video, text]))
 
 
 @attrs.frozen
@@ -130,6 +132,17 @@ def chronoedit(pipe, kwargs) -> Geometry:
     return wan(pipe, {**kwargs, "num_frames": 5})
 
 
+def framepack(pipe, kwargs) -> Geometry:
+    """Inverted anti-drifting history sizes [1x: 1, 2x: 2, 4x: 16] latent frames: the 4x and 2x history tokens
+    (patches (4, 8, 8) and (2, 4, 4)) first, then the start image, the 1x history frame and the section's
+    ``latent_window_size`` frames (patch 2x2), then SigLIP image tokens and the (all valid) text tokens."""
+    side = kwargs["height"] // pipe.vae_scale_factor_spatial
+    history = (16 // 4) * (side // 8) ** 2 + (2 // 2) * (side // 4) ** 2
+    siglip = pipe.image_encoder.config
+    text = (siglip.image_size // siglip.patch_size) ** 2 + kwargs["prompt_embeds"].shape[1]
+    return Geometry(2 + kwargs["latent_window_size"], (side // 2) ** 2, text=text, before=history)
+
+
 def unpadded(text_tokens: int = 8, glyph_tokens: int = 4) -> dict:
     """HunyuanVideo 1.5 masks with every conditioning token valid (padded ones: test_adapter_hunyuan)."""
     ones = {"prompt_embeds_mask": text_tokens, "prompt_embeds_mask_2": glyph_tokens}
@@ -152,6 +165,7 @@ CASES = {
     "tiny-wan-vace": Case(wan_vace, "cond-then-uncond", image_arg="reference_images"),
     "tiny-chronoedit": Case(chronoedit, "cond-then-uncond"),
     "tiny-skyreels-v2-df": Case(wan, "cond-then-uncond"),
+    "tiny-framepack": Case(framepack, "cond-then-uncond"),
 }
 
 
@@ -305,6 +319,10 @@ def test_frame_maps_and_text_mass_match_dense(family):
             torch.testing.assert_close(rec.text_mass(**selection).double(), mass[: g.frames, g.frames], atol=1e-5,
                                        rtol=0)
     rows = rec.frame_map().sum(-1) + (rec.text_mass() if g.text else 0)
+    if g.before:  # the mass on the condition tokens completes the rows
+        layout = rec.layout
+        condition = [layout.num_frames + i for i, s in enumerate(layout.untied_segments()) if s.kind == "condition"]
+        rows = rows + rec.frame_level_mass()[: g.frames, condition].sum(-1)
     torch.testing.assert_close(rows, torch.ones(g.frames), atol=1e-5, rtol=0)
     if not g.text:
         with pytest.raises(at.ConfigError, match="no text tokens"):  # video-only self-attention: no silent zeros

@@ -446,6 +446,7 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-wan-vace": (_b.tiny_wan_vace, _b.wan_vace_call_kwargs),
     "tiny-chronoedit": (_b.tiny_chronoedit, _b.chronoedit_call_kwargs),
     "tiny-skyreels-v2-df": (_b.tiny_skyreels_v2_df, _b.skyreels_v2_df_call_kwargs),
+    "tiny-framepack": (_b.tiny_framepack, _b.framepack_call_kwargs),
 }
 
 
