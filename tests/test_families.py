@@ -143,6 +143,13 @@ def framepack(pipe, kwargs) -> Geometry:
     return Geometry(2 + kwargs["latent_window_size"], (side // 2) ** 2, text=text, before=history)
 
 
+def ltx2(pipe, kwargs) -> Geometry:
+    """Video self-attention only (the audio stream attends in its own modules): one token per latent pixel."""
+    frames = (kwargs["num_frames"] - 1) // pipe.vae_temporal_compression_ratio + 1
+    side = kwargs["height"] // pipe.vae_spatial_compression_ratio
+    return Geometry(frames, side * side)
+
+
 def unpadded(text_tokens: int = 8, glyph_tokens: int = 4) -> dict:
     """HunyuanVideo 1.5 masks with every conditioning token valid (padded ones: test_adapter_hunyuan)."""
     ones = {"prompt_embeds_mask": text_tokens, "prompt_embeds_mask_2": glyph_tokens}
@@ -166,6 +173,7 @@ CASES = {
     "tiny-chronoedit": Case(chronoedit, "cond-then-uncond"),
     "tiny-skyreels-v2-df": Case(wan, "cond-then-uncond"),
     "tiny-framepack": Case(framepack, "cond-then-uncond"),
+    "tiny-ltx2": Case(ltx2, "batched", image_size=32),
 }
 
 

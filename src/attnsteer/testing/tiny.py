@@ -447,6 +447,7 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-chronoedit": (_b.tiny_chronoedit, _b.chronoedit_call_kwargs),
     "tiny-skyreels-v2-df": (_b.tiny_skyreels_v2_df, _b.skyreels_v2_df_call_kwargs),
     "tiny-framepack": (_b.tiny_framepack, _b.framepack_call_kwargs),
+    "tiny-ltx2": (_b.tiny_ltx2, _b.ltx2_call_kwargs),
 }
 
 
