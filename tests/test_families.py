@@ -127,6 +127,12 @@ def wan_vace(pipe, kwargs) -> Geometry:
     return Geometry(plain.frames + 1, plain.per_frame)
 
 
+def wan_animate(pipe, kwargs) -> Geometry:
+    """The character image's latent frame, then the segment's latent frames (one segment: the pose video's length)."""
+    segment = wan(pipe, {**kwargs, "num_frames": len(kwargs["pose_video"])})
+    return Geometry(segment.frames + 1, segment.per_frame)
+
+
 def chronoedit(pipe, kwargs) -> Geometry:
     """Without temporal reasoning the pipeline makes 5 frames (2 latent frames) whatever ``num_frames`` says."""
     return wan(pipe, {**kwargs, "num_frames": 5})
@@ -174,6 +180,7 @@ CASES = {
     "tiny-skyreels-v2-df": Case(wan, "cond-then-uncond"),
     "tiny-framepack": Case(framepack, "cond-then-uncond"),
     "tiny-ltx2": Case(ltx2, "batched", image_size=32),
+    "tiny-wan-animate": Case(wan_animate, "cond-then-uncond"),
 }
 
 

@@ -448,6 +448,7 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-skyreels-v2-df": (_b.tiny_skyreels_v2_df, _b.skyreels_v2_df_call_kwargs),
     "tiny-framepack": (_b.tiny_framepack, _b.framepack_call_kwargs),
     "tiny-ltx2": (_b.tiny_ltx2, _b.ltx2_call_kwargs),
+    "tiny-wan-animate": (_b.tiny_wan_animate, _b.wan_animate_call_kwargs),
 }
 
 
