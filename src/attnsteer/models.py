@@ -32,7 +32,8 @@ class VideoModel:
             image = image.convert("RGB").resize((self.image_size[1], self.image_size[0]))
         device = getattr(self.pipe, "device", torch.device("cpu"))
         generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(seed)
-        output = self.pipe(image=image, generator=generator, **kwargs)
+        image_argument = getattr(self._call_kwargs, "image_argument", "image")  # e.g. VACE's "reference_images"
+        output = self.pipe(**{image_argument: image}, generator=generator, **kwargs)
         frames = output.frames[0]
         return np.asarray(frames, dtype=np.float32)
 

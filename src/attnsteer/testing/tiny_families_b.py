@@ -59,6 +59,9 @@ def wan_vace_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **ove
     return kwargs
 
 
+wan_vace_call_kwargs.image_argument = "reference_images"  # the pipeline argument that takes the conditioning image
+
+
 def tiny_chronoedit(seed: int = 0) -> Any:
     """A ChronoEdit pipeline (Wan 2.1 I2V-style, CLIP image tokens in cross-attention), random weights."""
     from diffusers import ChronoEditPipeline, ChronoEditTransformer3DModel
