@@ -43,20 +43,22 @@ class Geometry:
     per_frame: int
     text: int = 0
     text_first: bool = False
+    before: int = 0  # condition tokens before the video (and text), in no frame (Framepack's compressed history)
 
     @property
     def seq(self) -> int:
-        return self.frames * self.per_frame + self.text
+        return self.before + self.frames * self.per_frame + self.text
 
     @property
     def video_start(self) -> int:
-        return self.text if self.text_first else 0
+        return self.before + (self.text if self.text_first else 0)
 
     def groups(self) -> torch.Tensor:
-        """Frame of each token; ``frames`` for the text tokens."""
+        """Frame of each token; ``frames`` for the text tokens; the next group for the condition tokens."""
         video = torch.arange(self.frames).repeat_interleave(self.per_frame)
         text = torch.full((self.text,), self.frames)
-        return torch.cat([text, video] if self.text_first else [video, text])
+        before = torch.full((self.before,), self.frames + (1 if self.text else 0))
+        return torch.cat([before] + ([text, video] if self.text_first else [video, text]))
 
 
 @attrs.frozen
@@ -75,6 +77,7 @@ class Case:
     denoisers: tuple[str, ...] = ("transformer",)
     extra: Callable[[], dict] = dict  # call arguments beyond the tiny model's defaults
     atol: float = 1e-4  # on outputs, for float32 rounding of attention (the kernel's order of sums) through the run
+    image_arg: str = "image"  # the call argument that takes the conditioning image
 
 
 def latent_frames(pipe, kwargs) -> int:
@@ -165,6 +168,8 @@ def kandinsky5(pipe, kwargs) -> Geometry:
 def all_text_valid(length: int = 8) -> dict:
     """Prompt masks with every text token valid (padded ones, which Mochi drops per row: test_adapter_mochi)."""
     return {f"{p}prompt_attention_mask": torch.ones(1, length, dtype=torch.long) for p in ("", "negative_")}
+
+
 def latte(pipe, kwargs) -> Geometry:
     """Temporal attention: one token per latent frame (the VAE is per image: latent frames are frames)."""
     return Geometry(kwargs["video_length"], 1)
@@ -191,6 +196,41 @@ def anyflow(pipe, kwargs) -> Geometry:
     _, p_h, p_w = pipe.transformer.config.patch_size
     side = kwargs["height"] // pipe.vae_scale_factor_spatial // p_h
     return Geometry(latent_frames(pipe, kwargs), side * side)
+
+
+def wan_vace(pipe, kwargs) -> Geometry:
+    """Wan geometry, after one latent frame per reference image (here one, the battery's image)."""
+    plain = wan(pipe, kwargs)
+    return Geometry(plain.frames + 1, plain.per_frame)
+
+
+def wan_animate(pipe, kwargs) -> Geometry:
+    """The character image's latent frame, then the segment's latent frames (one segment: the pose video's length)."""
+    segment = wan(pipe, {**kwargs, "num_frames": len(kwargs["pose_video"])})
+    return Geometry(segment.frames + 1, segment.per_frame)
+
+
+def chronoedit(pipe, kwargs) -> Geometry:
+    """Without temporal reasoning the pipeline makes 5 frames (2 latent frames) whatever ``num_frames`` says."""
+    return wan(pipe, {**kwargs, "num_frames": 5})
+
+
+def framepack(pipe, kwargs) -> Geometry:
+    """Inverted anti-drifting history sizes [1x: 1, 2x: 2, 4x: 16] latent frames: the 4x and 2x history tokens
+    (patches (4, 8, 8) and (2, 4, 4)) first, then the start image, the 1x history frame and the section's
+    ``latent_window_size`` frames (patch 2x2), then SigLIP image tokens and the (all valid) text tokens."""
+    side = kwargs["height"] // pipe.vae_scale_factor_spatial
+    history = (16 // 4) * (side // 8) ** 2 + (2 // 2) * (side // 4) ** 2
+    siglip = pipe.image_encoder.config
+    text = (siglip.image_size // siglip.patch_size) ** 2 + kwargs["prompt_embeds"].shape[1]
+    return Geometry(2 + kwargs["latent_window_size"], (side // 2) ** 2, text=text, before=history)
+
+
+def ltx2(pipe, kwargs) -> Geometry:
+    """Video self-attention only (the audio stream attends in its own modules): one token per latent pixel."""
+    frames = (kwargs["num_frames"] - 1) // pipe.vae_temporal_compression_ratio + 1
+    side = kwargs["height"] // pipe.vae_spatial_compression_ratio
+    return Geometry(frames, side * side)
 
 
 def unpadded(text_tokens: int = 8, glyph_tokens: int = 4) -> dict:
@@ -224,6 +264,12 @@ CASES = {
     "tiny-anyflow": Case(anyflow, "batched"),
     "tiny-cosmos2": Case(cosmos, "cond-then-uncond", image_size=32),
     "tiny-kandinsky5-i2v": Case(kandinsky5, "cond-then-uncond", image_size=32),
+    "tiny-wan-vace": Case(wan_vace, "cond-then-uncond", image_arg="reference_images"),
+    "tiny-chronoedit": Case(chronoedit, "cond-then-uncond"),
+    "tiny-skyreels-v2-df": Case(wan, "cond-then-uncond"),
+    "tiny-framepack": Case(framepack, "cond-then-uncond"),
+    "tiny-ltx2": Case(ltx2, "batched", image_size=32),
+    "tiny-wan-animate": Case(wan_animate, "cond-then-uncond"),
 }
 
 
@@ -277,7 +323,7 @@ class Family:
         self.calls_per_layer = 2 if self.case.forwards == "batched-rows" else 1
 
     def run(self) -> np.ndarray:
-        image = {} if self.case.image_size is None else {"image": test_image(self.case.image_size)}
+        image = {} if self.case.image_size is None else {self.case.image_arg: test_image(self.case.image_size)}
         return np.asarray(self.pipe(**image, generator=torch.Generator().manual_seed(0), **self.kwargs).frames)
 
     def hook_state(self) -> list:
@@ -382,6 +428,10 @@ def test_frame_maps_and_text_mass_match_dense(family):
             torch.testing.assert_close(rec.text_mass(**selection).double(), mass[: g.frames, g.frames], atol=1e-5,
                                        rtol=0)
     rows = rec.frame_map().sum(-1) + (rec.text_mass() if g.text else 0)
+    if g.before:  # the mass on the condition tokens completes the rows
+        layout = rec.layout
+        condition = [layout.num_frames + i for i, s in enumerate(layout.untied_segments()) if s.kind == "condition"]
+        rows = rows + rec.frame_level_mass()[: g.frames, condition].sum(-1)
     torch.testing.assert_close(rows, torch.ones(g.frames), atol=1e-5, rtol=0)
     if not g.text:
         with pytest.raises(at.ConfigError, match="no text tokens"):  # video-only self-attention: no silent zeros

@@ -17,7 +17,7 @@ from .plugins.generic import GenericAdapter
 from .plugins.hookspecs import hookimpl
 from .rules import Recipe, Rule
 from .schedules import always, progress, steps, timesteps
-from .selectors import frames, text, tokens, video
+from .selectors import audio, frames, text, tokens, video
 from .record import Record
 from .recipe_registry import recipe
 from .session import inspect, steer
@@ -43,6 +43,7 @@ __all__ = [
     "TokenLayout",
     "UnsupportedModelError",
     "always",
+    "audio",
     "bias",
     "block",
     "box",

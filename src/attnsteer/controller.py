@@ -20,7 +20,7 @@ from .hooks import HOOK_NAME, AttentionHook, InstalledHook, SDPAInterceptor, ref
 from .execute import cross_layout, run_cross_plan, run_plan
 from .guidance import BlockSkipHook, GuidanceShift, PerturbedGuidance, first_tensor, replace_first_tensor
 from .layout import TokenLayout
-from .outputs import OutputStage, split_output_rules
+from .outputs import OutputStage, OutputTransform, split_output_rules
 from .parallel import context_parallel_config, gather_heads, head_slice
 from .plan import build_plan
 from .plugins.base import Adapter, bind_forward_inputs
@@ -89,6 +89,7 @@ class Controller:
         self._copied = False
         self.layers: list[tuple[str, LayerInfo]] = []  # (attention kind, layer) of every hooked module
         self.seen_steps: set[StepInfo] = set()
+        self._frame_limits: dict[int, frozenset[int]] = {}  # per call: rules on for some frames only
         self.seen_branches: set[str] = set()
         self.perturbing: PerturbedGuidance | None = None  # set during the perturbed forward
         self._skip_hooks: set[int] = set()
@@ -275,7 +276,8 @@ class Controller:
         timestep = self.adapter.timestep(model, inputs)
         batch = _batch_size(inputs)
         branches = self.adapter.branches(model, inputs, self.context, batch, self.steps.pipeline)
-        self.state = ForwardState(layout=layout, step=self.steps.info(timestep), branches=branches, context=self.context,
+        step = self.steps.info(timestep, self.adapter.frame_timesteps(model, inputs))
+        self.state = ForwardState(layout=layout, step=step, branches=branches, context=self.context,
                                   text_length=self.adapter.text_length(model, inputs))
         self.seen_steps.add(self.state.step)
         self.seen_branches.update(branches or ("unknown",))
@@ -291,12 +293,33 @@ class Controller:
                 if rule.attention != attention or not rule.matches_layer(layer.index, layer.names):
                     continue
                 try:
-                    on = rule.when.active(state.step)
+                    frames = rule.when.active_frames(state.step)
+                    on = rule.when.active(state.step) if frames is None else any(frames)
                 except ConfigError as exc:
                     raise type(exc)(f"{describe_rule(rule, layer.qualified)}: {exc}") from exc
+                if on and frames is not None and not all(frames):
+                    self._limit_to_frames(rule, layer, attention, frozenset(f for f, o in enumerate(frames) if o))
                 if on:
                     active.append((client, rule))
         return active
+
+    def _limit_to_frames(self, rule: Rule, layer: LayerInfo, attention: str, frames: frozenset[int]) -> None:
+        """Remember that ``rule`` is on only for the queries of ``frames`` in this call (per-frame schedules)."""
+        if attention != "self" or isinstance(rule.transform, OutputTransform):
+            raise SteeringError(
+                f"{describe_rule(rule, layer.qualified)}: its schedule is on for latent frames {sorted(frames)} only "
+                "(per-frame timesteps); attnsteer follows per-frame schedules for self-attention logit rules, not "
+                f"for {'output transforms' if attention == 'self' else attention + '-attention rules'}"
+            )
+        self._frame_limits[id(rule)] = frames
+
+    def _context(self, client: Client, rule: Rule, layout: TokenLayout, rows: tuple[bool, ...] | None) -> SelectionContext:
+        """The selection context of ``rule`` in this call: its client's (restricted to the client's batch rows when
+        it has a batch share), limited to the frames its schedule is on in."""
+        ctx = client.selection_context(layout)
+        ctx = ctx if rows is None else attrs.evolve(ctx, rows=rows)
+        frames = self._frame_limits.get(id(rule))
+        return ctx if frames is None else attrs.evolve(ctx, query_frames=frames)
 
     def run_attention(
         self, layer: LayerInfo, attention: str, module: torch.nn.Module, forward: Callable, args: tuple, kwargs: dict
@@ -310,6 +333,7 @@ class Controller:
                     f"{type(self.model).__name__}; attnsteer learns the token layout from that forward"
                 )
             return forward(*args, **kwargs)
+        self._frame_limits = {}
         active = self._active_rules(layer, state, attention)
         recorders = [c for c in self.clients if c.wants_mass] if attention == "self" else _cross_recorders(self.clients)
         if not active and not recorders:
@@ -375,7 +399,7 @@ class Controller:
         heads = None if module is None else head_slice(module, q.shape[1], where)
         try:
             plan = build_plan(
-                tuple((rule, _context(client, layout, rows[id(client)]))
+                tuple((rule, self._context(client, rule, layout, rows[id(client)]))
                       for client, rule in split_output_rules(active)[0]),
                 layout, state.branches,
                 q.shape[0], q.shape[1], want_mass=bool(recorders),
@@ -423,7 +447,7 @@ class Controller:
         branches = self.adapter.attention_branches(state.branches, q.shape[0])
         try:
             rows = {id(c): _client_rows(c, branches, q.shape[0]) for c in self.clients}
-            plan = build_plan(tuple((rule, _context(client, layout, rows[id(client)])) for client, rule in active),
+            plan = build_plan(tuple((rule, self._context(client, rule, layout, rows[id(client)])) for client, rule in active),
                               layout, branches, q.shape[0], q.shape[1])
             out = run_cross_plan(plan, q, k, v, layout, scale, attn_mask)
             if recorders:
@@ -466,12 +490,6 @@ def _client_rows(client: Client, branches: tuple[str, ...] | None, batch: int) -
         return None
     index, count = item
     return tuple(i == index for i in item_of_rows(branches, batch, count))
-
-
-def _context(client: Client, layout: TokenLayout, rows: tuple[bool, ...] | None) -> SelectionContext:
-    """The client's selection context for a call, restricted to its rows when it has a batch share."""
-    ctx = client.selection_context(layout)
-    return ctx if rows is None else attrs.evolve(ctx, rows=rows)
 
 
 def _notify(client: Client, state: ForwardState, layer: LayerInfo, applied: list[Rule], mass: torch.Tensor | None,

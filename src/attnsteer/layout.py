@@ -13,7 +13,7 @@ import torch
 
 from .errors import ConfigError
 
-SEGMENT_KINDS = ("text", "image", "condition")
+SEGMENT_KINDS = ("text", "image", "condition", "audio")
 
 
 def _positive(instance: object, attribute: attrs.Attribute, value: int) -> None:

@@ -28,13 +28,18 @@ class VideoModel:
         self.image_size = image_size  # (height, width) the image is resized to, None: the pipeline decides
 
     @property
+    def image_argument(self) -> str:
+        """The name the pipeline takes its conditioning image under ("image"; VACE: "reference_images")."""
+        return getattr(self._call_kwargs, "image_argument", "image")
+
+    @property
     def takes_image(self) -> bool:
-        """Whether the pipeline takes a conditioning ``image`` (image-to-video), read from its signature."""
+        """Whether the pipeline takes a conditioning image (image-to-video), read from its signature."""
         try:
             parameters = inspect.signature(self.pipe.__call__).parameters
         except (TypeError, ValueError):  # no signature to read: pass the image
             return True
-        return "image" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        return self.image_argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
     def _image(self, image: Image.Image | None) -> dict[str, Any]:
         """The image argument of a call: resized to ``image_size``; none for text-to-video pipelines."""
@@ -42,7 +47,7 @@ class VideoModel:
             return {}
         if image is not None and self.image_size is not None:
             image = image.convert("RGB").resize((self.image_size[1], self.image_size[0]))
-        return {"image": image}
+        return {self.image_argument: image}
 
     def __call__(self, image: Image.Image | None, prompt: str, seed: int = 0, **overrides: Any) -> np.ndarray:
         kwargs = self._call_kwargs(prompt=prompt, **{k: v for k, v in overrides.items() if v is not None})

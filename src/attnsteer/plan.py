@@ -137,7 +137,7 @@ def select(rule: Rule, ctx: SelectionContext, branches: Sequence[str] | None, ba
         rows &= torch.tensor(ctx.rows, dtype=torch.bool)
     head_mask = torch.zeros(heads, dtype=torch.bool)
     head_mask[rule_heads(rule, heads, head_offset, total_heads)] = True
-    return Selection(rule, ctx, rows, head_mask, rule.query.token_mask(ctx), rule.key.token_mask(ctx))
+    return Selection(rule, ctx, rows, head_mask, ctx.limit_queries(rule.query.token_mask(ctx)), rule.key.token_mask(ctx))
 
 
 @functools.lru_cache(maxsize=64)

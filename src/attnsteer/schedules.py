@@ -2,6 +2,12 @@
 
 A schedule answers ``active(step)`` for a :class:`StepInfo` (step index, number of steps, timestep)
 that the session derives from the pipeline for every forward of the model.
+
+Per-frame timesteps (diffusion forcing, e.g. SkyReels-V2): where a forward's latent frames sit at
+different noise levels, its :class:`StepInfo` also carries each frame's own timestep and step
+(``frame_timesteps``, ``frame_steps``; see :mod:`attnsteer.stepping` for what a frame's step is), and
+``Schedule.active_frames`` evaluates the schedule once per frame. A rule is then on for the query tokens
+of the frames whose own step it selects, and off for the others.
 """
 
 from __future__ import annotations
@@ -21,6 +27,15 @@ class StepInfo:
     step: int | None = None
     num_steps: int | None = None
     timestep: float | None = None
+    frame_timesteps: tuple[float, ...] | None = None  # per latent frame of the forward, where frames differ
+    frame_steps: tuple[int | None, ...] | None = None  # each frame's own step (None where unknown)
+
+    def frame(self, index: int) -> StepInfo:
+        """The step facts of latent frame ``index`` alone (its own step and timestep)."""
+        if self.frame_timesteps is None:
+            return self
+        step = self.frame_steps[index] if self.frame_steps is not None else None
+        return StepInfo(step=step, num_steps=self.num_steps, timestep=self.frame_timesteps[index])
 
 
 class MissingStepInfo(ConfigError):
@@ -32,6 +47,13 @@ class Schedule:
 
     def active(self, info: StepInfo) -> bool:
         raise NotImplementedError
+
+    def active_frames(self, info: StepInfo) -> tuple[bool, ...] | None:
+        """Per latent frame, whether the schedule is on at that frame's own step; None when the forward has no
+        per-frame timesteps (then ``active`` decides for the whole forward)."""
+        if info.frame_timesteps is None:
+            return None
+        return tuple(self.active(info.frame(f)) for f in range(len(info.frame_timesteps)))
 
 
 def _int_at_least(name: str, minimum: int, optional: bool = False):

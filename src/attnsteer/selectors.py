@@ -30,6 +30,14 @@ class SelectionContext:
     layout: TokenLayout
     words: WordIndex | None = None
     rows: tuple[bool, ...] | None = None
+    query_frames: frozenset[int] | None = None  # per-frame schedules: the frames whose own step a rule is on in
+
+    def limit_queries(self, mask: torch.Tensor) -> torch.Tensor:
+        """``mask`` (a rule's query tokens) restricted to ``query_frames`` and the segments tied to them."""
+        if self.query_frames is None:
+            return mask
+        groups = torch.tensor(sorted(_frames_with_segments(self.layout, set(self.query_frames))), dtype=torch.long)
+        return mask & torch.isin(self.layout.group_ids(), groups)
 
 
 class Selector:
@@ -67,7 +75,7 @@ class Selector:
 def _check_selector(value: object, field: str) -> Selector:
     if not isinstance(value, Selector):
         raise ConfigError(
-            f"{field} must be a selector (at.frames[...], at.frames.reference, at.frames.generated, at.text, "
+            f"{field} must be a selector (at.frames[...], at.frames.reference, at.frames.generated, at.text, at.audio, "
             f"at.video, at.tokens, at.box(...), at.trajectory(...), at.point(...), at.mask(...), at.words(...), "
             f"or a combination with | & ~), got {value!r}"
         )
@@ -166,6 +174,21 @@ class Text(Selector):
 
     def __repr__(self) -> str:
         return "text"
+
+
+@attrs.frozen(repr=False)
+class Audio(Selector):
+    """Audio tokens inside a joint audio+video sequence (segments of kind "audio")."""
+
+    def groups(self, layout: TokenLayout) -> frozenset[int]:
+        found = frozenset(layout.segment_group(i) for i, s in enumerate(layout.segments) if s.kind == "audio")
+        if not found:
+            raise ConfigError("at.audio selects nothing: this model's self-attention holds no audio tokens (LTX-2's "
+                              "audio attends in its own audio_attn1 modules, which attnsteer does not hook)")
+        return found
+
+    def __repr__(self) -> str:
+        return "audio"
 
 
 @attrs.frozen(repr=False)
@@ -298,5 +321,6 @@ class FrameSelectors:
 
 frames = FrameSelectors()
 text = Text()
+audio = Audio()
 video = Video()
 tokens = AllTokens()

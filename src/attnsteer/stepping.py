@@ -12,6 +12,15 @@ A transformer shared by several pipelines (e.g. a T2V and an I2V pipeline built 
 components) takes its step from the pipeline that is running: the one whose denoising loop has a
 current timestep (diffusers pipelines set ``_current_timestep`` during the loop), else the one of
 the session entered last.
+
+Diffusion forcing (per-frame timesteps, SkyReels-V2 ``SkyReelsV2DiffusionForcing*Pipeline``): each latent
+frame has its own scheduler and noise level, and frames advance in a staggered way. A forward's ``step``
+stays the rule above applied to its largest timestep (the step of its noisiest frame); in addition each
+frame gets its *own step*: the number of the run's scheduled timesteps above the frame's timestep. A frame
+at ``timesteps[k]`` is in its step ``k`` (the same index a synchronous run gives); a frame still waiting at
+pure noise (t >= timesteps[0]) is in step 0; a finished or clean history frame (t = 0, or the small
+``addnoise_condition`` timestep) is past the last step (step ``num_steps`` or just below). Schedules are
+evaluated per frame on these (``Schedule.active_frames``).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import attrs
 import torch
 
 from .schedules import StepInfo
@@ -45,15 +55,22 @@ class StepTracker:
         running = [p for p in self.pipelines if getattr(p, "_current_timestep", None) is not None]
         return running[-1] if running else (self.pipelines[-1] if self.pipelines else None)
 
-    def info(self, timestep: float | None) -> StepInfo:
+    def info(self, timestep: float | None, frame_timesteps: tuple[float, ...] | None = None) -> StepInfo:
+        """The step facts of one forward; ``frame_timesteps``: each latent frame's own timestep (diffusion forcing)."""
         scheduler = getattr(self.pipeline, "scheduler", None)
         scheduled = getattr(scheduler, "timesteps", None)
         if timestep is not None and isinstance(scheduled, torch.Tensor) and scheduled.numel():
             order = max(1, int(getattr(scheduler, "order", 1) or 1))
             index = getattr(scheduler, "step_index", None)
+            grid = scheduled.detach().float().cpu()
             if not isinstance(index, int):
                 index = _first_index(scheduler, scheduled, timestep)
-            return StepInfo(step=index // order, num_steps=math.ceil(scheduled.numel() / order), timestep=timestep)
+            frames = None if frame_timesteps is None else tuple(own_step(grid, t, order) for t in frame_timesteps)
+            return StepInfo(step=index // order, num_steps=math.ceil(scheduled.numel() / order), timestep=timestep,
+                            frame_timesteps=frame_timesteps, frame_steps=frames)
+        if frame_timesteps is not None:
+            return attrs.evolve(self.info(timestep), frame_timesteps=frame_timesteps,
+                                frame_steps=(None,) * len(frame_timesteps))
         if timestep is None:
             return StepInfo(step=None, num_steps=self.num_steps, timestep=None)
         if self._last_t is None or timestep > self._last_t:
@@ -74,3 +91,10 @@ def _first_index(scheduler: Any, scheduled: torch.Tensor, timestep: float) -> in
         return nearest
     begin = getattr(scheduler, "begin_index", None)
     return begin if isinstance(begin, int) else 0
+
+
+def own_step(scheduled: torch.Tensor, timestep: float, order: int = 1) -> int:
+    """A frame's own step: how many of the scheduled timesteps lie above its timestep (ties count as reached),
+    in scheduler steps of ``order`` model calls."""
+    tolerance = 1e-3 * max(1.0, abs(timestep))
+    return int((scheduled > timestep + tolerance).sum()) // order

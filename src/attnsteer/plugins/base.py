@@ -160,6 +160,11 @@ class Adapter:
             return float(t.detach().float().max()) if t.numel() else None
         return float(t)
 
+    def frame_timesteps(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> tuple[float, ...] | None:
+        """Each latent frame's own timestep where a forward's frames sit at different noise levels (diffusion
+        forcing); None (the default) where one timestep holds for the whole forward."""
+        return None
+
     def attention_branches(self, branches: tuple[str, ...] | None, batch_size: int) -> tuple[str, ...] | None:
         """The branch of each of the ``batch_size`` rows of one self-attention call, given the
         forward's per-row ``branches``. Attention rows are the forward's rows here; an adapter whose

@@ -1,4 +1,4 @@
-"""Wan 2.1 / 2.2 (and SkyReels-V2) video transformers.
+"""Wan 2.1 / 2.2 video transformers (SkyReels-V2's own transformer: :mod:`.skyreels_v2`).
 
 Layout facts: self-attention is ``blocks[i].attn1``; it sees video tokens only, frame-major,
 after a (1, 2, 2) patch embedding; the reference image is latent frame 0 (channel-concat
@@ -27,7 +27,7 @@ from .base import Adapter
 
 class WanAdapter(Adapter):
     family = "wan"
-    model_classes = ("WanTransformer3DModel", "SkyReelsV2Transformer3DModel")
+    model_classes = ("WanTransformer3DModel",)
     self_attention = r"blocks\.\d+\.attn1"
     cross_attention = r"blocks\.\d+\.attn2"
     text = "cross"

@@ -441,6 +441,7 @@ from .tiny_families_c import (  # noqa: E402
     tiny_latte,
     tiny_motif_video,
 )
+from . import tiny_families_b as _b  # noqa: E402  (it uses the helpers above)
 
 TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]] = {
     "tiny-wan": (tiny_wan, wan_call_kwargs),
@@ -467,6 +468,12 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-anyflow": (tiny_anyflow, anyflow_call_kwargs),
     "tiny-cosmos2": (_a.tiny_cosmos2, _a.cosmos2_call_kwargs),
     "tiny-kandinsky5-i2v": (_a.tiny_kandinsky5_i2v, _a.kandinsky5_call_kwargs),
+    "tiny-wan-vace": (_b.tiny_wan_vace, _b.wan_vace_call_kwargs),
+    "tiny-chronoedit": (_b.tiny_chronoedit, _b.chronoedit_call_kwargs),
+    "tiny-skyreels-v2-df": (_b.tiny_skyreels_v2_df, _b.skyreels_v2_df_call_kwargs),
+    "tiny-framepack": (_b.tiny_framepack, _b.framepack_call_kwargs),
+    "tiny-ltx2": (_b.tiny_ltx2, _b.ltx2_call_kwargs),
+    "tiny-wan-animate": (_b.tiny_wan_animate, _b.wan_animate_call_kwargs),
 }
 
 

@@ -1,0 +1,133 @@
+"""LTX-2 beyond the shared battery, and the "audio" segment kind.
+
+LTX-2's video and audio streams never share a self-attention sequence: attnsteer hooks the video self-attention
+(attn1) only, so at.audio raises there and the audio self-attention runs unchanged; the extra guidance forwards
+(spatio-temporal and modality-isolation guidance) are guidance negatives, left alone by a "cond" rule. The audio
+segment itself is tested on a small joint audio+video transformer through at.GenericAdapter, against dense.
+
+From the tiny config: 32x32 pixels, VAE /2 in space and time -> 16x16 tokens per frame; 5 frames -> 3 latent frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import attnsteer as at
+from dense_reference import DenseAttention, frame_bias
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+FRAMES, PER_FRAME, GAMMA = 3, 256, 2.0
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from attnsteer.testing.tiny_families_b import tiny_ltx2
+
+    return tiny_ltx2()
+
+
+def run(pipe, **overrides):
+    from attnsteer.testing.tiny_families_b import ltx2_call_kwargs
+    from attnsteer.testing.tiny import test_image
+
+    kwargs = ltx2_call_kwargs(**{"output_type": "latent", "num_inference_steps": 2, **overrides})
+    out = pipe(image=test_image(32), generator=torch.Generator().manual_seed(0), **kwargs)
+    return np.asarray(out.frames), np.asarray(out.audio)
+
+
+def test_guidance_negative_forwards_are_left_alone_by_a_cond_rule(pipe):
+    guidance = dict(stg_scale=1.0, audio_stg_scale=1.0, modality_scale=3.0, audio_modality_scale=3.0)
+    vanilla, _ = run(pipe, **guidance)
+    with at.steer(pipe, at.recipes.dymos(gamma=GAMMA, stop=1.0)) as steering:
+        steered, _ = run(pipe, **guidance)
+    assert steering.summary()["rules"][0]["branches"] == ["cond"]
+
+    def cond_half(q):  # [uncond, cond] forwards: the second row; the STG and modality forwards (batch 1): none
+        if q.shape[0] != 2:
+            return None
+        return frame_bias(q.shape[-2], 0, FRAMES, PER_FRAME, -GAMMA, [1], 2)
+
+    with DenseAttention(cond_half, seq_len=FRAMES * PER_FRAME):
+        reference, _ = run(pipe, **guidance)
+    assert np.abs(steered - vanilla).max() > 1e-3
+    np.testing.assert_allclose(steered, reference, atol=1e-4)
+
+
+def test_only_the_video_self_attention_is_hooked_and_at_audio_raises(pipe):
+    audio_outputs = []
+    handles = [m.register_forward_hook(lambda m, a, out: audio_outputs.append(out.detach().clone()))
+               for n, m in pipe.transformer.named_modules() if n.endswith("audio_attn1")]
+    try:
+        rule = at.Rule(at.tokens, at.tokens, at.bias(0.0), branch="all")  # identity: every call goes through the kernel
+        with at.steer(pipe, rule) as steering:
+            run(pipe)
+        assert all(name.endswith(".attn1") and ".audio" not in name for name in steering.summary()["rules"][0]["layers"])
+        with_session = audio_outputs[:]
+        audio_outputs.clear()
+        run(pipe)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(with_session) == len(audio_outputs) > 0
+    assert all(torch.equal(a, b) for a, b in zip(with_session, audio_outputs))  # not even re-routed through a kernel
+    with pytest.raises(at.ConfigError, match="no audio tokens"):
+        with at.steer(pipe, at.Rule(at.video, at.audio, at.bias(-1.0), branch="all")):
+            run(pipe)
+
+
+# --- the audio segment kind on a joint audio+video sequence ----------------------------------------------------
+
+VIDEO_FRAMES, VIDEO_TOKENS, AUDIO_TOKENS, DIM, HEADS = 3, 4, 5, 16, 2
+
+
+class JointAttention(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = torch.nn.Linear(DIM, 3 * DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, HEADS, DIM // HEADS).permute(2, 0, 3, 1, 4)
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, DIM)
+
+
+class JointAudioVideo(torch.nn.Module):
+    """[video tokens frame-major, audio tokens] -> same; one self-attention over the joint sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = JointAttention()
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        return self.attn(torch.cat([video.flatten(1, 2), audio], dim=1))
+
+
+def joint_layout(model, inputs):
+    video = VIDEO_FRAMES * VIDEO_TOKENS
+    return at.TokenLayout(num_frames=VIDEO_FRAMES, tokens_per_frame=VIDEO_TOKENS,
+                          segments=[at.Segment("audio", video, video + inputs["audio"].shape[1])])
+
+
+def test_at_audio_selects_the_audio_segment_against_dense():
+    torch.manual_seed(0)
+    model = JointAudioVideo()
+    video, audio = torch.randn(1, VIDEO_FRAMES, VIDEO_TOKENS, DIM), torch.randn(1, AUDIO_TOKENS, DIM)
+    adapter = at.GenericAdapter(layout=joint_layout, attention=r"attn")
+    with at.steer(model, at.Rule(at.frames[1:], at.audio, at.bias(-GAMMA), branch="all"), adapter=adapter):
+        steered = model(video, audio)
+    seq = VIDEO_FRAMES * VIDEO_TOKENS + AUDIO_TOKENS
+    position = torch.arange(seq)
+    queries = (position >= VIDEO_TOKENS) & (position < VIDEO_FRAMES * VIDEO_TOKENS)
+    bias = (queries[:, None] & (position >= VIDEO_FRAMES * VIDEO_TOKENS)[None, :]).double() * -GAMMA
+    with DenseAttention(lambda q: bias.expand(q.shape[0], 1, seq, seq)):
+        reference = model(video, audio)
+    assert (steered - model(video, audio)).abs().max() > 1e-3
+    torch.testing.assert_close(steered, reference, atol=1e-5, rtol=0)
+    with at.inspect(model, adapter=adapter) as rec:
+        model(video, audio)
+    assert [s.kind for s in rec.layout.segments] == ["audio"]
+    with pytest.raises(at.ConfigError, match="no text tokens"):
+        rec.text_mass()
