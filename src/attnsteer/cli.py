@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", help="DyMoS on the shipped toy model: videos, maps, motion against gamma")
     p.add_argument("--out", type=_output_folder, default=Path("attnsteer-demo"), help="output folder")
-    p.add_argument("--quick", action="store_true", help="2 clips and 8 steps instead of 8 and 20 (a smoke test)")
+    p.add_argument("--quick", action="store_true", help="1 clip and 6 steps instead of 8 and 20 (a smoke test)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -25,7 +25,7 @@ from .videoio import save_video
 
 UPSCALE = 4
 FULL = {"clips": 8, "steps": 20}
-QUICK = {"clips": 2, "steps": 8}
+QUICK = {"clips": 1, "steps": 6}
 
 
 def _tile(videos: list[np.ndarray], per_row: int = 4) -> np.ndarray:
@@ -52,7 +52,7 @@ def one_thread() -> Iterator[None]:
 
 
 def run_demo(out: Path, quick: bool = False) -> list[dict[str, Any]]:
-    """Run the toy experiment (``quick``: 2 clips, 8 steps) and write its files to ``out``; returns the summary rows."""
+    """Run the toy experiment (``quick``: 1 clip, 6 steps) and write its files to ``out``; returns the summary rows."""
     from .toy import load_toy_pipeline
 
     settings = QUICK if quick else FULL
