@@ -18,6 +18,20 @@ import torch
 from ..errors import ConfigError
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' notices while a tiny pipeline is built (e.g. that torchvision is absent and the
+    PIL image processor is used) say nothing about the tiny model; the verbosity is restored after."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
 def prompt_embedding(text: str, length: int, dim: int) -> torch.Tensor:
     """A fixed [1, length, dim] embedding for ``text`` (seeded by its hash), standing in for a text encoder."""
     seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
@@ -64,6 +78,7 @@ def _clip_image_encoder() -> tuple[Any, Any]:
     return CLIPVisionModelWithProjection(config), processor
 
 
+@_quiet_transformers()
 def tiny_wan(seed: int = 0) -> Any:
     """A Wan 2.1-style image-to-video pipeline (CLIP image tokens in cross-attention), random weights."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
@@ -87,6 +102,7 @@ def tiny_wan(seed: int = 0) -> Any:
     return pipe
 
 
+@_quiet_transformers()
 def tiny_wan22(seed: int = 0) -> Any:
     """A Wan 2.2 A14B-style I2V pipeline: two experts (high noise, then low noise after the boundary), no CLIP."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
@@ -123,6 +139,7 @@ def wan_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **override
     return kwargs
 
 
+@_quiet_transformers()
 def tiny_wan_ti2v(seed: int = 0) -> Any:
     """A Wan 2.2 TI2V-5B-style pipeline (``expand_timesteps``: the image replaces latent frame 0, whose
     tokens get timestep 0), random weights."""
@@ -152,6 +169,7 @@ def _text_mask(text: str, length: int) -> torch.Tensor:
     return mask
 
 
+@_quiet_transformers()
 def tiny_hunyuan(seed: int = 0, image_condition_type: str = "latent_concat") -> Any:
     """A HunyuanVideo I2V pipeline (joint video+text attention, branch by forward order), random weights.
 
@@ -205,6 +223,7 @@ def hunyuan_call_kwargs(
     return kwargs
 
 
+@_quiet_transformers()
 def tiny_hunyuan15(seed: int = 0) -> Any:
     """A HunyuanVideo 1.5 I2V pipeline (video then image/byT5/text tokens, guider contexts), random weights."""
     from diffusers import (
@@ -253,6 +272,7 @@ def hunyuan15_call_kwargs(
     return kwargs
 
 
+@_quiet_transformers()
 def tiny_svd(seed: int = 0) -> Any:
     """A Stable Video Diffusion pipeline (temporal attention over frames, batch [uncond, cond]), random weights."""
     from diffusers import (
@@ -327,6 +347,7 @@ def _cogvideox_i2v(transformer: Any) -> Any:
     return pipe
 
 
+@_quiet_transformers()
 def tiny_cogvideox(seed: int = 0) -> Any:
     """A CogVideoX I2V pipeline (joint text+video attention, batch [uncond, cond]), random weights."""
     from diffusers import CogVideoXTransformer3DModel
@@ -341,6 +362,7 @@ def tiny_cogvideox(seed: int = 0) -> Any:
     return _cogvideox_i2v(transformer)
 
 
+@_quiet_transformers()
 def tiny_cogvideox15(seed: int = 0) -> Any:
     """A CogVideoX 1.5 I2V pipeline (temporal patch ``patch_size_t=2``: the pipeline pads the latent frames to an
     even count, and one token frame holds two latent frames; ``ofs`` embedding), random weights."""
@@ -396,6 +418,7 @@ def _ltx_components(seed: int) -> dict[str, Any]:
     return dict(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler())
 
 
+@_quiet_transformers()
 def tiny_ltx(seed: int = 0) -> Any:
     """An LTX-Video I2V pipeline (per-token timesteps, batch [uncond, cond]), random weights."""
     from diffusers import LTXImageToVideoPipeline
@@ -405,6 +428,7 @@ def tiny_ltx(seed: int = 0) -> Any:
     return pipe
 
 
+@_quiet_transformers()
 def tiny_ltx_condition(seed: int = 0) -> Any:
     """An ``LTXConditionPipeline`` (conditions at frames > 0 become extra tokens before the video, positions
     from ``video_coords``), random weights. Called with ``image=...`` it conditions latent frame 0."""
@@ -484,20 +508,6 @@ def build_tiny(name: str, seed: int = 0) -> tuple[Any, Callable[..., dict[str, A
     build, call_kwargs = TINY_MODELS[name]
     with _quiet_transformers():
         return build(seed), call_kwargs
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """transformers' notices while a tiny pipeline is built (e.g. that torchvision is absent and the
-    PIL image processor is used) say nothing about the tiny model; the verbosity is restored after."""
-    from transformers.utils import logging
-
-    level = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
 
 
 def word_tokenizer(vocabulary: str = "a an the cat dog red blue ball grass runs jumps on in left right") -> Any:
