@@ -38,7 +38,6 @@ PLAIN = CallPlan("plain", ())
 
 
 def layout_of(frames: int) -> at.TokenLayout:
-    video = frames * GRID[0] * GRID[1]
     return at.TokenLayout(num_frames=frames, tokens_per_frame=GRID[0] * GRID[1], video_start=TEXT,
                           segments=[at.Segment("text", 0, TEXT)], grid=GRID)
 
