@@ -35,6 +35,7 @@ class AllegroAdapter(Adapter):
     text = "cross"
     branches = "batched-uncond-cond"
     tiny_models = ("tiny-allegro",)
+    table_entries = {"reference frames": "none (text-to-video): frame 0 is the first frame"}
     tested = "a text cross-attention rule against dense, with padded text masked by Allegro's additive bias"
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:

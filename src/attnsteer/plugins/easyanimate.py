@@ -37,6 +37,8 @@ class EasyAnimateAdapter(Adapter):
     text = "joint-before"
     branches = "batched-uncond-cond"
     tiny_models = ("tiny-easyanimate", "tiny-easyanimate-inpaint")
+    table_entries = {"reference frames": "latent frame 0 (the image in image-to-video; the first frame in "
+                                         "text-to-video)"}
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
         """Text first (then T5 text, if given), then video tokens frame-major, ``patch_size`` x ``patch_size`` per token."""

@@ -37,6 +37,7 @@ class MochiAdapter(Adapter):
     text = "joint-after"
     branches = "batched-uncond-cond"
     tiny_models = ("tiny-mochi",)
+    table_entries = {"reference frames": "none (text-to-video): frame 0 is the first frame"}
     tested = ("one SDPA call per batch row over its valid text tokens: padded prompts of different lengths per "
               "branch steered against dense and recorded; an all-padding (zeroed) prompt steered, its recording refused")
     _valid_text: tuple[int, ...] = ()  # valid text tokens per batch row of the current forward (set by layout)
