@@ -42,10 +42,14 @@ def batch_call_kwargs(pipe: Any, kwargs: dict[str, Any], n: int, seed: int) -> d
             out[name] = value.repeat(n, *([1] * (value.dim() - 1)))
     if out.get("image") is not None and type(pipe).__name__ in PER_ROW_IMAGE:
         out["image"] = [out["image"]] * n
-    device = getattr(pipe, "device", torch.device("cpu"))
-    device = "cpu" if device.type == "mps" else device
-    out["generator"] = [torch.Generator(device=device).manual_seed(seed) for _ in range(n)]
+    out["generator"] = [seeded_generator(pipe, seed) for _ in range(n)]
     return out
+
+
+def seeded_generator(pipe: Any, seed: int) -> torch.Generator:
+    """A generator seeded with ``seed`` on the pipeline's device (the CPU for MPS, which has none)."""
+    device = getattr(pipe, "device", torch.device("cpu"))
+    return torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(seed)
 
 
 def chunks(items: Sequence[Any], chunk: int) -> list[Sequence[Any]]:

@@ -33,7 +33,7 @@ def run_plan(
 
     Under autograd the grouped kernel (no backward) is replaced by the score path, which applies
     the same rules elementwise and is differentiable."""
-    scale = (q.shape[-1] ** -0.5 if scale is None else float(scale)) * plan.scale_factor
+    scale = plan.logit_scale(q.shape[-1], scale)
     device = q.device
     mass = None
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
@@ -116,7 +116,7 @@ def run_cross_plan(
 ) -> torch.Tensor:
     """The output of a cross-attention call (queries: the video of ``layout``, keys: its text) under ``plan``."""
     text = layout.video_start
-    scale = (q.shape[-1] ** -0.5 if scale is None else float(scale)) * plan.scale_factor
+    scale = plan.logit_scale(q.shape[-1], scale)
     if plan.path == "grouped":
         cells, bias = _on_device(plan, q.device)
         return grouped_attention(q, k, v, cells[text:], cells[:text], bias=bias, scale=scale,

@@ -54,7 +54,7 @@ def run_with_maps(
     """(output [B, H, N, Dv], mass [B, H, G, G] over layout groups, maps) of one self-attention call
     under ``plan``; ``key_sets`` and ``query_sets`` are boolean [N] masks (CPU)."""
     device = q.device
-    scale = (q.shape[-1] ** -0.5 if scale is None else float(scale)) * plan.scale_factor
+    scale = plan.logit_scale(q.shape[-1], scale)
     cells = _Cells.of(plan, layout, key_sets, device)
     groups = layout.group_ids()
     to_group = torch.nn.functional.one_hot(groups[cells.first], layout.num_groups).float().to(device)  # [C, G]
@@ -88,7 +88,7 @@ def cross_maps(
     ``layout`` is the call's joint ``[text, video]`` layout (:func:`attnsteer.execute.cross_layout`):
     the keys are its text part, the queries its video part; ``key_sets`` are [N] masks over it.
     The call's output is left to the model (this only reads its q and k)."""
-    scale = (q.shape[-1] ** -0.5 if scale is None else float(scale)) * plan.scale_factor
+    scale = plan.logit_scale(q.shape[-1], scale)
     cells = _Cells.of(plan, layout, key_sets, q.device)
     text = layout.video_start
     b, _, n, _ = q.shape

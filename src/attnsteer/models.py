@@ -49,11 +49,15 @@ class VideoModel:
             image = image.convert("RGB").resize((self.image_size[1], self.image_size[0]))
         return {self.image_argument: image}
 
-    def __call__(self, image: Image.Image | None, prompt: str, seed: int = 0, **overrides: Any) -> np.ndarray:
+    def _arguments(self, image: Image.Image | None, prompt: str, overrides: dict[str, Any]) -> dict[str, Any]:
+        """A call's keyword arguments: the model's defaults, the overrides that are set, and the image."""
         kwargs = self._call_kwargs(prompt=prompt, **{k: v for k, v in overrides.items() if v is not None})
-        device = getattr(self.pipe, "device", torch.device("cpu"))
-        generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(seed)
-        output = self.pipe(generator=generator, **self._image(image), **kwargs)
+        return {**self._image(image), **kwargs}
+
+    def __call__(self, image: Image.Image | None, prompt: str, seed: int = 0, **overrides: Any) -> np.ndarray:
+        from .batched import seeded_generator
+
+        output = self.pipe(generator=seeded_generator(self.pipe, seed), **self._arguments(image, prompt, overrides))
         frames = output.frames[0]
         return np.asarray(frames, dtype=np.float32)
 
@@ -62,8 +66,7 @@ class VideoModel:
         :func:`attnsteer.batched.batch_call_kwargs`)."""
         from .batched import batch_call_kwargs
 
-        kwargs = self._call_kwargs(prompt=prompt, **{k: v for k, v in overrides.items() if v is not None})
-        output = self.pipe(**batch_call_kwargs(self.pipe, {**self._image(image), **kwargs}, n, seed))
+        output = self.pipe(**batch_call_kwargs(self.pipe, self._arguments(image, prompt, overrides), n, seed))
         return [np.asarray(frames, dtype=np.float32) for frames in output.frames]
 
     def show_progress(self, enabled: bool = True) -> None:

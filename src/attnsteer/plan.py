@@ -111,6 +111,11 @@ class CallPlan:
     # global index of the call's first head (a Ulysses rank's slice of the heads; score functions see global heads)
     head_offset: int = 0
 
+    def logit_scale(self, head_dim: int, scale: float | None) -> float:
+        """The scale the call's logits get: the call's own (SDPA's default ``head_dim ** -0.5`` when None)
+        times the uniform factor that logit-scale rules fold in."""
+        return (head_dim**-0.5 if scale is None else float(scale)) * self.scale_factor
+
     @property
     def num_cells(self) -> int:
         return 0 if self.cell_groups is None else int(self.cell_groups.numel())

@@ -64,7 +64,7 @@ class StepTracker:
             index = getattr(scheduler, "step_index", None)
             grid = scheduled.detach().float().cpu()
             if not isinstance(index, int):
-                index = _first_index(scheduler, scheduled, timestep)
+                index = _first_index(scheduler, grid, timestep)
             frames = None if frame_timesteps is None else tuple(own_step(grid, t, order) for t in frame_timesteps)
             return StepInfo(step=index // order, num_steps=math.ceil(scheduled.numel() / order), timestep=timestep,
                             frame_timesteps=frame_timesteps, frame_steps=frames)
@@ -81,11 +81,12 @@ class StepTracker:
         return StepInfo(step=self._step, num_steps=self.num_steps, timestep=timestep)
 
 
-def _first_index(scheduler: Any, scheduled: torch.Tensor, timestep: float) -> int:
+def _first_index(scheduler: Any, grid: torch.Tensor, timestep: float) -> int:
     """The scheduler's position for a forward made while its ``step_index`` is unset: the scheduled timestep equal
     to the forward's; where none is (a model fed another scale, e.g. Cosmos' sigma / (sigma + 1)), a scheduler
-    that counts its updates has made none yet, so its first step (``begin_index`` or 0); else the nearest one."""
-    distance = (scheduled.detach().float().cpu() - timestep).abs()
+    that counts its updates has made none yet, so its first step (``begin_index`` or 0); else the nearest one.
+    ``grid``: the scheduled timesteps as a float CPU tensor."""
+    distance = (grid - timestep).abs()
     nearest = int(distance.argmin())
     if float(distance[nearest]) <= 1e-3 * max(1.0, abs(timestep)) or not hasattr(scheduler, "_step_index"):
         return nearest
