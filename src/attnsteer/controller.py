@@ -9,68 +9,24 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import torch
-import torch.nn.functional as F
 
-from .errors import ConfigError, KernelError, SteeringError, describe_rule
-from .hooks import HOOK_NAME, AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
-from .execute import cross_layout, run_cross_plan, run_plan
+from .call_state import Client, ForwardState, LayerInfo
+from .errors import ConfigError, SteeringError, describe_rule
 from .guidance import BlockSkipHook, GuidanceShift, PerturbedGuidance, first_tensor, replace_first_tensor
-from .layout import TokenLayout
+from .hooks import HOOK_NAME, AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
+from .module_call import ModuleCall, subject
 from .outputs import OutputStage, OutputTransform, split_output_rules
-from .parallel import context_parallel_config, gather_heads, head_slice
-from .plan import build_plan
+from .parallel import context_parallel_config, head_slice
 from .plugins.base import Adapter, bind_forward_inputs
-from .plugins.branches import item_of_rows
 from .rules import Rule
 from .schedules import StepInfo
 from .stepping import StepTracker
-from .selectors import SelectionContext
 
-
-@attrs.frozen
-class LayerInfo:
-    """One self-attention module: its index among the model's self-attention layers and its names."""
-
-    index: int
-    name: str
-    component: str
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        qualified = f"{self.component}.{self.name}" if self.component else self.name
-        return (self.name, qualified)
-
-    @property
-    def qualified(self) -> str:
-        return self.names[1]
-
-
-@attrs.frozen
-class ForwardState:
-    """What one forward of the transformer looks like to its attention calls."""
-
-    layout: TokenLayout
-    step: StepInfo
-    branches: tuple[str, ...] | None
-    context: str | None
-    text_length: int | None = None  # text keys of the separate cross-attention calls, if the model has them
-
-
-class Client(Protocol):
-    """What a session attaches: rules to apply and/or a sink for attention mass."""
-
-    rules: tuple[Rule, ...]
-    wants_mass: bool
-
-    def selection_context(self, layout: TokenLayout) -> SelectionContext:
-        """What this client's selectors resolve against in a call of ``layout`` (its prompt's words)."""
-        ...
-
-    def on_call(self, state: ForwardState, layer: LayerInfo, applied: list[Rule], mass: torch.Tensor | None) -> None: ...
+__all__ = ["Client", "Controller", "ForwardState", "LayerInfo", "controller_for"]
 
 
 class Controller:
@@ -89,7 +45,6 @@ class Controller:
         self._copied = False
         self.layers: list[tuple[str, LayerInfo]] = []  # (attention kind, layer) of every hooked module
         self.seen_steps: set[StepInfo] = set()
-        self._frame_limits: dict[int, frozenset[int]] = {}  # per call: rules on for some frames only
         self.seen_branches: set[str] = set()
         self.perturbing: PerturbedGuidance | None = None  # set during the perturbed forward
         self._skip_hooks: set[int] = set()
@@ -286,8 +241,12 @@ class Controller:
         self.state = None
 
     # --- per attention call --------------------------------------------------------------
-    def _active_rules(self, layer: LayerInfo, state: ForwardState, attention: str) -> list[tuple[Client, Rule]]:
-        active = []
+    def _active_rules(
+        self, layer: LayerInfo, state: ForwardState, attention: str
+    ) -> tuple[list[tuple[Client, Rule]], dict[int, frozenset[int]]]:
+        """The (client, rule) pairs on in this module at this step, and the query frames of those whose
+        per-frame schedule is on for some frames only (by ``id(rule)``)."""
+        active, frame_limits = [], {}
         for client in self.clients:
             for rule in client.rules:
                 if rule.attention != attention or not rule.matches_layer(layer.index, layer.names):
@@ -298,28 +257,10 @@ class Controller:
                 except ConfigError as exc:
                     raise type(exc)(f"{describe_rule(rule, layer.qualified)}: {exc}") from exc
                 if on and frames is not None and not all(frames):
-                    self._limit_to_frames(rule, layer, attention, frozenset(f for f, o in enumerate(frames) if o))
+                    frame_limits[id(rule)] = _frame_limit(rule, layer, attention, frames)
                 if on:
                     active.append((client, rule))
-        return active
-
-    def _limit_to_frames(self, rule: Rule, layer: LayerInfo, attention: str, frames: frozenset[int]) -> None:
-        """Remember that ``rule`` is on only for the queries of ``frames`` in this call (per-frame schedules)."""
-        if attention != "self" or isinstance(rule.transform, OutputTransform):
-            raise SteeringError(
-                f"{describe_rule(rule, layer.qualified)}: its schedule is on for latent frames {sorted(frames)} only "
-                "(per-frame timesteps); attnsteer follows per-frame schedules for self-attention logit rules, not "
-                f"for {'output transforms' if attention == 'self' else attention + '-attention rules'}"
-            )
-        self._frame_limits[id(rule)] = frames
-
-    def _context(self, client: Client, rule: Rule, layout: TokenLayout, rows: tuple[bool, ...] | None) -> SelectionContext:
-        """The selection context of ``rule`` in this call: its client's (restricted to the client's batch rows when
-        it has a batch share), limited to the frames its schedule is on in."""
-        ctx = client.selection_context(layout)
-        ctx = ctx if rows is None else attrs.evolve(ctx, rows=rows)
-        frames = self._frame_limits.get(id(rule))
-        return ctx if frames is None else attrs.evolve(ctx, query_frames=frames)
+        return active, frame_limits
 
     def run_attention(
         self, layer: LayerInfo, attention: str, module: torch.nn.Module, forward: Callable, args: tuple, kwargs: dict
@@ -333,134 +274,31 @@ class Controller:
                     f"{type(self.model).__name__}; attnsteer learns the token layout from that forward"
                 )
             return forward(*args, **kwargs)
-        self._frame_limits = {}
-        active = self._active_rules(layer, state, attention)
+        active, frame_limits = self._active_rules(layer, state, attention)
         recorders = [c for c in self.clients if c.wants_mass] if attention == "self" else _cross_recorders(self.clients)
         if not active and not recorders:
             return forward(*args, **kwargs)
-        seen = []
         outputs = split_output_rules(active)[1]
         stage = OutputStage(outputs, layer.qualified, self.adapter) if outputs else None
         _check_context_parallel(module, attention, layer, active, recorders, stage)
-
-        def handle(*sdpa_args: Any, **sdpa_kwargs: Any) -> torch.Tensor:
-            if attention == "cross":
-                return self._cross_call(layer, state, active, seen, sdpa_args, sdpa_kwargs, recorders)
-            return self._attention_call(layer, state, active, recorders, seen, sdpa_args, sdpa_kwargs, stage, module)
-
-        with SDPAInterceptor(handle):
+        call = ModuleCall(self.adapter, self.clients, layer, attention, state, active, recorders, frame_limits,
+                          stage, module)
+        with SDPAInterceptor(call):
             output = forward(*args, **kwargs)
-        if not seen:
-            raise SteeringError(f"{_subject(active, layer)}: {_why_no_attention(module, attention)}")
+        if not call.calls:
+            raise SteeringError(f"{call.subject}: {_why_no_attention(module, attention)}")
         return output if stage is None else stage.apply(output, state.layout)
 
-    def _attention_call(
-        self,
-        layer: LayerInfo,
-        state: ForwardState,
-        active: list[tuple[Client, Rule]],
-        recorders: list[Client],
-        seen: list[bool],
-        args: tuple,
-        kwargs: dict,
-        stage: OutputStage | None = None,
-        module: torch.nn.Module | None = None,
-    ) -> torch.Tensor:
-        q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = _sdpa_arguments(args, kwargs)
-        if q.shape[-2] != k.shape[-2]:  # cross-attention inside a self-attention module: leave it
-            return F.scaled_dot_product_attention(*args, **kwargs)
-        call = len(seen)  # this call's index within the module's forward
-        seen.append(True)
-        where = _subject(active, layer)
-        forward_layout = state.layout
-        layout, branches = self.adapter.call_view(forward_layout, state.branches, q.shape[0], call)
-        if q.dim() != 4 or q.shape[-2] != layout.seq_len:
-            raise SteeringError(
-                f"{where}: the attention call has q of shape {tuple(q.shape)} but {type(self.adapter).__name__} "
-                f"expects [B, H, {layout.seq_len}, D] for layout {layout.describe()}"
-            )
-        if dropout_p or is_causal or enable_gqa:
-            raise SteeringError(
-                f"{where}: unsupported SDPA arguments (dropout_p={dropout_p}, is_causal={is_causal}, "
-                f"enable_gqa={enable_gqa}); attnsteer supports inference-mode bidirectional attention"
-            )
-        if layout.num_groups != forward_layout.num_groups and recorders:
-            raise SteeringError(
-                f"{where}: this call's layout {layout.describe()} has other token groups than its forward's "
-                f"{forward_layout.describe()}, so its attention mass cannot join the recording"
-            )
-        if branches != state.branches:  # the model folds other axes into the attention batch (SVD)
-            state = attrs.evolve(state, branches=branches)
-        recorded = state  # recordings keep the forward's layout (same groups, asserted above)
-        if layout != forward_layout:  # one call per batch row over its valid tokens (Mochi)
-            state = attrs.evolve(state, layout=layout)
-        outputs = stage.read(q, k, scale, layout, state.branches) if stage is not None else []
-        rows = {id(c): _client_rows(c, state.branches, q.shape[0]) for c in self.clients}
-        heads = None if module is None else head_slice(module, q.shape[1], where)
-        try:
-            plan = build_plan(
-                tuple((rule, self._context(client, rule, layout, rows[id(client)]))
-                      for client, rule in split_output_rules(active)[0]),
-                layout, state.branches,
-                q.shape[0], q.shape[1], want_mass=bool(recorders),
-                head_offset=0 if heads is None else heads.offset, total_heads=None if heads is None else heads.total,
-            )
-        except ConfigError as exc:
-            raise type(exc)(f"in self-attention module {layer.qualified!r}: {exc}") from exc
-        if plan.path == "plain" and not recorders and not plan.identity and plan.scale_factor == 1.0:
-            if not outputs and not plan.applied:
-                return F.scaled_dot_product_attention(*args, **kwargs)
-            out, mass = F.scaled_dot_product_attention(*args, **kwargs), None  # e.g. a logit scale of 1 applied
-        else:
-            try:
-                with_maps = _record_spatial_maps(recorders, plan, q, k, v, state, layer, scale, attn_mask)
-                out, mass = with_maps or run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders))
-            except (KernelError, SteeringError) as exc:
-                raise type(exc)(f"{where}: {exc}") from exc
-        if heads is not None and recorders and mass is not None:
-            mass = gather_heads(mass, heads)  # every rank records all heads, as one process would
-        for client in self.clients:
-            mine = [rule for c, rule in active if c is client and (rule in plan.applied or (c, rule) in outputs)]
-            if mine or client.wants_mass:
-                _notify(client, recorded, layer, mine, mass, rows[id(client)])
-        return out
-
-
-    def _cross_call(
-        self, layer: LayerInfo, state: ForwardState, active: list[tuple[Client, Rule]], seen: list[bool],
-        args: tuple, kwargs: dict, recorders: list[Client] = (),
-    ) -> torch.Tensor:
-        """A cross-attention SDPA call: steered when its keys are the forward's text tokens (image-key
-        calls, as in Wan I2V's attn2, pass through); the plan runs on the joint [text, video] layout."""
-        q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = _sdpa_arguments(args, kwargs)
-        if k.shape[-2] != state.text_length:
-            return F.scaled_dot_product_attention(*args, **kwargs)
-        seen.append(True)
-        where = _subject(active, layer)
-        layout = cross_layout(state.layout, state.text_length)
-        if q.dim() != 4 or q.shape[-2] != state.layout.seq_len or dropout_p or is_causal or enable_gqa:
-            raise SteeringError(
-                f"{where}: a cross-attention call with q {tuple(q.shape)}, k {tuple(k.shape)} (dropout_p={dropout_p}, "
-                f"is_causal={is_causal}, enable_gqa={enable_gqa}) does not match {state.layout.seq_len} video queries "
-                f"and {state.text_length} text keys"
-            )
-        branches = self.adapter.attention_branches(state.branches, q.shape[0])
-        try:
-            rows = {id(c): _client_rows(c, branches, q.shape[0]) for c in self.clients}
-            plan = build_plan(tuple((rule, self._context(client, rule, layout, rows[id(client)])) for client, rule in active),
-                              layout, branches, q.shape[0], q.shape[1])
-            out = run_cross_plan(plan, q, k, v, layout, scale, attn_mask)
-            if recorders:
-                from .map_recording import record_cross_maps  # imports record, which imports this module
-
-                record_cross_maps([c.maps for c in recorders], plan, q, k, v, state, layer, scale, attn_mask, layout)
-        except (ConfigError, KernelError, SteeringError) as exc:
-            raise type(exc)(f"{where}: {exc}") from exc
-        for client in self.clients:
-            mine = [rule for c, rule in active if c is client and rule in plan.applied]
-            if mine:
-                _notify(client, state, layer, mine, None, rows[id(client)])
-        return out
+def _frame_limit(rule: Rule, layer: LayerInfo, attention: str, frames: tuple[bool, ...]) -> frozenset[int]:
+    """The latent frames a per-frame schedule is on for, where attnsteer can follow it (self-attention logit rules)."""
+    on = frozenset(f for f, o in enumerate(frames) if o)
+    if attention != "self" or isinstance(rule.transform, OutputTransform):
+        raise SteeringError(
+            f"{describe_rule(rule, layer.qualified)}: its schedule is on for latent frames {sorted(on)} only "
+            "(per-frame timesteps); attnsteer follows per-frame schedules for self-attention logit rules, not "
+            f"for {'output transforms' if attention == 'self' else attention + '-attention rules'}"
+        )
+    return on
 
 
 def _check_context_parallel(module: torch.nn.Module, attention: str, layer: LayerInfo, active: list, recorders: list,
@@ -470,7 +308,7 @@ def _check_context_parallel(module: torch.nn.Module, attention: str, layer: Laye
     cp = context_parallel_config(module)
     if cp is None:
         return
-    where = _subject(active, layer)
+    where = subject(active, layer)
     head_slice(module, 1, where)  # raises for ring attention
     if attention == "cross":
         raise SteeringError(f"{where}: under context parallelism cross-attention runs on a shard of the video "
@@ -483,40 +321,10 @@ def _check_context_parallel(module: torch.nn.Module, attention: str, layer: Laye
                             "parallelism yet (frame maps are)")
 
 
-def _client_rows(client: Client, branches: tuple[str, ...] | None, batch: int) -> tuple[bool, ...] | None:
-    """The rows of a call that belong to a client with a ``batch_item`` (index, count) share, else None."""
-    item = getattr(client, "batch_item", None)
-    if item is None:
-        return None
-    index, count = item
-    return tuple(i == index for i in item_of_rows(branches, batch, count))
-
-
-def _notify(client: Client, state: ForwardState, layer: LayerInfo, applied: list[Rule], mass: torch.Tensor | None,
-            rows: tuple[bool, ...] | None) -> None:
-    """``client.on_call``, seeing only its own rows (branches and mass) when it has a batch share."""
-    if rows is not None:
-        keep = [r for r, on in enumerate(rows) if on]
-        branches = None if state.branches is None else tuple(state.branches[r] for r in keep)
-        state = attrs.evolve(state, branches=branches)
-        mass = None if mass is None else mass[keep]
-    client.on_call(state, layer, applied, mass)
-
-
 def _cross_recorders(clients: list[Client]) -> list[Client]:
     """The clients whose spatial maps read the text cross-attention (``at.maps.onto(..., attention="cross")``)."""
     return [c for c in clients
             if getattr(c, "maps", None) is not None and any(s.attention == "cross" for s in c.maps.specs)]
-
-
-def _record_spatial_maps(recorders: list[Client], plan, q, k, v, state, layer, scale, attn_mask):
-    """(output, mass) of a call whose recorders keep spatial maps (``at.inspect(maps=...)``), else None."""
-    spatial = [c.maps for c in recorders if getattr(c, "maps", None) is not None]
-    if not spatial:
-        return None
-    from .map_recording import record_maps  # imports record, which imports this module
-
-    return record_maps(spatial, plan, q, k, v, state, layer, scale, attn_mask)
 
 
 def _why_no_attention(module: torch.nn.Module, attention: str) -> str:
@@ -534,21 +342,6 @@ def _why_no_attention(module: torch.nn.Module, attention: str) -> str:
     return ("the module computed attention without calling torch.nn.functional.scaled_dot_product_attention "
             f"(attention backend: {backend or 'unknown'}), so it cannot be steered or recorded. Non-native backends "
             "(flash, sage, xformers, flex) bypass it: call transformer.set_attention_backend('native') first")
-
-
-def _subject(active: list[tuple[Client, Rule]], layer: LayerInfo) -> str:
-    """Who an error is about: the first active rule in this module, or the recording."""
-    return describe_rule(active[0][1], layer.qualified) if active else f"recording in module {layer.qualified!r}"
-
-
-def _sdpa_arguments(args: tuple, kwargs: dict) -> tuple:
-    """F.scaled_dot_product_attention's arguments by name, with its defaults."""
-    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-    defaults = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
-    values = dict(defaults)
-    values.update(zip(names, args))
-    values.update(kwargs)
-    return tuple(values[n] for n in names)
 
 
 def _batch_size(inputs: dict) -> int:

@@ -28,7 +28,7 @@ from .selectors import SelectionContext
 from .words import WordIndex
 
 if TYPE_CHECKING:
-    from .controller import ForwardState, LayerInfo
+    from .call_state import ForwardState, LayerInfo
 
 FORMAT = "attnsteer-maps-1"
 Key = tuple[str, str, str, str]  # (map label, step bin, layer bin, branch)

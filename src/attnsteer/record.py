@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .controller import ForwardState, LayerInfo
+from .call_state import ForwardState, LayerInfo
 from .errors import ConfigError, RecordingError, SteeringError
 from .layout import TokenLayout
 from .recording_io import read_npz
