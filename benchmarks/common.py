@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from attnsteer.testing.profiling import peak_memory_growth_mb
+from attnsteer.testing.profiling import peak_memory_growth_mb, peak_tensor_memory_mb
 
 
 def time_interleaved(methods: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -38,32 +38,47 @@ def time_interleaved(methods: dict[str, Callable[[], object]], repeats: int) -> 
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def peak_memory_mb(module: str, method: str, config: dict) -> float | None:
-    """Run ``python -m MODULE --measure METHOD --config JSON`` in a fresh interpreter; it prints its peak growth in MB."""
+def peak_memory(module: str, method: str, config: dict) -> dict[str, float] | None:
+    """Run ``python -m MODULE --measure METHOD --config JSON`` in a fresh interpreter and return its peak
+    growths in MB: "rss" (the resident set, CPU) and "tensors" (live tensor bytes); None if it failed."""
     result = subprocess.run(
         [sys.executable, "-m", module, "--measure", method, "--config", json.dumps(config)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=1800,
     )
     if result.returncode != 0:
         return None
-    return float(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure_in_this_process(setup: Callable[[], Callable[[], object]]) -> float:
-    """Peak memory growth (MB) of one call of the function that ``setup`` returns, beyond the setup itself."""
+def peak_memory_mb(module: str, method: str, config: dict) -> float | None:
+    """The resident-set growth of :func:`peak_memory` (None if the measurement failed)."""
+    peaks = peak_memory(module, method, config)
+    return None if peaks is None else peaks["rss"]
+
+
+def measure_in_this_process(setup: Callable[[], Callable[[], object]]) -> str:
+    """Peak memory growth (MB) of one call of the function that ``setup`` returns, beyond the setup itself,
+    as JSON: the resident set of the first call (fresh process) and the live tensors of a second."""
     fn = setup()
-    return peak_memory_growth_mb(fn, "cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rss = peak_memory_growth_mb(fn, device)
+    return json.dumps({"rss": rss, "tensors": peak_tensor_memory_mb(fn, device)})
 
 
 def benchmark_arguments(doc: str, module: str, build: Callable[[str, dict, str], Callable[[], object]],
-                        repeats: int) -> tuple[argparse.Namespace, str] | None:
+                        repeats: int, flex: bool = True,
+                        extra: Callable[[argparse.ArgumentParser], None] | None = None,
+                        ) -> tuple[argparse.Namespace, str] | None:
     """The shared command line of the benchmarks (``--quick``, ``--repeats``, ``--no-flex``) and the
     ``--measure`` mode that :func:`peak_memory_mb` runs in a fresh process (then it prints and returns None)."""
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=repeats)
-    parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compile takes ~30 s on CPU)")
+    if flex:
+        parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compile takes ~30 s on CPU)")
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()

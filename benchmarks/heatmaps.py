@@ -18,9 +18,6 @@ in a fresh process:
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
 import torch.nn.functional as F
 
@@ -29,7 +26,7 @@ from attnsteer.kernels import grouped_attention
 from attnsteer.map_compute import run_with_maps
 from attnsteer.plan import CallPlan
 from attnsteer.selectors import SelectionContext
-from benchmarks.common import format_row, machine, measure_in_this_process, peak_memory_mb, time_interleaved
+from benchmarks.common import benchmark_arguments, format_row, machine, peak_memory, time_interleaved
 
 GRID, TEXT, DIM = (30, 52), 226, 128
 DENSE_LIMIT_GB = 40.0 if torch.cuda.is_available() else 6.0
@@ -86,23 +83,19 @@ def dense_gb(frames: int, heads: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.heatmaps", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--heads", type=int, help="attention heads (default: 1 on CPU, 12 on a GPU)")
-    parser.add_argument("--measure", help=argparse.SUPPRESS)
-    parser.add_argument("--config", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.measure:
-        print(measure_in_this_process(lambda: build(args.measure, json.loads(args.config), device)))
+    parsed = benchmark_arguments(__doc__, "benchmarks.heatmaps", build, repeats=3, flex=False, extra=lambda p: p.add_argument(
+        "--heads", type=int, help="attention heads (default: 1 on CPU, 12 on a GPU)"))
+    if parsed is None:
         return
+    args, device = parsed
     heads = args.heads or (12 if device == "cuda" else 1)
     print(f"# spatial heatmap benchmark on {machine()}; {heads} heads, head dim {DIM}, {GRID[0]}x{GRID[1]} tokens "
           f"per frame + {TEXT} text tokens")
-    widths = [14, 7, 7, 10, 8, 9, 9]
-    print(format_row(["method", "frames", "tokens", "time/SDPA", "target", "peak MB", "mem/SDPA"], widths))
+    print("# memory: peak growth of one call beyond its inputs, as live tensors (what a GPU's allocator counts) "
+          "and as the CPU resident set (glibc's heap slack included), each against plain SDPA's")
+    widths = [14, 7, 7, 10, 8, 10, 8, 9, 8]
+    print(format_row(["method", "frames", "tokens", "time/SDPA", "target", "tensor MB", "/SDPA", "RSS MB", "/SDPA"],
+                     widths))
     for frames in (3, 2) if args.quick else (21, 3):
         layout = layout_of(frames)
         selected = int(sets(layout)[1][0].sum())
@@ -110,17 +103,24 @@ def main() -> None:
         methods = [m for m in METHODS if m != "dense capture" or dense_gb(frames, heads) <= DENSE_LIMIT_GB]
         config = {"frames": frames, "heads": heads}
         times = time_interleaved({m: build(m, config, device) for m in methods}, repeats=args.repeats)
-        peaks = {m: peak_memory_mb("benchmarks.heatmaps", m, config) for m in methods}
+        peaks = {m: peak_memory("benchmarks.heatmaps", m, config) for m in methods}
         for m in METHODS:
             if m not in methods:
-                print(format_row([m, frames, layout.seq_len, "-", "-", "-", "-"], widths)
+                print(format_row([m, frames, layout.seq_len, "-", "-", "-", "-", "-", "-"], widths)
                       + f"  (skipped: needs {dense_gb(frames, heads):.1f} GB for the N x N matrices)")
                 continue
-            peak, base = peaks[m], peaks["sdpa"]
-            ratio = "?" if peak is None or not base else f"{peak / base:.2f}"
+            memory = [cell for kind in ("tensors", "rss") for cell in _against(peaks[m], peaks["sdpa"], kind)]
             note = f"  ({times[m]:.2f} s)" if m == "sdpa" else ""
-            print(format_row([m, frames, layout.seq_len, f"{times[m] / times['sdpa']:.3f}", targets.get(m, ""),
-                              "?" if peak is None else f"{peak:.0f}", ratio], widths) + note)
+            print(format_row([m, frames, layout.seq_len, f"{times[m] / times['sdpa']:.3f}", targets.get(m, ""), *memory],
+                             widths) + note)
+
+
+def _against(peak: dict | None, base: dict | None, kind: str) -> list[str]:
+    """[peak MB, ratio to the baseline] of one kind, "?" where unknown."""
+    if peak is None:
+        return ["?", "?"]
+    ratio = "?" if base is None or not base[kind] else f"{peak[kind] / base[kind]:.2f}"
+    return [f"{peak[kind]:.0f}", ratio]
 
 
 if __name__ == "__main__":

@@ -107,10 +107,10 @@ WAN_EXPECTED = {
 @pytest.fixture
 def small_chunks(monkeypatch):
     """The grouped pass in chunks of 4 query rows, as large calls run it."""
-    from attnsteer import map_compute
+    from attnsteer.kernels import grouped
 
-    monkeypatch.setattr(map_compute, "QUERY_BLOCK", 4)
-    monkeypatch.setattr(map_compute, "BLOCKS_PER_THREAD", 1)
+    monkeypatch.setattr(grouped, "QUERY_BLOCK", 4)
+    monkeypatch.setattr(grouped, "BLOCKS_PER_THREAD", 1)
 
 
 @pytest.mark.parametrize("chunked", [False, True])

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from unittest.mock import patch
+
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnsteer.kernels import grouped_attention
+from attnsteer.kernels import grouped, grouped_attention
+from attnsteer.kernels.grouped import grouped_attention_chunks
 from attnsteer.testing.oracle import dense_attention
 
 
@@ -64,9 +68,19 @@ def fully_blocked(p) -> bool:
     return bool((torch.isneginf(logits).all(-1) & ~hidden_by_mask).any())
 
 
+def small_query_chunks():
+    """The kernel's query chunks down to 2 rows (large calls run in chunks; these tiny ones otherwise would not)."""
+    return patch.multiple(grouped, QUERY_BLOCK=2, BLOCKS_PER_THREAD=1)
+
+
 @settings(deadline=None, max_examples=150)
-@given(problems(), st.booleans())
-def test_equals_dense_oracle(p, return_mass):
+@given(problems(), st.booleans(), st.booleans())
+def test_equals_dense_oracle(p, return_mass, chunked):
+    with small_query_chunks() if chunked else contextlib.nullcontext():
+        check_against_oracle(p, return_mass)
+
+
+def check_against_oracle(p, return_mass):
     if fully_blocked(p):
         with pytest.raises(ValueError, match="every key blocked"):
             grouped_attention(**p, return_mass=return_mass)
@@ -79,6 +93,31 @@ def test_equals_dense_oracle(p, return_mass):
         torch.testing.assert_close(mass, ref_mass, atol=1e-5, rtol=1e-5)
     else:
         assert mass is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunks_write_the_output_and_yield_per_query_mass_of_their_rows(dtype):
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 37, 8, generator=g).to(dtype) for _ in range(3))
+    groups = torch.arange(37) % 5
+    bias = torch.randn(2, 5, 5, generator=g)
+    mask = torch.rand(2, 1, 37, 37, generator=g) < 0.9
+    args = dict(bias=bias, attn_mask=mask)
+    whole, qm = grouped_attention(q, k, v, groups, groups, per_query=True, **args)
+    out = torch.full_like(q, float("nan"))
+    with small_query_chunks():
+        chunks = list(grouped_attention_chunks(q, k, v, groups, groups, out, **args))
+        discarded = list(grouped_attention_chunks(q, k, v, groups, groups, None, **args))
+    assert len(chunks) > 1 and chunks[-1][0].stop == 37
+    assert all(a.start == b.stop for (a, _), (b, _) in zip(chunks[1:], chunks))  # consecutive, covering every row
+    tol = 1e-6 if dtype == torch.float32 else 1e-2  # chunks change the fused kernel's blocking, so its rounding
+    torch.testing.assert_close(out, whole, atol=tol, rtol=0)
+    for (rows, part), (_, again) in zip(chunks, discarded):
+        torch.testing.assert_close(part.weights, qm.weights[:, :, rows], atol=tol, rtol=0)
+        torch.testing.assert_close(part.lse, qm.lse[:, :, rows], atol=tol, rtol=0)
+        torch.testing.assert_close(again.weights, part.weights, atol=0, rtol=0)
+    ref_out, _ = dense_attention(q.double(), k.double(), v.double(), groups, groups, bias=bias, attn_mask=mask)
+    torch.testing.assert_close(whole.double(), ref_out, atol=1e-5 if dtype == torch.float32 else 2e-2, rtol=0)
 
 
 def dymos_problem(frames=4, tokens=24, heads=2, dim=16, dtype=torch.float32):

@@ -3,9 +3,8 @@
 - **Per-query mass onto key sets** (``onto``): the grouped kernel's per-query weights
   (``grouped_attention(per_query=True)``) on a partition of the keys into cells that refines the
   plan's cells and every key set asked for; a key set's map is the sum of its cells' weights. The
-  queries run in chunks written into one output, so the memory beyond the output is a chunk's
-  accumulators (1/16 of the output when there are heads enough to keep the threads busy) plus
-  O(N x cells).
+  kernel runs the queries in chunks (``grouped_attention_chunks``) and each chunk's weights are
+  reduced to the maps at once, so the memory beyond the output is a chunk's buffers plus O(N x K).
 - **Mean attention of a query set on every key** (``region``): with ``lse_i`` the log-sum-exp of
   query i's logits (from the same kernel), ``sum_i exp(s_ij + b_ij - lse_i)`` is, for every key j,
   the log-sum-exp of a *transposed* attention call (keys as queries, the selected queries as keys,
@@ -22,13 +21,9 @@ import torch
 
 from .errors import SteeringError
 from .kernels.backends import attention_with_lse
-from .kernels.grouped import _additive_mask, grouped_attention
+from .kernels.grouped import _additive_mask, grouped_attention_chunks, query_chunk_rows
 from .layout import TokenLayout
 from .plan import CallPlan
-
-QUERY_CHUNKS = 16  # the grouped pass runs the queries in up to this many chunks ...
-BLOCKS_PER_THREAD = 32  # ... each holding enough query blocks per head to keep every thread busy
-QUERY_BLOCK = 256  # queries per block of the CPU flash kernel (its unit of parallel work)
 
 
 @attrs.frozen(eq=False)
@@ -64,8 +59,8 @@ def run_with_maps(
     group_sum = torch.zeros(b, h, layout.num_groups, layout.num_groups, dtype=torch.float32, device=device)
     onto = torch.zeros(b, n, len(key_sets), dtype=torch.float32, device=device)
     q_groups = groups.to(device)
-    for rows, out_rows, qm in _grouped_chunks(q, k, v, cells.ids, cells.ids, cells, scale, attn_mask):
-        out[:, :, rows] = out_rows
+    for rows, qm in grouped_attention_chunks(q, k, v, cells.ids, cells.ids, out, bias=cells.bias, scale=scale,
+                                             attn_mask=attn_mask, num_q_groups=cells.count, num_k_groups=cells.count):
         lse[:, :, rows] = qm.lse
         group_sum.index_add_(2, q_groups[rows], qm.weights @ to_group)
         if key_sets:
@@ -93,7 +88,9 @@ def cross_maps(
     text = layout.video_start
     b, _, n, _ = q.shape
     onto = torch.zeros(b, n, len(key_sets), dtype=torch.float32, device=q.device)
-    for rows, _, qm in _grouped_chunks(q, k, v, cells.ids[text:], cells.ids[:text], cells, scale, attn_mask):
+    for rows, qm in grouped_attention_chunks(q, k, v, cells.ids[text:], cells.ids[:text], None, bias=cells.bias,
+                                             scale=scale, attn_mask=attn_mask, num_q_groups=cells.count,
+                                             num_k_groups=cells.count):
         onto[:, rows] = (qm.weights @ cells.to_keys).mean(1)
     return onto
 
@@ -126,31 +123,6 @@ class _Cells:
         bias = None if plan.path != "grouped" else plan.bias[..., parent, :][..., parent].to(device)
         to_keys = torch.stack([m[first] for m in key_sets], -1).float().to(device) if key_sets else None
         return cls(ids.to(device), first, bias, to_keys)
-
-
-def _grouped_chunks(q, k, v, q_cells, k_cells, cells: _Cells, scale: float, attn_mask):
-    """(rows, output rows, QueryMass) of the grouped kernel over chunks of the queries."""
-    b, h, n, _ = q.shape
-    chunk = _chunk_rows(n, b * h)
-    for start in range(0, n, chunk):
-        rows = slice(start, min(start + chunk, n))
-        mask_rows = None
-        if attn_mask is not None:
-            mask_rows = attn_mask[..., rows, :] if attn_mask.shape[-2] > 1 else attn_mask
-        out, qm = grouped_attention(
-            q[:, :, rows], k, v, q_cells[rows], k_cells, bias=cells.bias, scale=scale, attn_mask=mask_rows,
-            per_query=True, num_q_groups=cells.count, num_k_groups=cells.count,
-        )
-        yield rows, out, qm
-
-
-def _chunk_rows(n: int, rows_times_heads: int) -> int:
-    """Query rows per chunk of the grouped pass: 1/16 of the call (a chunk's accumulators then hold 1/16
-    of the output's memory) unless that leaves the fused kernel too few query blocks to share among
-    the threads (it splits queries in blocks of ``QUERY_BLOCK`` per batch row and head)."""
-    min_rows = QUERY_BLOCK * -(-BLOCKS_PER_THREAD * torch.get_num_threads() // rows_times_heads)
-    chunks = max(1, min(QUERY_CHUNKS, n // min_rows))
-    return -(-n // chunks)
 
 
 def _refine(base: torch.Tensor, masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -192,19 +164,22 @@ def _mean_attention(
     total = torch.zeros(b, h, n, dtype=torch.float32, device=device)
     sel_cells = cells[rows]
     for cell in torch.unique(cells).tolist():
-        keys = _span(torch.nonzero(cells == cell).flatten())
+        members = torch.nonzero(cells == cell).flatten()
         key_bias = neg_lse if bias is None else neg_lse + _bias_rows(bias, sel_cells, cell)
-        transposed = key_bias[:, :, None, :]  # [B, H, 1, S]: the same for every key of the cell
-        per_key = None
-        if mask is not None:
-            if mask.shape[-2] == 1:  # a key mask: constant over queries, added after the call
-                per_key = mask[..., 0, keys]  # [B|1, H|1, Nc]
-            else:
-                transposed = transposed + mask[..., rows, :][..., keys].transpose(-1, -2)
-        _, lse_t = attention_with_lse(k[:, :, keys].float(), q_sel, q_sel, scale, transposed)
-        if per_key is not None:
-            lse_t = lse_t + per_key
-        total[:, :, keys] = torch.exp(lse_t)
+        step = query_chunk_rows(members.numel(), b * h)  # the keys are this call's queries: chunk them alike
+        for start in range(0, members.numel(), step):
+            keys = _span(members[start:start + step])
+            transposed = key_bias[:, :, None, :]  # [B, H, 1, S]: the same for every key of the cell
+            per_key = None
+            if mask is not None:
+                if mask.shape[-2] == 1:  # a key mask: constant over queries, added after the call
+                    per_key = mask[..., 0, keys]  # [B|1, H|1, Nc]
+                else:
+                    transposed = transposed + mask[..., rows, :][..., keys].transpose(-1, -2)
+            _, lse_t = attention_with_lse(k[:, :, keys].float(), q_sel, q_sel, scale, transposed)
+            if per_key is not None:
+                lse_t = lse_t + per_key
+            total[:, :, keys] = torch.exp(lse_t)
     return total.mean(1) / selected.numel()
 
 

@@ -11,6 +11,7 @@ O(N * (D + G)). The ``w_c`` are the attention mass per key class, so frame maps 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -18,6 +19,10 @@ import torch.nn.functional as F
 
 from ..errors import KernelError
 from .backends import attention_with_lse
+
+QUERY_CHUNKS = 16  # the merge runs the queries in up to this many chunks ...
+BLOCKS_PER_THREAD = 8  # ... each holding enough query blocks per head to keep every thread busy
+QUERY_BLOCK = 256  # queries per block of the CPU flash kernel (its unit of parallel work)
 
 
 def grouped_attention(
@@ -74,43 +79,119 @@ def grouped_attention(
         return out, None
 
     classes = _key_classes(k_groups, gk, bias4, split_all=return_mass)
-    running_max = q.new_full((b, h, nq), float("-inf"), dtype=torch.float32)
-    running_sum = torch.zeros(b, h, nq, dtype=torch.float32, device=q.device)
-    acc = torch.zeros(b, h, nq, v.shape[-1], dtype=torch.float32, device=q.device)
-    class_logits = []
-    for groups, keys in classes:
-        class_mask = None if mask is None else mask[..., keys]
-        out_c, lse_c = attention_with_lse(q, k[:, :, keys], v[:, :, keys], scale, class_mask)
-        logit = lse_c if bias4 is None else lse_c + bias4[:, :, q_groups, groups[0]]
-        if class_mask is not None:
-            hidden = torch.isneginf(class_mask).all(-1)
-            logit = logit.masked_fill(hidden, float("-inf"))
-            out_c = out_c.masked_fill(hidden[..., None], 0)
-        logit = logit.expand(b, h, nq)
-        new_max = torch.maximum(running_max, logit)
-        anchor = torch.where(torch.isneginf(new_max), torch.zeros_like(new_max), new_max)
-        keep, add = torch.exp(running_max - anchor), torch.exp(logit - anchor)
-        acc.mul_(keep[..., None]).add_(out_c.float().mul_(add[..., None]))  # out_c is ours to overwrite
-        running_sum.mul_(keep).add_(add)
-        running_max = new_max
-        class_logits.append((groups, logit))
-
-    blocked = running_sum == 0
-    if bool(blocked.any()):
-        by_bias = blocked & ~_hidden_by_mask(mask, blocked.shape)
-        if bool(by_bias.any()):
-            raise KernelError(
-                f"{int(by_bias.sum())} query rows have every key blocked (bias -inf, with attn_mask); "
-                "each query must be able to attend to at least one key"
-            )
-        running_sum = running_sum.masked_fill(blocked, 1.0)  # rows the mask alone hides: output 0, as SDPA gives
-    out = acc.div_(running_sum[..., None]).to(q.dtype)
+    out = torch.empty(b, h, nq, v.shape[-1], dtype=q.dtype, device=q.device)
+    chunks = _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out)
     if not return_mass:
+        for _ in chunks:
+            pass
         return out, None
-    total = (running_max + torch.log(running_sum)).masked_fill(blocked, 0.0)  # hidden rows: every weight 0
     if per_query:
-        return out, _query_mass(class_logits, total, gk)
-    return out, _mass(class_logits, total, q_groups, gq, gk)
+        weights = torch.zeros(b, h, nq, gk, dtype=torch.float32, device=q.device)
+        lse = torch.empty(b, h, nq, dtype=torch.float32, device=q.device)
+        for rows, class_logits, total in chunks:
+            weights[:, :, rows], lse[:, :, rows] = _query_mass(class_logits, total, gk)
+        return out, QueryMass(weights, lse)
+    mass = torch.zeros(b, h, gq, gk, dtype=torch.float32, device=q.device)
+    for rows, class_logits, total in chunks:
+        _add_mass(mass, class_logits, total, q_groups[rows])
+    counts = torch.bincount(q_groups, minlength=gq).clamp_min(1).float()
+    return out, mass / counts[:, None]
+
+
+def grouped_attention_chunks(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_groups: torch.Tensor,
+    k_groups: torch.Tensor,
+    out: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    scale: float | None = None,
+    attn_mask: torch.Tensor | None = None,
+    *,
+    num_q_groups: int | None = None,
+    num_k_groups: int | None = None,
+) -> Iterator[tuple[slice, QueryMass]]:
+    """:func:`grouped_attention` with ``per_query=True``, one chunk of query rows at a time: writes each
+    chunk's output rows into ``out`` [B, H, Nq, Dv] (None: the output is not wanted) and yields (rows,
+    that chunk's :class:`QueryMass`), so a caller reduces the per-query weights chunk by chunk and never
+    holds [B, H, Nq, Gk]."""
+    b, h, nq, d = _check_qkv(q, k, v)
+    if out is not None and (out.shape != (b, h, nq, v.shape[-1]) or out.dtype != q.dtype):
+        raise KernelError(f"out must have shape {(b, h, nq, v.shape[-1])} and dtype {q.dtype}, got "
+                          f"{tuple(out.shape)} {out.dtype}")
+    if k.shape[-2] == 0:
+        raise KernelError("grouped_attention needs at least one key; k has 0")
+    gq, gk = _group_counts(q_groups, k_groups, nq, k.shape[-2], bias, num_q_groups, num_k_groups)
+    bias4 = _bias4(bias, b, h, gq, gk)
+    scale = d**-0.5 if scale is None else float(scale)
+    mask = _additive_mask(attn_mask, q.dtype, (b, h, nq, k.shape[-2]))
+    classes = _key_classes(k_groups, gk, bias4, split_all=True)
+    for rows, class_logits, total in _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out):
+        yield rows, QueryMass(*_query_mass(class_logits, total, gk))
+
+
+def query_chunk_rows(n: int, rows_times_heads: int) -> int:
+    """Query rows per chunk: 1/``QUERY_CHUNKS`` of the call (a chunk's buffers then hold that share of
+    the output's memory) unless that leaves the fused kernel too few query blocks to share among the
+    threads (it splits queries in blocks of ``QUERY_BLOCK`` per batch row and head)."""
+    min_rows = QUERY_BLOCK * -(-BLOCKS_PER_THREAD * torch.get_num_threads() // max(1, rows_times_heads))
+    chunks = max(1, min(QUERY_CHUNKS, n // min_rows))
+    return -(-n // chunks)
+
+
+def _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out) -> Iterator[tuple[slice, list, torch.Tensor]]:
+    """The merge of the class calls, chunk by chunk of the query rows, written into ``out`` (if any); yields
+    (rows, [(class groups, biased class log-sum-exp [B, H, r])], total log-sum-exp [B, H, r]).
+
+    Memory beyond ``out``: one class call's output for a chunk, plus a float32 accumulator for the
+    chunk where ``out`` is not float32 (else the accumulator is ``out``'s rows themselves)."""
+    b, h, nq, _ = q.shape
+    step = query_chunk_rows(nq, b * h)
+    for start in range(0, nq, step):
+        rows = slice(start, min(start + step, nq))
+        q_rows, groups_rows = q[:, :, rows], q_groups[rows]
+        mask_rows = None if mask is None else (mask[..., rows, :] if mask.shape[-2] > 1 else mask)
+        r = q_rows.shape[-2]
+        if out is not None and out.dtype == torch.float32:
+            acc = out[:, :, rows].zero_()
+        else:
+            acc = torch.zeros(b, h, r, v.shape[-1], dtype=torch.float32, device=q.device)
+        running_max = q.new_full((b, h, r), float("-inf"), dtype=torch.float32)
+        running_sum = torch.zeros(b, h, r, dtype=torch.float32, device=q.device)
+        class_logits = []
+        for groups, keys in classes:
+            class_mask = None if mask_rows is None else mask_rows[..., keys]
+            out_c, lse_c = attention_with_lse(q_rows, k[:, :, keys], v[:, :, keys], scale, class_mask)
+            logit = lse_c if bias4 is None else lse_c + bias4[:, :, groups_rows, groups[0]]
+            if class_mask is not None:
+                hidden = torch.isneginf(class_mask).all(-1)
+                logit = logit.masked_fill(hidden, float("-inf"))
+                out_c = out_c.masked_fill(hidden[..., None], 0)
+            logit = logit.expand(b, h, r)
+            new_max = torch.maximum(running_max, logit)
+            anchor = torch.where(torch.isneginf(new_max), torch.zeros_like(new_max), new_max)
+            keep, add = torch.exp(running_max - anchor), torch.exp(logit - anchor)
+            acc.mul_(keep[..., None]).add_(out_c.float().mul_(add[..., None]))  # out_c is ours to overwrite
+            del out_c  # before the next class call allocates its own
+            running_sum.mul_(keep).add_(add)
+            running_max = new_max
+            class_logits.append((groups, logit))
+        blocked = running_sum == 0
+        if bool(blocked.any()):
+            by_bias = blocked & ~_hidden_by_mask(mask_rows, blocked.shape)
+            if bool(by_bias.any()):
+                raise KernelError(
+                    f"{int(by_bias.sum())} query rows have every key blocked (bias -inf, with attn_mask); "
+                    "each query must be able to attend to at least one key"
+                )
+            running_sum = running_sum.masked_fill(blocked, 1.0)  # rows the mask alone hides: output 0, as SDPA gives
+        acc.div_(running_sum[..., None])
+        if out is not None and acc.dtype != out.dtype:
+            out[:, :, rows] = acc
+        del acc
+        total = (running_max + torch.log(running_sum)).masked_fill(blocked, 0.0)  # hidden rows: every weight 0
+        yield rows, class_logits, total
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int]:
@@ -212,15 +293,10 @@ def _key_classes(
     return classes
 
 
-def _mass(class_logits, total: torch.Tensor, q_groups: torch.Tensor, gq: int, gk: int) -> torch.Tensor:
-    """[B, H, Gq, Gk]: mean over each query group's queries of the weight on each key group."""
-    b, h, _ = total.shape
-    mass = torch.zeros(b, h, gq, gk, dtype=torch.float32, device=total.device)
+def _add_mass(mass: torch.Tensor, class_logits, total: torch.Tensor, q_groups: torch.Tensor) -> None:
+    """Add to ``mass`` [B, H, Gq, Gk] the weight each query of a chunk puts on each key group, summed per query group."""
     for (group,), logit in class_logits:
-        weight = torch.exp(logit - total)
-        mass[..., group] = torch.zeros(b, h, gq, dtype=torch.float32, device=total.device).index_add_(-1, q_groups, weight)
-    counts = torch.bincount(q_groups, minlength=gq).clamp_min(1).float()
-    return mass / counts[:, None]
+        mass[..., group].index_add_(-1, q_groups, torch.exp(logit - total))
 
 
 class QueryMass(NamedTuple):
@@ -230,9 +306,9 @@ class QueryMass(NamedTuple):
     lse: torch.Tensor  # [B, H, Nq]: log-sum-exp of each query's biased, masked logits (0 for hidden rows)
 
 
-def _query_mass(class_logits, total: torch.Tensor, gk: int) -> QueryMass:
-    """Per query, the weight on each key group (0 on groups without keys)."""
+def _query_mass(class_logits, total: torch.Tensor, gk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights [B, H, r, Gk], lse [B, H, r]) of a chunk: each query's weight on each key group (0 on groups without keys)."""
     weights = torch.zeros(*total.shape, gk, dtype=torch.float32, device=total.device)
     for (group,), logit in class_logits:
         weights[..., group] = torch.exp(logit - total)
-    return QueryMass(weights, total)
+    return weights, total

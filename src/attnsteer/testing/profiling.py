@@ -32,3 +32,24 @@ def _status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"{field} not found in /proc/self/status (peak memory is measured on Linux only)")
+
+
+def peak_tensor_memory_mb(fn: Callable[[], object], device: str = "cpu") -> float:
+    """How far one call of ``fn`` raises the bytes held by live tensors, in MB: the allocator-independent
+    peak (CPU: from the profiler's allocation records; CUDA: the caching allocator's peak, as above).
+
+    On CPU the resident set can grow further than this: glibc keeps freed blocks of its heap
+    resident, so many short-lived buffers of one size may leave slack that ``VmHWM`` counts."""
+    if device.startswith("cuda"):
+        return peak_memory_growth_mb(fn, device)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    records = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                     key=lambda e: e.start_ns())
+    live = peak = 0
+    for record in records:
+        live += record.nbytes()  # negative for a free
+        peak = max(peak, live)
+    return peak / 2**20
