@@ -167,3 +167,23 @@ def test_a_cross_attention_rule_with_padded_text_matches_dense(tiny):
     for got, want, before in zip(steered, reference, vanilla):
         assert (got - before).abs().max() > 1e-3
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["pag", "stg-r"])
+def test_perturbed_guidance_matches_the_authors_combination(tiny, mode):
+    """PAG (identity video self-attention in layer 1) and STG-R (fused block 1 passes both streams through) in the
+    perturbed forward, against test_recipe_perturbed's plain-torch reference (the video prediction is guided)."""
+    from test_recipe_perturbed import reference
+
+    pipe = tiny[0]
+    if mode == "pag":
+        recipe = at.recipes.pag(scale=2.0, layers="1")
+        expected = reference(pipe, lambda: run(tiny)[0], 2.0, 4.0,
+                             perturb_modules=[pipe.transformer.visual_transformer_blocks[1].video_dec_block.self_attention])
+    else:
+        recipe = at.recipes.stg(mode="R", scale=2.0, layers="1")
+        expected = reference(pipe, lambda: run(tiny)[0], 2.0, 4.0, skip_blocks=[pipe.transformer.visual_transformer_blocks[1]])
+    with at.steer(pipe, recipe):
+        got = run(tiny)[0]
+    assert np.abs(got - run(tiny)[0]).max() > 1e-3
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)

@@ -25,6 +25,9 @@ Layout facts (diffusers 0.42, ``transformer_kandinsky6.py``):
   step and drops it after denoising). So the reference is the last latent frame of the self-attention
   sequence, frames 0..T-1 are the generated ones and ``at.frames[0]`` is the first generated frame.
   Text-to-video has no image: frame 0 is the first generated frame, the anchor DyMoS uses.
+- Blocks (STG-R's block skip): ``visual_transformer_blocks[i]``, each fused over both streams; a skipped block
+  passes the video and the audio stream through. Perturbed guidance (PAG, STG) guides the first output, the
+  video prediction; the audio prediction gets the pipeline's plain CFG.
 - Guidance: ``cache_context("cond")`` then, with ``guidance_scale > 1``, ``cache_context("uncond")`` per step
   (distilled checkpoints run the conditional forward only): the "separate-forwards" convention.
 """
@@ -52,7 +55,8 @@ class Kandinsky6Adapter(Adapter):
     tiny_models = ("tiny-kandinsky6",)
     tested = ("image-to-video: the appended last latent frame is the reference, DyMoS against dense; only the video "
               "self-attention is hooked (audio self-attention and video<->audio calls run unchanged, at.audio "
-              "raises); text cross-attention with padded prompts against dense")
+              "raises); text cross-attention with padded prompts against dense; PAG and STG-R (fused blocks pass both "
+              "streams through) against the authors' combination")
     table_entries = {
         "self-attention modules": "`visual_transformer_blocks\\.\\d+\\.video_dec_block\\.self_attention` (video only); "
                                   "not hooked: `audio_dec_block.self_attention` (audio only), `va_cross_attention`, "
@@ -70,6 +74,10 @@ class Kandinsky6Adapter(Adapter):
         reference = self._reference_frames(model, inputs, num_frames)
         return TokenLayout(num_frames=num_frames, tokens_per_frame=(height // p_h) * (width // p_w),
                            grid=(height // p_h, width // p_w), reference_frames=reference)
+
+    def skipped_block_output(self, block: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        """A skipped fused block (STG-R) returns its video and audio streams (``vis``, ``aud``) as its outputs."""
+        return tuple(kwargs[name] if name in kwargs else args[i] for i, name in enumerate(("vis", "aud")))
 
     def _reference_frames(self, model: torch.nn.Module, inputs: Mapping[str, Any], num_frames: int) -> tuple[int, ...]:
         """The token frames of type 1 (the appended image) where the forward has token types, else frame 0."""
