@@ -187,3 +187,30 @@ def test_perturbed_guidance_matches_the_authors_combination(tiny, mode):
         got = run(tiny)[0]
     assert np.abs(got - run(tiny)[0]).max() > 1e-3
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_batched_sweep_equals_sequential_runs(tiny):
+    """Image-to-video with one image per batch row (the pipeline encodes one image per prompt): two DyMoS values as
+    the rows of one call equal two sequential runs, video and audio latents and recordings."""
+    from attnsteer.batched import batch_call_kwargs, run_batched
+
+    pipe, call_kwargs = tiny
+    kwargs = call_kwargs(output_type="latent", num_inference_steps=2, image=test_image(64))
+    recipes = [at.recipes.dymos(gamma=g, stop=0.5) for g in (-1.0, GAMMA)]
+    sequential = []
+    for recipe in recipes:
+        with at.inspect(pipe) as rec, at.steer(pipe, recipe):
+            out = pipe(generator=torch.Generator().manual_seed(0), **kwargs)
+        sequential.append(((out.frames[0], out.audio[0]), rec))
+
+    def generate(n):
+        out = pipe(**batch_call_kwargs(pipe, kwargs, n, seed=0))
+        return list(zip(out.frames, out.audio))
+
+    batched = run_batched(pipe, recipes, generate, chunk=2)
+    assert (sequential[0][0][0] - sequential[1][0][0]).abs().max() > 1e-3  # the values really differ
+    for ((video, audio), rec), ((b_video, b_audio), b_rec) in zip(sequential, batched):
+        torch.testing.assert_close(b_video, video, atol=1e-5, rtol=0)
+        torch.testing.assert_close(b_audio, audio, atol=1e-5, rtol=0)
+        assert b_rec.layout.reference_frames == (FRAMES - 1,)
+        torch.testing.assert_close(b_rec.frame_map(branch="cond"), rec.frame_map(branch="cond"), atol=1e-6, rtol=0)

@@ -56,7 +56,8 @@ class Kandinsky6Adapter(Adapter):
     tested = ("image-to-video: the appended last latent frame is the reference, DyMoS against dense; only the video "
               "self-attention is hooked (audio self-attention and video<->audio calls run unchanged, at.audio "
               "raises); text cross-attention with padded prompts against dense; PAG and STG-R (fused blocks pass both "
-              "streams through) against the authors' combination")
+              "streams through) against the authors' combination; a batched sweep (one image per row) equals "
+              "sequential runs")
     table_entries = {
         "self-attention modules": "`visual_transformer_blocks\\.\\d+\\.video_dec_block\\.self_attention` (video only); "
                                   "not hooked: `audio_dec_block.self_attention` (audio only), `va_cross_attention`, "
