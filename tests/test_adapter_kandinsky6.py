@@ -102,7 +102,7 @@ def test_only_the_video_self_attention_is_hooked_and_at_audio_raises(tiny):
     handles = [m.register_forward_hook(lambda m, a, out, n=n: outputs.setdefault(n, []).append(out.detach().clone()))
                for n, m in tiny[0].transformer.named_modules() if n.endswith(AUDIO_MODULES)]
     try:
-        rule = at.Rule(at.tokens, at.tokens, at.bias(0.0), branch="all")  # identity: every hooked call goes through the kernel
+        rule = at.Rule(at.tokens, at.tokens, at.bias(0.0), branch="all")  # every hooked call goes through the kernel
         with at.steer(tiny[0], rule) as steering:
             run(tiny)
         layers = steering.summary()["rules"][0]["layers"]
@@ -176,13 +176,13 @@ def test_perturbed_guidance_matches_the_authors_combination(tiny, mode):
     from test_recipe_perturbed import reference
 
     pipe = tiny[0]
+    block = pipe.transformer.visual_transformer_blocks[1]
     if mode == "pag":
         recipe = at.recipes.pag(scale=2.0, layers="1")
-        expected = reference(pipe, lambda: run(tiny)[0], 2.0, 4.0,
-                             perturb_modules=[pipe.transformer.visual_transformer_blocks[1].video_dec_block.self_attention])
+        expected = reference(pipe, lambda: run(tiny)[0], 2.0, 4.0, perturb_modules=[block.video_dec_block.self_attention])
     else:
         recipe = at.recipes.stg(mode="R", scale=2.0, layers="1")
-        expected = reference(pipe, lambda: run(tiny)[0], 2.0, 4.0, skip_blocks=[pipe.transformer.visual_transformer_blocks[1]])
+        expected = reference(pipe, lambda: run(tiny)[0], 2.0, 4.0, skip_blocks=[block])
     with at.steer(pipe, recipe):
         got = run(tiny)[0]
     assert np.abs(got - run(tiny)[0]).max() > 1e-3

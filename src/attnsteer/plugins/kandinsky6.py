@@ -86,7 +86,7 @@ class Kandinsky6Adapter(Adapter):
         if types is None:
             return (0,)
         marked = types != 0
-        if not torch.equal(marked, marked[:1].expand_as(marked)) or marked.shape[1] != num_frames:
+        if marked.shape[1] != num_frames or not torch.equal(marked, marked[:1].expand_as(marked)):
             raise SteeringError(
                 f"{type(model).__name__}: visual_token_type_ids {tuple(types.shape)} must mark the same frames of "
                 f"{num_frames} in every batch row for attnsteer to know the reference frames"
