@@ -233,6 +233,14 @@ def ltx2(pipe, kwargs) -> Geometry:
     return Geometry(frames, side * side)
 
 
+def kandinsky6(pipe, kwargs) -> Geometry:
+    """Video self-attention only (audio and text attend in other modules), patch (1, 2, 2); text-to-video here
+    (no image: the image-to-video reference is an appended last frame, tests/test_adapter_kandinsky6.py)."""
+    p_t, p_h, p_w = pipe.transformer.config.patch_size
+    rows, cols = kwargs["height"] // pipe.vae_scale_factor_spatial // p_h, kwargs["width"] // pipe.vae_scale_factor_spatial // p_w
+    return Geometry(latent_frames(pipe, kwargs) // p_t, rows * cols)
+
+
 def unpadded(text_tokens: int = 8, glyph_tokens: int = 4) -> dict:
     """HunyuanVideo 1.5 masks with every conditioning token valid (padded ones: test_adapter_hunyuan)."""
     ones = {"prompt_embeds_mask": text_tokens, "prompt_embeds_mask_2": glyph_tokens}
@@ -270,6 +278,7 @@ CASES = {
     "tiny-framepack": Case(framepack, "cond-then-uncond"),
     "tiny-ltx2": Case(ltx2, "batched", image_size=32),
     "tiny-wan-animate": Case(wan_animate, "cond-then-uncond"),
+    "tiny-kandinsky6": Case(kandinsky6, "cond-then-uncond", image_size=None),
 }
 
 

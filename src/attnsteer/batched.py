@@ -20,7 +20,7 @@ from .errors import AttnsteerError, ConfigError, SteeringError
 from .session import inspect, steer
 
 # pipelines that encode one condition image per batch row (and index it per row): the image is repeated
-PER_ROW_IMAGE = ("CogVideoXImageToVideoPipeline",)
+PER_ROW_IMAGE = ("CogVideoXImageToVideoPipeline", "Kandinsky6TI2VAPipeline")
 PROMPT_TENSORS = ("prompt_embeds", "negative_prompt_embeds", "prompt_attention_mask", "negative_prompt_attention_mask",
                   "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
 

@@ -184,7 +184,7 @@ class Audio(Selector):
         found = frozenset(layout.segment_group(i) for i, s in enumerate(layout.segments) if s.kind == "audio")
         if not found:
             raise ConfigError("at.audio selects nothing: this model's self-attention holds no audio tokens (LTX-2's "
-                              "audio attends in its own audio_attn1 modules, which attnsteer does not hook)")
+                              "and Kandinsky 6's audio attends in its own audio modules, which attnsteer does not hook)")
         return found
 
     def __repr__(self) -> str:
