@@ -260,3 +260,30 @@ def test_cuda_uses_fused_kernels_at_video_head_sizes(monkeypatch, dtype, masked)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out.float().cpu(), ref, atol=tol, rtol=tol)
     torch.testing.assert_close(mass.cpu(), ref_mass, atol=tol, rtol=0)
+
+
+@CUDA
+@pytest.mark.parametrize("backend", ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_cuda_each_sdpa_backend_equals_dense_oracle(monkeypatch, backend, masked):
+    """With SDPA limited to one backend (``sdpa_kernel``), the fused path takes that kernel's log-sum-exp
+    variant where SDPA supports the inputs, and matches the float64 oracle."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from attnsteer.kernels import backends
+
+    chosen = []
+    choose = backends._sdpa_choice
+    monkeypatch.setattr(backends, "_sdpa_choice", lambda *a: chosen.append(choose(*a)) or chosen[-1])
+    q, k, v, groups, bias = dymos_problem(frames=5, tokens=77, heads=4, dim=64)
+    mask = None
+    if masked:
+        mask = torch.ones(1, 1, 1, k.shape[-2], dtype=torch.bool)
+        mask[..., -7:] = False
+    p = dict(q=q, k=k, v=v, q_groups=groups, k_groups=groups, bias=bias, attn_mask=mask)
+    with sdpa_kernel([getattr(SDPBackend, backend)]):
+        out, mass = grouped_attention(**_to(p, "cuda", torch.bfloat16), return_mass=True)
+    ref, ref_mass = dense_attention(**p, return_mass=True)
+    torch.testing.assert_close(out.float().cpu(), ref.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(mass.cpu(), ref_mass.float(), atol=2e-2, rtol=2e-2)
+    assert set(chosen) <= {getattr(SDPBackend, backend), SDPBackend.ERROR}  # SDPA's own choice, or none possible

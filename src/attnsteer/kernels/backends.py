@@ -1,13 +1,15 @@
 """One fused attention call that also returns the log-sum-exp of each query row.
 
 ``attention_with_lse(q, k, v, scale, mask)`` picks the fastest fused op of the device that
-supports the inputs: the flash kernel on CPU, flash / memory-efficient on CUDA; anything else
-falls back to a math path chunked over queries (memory O(chunk x Nk), never Nq x Nk).
+supports the inputs: the flash kernel on CPU; on CUDA the kernel plain SDPA would choose (flash,
+memory-efficient or cuDNN); anything else falls back to a math path chunked over queries (memory
+O(chunk x Nk), never Nq x Nk).
 """
 
 from __future__ import annotations
 
 import torch
+from torch.nn.attention import SDPBackend
 
 QUERY_CHUNK = 1024
 
@@ -39,25 +41,54 @@ def _cpu_flash(q, k, v, scale, mask):
 
 
 def _cuda_fused(q, k, v, scale, mask):
-    """Flash for half precision without a mask; the memory-efficient kernel otherwise (both return lse).
+    """The fused kernel plain SDPA would pick for these inputs (``torch._fused_sdp_choice``, which honours
+    ``torch.nn.attention.sdpa_kernel``): flash, memory-efficient or cuDNN, each in its variant that
+    returns the log-sum-exp; the chunked math path where SDPA would take math.
 
     A fused op that refuses the inputs (head size, alignment, GPU generation) hands over to the
-    chunked math path; running out of memory is re-raised.
+    memory-efficient kernel, then to the chunked math path; running out of memory is re-raised.
     """
     nq = q.shape[-2]
-    try:
-        if mask is None and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] == v.shape[-1]:
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, scale=scale)[:2]
-        else:
-            bias = None if mask is None else _efficient_bias(mask, q, k)
-            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
-                q, k, v, bias, compute_log_sumexp=True, scale=scale
-            )[:2]
-    except torch.OutOfMemoryError:
-        raise
-    except RuntimeError:
+    backend = _sdpa_choice(q, k, v, mask, scale)
+    if backend not in _FUSED:
         return _chunked_math(q, k, v, scale, mask)
-    return out, lse[..., :nq].float()  # the efficient kernel pads lse rows to a multiple of 32
+    for name in dict.fromkeys((backend, SDPBackend.EFFICIENT_ATTENTION)):
+        try:
+            out, lse = _FUSED[name](q, k, v, scale, mask)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError:
+            continue
+        return out, lse.reshape(*q.shape[:2], -1)[..., :nq].float()  # efficient pads rows to 32; cuDNN may add a dim
+    return _chunked_math(q, k, v, scale, mask)
+
+
+def _sdpa_choice(q, k, v, mask, scale) -> SDPBackend:
+    """The backend ``F.scaled_dot_product_attention`` would run these inputs on (ERROR where the backends
+    that ``sdpa_kernel`` leaves enabled all refuse them: SDPA would raise, attnsteer takes the math path)."""
+    try:
+        choice = torch._fused_sdp_choice(q, k, v, attn_mask=mask, dropout_p=0.0, is_causal=False, scale=scale)
+    except RuntimeError:
+        return SDPBackend.ERROR
+    return SDPBackend(choice)
+
+
+def _flash(q, k, v, scale, mask):
+    return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, scale=scale)[:2]
+
+
+def _efficient(q, k, v, scale, mask):
+    bias = None if mask is None else _efficient_bias(mask, q, k)
+    return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, compute_log_sumexp=True, scale=scale)[:2]
+
+
+def _cudnn(q, k, v, scale, mask):
+    bias = None if mask is None else mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    return torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, bias, True, scale=scale)[:2]
+
+
+_FUSED = {SDPBackend.FLASH_ATTENTION: _flash, SDPBackend.EFFICIENT_ATTENTION: _efficient,
+          SDPBackend.CUDNN_ATTENTION: _cudnn}
 
 
 def _efficient_bias(mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
