@@ -233,6 +233,16 @@ def ltx2(pipe, kwargs) -> Geometry:
     return Geometry(frames, side * side)
 
 
+def helios(pipe, kwargs) -> Geometry:
+    """History sizes [long, mid, 1x] latent frames: the long and mid history tokens (latents padded to (4, 8, 8) and
+    (2, 4, 4), patched alike) first, then the kept first frame, the 1x history frames and the chunk's frames
+    (patch 2x2)."""
+    long, mid, short = sorted(kwargs["history_sizes"], reverse=True)
+    side = kwargs["height"] // pipe.vae_scale_factor_spatial
+    history = math.ceil(long / 4) * math.ceil(side / 8) ** 2 + math.ceil(mid / 2) * math.ceil(side / 4) ** 2
+    return Geometry(1 + short + kwargs["num_latent_frames_per_chunk"], (side // 2) ** 2, before=history)
+
+
 def unpadded(text_tokens: int = 8, glyph_tokens: int = 4) -> dict:
     """HunyuanVideo 1.5 masks with every conditioning token valid (padded ones: test_adapter_hunyuan)."""
     ones = {"prompt_embeds_mask": text_tokens, "prompt_embeds_mask_2": glyph_tokens}
@@ -270,6 +280,7 @@ CASES = {
     "tiny-framepack": Case(framepack, "cond-then-uncond"),
     "tiny-ltx2": Case(ltx2, "batched", image_size=32),
     "tiny-wan-animate": Case(wan_animate, "cond-then-uncond"),
+    "tiny-helios": Case(helios, "cond-then-uncond"),
 }
 
 

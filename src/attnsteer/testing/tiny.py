@@ -466,6 +466,7 @@ from .tiny_families_c import (  # noqa: E402
     tiny_motif_video,
 )
 from . import tiny_families_b as _b  # noqa: E402  (it uses the helpers above)
+from . import tiny_families_d as _d  # noqa: E402  (it uses the helpers above)
 
 TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]] = {
     "tiny-wan": (tiny_wan, wan_call_kwargs),
@@ -498,6 +499,7 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-framepack": (_b.tiny_framepack, _b.framepack_call_kwargs),
     "tiny-ltx2": (_b.tiny_ltx2, _b.ltx2_call_kwargs),
     "tiny-wan-animate": (_b.tiny_wan_animate, _b.wan_animate_call_kwargs),
+    "tiny-helios": (_d.tiny_helios, _d.helios_call_kwargs),
 }
 
 
