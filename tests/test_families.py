@@ -281,6 +281,9 @@ CASES = {
     "tiny-ltx2": Case(ltx2, "batched", image_size=32),
     "tiny-wan-animate": Case(wan_animate, "cond-then-uncond"),
     "tiny-helios": Case(helios, "cond-then-uncond"),
+    "tiny-lucy-edit": Case(wan, "cond-then-uncond", image_size=None, denoisers=("transformer", "transformer_2")),
+    "tiny-easyanimate-control": Case(easyanimate, "batched", image_size=None),  # control video + ref_image
+    "tiny-kandinsky5-t2v": Case(kandinsky5, "cond-then-uncond", image_size=None),
 }
 
 

@@ -500,6 +500,9 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-ltx2": (_b.tiny_ltx2, _b.ltx2_call_kwargs),
     "tiny-wan-animate": (_b.tiny_wan_animate, _b.wan_animate_call_kwargs),
     "tiny-helios": (_d.tiny_helios, _d.helios_call_kwargs),
+    "tiny-lucy-edit": (_d.tiny_lucy_edit, _d.lucy_edit_call_kwargs),
+    "tiny-easyanimate-control": (_d.tiny_easyanimate_control, _d.easyanimate_control_call_kwargs),
+    "tiny-kandinsky5-t2v": (_d.tiny_kandinsky5_t2v, _a.kandinsky5_call_kwargs),
 }
 
 
