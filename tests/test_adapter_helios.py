@@ -112,6 +112,32 @@ def test_dymos_biases_the_kept_first_frame(pipe, image):
     np.testing.assert_allclose(steered, reference, atol=1e-4)
 
 
+def test_text_to_video_over_two_chunks_restarts_the_steps_with_each_chunk(pipe):
+    """10 frames make two chunks (5 frames each); each chunk runs its own 2 steps, DyMoS biases step 0 of both. Without
+    an image the kept first frame is zeros in chunk 1 and the first generated latent frame in chunk 2."""
+    def call(**overrides):
+        from attnsteer.testing.tiny_families_d import helios_call_kwargs
+
+        kwargs = helios_call_kwargs(output_type="latent", num_inference_steps=2, num_frames=10, **overrides)
+        return np.asarray(pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames)
+
+    with at.steer(pipe, at.recipes.dymos(gamma=GAMMA, until_step=1)) as steering:
+        steered = call()
+    assert steering.summary()["rules"][0]["steps"] == [0]
+    calls = iter(range(10**6))  # per chunk: step 0 cond, step 0 uncond, step 1 cond, step 1 uncond; 2 layers each
+
+    def dymos(q):
+        forward = next(calls) // 2
+        rows = list(range(q.shape[0])) if forward % 4 == 0 else []
+        return frame_bias(SEQ, HISTORY, FRAMES, PER_FRAME, -GAMMA, rows, q.shape[0])
+
+    with DenseAttention(dymos, seq_len=SEQ):
+        reference = call()
+    assert steered.shape[2] == 2 * 2  # both chunks' latent frames
+    assert np.abs(steered - call()).max() > 1e-3
+    np.testing.assert_allclose(steered, reference, atol=1e-4)
+
+
 def test_cross_attention_rules_are_refused(pipe, image):
     rule = at.Rule(at.video, at.text, at.bias(-1.0), attention="cross")
     with pytest.raises(at.SteeringError, match="video-only"):

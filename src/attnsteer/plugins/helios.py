@@ -58,8 +58,9 @@ class HeliosAdapter(Adapter):
     text = "cross"
     branches = "separate-forwards"
     tiny_models = ("tiny-helios",)
-    tested = ("history long/mid segments and the short history frames with amplified history keys; no kept first "
-              "frame: no reference frame; a pyramid stage below full resolution and cross-attention rules raise")
+    tested = ("a rule from the chunk to the long/mid history and the 1x history frame against dense, with amplified "
+              "history keys; two text-to-video chunks restart the steps (DyMoS against dense); no kept first frame: "
+              "no reference frame; a pyramid stage below full resolution and cross-attention rules raise")
     table_entries = {"reference frames": "short-history frame 0 when it is the kept first frame (the start image "
                                          "in image-to-video), else none"}
 
