@@ -239,6 +239,14 @@ def kandinsky6(pipe, kwargs) -> Geometry:
     p_t, p_h, p_w = pipe.transformer.config.patch_size
     rows, cols = kwargs["height"] // pipe.vae_scale_factor_spatial // p_h, kwargs["width"] // pipe.vae_scale_factor_spatial // p_w
     return Geometry(latent_frames(pipe, kwargs) // p_t, rows * cols)
+def helios(pipe, kwargs) -> Geometry:
+    """History sizes [long, mid, 1x] latent frames: the long and mid history tokens (latents padded to (4, 8, 8) and
+    (2, 4, 4), patched alike) first, then the kept first frame, the 1x history frames and the chunk's frames
+    (patch 2x2)."""
+    long, mid, short = sorted(kwargs["history_sizes"], reverse=True)
+    side = kwargs["height"] // pipe.vae_scale_factor_spatial
+    history = math.ceil(long / 4) * math.ceil(side / 8) ** 2 + math.ceil(mid / 2) * math.ceil(side / 4) ** 2
+    return Geometry(1 + short + kwargs["num_latent_frames_per_chunk"], (side // 2) ** 2, before=history)
 
 
 def unpadded(text_tokens: int = 8, glyph_tokens: int = 4) -> dict:
@@ -279,6 +287,10 @@ CASES = {
     "tiny-ltx2": Case(ltx2, "batched", image_size=32),
     "tiny-wan-animate": Case(wan_animate, "cond-then-uncond"),
     "tiny-kandinsky6": Case(kandinsky6, "cond-then-uncond", image_size=None),
+    "tiny-helios": Case(helios, "cond-then-uncond"),
+    "tiny-lucy-edit": Case(wan, "cond-then-uncond", image_size=None, denoisers=("transformer", "transformer_2")),
+    "tiny-easyanimate-control": Case(easyanimate, "batched", image_size=None),  # control video + ref_image
+    "tiny-kandinsky5-t2v": Case(kandinsky5, "cond-then-uncond", image_size=None),
 }
 
 

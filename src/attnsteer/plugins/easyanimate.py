@@ -13,8 +13,12 @@ Layout facts:
 - The module returns ``(video, text)`` outputs.
 - The inpaint and control pipelines concatenate ``inpaint_latents`` (mask and masked video) or
   ``control_latents`` to the latent by channel: the token layout is unchanged. With an image (the
-  inpaint pipeline's image-to-video use) the reference is latent frame 0; text-to-video has none,
-  frame 0 is then the first generated frame, the anchor DyMoS uses.
+  inpaint pipeline's image-to-video use, the control pipeline's ``ref_image``, whose latent fills frame 0 of
+  the reference channels) the reference is latent frame 0; text-to-video has none, frame 0 is then the first
+  generated frame, the anchor DyMoS uses. In diffusers 0.42 ``EasyAnimateControlPipeline.__call__`` passes
+  ``text_encoder_index`` to its ``encode_prompt``, which does not take it (TypeError before any forward), and
+  calls a ``decode_latents`` it does not have (unless ``output_type="latent"``); the tiny pipeline
+  ``tiny-easyanimate-control`` fills in both, nothing else.
 - Guidance: one forward per step, batch [uncond, cond], no cache context
   (``do_classifier_free_guidance`` is a property).
 """
@@ -36,7 +40,7 @@ class EasyAnimateAdapter(Adapter):
     self_attention = r"transformer_blocks\.\d+\.attn1"
     text = "joint-before"
     branches = "batched-uncond-cond"
-    tiny_models = ("tiny-easyanimate", "tiny-easyanimate-inpaint")
+    tiny_models = ("tiny-easyanimate", "tiny-easyanimate-inpaint", "tiny-easyanimate-control")
     table_entries = {"reference frames": "latent frame 0 (the image in image-to-video; the first frame in "
                                          "text-to-video)"}
 

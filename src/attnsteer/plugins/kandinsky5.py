@@ -40,7 +40,7 @@ class Kandinsky5Adapter(Adapter):
     cross_attention = r"visual_transformer_blocks\.\d+\.cross_attention"
     text = "cross"
     branches = "step-order"
-    tiny_models = ("tiny-kandinsky5-i2v",)
+    tiny_models = ("tiny-kandinsky5-i2v", "tiny-kandinsky5-t2v")
     tested = "sparse (nabla) attention raises naming the reason"
     table_entries = {"reference frames": "latent frame 0 (the image in image-to-video; the first frame in "
                                          "text-to-video)"}

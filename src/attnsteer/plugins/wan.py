@@ -12,6 +12,10 @@ noise, after ``boundary_ratio``); steering the pipeline hooks both, and both tak
 from the pipeline's scheduler, so they share one step count. TI2V-5B (``expand_timesteps=True``)
 passes per-token timesteps [B, S], 0 on latent frame 0's tokens; a forward's timestep is their
 maximum, the step's timestep.
+
+Lucy Edit (``LucyEditPipeline``) runs the same experts on the noise latents concatenated by channel with the
+source video's latents (in_channels 32): the layout is unchanged; frame 0 is the first frame of the edited
+video, not an image, so ``at.frames.reference`` is that frame (the anchor DyMoS uses).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ class WanAdapter(Adapter):
     cross_attention = r"blocks\.\d+\.attn2"
     text = "cross"
     branches = "separate-forwards"
-    tiny_models = ("tiny-wan", "tiny-wan22", "tiny-wan-ti2v")
+    tiny_models = ("tiny-wan", "tiny-wan22", "tiny-wan-ti2v", "tiny-lucy-edit")
     tested = ("Wan 2.2 A14B: both experts in one session with one step count, a layer filter picking one expert; "
               "TI2V-5B: per-token timesteps map to scheduler steps; nested sessions add their biases; "
               "a hand-written attention dispatch raises")

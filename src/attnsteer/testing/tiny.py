@@ -467,6 +467,7 @@ from .tiny_families_c import (  # noqa: E402
 )
 from . import tiny_families_b as _b  # noqa: E402  (it uses the helpers above)
 from . import tiny_families_e as _e  # noqa: E402
+from . import tiny_families_d as _d  # noqa: E402  (it uses the helpers above)
 
 TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]] = {
     "tiny-wan": (tiny_wan, wan_call_kwargs),
@@ -500,6 +501,10 @@ TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]]
     "tiny-ltx2": (_b.tiny_ltx2, _b.ltx2_call_kwargs),
     "tiny-wan-animate": (_b.tiny_wan_animate, _b.wan_animate_call_kwargs),
     "tiny-kandinsky6": (_e.tiny_kandinsky6, _e.kandinsky6_call_kwargs),
+    "tiny-helios": (_d.tiny_helios, _d.helios_call_kwargs),
+    "tiny-lucy-edit": (_d.tiny_lucy_edit, _d.lucy_edit_call_kwargs),
+    "tiny-easyanimate-control": (_d.tiny_easyanimate_control, _d.easyanimate_control_call_kwargs),
+    "tiny-kandinsky5-t2v": (_d.tiny_kandinsky5_t2v, _a.kandinsky5_call_kwargs),
 }
 
 
