@@ -238,7 +238,7 @@ class Controller:
         step = self.steps.info(timestep, self.adapter.frame_timesteps(model, inputs))
         self.state = ForwardState(layout=layout, step=step, branches=branches, context=self.context,
                                   text_length=self.adapter.text_length(model, inputs),
-                                  streams=self.adapter.stream_views(model, inputs, layout) if self.adapter.streams else None)
+                                  streams=self.adapter.stream_views(model, inputs, layout) or None)
         self.seen_steps.add(self.state.step)
         self.seen_branches.update(branches or ("unknown",))
 

@@ -52,7 +52,7 @@ class ModuleCall:
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.attention == "cross":
             return self._cross_call(args, kwargs)
-        if self.attention in STREAM_KINDS:
+        if self.attention in STREAM_KINDS or self.attention in (self.state.streams or {}):
             return stream_call(self, args, kwargs)
         return self._self_call(args, kwargs)
 

@@ -36,6 +36,7 @@ from .errors import ConfigError, SteeringError, describe_rule
 from .execute import _on_device, _score_fn
 from .kernels import grouped_attention, scored_attention
 from .layout import Segment, TokenLayout
+from .parallel import context_parallel_config
 from .plan import CallPlan, build_plan
 
 STREAM_KINDS = ("audio", "a2v", "v2a")
@@ -44,6 +45,9 @@ STREAM_MEANINGS = {
     "a2v": "audio-to-video attention: video queries, audio keys",
     "v2a": "video-to-audio attention: audio queries, video keys",
 }
+VIEW_KINDS = ("self",) + STREAM_KINDS  # "self": a self-attention whose keys hold more than its queries (a KV cache)
+VIEW_MEANINGS = {**STREAM_MEANINGS, "self": "self-attention over a key window: the forward's tokens as queries, "
+                 "the window (cached tokens of earlier forwards, then these) as keys"}
 
 
 @attrs.frozen
@@ -57,8 +61,8 @@ class StreamView:
     keys: tuple[int, int]
 
     def __attrs_post_init__(self) -> None:
-        if self.kind not in STREAM_KINDS:
-            raise ConfigError(f"StreamView.kind must be one of {STREAM_KINDS}, got {self.kind!r}")
+        if self.kind not in VIEW_KINDS:
+            raise ConfigError(f"StreamView.kind must be one of {VIEW_KINDS}, got {self.kind!r}")
         for name, (start, stop) in (("queries", self.queries), ("keys", self.keys)):
             if not 0 <= start < stop <= self.layout.seq_len:
                 raise ConfigError(f"StreamView.{name} must be a span [start, stop) of the layout's "
@@ -136,8 +140,9 @@ def check_attention_kinds(rules: tuple, adapter: Any, model: torch.nn.Module) ->
 
 
 def stream_call(call: Any, args: tuple, kwargs: dict) -> torch.Tensor:
-    """One SDPA call of a stream module (``call``: its :class:`~attnsteer.module_call.ModuleCall`), steered by the
-    active rules on the stream's joint layout."""
+    """One SDPA call of a stream module, or of a self-attention module whose adapter gives a "self" view (a KV
+    cache), ``call`` being its :class:`~attnsteer.module_call.ModuleCall`: steered by the active rules on the
+    view's joint layout."""
     from .module_call import _notify, client_rows, sdpa_arguments
 
     q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = sdpa_arguments(args, kwargs)
@@ -151,8 +156,15 @@ def stream_call(call: Any, args: tuple, kwargs: dict) -> torch.Tensor:
         raise SteeringError(
             f"{where}: a {kind} attention call with q {tuple(q.shape)}, k {tuple(k.shape)} (dropout_p={dropout_p}, "
             f"is_causal={is_causal}, enable_gqa={enable_gqa}) does not match the {view.num_queries} queries and "
-            f"{view.num_keys} keys of its {STREAM_MEANINGS[kind]}"
+            f"{view.num_keys} keys of its {VIEW_MEANINGS[kind]}"
         )
+    if call.module is not None and context_parallel_config(call.module) is not None:
+        raise SteeringError(f"{where}: {kind} attention calls with a view (Adapter.stream_views) are not supported "
+                            "under context parallelism yet")
+    if call.recorders or call.stage is not None:
+        who = "recording" if call.recorders else "output transforms"
+        raise SteeringError(f"{where}: {who} not supported in {VIEW_MEANINGS[kind]} ({view.num_queries} queries, "
+                            f"{view.num_keys} keys): attnsteer steers these calls' logits only")
     call.calls += 1
     branches = call.adapter.attention_branches(state.branches, q.shape[0])
     rows = {id(c): client_rows(c, branches, q.shape[0]) for c in call.clients}
@@ -178,7 +190,7 @@ def _check_reach(rule: Any, ctx: Any, view: StreamView) -> None:
         if bool(mask.any()) and not bool(mask[span[0]:span[1]].any()):
             raise ConfigError(
                 f"Rule.{field}={getattr(rule, field)!r} selects none of the {field} tokens of {view.kind} attention "
-                f"calls ({STREAM_MEANINGS[view.kind]}; at.audio selects audio tokens, at.video / at.frames[...] video "
+                f"calls ({VIEW_MEANINGS[view.kind]}; at.audio selects audio tokens, at.video / at.frames[...] video "
                 "tokens)"
             )
 
@@ -197,7 +209,8 @@ def run_stream_plan(plan: CallPlan, q: torch.Tensor, k: torch.Tensor, v: torch.T
         out = scored_attention(q, k, v, lambda s, q_index: fn(s, q_index + start), scale, attn_mask)[0]
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
-    for s in plan.identity:  # only where queries are keys (audio self-attention: Rule refuses the others)
+    for s in plan.identity:  # self kinds only (Rule refuses a2v / v2a): each query's own value, at its key position
         rows = s.rows.to(q.device)[:, None, None, None] & s.heads.to(q.device)[None, :, None, None]
-        out = torch.where(rows & s.query[start:stop].to(q.device)[None, None, :, None], v.to(out.dtype), out)
+        own = v[:, :, start:stop].to(out.dtype)
+        out = torch.where(rows & s.query[start:stop].to(q.device)[None, None, :, None], own, out)
     return out

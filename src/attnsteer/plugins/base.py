@@ -102,7 +102,8 @@ class Adapter:
 
     def stream_views(self, model: torch.nn.Module, inputs: Mapping[str, Any], layout: TokenLayout) -> Mapping[str, Any]:
         """Per declared stream kind, the :class:`~attnsteer.streams.StreamView` of its calls in one forward
-        (``layout``: the forward's self-attention layout); none by default."""
+        (``layout``: the forward's self-attention layout); none by default. A "self" view replaces ``layout`` for
+        the self-attention calls whose keys hold more than their queries (a KV cache of earlier forwards)."""
         return {}
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
