@@ -116,6 +116,17 @@ def _v2a(logits):  # audio queries 2.. -> video keys of frame 0
     return logits
 
 
+def _v2a_scored(logits):  # audio queries 2.. -> video keys of frame 0, logits halved (a per-element transform)
+    logits[:, 2:, :PER_FRAME] /= 2.0
+    return logits
+
+
+def _audio_identity(logits):  # audio queries 1.. attend to themselves only
+    own = torch.eye(AUDIO, dtype=torch.bool)[1:]
+    logits[:, 1:] = torch.where(own, logits[:, 1:], float("-inf"))
+    return logits
+
+
 STREAM_CASES = {
     "audio": (at.Rule(at.audio[1:], at.audio[0], at.bias(-GAMMA), attention="audio", branch="cond", heads=1),
               shapes(AUDIO, AUDIO), _audio_self),
@@ -123,13 +134,19 @@ STREAM_CASES = {
             shapes(VIDEO, AUDIO), _a2v),
     "v2a": (at.Rule(at.audio[2:], at.frames[0], at.bias(-GAMMA), attention="v2a", branch="cond"),
             shapes(AUDIO, VIDEO), _v2a),
+    "v2a-scored": (at.Rule(at.audio[2:], at.frames[0], at.temperature(2.0), attention="v2a", branch="cond"),
+                   shapes(AUDIO, VIDEO), _v2a_scored),
+    "audio-identity": (at.Rule(at.audio[1:], at.tokens, at.identity(), attention="audio", branch="cond"),
+                       shapes(AUDIO, AUDIO), _audio_identity),
 }
 MODULES = {"audio": "audio_attn1", "a2v": "audio_to_video_attn", "v2a": "video_to_audio_attn"}
+KINDS = ("a2v", "audio", "v2a")
 
 
-@pytest.mark.parametrize("kind", sorted(STREAM_CASES))
-def test_a_stream_rule_steers_exactly_its_own_calls_against_dense(pipe, kind):
-    rule, applies, edit = STREAM_CASES[kind]
+@pytest.mark.parametrize("case", sorted(STREAM_CASES))
+def test_a_stream_rule_steers_exactly_its_own_calls_against_dense(pipe, case):
+    rule, applies, edit = STREAM_CASES[case]
+    kind = rule.attention
     vanilla = run(pipe)
     with at.steer(pipe, rule) as steering:
         steered = run(pipe)
@@ -144,7 +161,7 @@ def test_a_stream_rule_steers_exactly_its_own_calls_against_dense(pipe, kind):
     assert max(np.abs(s - v).max() for s, v in zip(steered, vanilla)) > 1e-3
 
 
-@pytest.mark.parametrize("kind", sorted(STREAM_CASES))
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_zero_stream_rule_is_the_identity_and_exits_clean(pipe, kind):
     before = hook_state(pipe.transformer)
     vanilla = run(pipe)
@@ -160,6 +177,19 @@ def test_a_zero_stream_rule_is_the_identity_and_exits_clean(pipe, kind):
     assert hook_state(pipe.transformer) == before
     for got, want in zip(run(pipe), vanilla):
         np.testing.assert_array_equal(got, want)
+
+
+def test_audio_indices_select_audio_tokens_and_raise_out_of_range():
+    from attnsteer.selectors import SelectionContext
+
+    layout = at.TokenLayout(num_frames=2, tokens_per_frame=2, video_start=5, segments=[at.Segment("audio", 0, 5)])
+    mask = lambda s: s.token_mask(SelectionContext(layout)).nonzero().flatten().tolist()  # noqa: E731
+    assert (mask(at.audio[0]), mask(at.audio[-1]), mask(at.audio[1:3]), mask(at.audio[::2])) == ([0], [4], [1, 2], [0, 2, 4])
+    assert mask(at.audio[3:] | at.frames[0]) == [3, 4, 5, 6]
+    with pytest.raises(at.ConfigError, match=r"audio\[5\] is out of range for a call with 5 audio tokens"):
+        mask(at.audio[5])
+    with pytest.raises(at.ConfigError, match="no audio tokens"):
+        at.audio[0].token_mask(SelectionContext(at.TokenLayout(num_frames=2, tokens_per_frame=2)))
 
 
 def test_a_stream_rule_selecting_none_of_its_queries_or_keys_raises_naming_them(pipe):
