@@ -184,7 +184,8 @@ def test_audio_indices_select_audio_tokens_and_raise_out_of_range():
 
     layout = at.TokenLayout(num_frames=2, tokens_per_frame=2, video_start=5, segments=[at.Segment("audio", 0, 5)])
     mask = lambda s: s.token_mask(SelectionContext(layout)).nonzero().flatten().tolist()  # noqa: E731
-    assert (mask(at.audio[0]), mask(at.audio[-1]), mask(at.audio[1:3]), mask(at.audio[::2])) == ([0], [4], [1, 2], [0, 2, 4])
+    assert [mask(at.audio[0]), mask(at.audio[-1]), mask(at.audio[1:3]), mask(at.audio[::2])] == [
+        [0], [4], [1, 2], [0, 2, 4]]
     assert mask(at.audio[3:] | at.frames[0]) == [3, 4, 5, 6]
     with pytest.raises(at.ConfigError, match=r"audio\[5\] is out of range for a call with 5 audio tokens"):
         mask(at.audio[5])
@@ -202,7 +203,8 @@ def test_a_stream_rule_selecting_none_of_its_queries_or_keys_raises_naming_them(
 
 
 def test_attention_kinds_are_checked_when_the_rule_is_made_and_when_it_is_attached():
-    with pytest.raises(at.ConfigError, match=r"Rule.attention must be one of \('self', 'cross', 'audio', 'a2v', 'v2a'\)"):
+    kinds = r"\('self', 'cross', 'audio', 'a2v', 'v2a'\)"
+    with pytest.raises(at.ConfigError, match=r"Rule.attention must be one of " + kinds):
         at.Rule(at.audio, at.audio, at.bias(-1.0), attention="audio2")
     with pytest.raises(at.ConfigError, match="identity.*attention='a2v'"):
         at.Rule(at.frames[1:], at.tokens, at.identity(), attention="a2v")

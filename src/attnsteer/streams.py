@@ -184,7 +184,8 @@ def stream_call(call: Any, args: tuple, kwargs: dict) -> torch.Tensor:
 
 
 def _check_reach(rule: Any, ctx: Any, view: StreamView) -> None:
-    """Raise when the rule's query (key) selector picks tokens of the joint layout but none of the call's queries (keys)."""
+    """Raise when the rule's query (key) selector picks tokens of the joint layout but none of the call's
+    queries (keys)."""
     for field, span in (("query", view.queries), ("key", view.keys)):
         mask = getattr(rule, field).token_mask(ctx)
         if bool(mask.any()) and not bool(mask[span[0]:span[1]].any()):

@@ -12,15 +12,16 @@ Layout facts:
 - attnsteer steers and records the video self-attention (``attn1``, ``attention="self"``, the default) and,
   with ``attention="cross"``, the video text cross-attention (``attn2``). The audio stream is a segment of its
   own, reached only by rules that name it (:mod:`attnsteer.streams`): ``attention="audio"`` steers the audio
-  self-attention (``audio_attn1``: queries and keys ``at.audio``), ``attention="a2v"`` the audio-to-video calls
-  (queries the video tokens, ``at.frames[...]`` / ``at.video``; keys ``at.audio``) and ``attention="v2a"`` the
-  video-to-audio calls (queries ``at.audio``; keys the video tokens). The audio tokens form one "audio" segment,
-  one token per audio latent frame in time order, so ``at.audio[a:b]`` picks a time span (with the default
-  config each token covers 4 mel frames of hop 160 at 16 kHz, 40 ms: the model's ``audio_rope`` coordinates);
-  their time axis is not tied to video frames (``at.frames[...]`` never selects audio tokens). ``attention="self"`` rules
-  (DyMoS) never reach the audio or cross-modal calls, and ``at.audio`` raises in the video self-attention, whose
-  sequence holds no audio tokens. The audio text cross-attention (``audio_attn2``) is not hooked. Recordings
-  (``at.inspect``) cover the video self-attention (and spatial maps the video text cross-attention) only.
+  self-attention (``audio_attn1``: queries and keys ``at.audio``), ``attention="a2v"`` the audio-to-video
+  calls (queries the video tokens, ``at.frames[...]`` / ``at.video``; keys ``at.audio``) and
+  ``attention="v2a"`` the video-to-audio calls (queries ``at.audio``; keys the video tokens). The audio tokens
+  form one "audio" segment, one token per audio latent frame in time order, so ``at.audio[a:b]`` picks a time
+  span (with the default config each token covers 4 mel frames of hop 160 at 16 kHz, 40 ms: the model's
+  ``audio_rope`` coordinates); their time axis is not tied to video frames (``at.frames[...]`` never selects
+  audio tokens). ``attention="self"`` rules (DyMoS) never reach the audio or cross-modal calls, and
+  ``at.audio`` raises in the video self-attention, whose sequence holds no audio tokens. The audio text
+  cross-attention (``audio_attn2``) is not hooked. Recordings (``at.inspect``) cover the video self-attention
+  (and spatial maps the video text cross-attention) only.
 - The video tokens are packed by the pipeline before the transformer, frame-major, one token per latent
   pixel (patch size 1); the forward's ``num_frames``, ``height`` and ``width`` give the grid.
 - Reference frame: latent frame 0, the image in I2V (its tokens get timestep 0: per-token timesteps,
