@@ -294,11 +294,17 @@ CASES = {
 }
 
 
+# families tested by their own module only: the SANA-WM refiner needs the latent grid given to its adapter and its
+# KV-cached window calls are steered, not recorded (tests/test_adapter_sana_wm_refiner.py)
+OWN_TESTS_ONLY = {"sana-wm-refiner"}
+
+
 def test_every_tiny_model_has_a_case_and_an_adapter_declaring_it():
     declared = {name: cls for cls in registered_adapters() for name in cls.tiny_models}
     assert set(CASES) == set(TINY_MODELS) == set(declared)
     for cls in registered_adapters():
-        assert cls.tiny_models or cls.refusal, f"{cls.__name__} declares no tiny pipeline for the battery"
+        assert cls.tiny_models or cls.refusal or cls.family in OWN_TESTS_ONLY, \
+            f"{cls.__name__} declares no tiny pipeline for the battery"
 
 
 class ForwardLog:

@@ -3,7 +3,8 @@ clients (sessions) it answers to. Shared by the controller, the per-call steerin
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import attrs
 import torch
@@ -41,6 +42,7 @@ class ForwardState:
     branches: tuple[str, ...] | None
     context: str | None
     text_length: int | None = None  # text keys of the separate cross-attention calls, if the model has them
+    streams: Mapping[str, Any] | None = None  # kind -> streams.StreamView of the forward's audio/cross-modal calls
 
 
 class Client(Protocol):

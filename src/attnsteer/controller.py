@@ -25,6 +25,7 @@ from .plugins.base import Adapter, bind_forward_inputs
 from .rules import Rule
 from .schedules import StepInfo
 from .stepping import StepTracker
+from .streams import STREAM_KINDS, check_attention_kinds, stream_modules
 
 __all__ = ["Client", "Controller", "ForwardState", "LayerInfo", "controller_for"]
 
@@ -58,6 +59,7 @@ class Controller:
                 f"{describe_rule(cross[0], None)}: {type(self.model).__name__} has no separate cross-attention "
                 "(its text, if any, sits in the self-attention sequence): use attention='self' with at.text / at.words"
             )
+        check_attention_kinds(client.rules, self.adapter, self.model)
         if pipeline is not None:
             self.steps.add_pipeline(pipeline)
         if num_steps is not None:
@@ -94,7 +96,9 @@ class Controller:
         if not modules:
             raise SteeringError(f"{self.adapter!r} found no self-attention modules in {type(self.model).__name__}")
         try:
-            for attention, found in (("self", modules), ("cross", self.adapter.cross_attention_modules(self.model))):
+            streams = stream_modules(self.adapter, self.model)
+            for attention, found in (("self", modules), ("cross", self.adapter.cross_attention_modules(self.model)),
+                                     *streams):
                 for index, (name, module) in enumerate(found):
                     layer = LayerInfo(index=index, name=name, component=self.component)
                     self.layers.append((attention, layer))
@@ -233,7 +237,8 @@ class Controller:
         branches = self.adapter.branches(model, inputs, self.context, batch, self.steps.pipeline)
         step = self.steps.info(timestep, self.adapter.frame_timesteps(model, inputs))
         self.state = ForwardState(layout=layout, step=step, branches=branches, context=self.context,
-                                  text_length=self.adapter.text_length(model, inputs))
+                                  text_length=self.adapter.text_length(model, inputs),
+                                  streams=self.adapter.stream_views(model, inputs, layout) or None)
         self.seen_steps.add(self.state.step)
         self.seen_branches.update(branches or ("unknown",))
 
@@ -275,7 +280,8 @@ class Controller:
                 )
             return forward(*args, **kwargs)
         active, frame_limits = self._active_rules(layer, state, attention)
-        recorders = [c for c in self.clients if c.wants_mass] if attention == "self" else _cross_recorders(self.clients)
+        recorders = ([c for c in self.clients if c.wants_mass] if attention == "self"
+                     else _cross_recorders(self.clients) if attention == "cross" else [])  # streams: not recorded
         if not active and not recorders:
             return forward(*args, **kwargs)
         outputs = split_output_rules(active)[1]
@@ -310,6 +316,8 @@ def _check_context_parallel(module: torch.nn.Module, attention: str, layer: Laye
         return
     where = subject(active, layer)
     head_slice(module, 1, where)  # raises for ring attention
+    if attention in STREAM_KINDS:
+        raise SteeringError(f"{where}: under context parallelism {attention} attention rules are not supported yet")
     if attention == "cross":
         raise SteeringError(f"{where}: under context parallelism cross-attention runs on a shard of the video "
                             "queries; cross-attention rules and maps are not supported there yet")

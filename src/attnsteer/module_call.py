@@ -25,6 +25,7 @@ from .plugins.base import Adapter
 from .plugins.branches import item_of_rows
 from .rules import Rule
 from .selectors import SelectionContext
+from .streams import STREAM_KINDS, stream_call
 
 
 @attrs.define
@@ -34,7 +35,7 @@ class ModuleCall:
     adapter: Adapter
     clients: list[Client]
     layer: LayerInfo
-    attention: str  # "self" or "cross"
+    attention: str  # "self", "cross" or a stream kind (attnsteer.streams)
     state: ForwardState
     active: list[tuple[Client, Rule]]
     recorders: list[Client]
@@ -51,6 +52,8 @@ class ModuleCall:
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.attention == "cross":
             return self._cross_call(args, kwargs)
+        if self.attention in STREAM_KINDS or self.attention in (self.state.streams or {}):
+            return stream_call(self, args, kwargs)
         return self._self_call(args, kwargs)
 
     def _context(self, client: Client, rule: Rule, layout: TokenLayout, rows: tuple[bool, ...] | None) -> SelectionContext:

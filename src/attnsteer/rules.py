@@ -16,7 +16,7 @@ from .selectors import AllTokens, Selector, _check_selector
 from .transforms import Transform
 
 BRANCHES = ("cond", "uncond", "perturbed", "all")
-ATTENTION_KINDS = ("self", "cross")
+ATTENTION_KINDS = ("self", "cross", "audio", "a2v", "v2a")  # the last three: attention streams (attnsteer.streams)
 
 LayerSpec = TypingUnion[int, str, "re.Pattern[str]"]
 
@@ -102,6 +102,8 @@ class Rule:
     filters heads; ``pairs`` narrows the selected (query, key) pairs by a pair predicate.
     ``attention="cross"`` acts on the separate text cross-attention calls of models that have them
     (Wan's ``attn2``): queries are the video tokens, keys the text tokens (``at.text``, ``at.words``).
+    ``attention="audio"``, ``"a2v"``, ``"v2a"`` act on the audio self-attention and the audio-to-video /
+    video-to-audio cross-modal calls of joint audio-video models (LTX-2; see :mod:`attnsteer.streams`).
     """
 
     query: Selector = attrs.field(converter=_selector("query"))
@@ -118,8 +120,9 @@ class Rule:
         self.transform.check_rule(self)
         if self.transform.identity and not isinstance(self.key, AllTokens):
             raise ConfigError(f"Rule.key must be at.tokens with at.identity() (a query attends to itself), got {self.key!r}")
-        if self.transform.identity and self.attention == "cross":
-            raise ConfigError("at.identity() needs self-attention (a query attending to itself); got attention='cross'")
+        if self.transform.identity and self.attention not in ("self", "audio"):
+            raise ConfigError("at.identity() needs self-attention (a query attending to itself); got "
+                              f"attention={self.attention!r}")
 
     def matches_layer(self, index: int, names: Iterable[str]) -> bool:
         """Whether this rule covers the self-attention layer ``index`` known under ``names``."""

@@ -183,12 +183,56 @@ class Audio(Selector):
     def groups(self, layout: TokenLayout) -> frozenset[int]:
         found = frozenset(layout.segment_group(i) for i, s in enumerate(layout.segments) if s.kind == "audio")
         if not found:
-            raise ConfigError("at.audio selects nothing: this model's self-attention holds no audio tokens (LTX-2's "
-                              "and Kandinsky 6's audio attends in its own audio modules, which attnsteer does not hook)")
+            raise ConfigError("at.audio selects nothing: this call holds no audio tokens (the video self-attention "
+                              "of LTX-2 and Kandinsky 6 holds none: their audio attends in its own streams, which "
+                              "rules reach with Rule(attention='audio' | 'a2v' | 'v2a'))")
         return found
 
     def __repr__(self) -> str:
         return "audio"
+
+    def __getitem__(self, item: int | slice) -> Selector:
+        """``at.audio[i]`` / ``at.audio[a:b]``: audio tokens by index along the audio sequence (LTX-2: audio latent
+        frames), Python index and slice semantics."""
+        if isinstance(item, slice):
+            return AudioTokens(item.start, item.stop, item.step)
+        if not _is_index(item):
+            raise ConfigError(f"audio[...] index must be an int or a slice, got {item!r}")
+        return AudioTokens(item, None if item == -1 else item + 1, None, single=True)
+
+
+@attrs.frozen(repr=False)
+class AudioTokens(Selector):
+    """Some of the audio tokens, by position along the audio tokens of the call (all its "audio" segments in order)."""
+
+    group_level: ClassVar[bool] = False
+    start: int | None = attrs.field(default=None, validator=_optional_index)
+    stop: int | None = attrs.field(default=None, validator=_optional_index)
+    step: int | None = attrs.field(default=None, validator=_optional_index)
+    single: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.step == 0:
+            raise ConfigError("audio[...] slice step must not be 0")
+
+    def _mask(self, ctx: SelectionContext) -> torch.Tensor:
+        positions = torch.cat([torch.arange(s.start, s.stop) for s in ctx.layout.segments if s.kind == "audio"]
+                              or [torch.empty(0, dtype=torch.long)])
+        if not positions.numel():
+            Audio().groups(ctx.layout)  # raises: no audio tokens in this call
+        n = positions.numel()
+        if self.single and not -n <= self.start < n:
+            raise ConfigError(f"{self!r} is out of range for a call with {n} audio tokens (allowed indices: "
+                              f"{-n}..{n - 1})")
+        mask = torch.zeros(ctx.layout.seq_len, dtype=torch.bool)
+        mask[positions[list(range(n))[self.start : self.stop : self.step]]] = True
+        return mask
+
+    def __repr__(self) -> str:
+        if self.single:
+            return f"audio[{self.start}]"
+        parts = ["" if p is None else str(p) for p in (self.start, self.stop)]
+        return "audio[" + ":".join(parts) + ("" if self.step is None else f":{self.step}") + "]"
 
 
 @attrs.frozen(repr=False)

@@ -59,7 +59,9 @@ class Adapter:
       battery runs this family on; ``tested``: what the family's own tests check beyond it;
     - ``refusal``: set to the reason when the family's attention cannot be steered exactly; models
       of the family are then refused with that reason instead of being steered approximately;
-    - ``table_entries``: texts for columns of ``attnsteer models`` that the declarations cannot give.
+    - ``table_entries``: texts for columns of ``attnsteer models`` that the declarations cannot give;
+    - ``streams``: attention streams beside the video self-attention, kind -> regex on module names
+      (kinds: :data:`attnsteer.streams.STREAM_KINDS`); such a family also writes ``stream_views``.
 
     and write ``layout(model, inputs) -> TokenLayout`` (its docstring's first line describes the
     layout in ``attnsteer models``). The rest has defaults a family overrides only for its twists:
@@ -77,6 +79,7 @@ class Adapter:
     tested: ClassVar[str] = ""
     refusal: ClassVar[str | None] = None
     table_entries: ClassVar[Mapping[str, str]] = {}
+    streams: ClassVar[Mapping[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -96,6 +99,12 @@ class Adapter:
     def cross_attention_modules(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
         """The separate text cross-attention modules, in layer order (none for joint-attention models)."""
         return [] if self.cross_attention is None else self_attention_modules(model, self.cross_attention)
+
+    def stream_views(self, model: torch.nn.Module, inputs: Mapping[str, Any], layout: TokenLayout) -> Mapping[str, Any]:
+        """Per declared stream kind, the :class:`~attnsteer.streams.StreamView` of its calls in one forward
+        (``layout``: the forward's self-attention layout); none by default. A "self" view replaces ``layout`` for
+        the self-attention calls whose keys hold more than their queries (a KV cache of earlier forwards)."""
+        return {}
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
         """The :class:`TokenLayout` of the self-attention calls of one forward (``inputs``: its arguments by name)."""
@@ -247,6 +256,9 @@ def check_declarations(cls: type[Adapter]) -> None:
             re.compile(pattern)
         except (re.error, TypeError) as exc:
             raise ConfigError(f"{owner}.{field} must be a regex on module names, got {pattern!r} ({exc})") from None
+    from ..streams import check_stream_declaration
+
+    check_stream_declaration(cls)
     if cls.text not in TEXT_PLACEMENTS:
         raise ConfigError(f"{owner}.text must be one of {TEXT_PLACEMENTS}, got {cls.text!r}")
     declared = cls.__dict__.get("branches")

@@ -1,0 +1,217 @@
+"""Attention streams beside the video self-attention: the audio self-attention and the cross-modal calls of joint
+audio-video models (LTX-2), steered exactly by rules that name them.
+
+A family declares its streams on its adapter, kind -> regex on module names::
+
+    streams = {"audio": r"transformer_blocks\\.\\d+\\.audio_attn1",
+               "a2v": r"transformer_blocks\\.\\d+\\.audio_to_video_attn",
+               "v2a": r"transformer_blocks\\.\\d+\\.video_to_audio_attn"}
+
+and gives, per forward, each kind's :class:`StreamView` (``Adapter.stream_views``): a joint
+:class:`~attnsteer.layout.TokenLayout` over which the rules' selectors resolve, and the spans of it that one call's
+queries and keys are. The joint layout holds the video frames and one "audio" segment, so ``at.frames[...]`` /
+``at.video`` pick video tokens and ``at.audio`` the audio tokens, whichever side of the call they are on:
+
+- ``"audio"``: audio self-attention, queries and keys the audio tokens;
+- ``"a2v"``: audio-to-video attention, queries the video tokens, keys the audio tokens;
+- ``"v2a"``: video-to-audio attention, queries the audio tokens, keys the video tokens.
+
+A rule reaches a stream only with ``Rule(attention=<kind>)``; ``attention="self"`` rules keep to the video
+self-attention. A rule whose query (key) selector picks tokens of the joint layout but none of the call's queries
+(keys) raises, naming what the queries and keys of that kind are. Recordings (``at.inspect``) cover the video
+self-attention only; stream calls are steered, not recorded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, SteeringError, describe_rule
+from .execute import _on_device, _score_fn
+from .kernels import grouped_attention, scored_attention
+from .layout import Segment, TokenLayout
+from .parallel import context_parallel_config
+from .plan import CallPlan, build_plan
+
+STREAM_KINDS = ("audio", "a2v", "v2a")
+STREAM_MEANINGS = {
+    "audio": "audio self-attention: audio queries, audio keys",
+    "a2v": "audio-to-video attention: video queries, audio keys",
+    "v2a": "video-to-audio attention: audio queries, video keys",
+}
+VIEW_KINDS = ("self",) + STREAM_KINDS  # "self": a self-attention whose keys hold more than its queries (a KV cache)
+VIEW_MEANINGS = {**STREAM_MEANINGS, "self": "self-attention over a key window: the forward's tokens as queries, "
+                 "the window (cached tokens of earlier forwards, then these) as keys"}
+
+
+@attrs.frozen
+class StreamView:
+    """One stream's calls as rules see them: the joint ``layout`` their selectors resolve against, and the
+    ``[start, stop)`` spans of it that a call's queries and keys are. Keys always start at position 0."""
+
+    kind: str
+    layout: TokenLayout
+    queries: tuple[int, int]
+    keys: tuple[int, int]
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind not in VIEW_KINDS:
+            raise ConfigError(f"StreamView.kind must be one of {VIEW_KINDS}, got {self.kind!r}")
+        for name, (start, stop) in (("queries", self.queries), ("keys", self.keys)):
+            if not 0 <= start < stop <= self.layout.seq_len:
+                raise ConfigError(f"StreamView.{name} must be a span [start, stop) of the layout's "
+                                  f"{self.layout.seq_len} tokens, got {(start, stop)}")
+        if self.keys[0] != 0:
+            raise ConfigError(f"StreamView.keys must start at 0 (keys first in the joint layout), got {self.keys}")
+
+    @property
+    def num_queries(self) -> int:
+        return self.queries[1] - self.queries[0]
+
+    @property
+    def num_keys(self) -> int:
+        return self.keys[1]
+
+
+def audio_video_views(video: TokenLayout, audio_tokens: int) -> dict[str, StreamView]:
+    """The views of the "audio", "a2v" and "v2a" calls of a forward whose video self-attention has the video-only
+    layout ``video`` and whose audio stream has ``audio_tokens`` tokens (one "audio" segment)."""
+    if video.segments or video.video_start:
+        raise SteeringError(f"audio-video streams need a video-only self-attention layout, got {video.describe()}")
+    frames = dict(num_frames=video.num_frames, tokens_per_frame=video.tokens_per_frame, grid=video.grid,
+                  reference_frames=video.reference_frames)
+    n_video = video.seq_len
+    audio_first = TokenLayout(video_start=audio_tokens, segments=[Segment("audio", 0, audio_tokens)], **frames)
+    video_first = TokenLayout(segments=[Segment("audio", n_video, n_video + audio_tokens)], **frames)
+    return {
+        "audio": StreamView("audio", audio_first, (0, audio_tokens), (0, audio_tokens)),
+        "a2v": StreamView("a2v", audio_first, (audio_tokens, audio_tokens + n_video), (0, audio_tokens)),
+        "v2a": StreamView("v2a", video_first, (n_video, n_video + audio_tokens), (0, n_video)),
+    }
+
+
+def check_stream_declaration(cls: type) -> None:
+    """Refuse a bad ``streams`` declaration on an adapter class, naming the allowed kinds."""
+    streams = cls.streams
+    if not isinstance(streams, Mapping):
+        raise ConfigError(f"{cls.__name__}.streams must be a mapping kind -> module regex, got {streams!r}")
+    for kind, pattern in streams.items():
+        if kind not in STREAM_KINDS:
+            raise ConfigError(f"{cls.__name__}.streams kind must be one of {STREAM_KINDS}, got {kind!r}")
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as exc:
+            raise ConfigError(f"{cls.__name__}.streams[{kind!r}] must be a regex on module names, got {pattern!r} "
+                              f"({exc})") from None
+
+
+def stream_modules(adapter: Any, model: torch.nn.Module) -> list[tuple[str, list[tuple[str, torch.nn.Module]]]]:
+    """(kind, [(name, module), ...]) of every declared stream, in declaration order."""
+    from .plugins.base import self_attention_modules
+
+    return [(kind, self_attention_modules(model, pattern)) for kind, pattern in adapter.streams.items()]
+
+
+def attention_kinds(adapter: Any, model: torch.nn.Module) -> tuple[str, ...]:
+    """The attention kinds rules can name on ``model``: "self", "cross" where it has separate cross-attention, and
+    its declared streams that have modules."""
+    kinds = ["self"] + (["cross"] if adapter.cross_attention_modules(model) else [])
+    return tuple(kinds + [kind for kind, found in stream_modules(adapter, model) if found])
+
+
+def check_attention_kinds(rules: tuple, adapter: Any, model: torch.nn.Module) -> None:
+    """Raise, naming the model's allowed kinds, for a stream rule whose kind ``model`` does not have."""
+    streams = [r for r in rules if r.attention in STREAM_KINDS]
+    if not streams:
+        return
+    allowed = attention_kinds(adapter, model)
+    for rule in streams:
+        if rule.attention not in allowed:
+            raise SteeringError(
+                f"{describe_rule(rule, None)}: {type(model).__name__} has no {STREAM_MEANINGS[rule.attention]} "
+                f"(attention={rule.attention!r}); the attention kinds of this model are {allowed}"
+            )
+
+
+def stream_call(call: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+    """One SDPA call of a stream module, or of a self-attention module whose adapter gives a "self" view (a KV
+    cache), ``call`` being its :class:`~attnsteer.module_call.ModuleCall`: steered by the active rules on the
+    view's joint layout."""
+    from .module_call import _notify, client_rows, sdpa_arguments
+
+    q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = sdpa_arguments(args, kwargs)
+    kind, state, where = call.attention, call.state, call.subject
+    view = (state.streams or {}).get(kind)
+    if view is None:
+        raise SteeringError(f"{where}: {type(call.adapter).__name__} gave no layout for its {kind!r} attention calls "
+                            "(Adapter.stream_views)")
+    if (q.dim() != 4 or q.shape[-2] != view.num_queries or k.shape[-2] != view.num_keys or dropout_p or is_causal
+            or enable_gqa):
+        raise SteeringError(
+            f"{where}: a {kind} attention call with q {tuple(q.shape)}, k {tuple(k.shape)} (dropout_p={dropout_p}, "
+            f"is_causal={is_causal}, enable_gqa={enable_gqa}) does not match the {view.num_queries} queries and "
+            f"{view.num_keys} keys of its {VIEW_MEANINGS[kind]}"
+        )
+    if call.module is not None and context_parallel_config(call.module) is not None:
+        raise SteeringError(f"{where}: {kind} attention calls with a view (Adapter.stream_views) are not supported "
+                            "under context parallelism yet")
+    if call.recorders or call.stage is not None:
+        who = "recording" if call.recorders else "output transforms"
+        raise SteeringError(f"{where}: {who} not supported in {VIEW_MEANINGS[kind]} ({view.num_queries} queries, "
+                            f"{view.num_keys} keys): attnsteer steers these calls' logits only")
+    call.calls += 1
+    branches = call.adapter.attention_branches(state.branches, q.shape[0])
+    rows = {id(c): client_rows(c, branches, q.shape[0]) for c in call.clients}
+    pairs = tuple((rule, call._context(client, rule, view.layout, rows[id(client)])) for client, rule in call.active)
+    try:
+        for rule, ctx in pairs:
+            _check_reach(rule, ctx, view)
+        plan = build_plan(pairs, view.layout, branches, q.shape[0], q.shape[1])
+    except ConfigError as exc:
+        raise type(exc)(f"in {kind} attention module {call.layer.qualified!r}: {exc}") from exc
+    out = run_stream_plan(plan, q, k, v, view, scale, attn_mask)
+    for client in call.clients:
+        mine = [rule for c, rule in call.active if c is client and rule in plan.applied]
+        if mine:
+            _notify(client, state, call.layer, mine, None, rows[id(client)])
+    return out
+
+
+def _check_reach(rule: Any, ctx: Any, view: StreamView) -> None:
+    """Raise when the rule's query (key) selector picks tokens of the joint layout but none of the call's
+    queries (keys)."""
+    for field, span in (("query", view.queries), ("key", view.keys)):
+        mask = getattr(rule, field).token_mask(ctx)
+        if bool(mask.any()) and not bool(mask[span[0]:span[1]].any()):
+            raise ConfigError(
+                f"Rule.{field}={getattr(rule, field)!r} selects none of the {field} tokens of {view.kind} attention "
+                f"calls ({VIEW_MEANINGS[view.kind]}; at.audio selects audio tokens, at.video / at.frames[...] video "
+                "tokens)"
+            )
+
+
+def run_stream_plan(plan: CallPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, view: StreamView,
+                    scale: float | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """The output of a stream call (queries: ``view.queries`` of its layout, keys: ``view.keys``) under ``plan``."""
+    start, stop = view.queries
+    scale = plan.logit_scale(q.shape[-1], scale)
+    if plan.path == "grouped":
+        cells, bias = _on_device(plan, q.device)
+        out = grouped_attention(q, k, v, cells[start:stop], cells[:view.num_keys], bias=bias, scale=scale,
+                                attn_mask=attn_mask, num_q_groups=plan.num_cells, num_k_groups=plan.num_cells)[0]
+    elif plan.path == "scored":
+        fn = _score_fn(plan.scored, q.shape[0], q.shape[1], view.num_keys, q.device, plan.head_offset)
+        out = scored_attention(q, k, v, lambda s, q_index: fn(s, q_index + start), scale, attn_mask)[0]
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    for s in plan.identity:  # self kinds only (Rule refuses a2v / v2a): each query's own value, at its key position
+        rows = s.rows.to(q.device)[:, None, None, None] & s.heads.to(q.device)[None, :, None, None]
+        own = v[:, :, start:stop].to(out.dtype)
+        out = torch.where(rows & s.query[start:stop].to(q.device)[None, None, :, None], own, out)
+    return out
