@@ -238,6 +238,16 @@ def test_cuda_equals_dense_oracle(p, return_mass):
         torch.testing.assert_close(mass.cpu(), ref_mass, atol=1e-4, rtol=1e-4)
 
 
+def video_head_problem(masked: bool) -> dict:
+    """DyMoS at a real head size (64), with the last 7 keys masked out or not."""
+    q, k, v, groups, bias = dymos_problem(frames=5, tokens=77, heads=4, dim=64)
+    mask = None
+    if masked:
+        mask = torch.ones(1, 1, 1, k.shape[-2], dtype=torch.bool)
+        mask[..., -7:] = False
+    return dict(q=q, k=k, v=v, q_groups=groups, k_groups=groups, bias=bias, attn_mask=mask)
+
+
 @CUDA
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("masked", [False, True])
@@ -249,12 +259,7 @@ def test_cuda_uses_fused_kernels_at_video_head_sizes(monkeypatch, dtype, masked)
         raise AssertionError("the math fallback ran")
 
     monkeypatch.setattr(backends, "_chunked_math", no_fallback)
-    q, k, v, groups, bias = dymos_problem(frames=5, tokens=77, heads=4, dim=64)
-    mask = None
-    if masked:
-        mask = torch.ones(1, 1, 1, k.shape[-2], dtype=torch.bool)
-        mask[..., -7:] = False
-    p = dict(q=q, k=k, v=v, q_groups=groups, k_groups=groups, bias=bias, attn_mask=mask)
+    p = video_head_problem(masked)
     out, mass = grouped_attention(**_to(p, "cuda", dtype), return_mass=True)
     ref, ref_mass = dense_attention(**p, return_mass=True)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
@@ -275,12 +280,7 @@ def test_cuda_each_sdpa_backend_equals_dense_oracle(monkeypatch, backend, masked
     chosen = []
     choose = backends._sdpa_choice
     monkeypatch.setattr(backends, "_sdpa_choice", lambda *a: chosen.append(choose(*a)) or chosen[-1])
-    q, k, v, groups, bias = dymos_problem(frames=5, tokens=77, heads=4, dim=64)
-    mask = None
-    if masked:
-        mask = torch.ones(1, 1, 1, k.shape[-2], dtype=torch.bool)
-        mask[..., -7:] = False
-    p = dict(q=q, k=k, v=v, q_groups=groups, k_groups=groups, bias=bias, attn_mask=mask)
+    p = video_head_problem(masked)
     with sdpa_kernel([getattr(SDPBackend, backend)]):
         out, mass = grouped_attention(**_to(p, "cuda", torch.bfloat16), return_mass=True)
     ref, ref_mass = dense_attention(**p, return_mass=True)
