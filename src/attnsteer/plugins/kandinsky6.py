@@ -41,8 +41,8 @@ Layout facts (diffusers 0.42, ``transformer_kandinsky6.py``):
   Text-to-video has no image: frame 0 is the first generated frame, the anchor DyMoS uses.
 - Blocks (STG-R's block skip): ``visual_transformer_blocks[i]``, each fused over both streams; a skipped block
   passes the video and the audio stream through (none of its attention calls, stream calls included, run).
-  Perturbed guidance (PAG, STG) guides the first output, the
-  video prediction; the audio prediction gets the pipeline's plain CFG.
+  Perturbed guidance (PAG, STG) guides the first output, the video prediction; the audio prediction gets the
+  pipeline's plain CFG.
 - Guidance: ``cache_context("cond")`` then, with ``guidance_scale > 1``, ``cache_context("uncond")`` per step
   (distilled checkpoints run the conditional forward only): the "separate-forwards" convention.
 """
