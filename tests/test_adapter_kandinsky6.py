@@ -3,8 +3,10 @@
 Facts stated here from diffusers' sources, not from the adapter: image-to-video appends the image latent as an
 extra, last latent frame (the pipeline's ``tail_cond``), so the self-attention sequence holds 3 generated latent
 frames then the image frame; the video, audio and text streams never share a self-attention sequence (video
-and audio meet only in the va/av cross-attention calls), so only the video self-attention is hooked and
-``at.audio`` raises; the text cross-attention masks padded text tokens.
+and audio meet only in the va/av cross-attention calls, video queries / audio keys and audio queries / video keys,
+none masked), so attention="self" rules touch the video self-attention only and ``at.audio`` raises there, while
+Rule(attention="audio" | "a2v" | "v2a") reaches the audio self-attention, va and av calls, each checked here against
+a dense computation written in the test; the text cross-attention masks padded text tokens.
 
 From the tiny config: 32x64 pixels, VAE /8 -> 4x8 latents, patch 2x2 -> 2x4 = 8 tokens per frame; 9 frames ->
 3 latent frames (+1 with an image); 9 frames at 24 fps of 1600 Hz audio, latent hop 100 -> 6 audio tokens.
@@ -20,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 import attnsteer as at
 from attnsteer.testing.tiny import build_tiny, test_image
-from dense_reference import DenseAttention, ForwardCounter, frame_bias, sdpa_arguments
+from dense_reference import DenseAttention, EditedAttention, ForwardCounter, frame_bias, hook_state, sdpa_arguments
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GENERATED, PER_FRAME, AUDIO, TEXT, GAMMA = 3, 8, 6, 8, 2.0
@@ -97,12 +99,12 @@ def test_frame_maps_hold_the_video_frames_only_and_match_dense(tiny):
         rec.text_mass()
 
 
-def test_only_the_video_self_attention_is_hooked_and_at_audio_raises(tiny):
+def test_self_rules_touch_only_the_video_self_attention_and_at_audio_raises_there(tiny):
     outputs: dict[str, list[torch.Tensor]] = {}
     handles = [m.register_forward_hook(lambda m, a, out, n=n: outputs.setdefault(n, []).append(out.detach().clone()))
                for n, m in tiny[0].transformer.named_modules() if n.endswith(AUDIO_MODULES)]
     try:
-        rule = at.Rule(at.tokens, at.tokens, at.bias(0.0), branch="all")  # every hooked call goes through the kernel
+        rule = at.Rule(at.tokens, at.tokens, at.bias(0.0), branch="all")  # every self call goes through the kernel
         with at.steer(tiny[0], rule) as steering:
             run(tiny)
         layers = steering.summary()["rules"][0]["layers"]
@@ -114,12 +116,118 @@ def test_only_the_video_self_attention_is_hooked_and_at_audio_raises(tiny):
             h.remove()
     assert layers and all(name.endswith("video_dec_block.self_attention") for name in layers)
     assert len(with_session) == 3 * len(tiny[0].transformer.visual_transformer_blocks)
-    for name, calls in outputs.items():  # not even re-routed through a kernel
+    for name, calls in outputs.items():  # hooked as streams, but not even re-routed through a kernel by a self rule
         assert len(calls) == len(with_session[name]) > 0
         assert all(torch.equal(a, b) for a, b in zip(calls, with_session[name])), name
-    with pytest.raises(at.ConfigError, match="no audio tokens.*Kandinsky 6"):
+    with pytest.raises(at.ConfigError, match="no audio tokens.*attention='audio'"):
         with at.steer(tiny[0], at.Rule(at.video, at.audio, at.bias(-1.0), branch="all")):
             run(tiny)
+
+
+# --- the audio streams: attention="audio" / "a2v" / "v2a" against dense ------------------------------------------
+
+def in_cond_forwards(tiny, nq, nk):
+    """``applies(q, k)`` for EditedAttention: calls with ``nq`` queries and ``nk`` keys in the conditional forwards
+    (the pipeline runs cond, then uncond, per step), and a function removing the forward counter."""
+    counter = ForwardCounter(tiny[0].transformer)
+    return (lambda q, k: counter.count % 2 == 0 and q.shape[-2] == nq and k.shape[-2] == nk), counter.remove
+
+
+def _audio_self(logits):  # audio queries 1.. -> audio key 0, head 1 only
+    logits[:, 1, 1:, 0] -= GAMMA
+    return logits
+
+
+def _a2v(logits):  # video queries of frames 1.. (the image frame 3 included) -> audio keys 0, 1
+    logits[..., PER_FRAME:, :2] -= GAMMA
+    return logits
+
+
+def _v2a(logits):  # audio queries 2.. -> video keys of the image frame (the last one)
+    logits[..., 2:, GENERATED * PER_FRAME:] -= GAMMA
+    return logits
+
+
+def _v2a_scored(logits):  # audio queries 2.. -> video keys of frame 0, logits halved (a per-element transform)
+    logits[..., 2:, :PER_FRAME] /= 2.0
+    return logits
+
+
+def _audio_identity(logits):  # audio queries 1.. attend to themselves only
+    own = torch.eye(AUDIO, dtype=torch.bool)[1:]
+    logits[..., 1:, :] = torch.where(own, logits[..., 1:, :], float("-inf"))
+    return logits
+
+
+STREAM_CASES = {
+    "audio": (at.Rule(at.audio[1:], at.audio[0], at.bias(-GAMMA), attention="audio", branch="cond", heads=1),
+              (AUDIO, AUDIO), _audio_self),
+    "a2v": (at.Rule(at.frames[1:], at.audio[:2], at.bias(-GAMMA), attention="a2v", branch="cond"),
+            (SEQ, AUDIO), _a2v),
+    "v2a": (at.Rule(at.audio[2:], at.frames.reference, at.bias(-GAMMA), attention="v2a", branch="cond"),
+            (AUDIO, SEQ), _v2a),
+    "v2a-scored": (at.Rule(at.audio[2:], at.frames[0], at.temperature(2.0), attention="v2a", branch="cond"),
+                   (AUDIO, SEQ), _v2a_scored),
+    "audio-identity": (at.Rule(at.audio[1:], at.tokens, at.identity(), attention="audio", branch="cond"),
+                       (AUDIO, AUDIO), _audio_identity),
+}
+STREAM_MODULES = {"audio": "audio_dec_block.self_attention", "a2v": "va_cross_attention", "v2a": "av_cross_attention"}
+KINDS = ("a2v", "audio", "v2a")
+
+
+@pytest.mark.parametrize("case", sorted(STREAM_CASES))
+def test_a_stream_rule_steers_exactly_its_own_calls_against_dense(tiny, case):
+    rule, (nq, nk), edit = STREAM_CASES[case]
+    kind = rule.attention
+    vanilla = run(tiny)
+    with at.steer(tiny[0], rule) as steering:
+        steered = run(tiny)
+    touched = steering.summary()["rules"][0]
+    layers = len(tiny[0].transformer.visual_transformer_blocks)
+    assert touched["layers"] == [f"transformer.visual_transformer_blocks.{i}.{STREAM_MODULES[kind]}"
+                                 for i in range(layers)]
+    assert touched["branches"] == ["cond"]
+    applies, remove = in_cond_forwards(tiny, nq, nk)
+    try:
+        with EditedAttention(edit, applies) as dense:
+            reference = run(tiny)
+    finally:
+        remove()
+    assert dense.calls == 2 * layers  # 2 steps x layers, conditional forwards only
+    for got, want in zip(steered, reference):  # video and audio latents
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    assert max(np.abs(s - v).max() for s, v in zip(steered, vanilla)) > 1e-3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_zero_stream_rule_is_the_identity_and_exits_clean(tiny, kind):
+    before = hook_state(tiny[0].transformer)
+    vanilla = run(tiny)
+    with at.steer(tiny[0], at.Rule(at.tokens, at.tokens, at.bias(0.0), attention=kind)) as steering:
+        steered = run(tiny)
+    assert len(steering.summary()["rules"][0]["layers"]) == 2  # the zero rule did run through the kernel
+    for got, want in zip(steered, vanilla):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert hook_state(tiny[0].transformer) == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with at.steer(tiny[0], STREAM_CASES[kind][0]):
+            raise RuntimeError("inside")
+    assert hook_state(tiny[0].transformer) == before
+    for got, want in zip(run(tiny), vanilla):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_stream_rule_errors_name_the_calls_and_a_run_without_audio_reports_the_rule(tiny):
+    with pytest.raises(at.ConfigError, match="query tokens of v2a attention calls.*audio queries, video keys"):
+        with at.steer(tiny[0], at.Rule(at.frames[1:], at.frames[0], at.bias(-1.0), attention="v2a")):
+            run(tiny, num_inference_steps=1)
+    with pytest.raises(at.ConfigError, match="key tokens of a2v attention calls.*video queries, audio keys"):
+        with at.steer(tiny[0], at.Rule(at.video, at.frames[0], at.bias(-1.0), attention="a2v")):
+            run(tiny, num_inference_steps=1)
+    # without audio the audio and cross-modal calls do not run: the stream rule never applies, and says so
+    with pytest.raises(at.SteeringError, match="never applied"):
+        with at.steer(tiny[0], at.Rule(at.audio, at.audio[0], at.bias(-1.0), attention="audio"), strict=True):
+            run(tiny, num_inference_steps=1, sample_audio=False)
 
 
 class DenseMaskedCross(TorchFunctionMode):

@@ -13,10 +13,24 @@ Layout facts (diffusers 0.42, ``transformer_kandinsky6.py``):
   (text-only self-attention). Every call goes through ``dispatch_attention_fn`` (F.sdpa on the native
   backend); the video self-attention has no mask and no sparse mode (the NABLA block-sparse attention is the
   super-resolution model's, refused).
-- attnsteer steers and records the video self-attention and, with ``attention="cross"``, the video text
-  cross-attention. The audio self-attention, the audio text cross-attention and the va/av cross-modal calls
-  are not hooked: rules never reach them (nothing is approximated through the video calls), and ``at.audio``
-  raises, since no hooked sequence holds audio tokens.
+- attnsteer steers and records the video self-attention (``attention="self"``, the default) and, with
+  ``attention="cross"``, the video text cross-attention. The audio stream is reached only by rules that name it
+  (:mod:`attnsteer.streams`): ``attention="audio"`` steers the audio self-attention
+  (``audio_dec_block.self_attention``: queries and keys ``at.audio``), ``attention="a2v"`` the
+  ``va_cross_attention`` calls (queries the video tokens, ``at.frames[...]`` / ``at.video``, the image frame
+  included in image-to-video; keys ``at.audio``) and ``attention="v2a"`` the ``av_cross_attention`` calls
+  (queries ``at.audio``; keys the video tokens). None of these calls has a mask, and the transformer never pads
+  the audio: ``audio_hidden_states`` [B, L, C] holds one token per audio latent step in time order (1-D RoPE
+  positions 0..L-1), so the audio tokens form one "audio" segment and ``at.audio[a:b]`` picks a time span (with
+  the default audio VAE, 44.1 kHz and a latent hop of 1024 samples, about 23 ms a token); their time axis is not
+  tied to video frames (``at.frames[...]`` never selects audio tokens). The va / av keys are the other stream's
+  hidden states before its text cross-attention (``vis_pre_ca`` / ``aud_pre_ca``): attnsteer steers the logits
+  of those calls as they are. ``attention="self"`` rules (DyMoS) never reach the audio or cross-modal calls, and
+  ``at.audio`` raises in the video self-attention, whose sequence holds no audio tokens. The audio text
+  cross-attention (``audio_dec_block.cross_attention``) is not hooked. Without audio (``sample_audio=False``,
+  no ``audio_hidden_states``) the audio and cross-modal calls do not run, so a stream rule never applies (the
+  session reports it). Recordings (``at.inspect``) cover the video self-attention (and spatial maps the video
+  text cross-attention) only.
 - Video tokens: the latent is channels-last, ``hidden_states`` [B, T, H, W, C] (C = noisy latent, the
   always-zero condition latent and the condition mask), patch ``patch_size`` (1, 2, 2), flattened
   frame-major.
@@ -26,8 +40,9 @@ Layout facts (diffusers 0.42, ``transformer_kandinsky6.py``):
   sequence, frames 0..T-1 are the generated ones and ``at.frames[0]`` is the first generated frame.
   Text-to-video has no image: frame 0 is the first generated frame, the anchor DyMoS uses.
 - Blocks (STG-R's block skip): ``visual_transformer_blocks[i]``, each fused over both streams; a skipped block
-  passes the video and the audio stream through. Perturbed guidance (PAG, STG) guides the first output, the
-  video prediction; the audio prediction gets the pipeline's plain CFG.
+  passes the video and the audio stream through (none of its attention calls, stream calls included, run).
+  Perturbed guidance (PAG, STG) guides the first output, the video prediction; the audio prediction gets the
+  pipeline's plain CFG.
 - Guidance: ``cache_context("cond")`` then, with ``guidance_scale > 1``, ``cache_context("uncond")`` per step
   (distilled checkpoints run the conditional forward only): the "separate-forwards" convention.
 """
@@ -41,6 +56,7 @@ import torch
 
 from ..errors import SteeringError
 from ..layout import TokenLayout
+from ..streams import audio_video_views
 from .base import Adapter
 
 
@@ -52,20 +68,30 @@ class Kandinsky6Adapter(Adapter):
     text = "cross"
     branches = "separate-forwards"
     block_pattern = r"visual_transformer_blocks\.\d+"
+    streams = {"audio": r"visual_transformer_blocks\.\d+\.audio_dec_block\.self_attention",
+               "a2v": r"visual_transformer_blocks\.\d+\.va_cross_attention",
+               "v2a": r"visual_transformer_blocks\.\d+\.av_cross_attention"}
     tiny_models = ("tiny-kandinsky6",)
-    tested = ("image-to-video: the appended last latent frame is the reference, DyMoS against dense; only the video "
-              "self-attention is hooked (audio self-attention and video<->audio calls run unchanged, at.audio "
-              "raises); text cross-attention with padded prompts against dense; PAG and STG-R (fused blocks pass both "
-              "streams through) against the authors' combination; a batched sweep (one image per row) equals "
-              "sequential runs")
+    tested = ("image-to-video: the appended last latent frame is the reference, DyMoS against dense; the audio "
+              "self-attention, va (a2v) and av (v2a) calls steered by attention='audio' / 'a2v' / 'v2a' rules against "
+              "dense, each touching only its own calls, a zero stream rule the identity with a clean exit; "
+              "attention='self' rules leave the audio and cross-modal calls untouched and at.audio raises there; text "
+              "cross-attention with padded prompts against dense; PAG and STG-R (fused blocks pass both streams "
+              "through) against the authors' combination; a batched sweep (one image per row) equals sequential runs")
     table_entries = {
         "self-attention modules": "`visual_transformer_blocks\\.\\d+\\.video_dec_block\\.self_attention` (video only); "
-                                  "not hooked: `audio_dec_block.self_attention` (audio only), `va_cross_attention`, "
-                                  "`av_cross_attention` (video<->audio); cross-attention "
+                                  "streams (`Rule(attention=...)`): `audio_dec_block.self_attention` (\"audio\"), "
+                                  "`va_cross_attention` (\"a2v\"), `av_cross_attention` (\"v2a\"); cross-attention "
                                   "`visual_transformer_blocks\\.\\d+\\.video_dec_block\\.cross_attention`",
         "reference frames": "the last latent frame in image-to-video (the image, appended after the generated "
                             "frames); none in text-to-video: frame 0 is the first frame",
     }
+
+    def stream_views(self, model: torch.nn.Module, inputs: Mapping[str, Any], layout: TokenLayout) -> dict:
+        """The audio stream: one "audio" segment of ``audio_hidden_states``' tokens beside the video frames; none
+        when the forward has no audio (its audio and cross-modal calls do not run)."""
+        audio = inputs.get("audio_hidden_states")
+        return {} if audio is None else audio_video_views(layout, int(audio.shape[1]))
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
         """Video tokens only, frame-major from a channels-last latent, patch (1, 2, 2); image-to-video's image is the appended last frame."""
