@@ -108,6 +108,8 @@ def measure(config: str, steps: int, repeats: int, device: str) -> None:
             print(f"  {name:>17}: first run {first['graph_breaks']} graph breaks, {first['graphs']} graphs, "
                   f"{first['frames_compiled']} frames compiled; second run {second['frames_compiled']} recompiled")
         reference = methods["steered eager"]()
+        effect = float((methods["eager"]() - reference).abs().max())
+        print(f"  steered eager vs plain eager: max |diff| {effect:.2e} (the steering's effect)")
         for name in ("steered compiled", "steered regional"):
             diff = float((methods[name]() - reference).abs().max())
             print(f"  {name} vs steered eager: max |diff| {diff:.2e} (output max |x| {float(reference.abs().max()):.2f})")
