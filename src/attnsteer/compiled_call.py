@@ -141,6 +141,13 @@ def _stable_forward(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
             if router.calls == 0:  # known while tracing: this forward never calls SDPA
                 _no_attention(marker)
             return output
+    return _run_chain(module, args, kwargs)
+
+
+@torch.compiler.disable
+def _run_chain(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+    """The diffusers hook chain of ``module``'s current session, run eagerly (dynamo must not look up a
+    WeakKeyDictionary: it can return another module's entry)."""
     chain = _EAGER.get(module)  # none in a deep copy of a hooked model, whose controller removes the copied hooks
     return type(module).forward(module, *args, **kwargs) if chain is None else chain(*args, **kwargs)
 
