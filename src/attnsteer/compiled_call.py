@@ -48,9 +48,10 @@ def release(slot: int, hook: Any) -> None:
 @torch.library.custom_op("attnsteer::sdpa", mutates_args=())
 def steered_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
                  dropout_p: float, is_causal: bool, scale: float | None, enable_gqa: bool,
-                 marker: torch.Tensor, call: int) -> torch.Tensor:
+                 marker: torch.Tensor, call: int, after: torch.Tensor | None) -> torch.Tensor:
     """One SDPA call of the module whose first parameter is ``marker`` (its ``call``-th in this forward), answered
-    as the eager hook would. The module travels as a tensor, so one graph serves every block of a regional compile."""
+    as the eager hook would. The module travels as a tensor, so one graph serves every block of a regional compile;
+    ``after`` (the module's previous call's output) keeps its calls in order in the compiled graph."""
     hook = _hook_of(marker)
     kwargs = dict(attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
     if hook is None:  # the hook was removed while a compiled graph still routes here: plain attention
@@ -65,7 +66,7 @@ def steered_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: t
 
 
 @steered_sdpa.register_fake
-def _(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, marker, call):
+def _(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, marker, call, after):
     return q.new_empty((*q.shape[:-1], v.shape[-1]))
 
 
@@ -77,23 +78,23 @@ def _key(tensor: torch.Tensor) -> tuple:
     return (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
 
 
-_BY_MARKER: dict[tuple, int] = {}  # _key(first parameter) -> slot, rebuilt when a parameter moved
+_BY_MARKER: dict[tuple, tuple[int, torch.Tensor]] = {}  # _key(first parameter) -> (slot, that parameter)
 
 
 def _hook_of(marker: torch.Tensor) -> Any:
-    """The installed hook of the module whose first parameter is ``marker`` (None if no hook is installed)."""
+    """The installed hook of the module whose first parameter is ``marker`` (None if no hook is installed); the
+    index is rebuilt when a parameter moved (``module.to(...)``) or a hook came or went."""
     key = _key(marker)
-    slot = _BY_MARKER.get(key)
-    hook = None if slot is None else _HOOKS.get(slot)
-    if hook is None or hook.module is None or _marker(hook.module) is None or _key(_marker(hook.module)) != key:
-        _BY_MARKER.clear()
-        for s, h in _HOOKS.items():
-            m = None if h.module is None else _marker(h.module)
-            if m is not None:
-                _BY_MARKER[_key(m)] = s
-        slot = _BY_MARKER.get(key)
-        hook = None if slot is None else _HOOKS.get(slot)
-    return hook
+    found = _BY_MARKER.get(key)
+    if found is not None and found[0] in _HOOKS and _key(found[1]) == key:
+        return _HOOKS[found[0]]
+    _BY_MARKER.clear()
+    for slot, hook in _HOOKS.items():
+        param = None if hook.module is None else _marker(hook.module)
+        if param is not None:
+            _BY_MARKER[_key(param)] = (slot, param)
+    found = _BY_MARKER.get(key)
+    return None if found is None else _HOOKS[found[0]]
 
 
 class SDPARouter(TorchFunctionMode):
@@ -101,7 +102,7 @@ class SDPARouter(TorchFunctionMode):
 
     def __init__(self, marker: torch.Tensor) -> None:
         super().__init__()
-        self.marker, self.calls = marker, 0
+        self.marker, self.calls, self.last = marker, 0, None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -110,8 +111,10 @@ class SDPARouter(TorchFunctionMode):
 
             q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = sdpa_arguments(args, kwargs)
             call, self.calls = self.calls, self.calls + 1
-            return steered_sdpa(q, k, v, attn_mask, float(dropout_p), bool(is_causal),
-                                None if scale is None else float(scale), bool(enable_gqa), self.marker, call)
+            self.last = steered_sdpa(q, k, v, attn_mask, float(dropout_p), bool(is_causal),
+                                     None if scale is None else float(scale), bool(enable_gqa), self.marker, call,
+                                     self.last)
+            return self.last
         if func is torch.Tensor.unflatten:  # its Python body calls super().unflatten, which dynamo cannot trace
             return torch.unflatten(*args, **kwargs)
         return func(*args, **kwargs)
