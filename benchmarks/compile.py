@@ -5,12 +5,13 @@ Two configs: ``tiny`` (tiny Wan's transformer: 2 blocks, 2 heads x 12, 3 x 16 to
 One "run" is ``--steps`` forwards at decreasing timesteps, as a pipeline makes. Timed side by side
 (interleaved medians): plain eager, plain compiled (whole transformer; and regional,
 ``compile_repeated_blocks``), steered eager and steered compiled (DyMoS's -1 bias on the reference frame,
-on for the first half of the steps). For each compiled variant it prints, from ``torch._dynamo.utils.counters``, the graph
+on for the first half of the steps; ``--always``: at every step). For each compiled variant it prints, from ``torch._dynamo.utils.counters``, the graph
 breaks and graphs compiled by its first run from a reset dynamo cache, the frames compiled again by a
 second run (recompiles in the steady state), and checks the steered compiled output against steered eager.
 
     python -m benchmarks.compile                       # both configs
     python -m benchmarks.compile --config medium --repeats 5
+    python -m benchmarks.compile --threads 1 --repeats 7   # steadier on a shared machine
 """
 
 from __future__ import annotations
@@ -72,13 +73,15 @@ def counted(fn) -> dict[str, int]:
             "frames_compiled": counters["frames"]["ok"]}
 
 
-def methods_of(eager: torch.nn.Module, kwargs: dict, steps: int) -> dict[str, Callable[[], torch.Tensor]]:
+def methods_of(eager: torch.nn.Module, kwargs: dict, steps: int, always: bool = False
+               ) -> dict[str, Callable[[], torch.Tensor]]:
     """The six timed variants: plain and steered, each eager, compiled whole and compiled regionally."""
     whole = torch.compile(eager)
     regional = copy.deepcopy(eager)
     regional.compile_repeated_blocks()
     # DyMoS's rule for every row (a bare transformer call has no guidance branch)
-    recipe = at.Rule(at.frames.generated, at.frames.reference, at.bias(-1.0), when=at.progress(stop=0.5))
+    recipe = at.Rule(at.frames.generated, at.frames.reference, at.bias(-1.0),
+                     when=at.always if always else at.progress(stop=0.5))
 
     def steered(model, target):
         def run():
@@ -96,11 +99,12 @@ def methods_of(eager: torch.nn.Module, kwargs: dict, steps: int) -> dict[str, Ca
     }
 
 
-def measure(config: str, steps: int, repeats: int, device: str) -> None:
+def measure(config: str, steps: int, repeats: int, device: str, always: bool = False) -> None:
     """Print the compile counts, the exactness and the interleaved timings of one config."""
     eager, kwargs, about = build(config, device)
-    methods = methods_of(eager, kwargs, steps)
-    print(f"{about}, {steps} forwards per run; {machine()}")
+    methods = methods_of(eager, kwargs, steps, always)
+    print(f"{about}, {steps} forwards per run, rule on {'at every step' if always else 'for the first half'}; "
+          f"{machine()}")
     with torch.no_grad():
         for name in ("compiled", "regional", "steered compiled", "steered regional"):
             torch._dynamo.reset()  # dynamo caches per code object, shared by the variants: count each from scratch
@@ -136,12 +140,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="forwards per run (default: 4 tiny, 2 medium)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--always", action="store_true", help="the rule on at every step (default: first half)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for config in CONFIGS if args.config == "both" else (args.config,):
-        measure(config, args.steps or (4 if config == "tiny" else 2), args.repeats, device)
+        measure(config, args.steps or (4 if config == "tiny" else 2), args.repeats, device, args.always)
 
 
 if __name__ == "__main__":
