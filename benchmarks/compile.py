@@ -5,9 +5,10 @@ Two configs: ``tiny`` (tiny Wan's transformer: 2 blocks, 2 heads x 12, 3 x 16 to
 One "run" is ``--steps`` forwards at decreasing timesteps, as a pipeline makes. Timed side by side
 (interleaved medians): plain eager, plain compiled (whole transformer; and regional,
 ``compile_repeated_blocks``), steered eager and steered compiled (DyMoS's -1 bias on the reference frame,
-on for the first half of the steps; ``--always``: at every step). For each compiled variant it prints, from ``torch._dynamo.utils.counters``, the graph
-breaks and graphs compiled by its first run from a reset dynamo cache, the frames compiled again by a
-second run (recompiles in the steady state), and checks the steered compiled output against steered eager.
+on for the first half of the steps; ``--always``: at every step). For each compiled variant it prints,
+from ``torch._dynamo.utils.counters``, the graph breaks and graphs compiled by its first run from a
+reset dynamo cache and the frames compiled again by a second run (a new session: recompiles in the
+steady state), and checks the steered compiled output against steered eager.
 
     python -m benchmarks.compile                       # both configs
     python -m benchmarks.compile --config medium --repeats 5
@@ -116,7 +117,8 @@ def measure(config: str, steps: int, repeats: int, device: str, always: bool = F
         print(f"  steered eager vs plain eager: max |diff| {effect:.2e} (the steering's effect)")
         for name in ("steered compiled", "steered regional"):
             diff = float((methods[name]() - reference).abs().max())
-            print(f"  {name} vs steered eager: max |diff| {diff:.2e} (output max |x| {float(reference.abs().max()):.2f})")
+            size = float(reference.abs().max())
+            print(f"  {name} vs steered eager: max |diff| {diff:.2e} (output max |x| {size:.2f})")
         compiled_during = dict.fromkeys(methods, 0)
 
         def tracking(name, fn):  # frames compiled while timing: recompiles when variants alternate

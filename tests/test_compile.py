@@ -107,3 +107,21 @@ def test_output_rules_and_autograd_fall_back_to_the_eager_hook(model, inputs):
         grads.append(x["hidden_states"].grad)
         x["hidden_states"].grad = None
     torch.testing.assert_close(grads[1], grads[0], atol=1e-4, rtol=1e-4)
+
+
+def test_a_traced_module_that_bypasses_sdpa_raises(model, inputs, monkeypatch):
+    """Under compile, as in eager mode: an active rule on a module that never calls F.sdpa raises, naming it."""
+    import diffusers.models.transformers.transformer_wan as wan
+
+    def by_hand(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=None, parallel_config=None,
+                **_):
+        q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+        return ((q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(-1) @ v).transpose(1, 2)
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(wan, "dispatch_attention_fn", by_hand)
+    compiled = torch.compile(model, backend="aot_eager")
+    rule = at.Rule(at.frames.generated, at.frames.reference, at.bias(-1.0))
+    with pytest.raises(at.SteeringError, match=r"blocks\.0\.attn1.*without calling.*scaled_dot_product_attention"):
+        session(compiled, model, inputs, rule)
+    torch._dynamo.reset()

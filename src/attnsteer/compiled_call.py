@@ -1,15 +1,17 @@
 """A hooked attention module under ``torch.compile``: traced, with each SDPA call an opaque custom op.
 
 In eager mode a hooked module runs under ``torch.compiler.disable`` (:mod:`attnsteer.hooks`). While
-dynamo traces it (no autograd, no output rules in the session), its stable forward (:func:`install_stable_forward`) runs the
-module's own forward under an :class:`SDPARouter` instead: dynamo traces the projections, norms and
-RoPE into the graph and every ``F.scaled_dot_product_attention`` call becomes the custom op
-``attnsteer::sdpa``. The op's eager implementation does at run time what the eager hook does: it asks
-the controller which rules are on at this forward's step and branch (:meth:`Controller.begin_attention`)
-and answers the call with the same :class:`~attnsteer.module_call.ModuleCall`. Step, branch and plan
-never enter the graph, so there is no graph break per module and no recompile per step or plan; the
-op's inputs are q, k, v, the mask, the module's first parameter (which tells the op its module at run time,
-so the blocks of a regional compile share one graph) and the call's index within the module's forward.
+dynamo traces it (no autograd, no output rules in any attached session), its stable forward
+(:func:`install_stable_forward`) runs the module's own forward under an :class:`SDPARouter` instead:
+dynamo traces the projections, norms and RoPE into the graph and every
+``F.scaled_dot_product_attention`` call becomes the custom op ``attnsteer::sdpa``. The op's eager
+implementation does at run time what the eager hook does: it asks the controller which rules are on
+at this forward's step and branch (:meth:`Controller.begin_attention`) and answers the call with the
+same :class:`~attnsteer.module_call.ModuleCall`. Step, branch and plan never enter the graph, so
+there is no graph break per module and no recompile per step, plan or session. The op's inputs are
+q, k, v, the mask, the module's first parameter (which tells the op its module at run time, so the
+blocks of a regional compile share one graph), the call's index within the module's forward and the
+module's previous call's output (which keeps the calls in order).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def steered_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: t
     ``after`` (the module's previous call's output) keeps its calls in order in the compiled graph."""
     hook = _hook_of(marker)
     kwargs = dict(attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
-    if hook is None:  # the hook was removed while a compiled graph still routes here: plain attention
+    if hook is None:  # a deep copy of a hooked model (not hooked itself): it runs unsteered, as in eager mode
         out = F.scaled_dot_product_attention(q, k, v, **kwargs)
     else:
         if call == 0:  # a new forward of the module: which rules are on now
@@ -123,8 +125,9 @@ class SDPARouter(TorchFunctionMode):
 class _Switch:
     """Whether traced modules route their SDPA calls (no attached controller has output rules)."""
 
-    traceable = True
-    blocking: set[int] = set()  # id() of the controllers whose sessions have output rules
+    def __init__(self) -> None:
+        self.traceable = True
+        self.blocking: set[int] = set()  # id() of the controllers whose sessions have output rules
 
 
 _SWITCH = _Switch()
@@ -180,7 +183,8 @@ def refresh(controller: Any) -> None:
 
 @torch.compiler.disable
 def _no_attention(marker: torch.Tensor) -> None:
-    """A traced module forward that made no SDPA call: raise, as the eager hook does, if a rule or recorder needed it."""
+    """A traced module forward that made no SDPA call: raise, as the eager hook does, if a rule or recorder
+    needed it."""
     hook = _hook_of(marker)
     if hook is None:
         return
