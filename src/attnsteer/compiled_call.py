@@ -134,20 +134,34 @@ _SWITCH = _Switch()
 _EAGER: weakref.WeakKeyDictionary[torch.nn.Module, Any] = weakref.WeakKeyDictionary()
 
 
-def _stable_forward(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """A hooked module's ``forward`` while attnsteer is its only diffusers hook (bound to the module). Under dynamo
-    (no autograd, no output rules) the module's own forward runs traced with its SDPA calls routed to
-    ``attnsteer::sdpa``; otherwise the diffusers hook chain of the current session runs."""
-    if _SWITCH.traceable and torch.compiler.is_compiling() and not torch.is_grad_enabled():
-        marker = _marker(module)
-        if marker is not None:
-            router = SDPARouter(marker)
-            with router:
-                output = type(module).forward(module, *args, **kwargs)
-            if router.calls == 0:  # known while tracing: this forward never calls SDPA
-                _no_attention(marker)
-            return output
-    return _run_chain(module, args, kwargs)
+def _stable_forward_of(cls: type) -> Any:
+    """The ``forward`` of hooked modules of class ``cls`` while attnsteer is their only diffusers hook (bound to the
+    module; one function per class). Under dynamo (no autograd, no output rules) the module's own forward runs traced
+    with its SDPA calls routed to ``attnsteer::sdpa``; otherwise the diffusers hook chain of the current session
+    runs. The class's forward is a closure constant: dynamo cannot call ``type(module).forward`` on classes it
+    keeps in the graph as opaque callables (diffusers' ``Attention``)."""
+    stable = _PER_CLASS.get(cls)
+    if stable is not None:
+        return stable
+    original = cls.forward
+
+    def stable_forward(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if _SWITCH.traceable and torch.compiler.is_compiling() and not torch.is_grad_enabled():
+            marker = _marker(module)
+            if marker is not None:
+                router = SDPARouter(marker)
+                with router:
+                    output = original(module, *args, **kwargs)
+                if router.calls == 0:  # known while tracing: this forward never calls SDPA
+                    _no_attention(marker)
+                return output
+        return _run_chain(module, args, kwargs)
+
+    _PER_CLASS[cls] = stable_forward
+    return stable_forward
+
+
+_PER_CLASS: dict[type, Any] = {}
 
 
 @torch.compiler.disable
@@ -160,10 +174,10 @@ def _run_chain(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
 
 def install_stable_forward(module: torch.nn.Module) -> Any:
     """Put the stable forward in front of the diffusers hook chain just registered on ``module``: a method bound
-    to one function for every module and session, so dynamo's guards on ``module.forward`` hold across blocks and
+    to one function per module class for every module and session, so dynamo's guards on ``module.forward`` hold across blocks and
     sessions and a compiled graph is reused."""
     _EAGER[module] = module.forward
-    module.forward = types.MethodType(_stable_forward, module)
+    module.forward = types.MethodType(_stable_forward_of(type(module)), module)
     return module.forward
 
 
