@@ -54,11 +54,11 @@ def assert_equal_runs(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
 @pytest.mark.parametrize("how", ["whole", "regional"])
 def test_steered_compiled_equals_steered_eager_without_breaks_or_recompiles(model, inputs, how):
     torch._dynamo.reset()
-    if how == "whole":
-        compiled, target = torch.compile(model, backend="aot_eager"), model
+    if how == "whole":  # fullgraph: a graph break would raise
+        compiled, target = torch.compile(model, backend="aot_eager", fullgraph=True), model
     else:
         compiled = target = copy.deepcopy(model)
-        compiled.compile_repeated_blocks(backend="aot_eager")
+        compiled.compile_repeated_blocks(backend="aot_eager", fullgraph=True)
     with torch.no_grad():
         plain = run(model, inputs)
     eager, _ = session(model, model, inputs, RULE)
