@@ -43,7 +43,7 @@ def session(compiled, target, inputs, *rules, **kwargs) -> tuple[list[torch.Tens
     counters.clear()
     with torch.no_grad(), at.steer(target, list(rules), num_steps=STEPS, **kwargs):
         out = run(compiled, inputs)
-    return out, {"graph_breaks": sum(counters["graph_break"].values()), "frames": counters["frames"]["ok"]}
+    return out, {"graph_breaks": sum(counters["graph_break"].values()), "graphs": counters["stats"]["unique_graphs"]}
 
 
 def assert_equal_runs(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
@@ -64,16 +64,16 @@ def test_steered_compiled_equals_steered_eager_without_breaks_or_recompiles(mode
     eager, _ = session(model, model, inputs, RULE)
     first, counts = session(compiled, target, inputs, RULE)
     assert counts["graph_breaks"] == 0
-    assert counts["frames"] == 1  # one graph: the whole model, or one shared by both blocks
+    assert counts["graphs"] == 1  # one graph: the whole model, or one shared by both blocks
     assert_equal_runs(first, eager)
     assert float((eager[0] - plain[0]).abs().max()) > 1e-3  # the rule acted on step 0 ...
     torch.testing.assert_close(eager[-1], plain[-1], atol=1e-5, rtol=1e-5)  # ... and was off at the last step
     again, counts = session(compiled, target, inputs, RULE)  # a new session, new hooks: the graph is reused
-    assert counts["frames"] == 0
+    assert counts["graphs"] == 0
     assert_equal_runs(again, eager)
     other = at.Rule(at.frames.generated, at.frames.reference, at.bias(-3.0))  # another plan, on at every step
     changed, counts = session(compiled, target, inputs, other)
-    assert counts["frames"] == 0
+    assert counts["graphs"] == 0
     assert_equal_runs(changed, session(model, model, inputs, other)[0])
 
 
@@ -144,6 +144,6 @@ def test_a_regionally_compiled_pipeline_equals_eager_hunyuan():
     pipe.transformer.compile_repeated_blocks(backend="aot_eager")
     counters.clear()
     compiled = latents()
-    assert sum(counters["graph_break"].values()) == 0 and counters["frames"]["ok"] > 0
+    assert sum(counters["graph_break"].values()) == 0 and counters["stats"]["unique_graphs"] > 0
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
     torch._dynamo.reset()
