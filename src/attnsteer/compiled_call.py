@@ -47,7 +47,8 @@ def release(slot: int, hook: Any) -> None:
     _CURRENT.pop(slot, None)
 
 
-@torch.library.custom_op("attnsteer::sdpa", mutates_args=())
+# cudagraph_unsafe: its Python (rule activity, planning, recording) must run at every call, never be replayed
+@torch.library.custom_op("attnsteer::sdpa", mutates_args=(), tags=(torch.Tag.cudagraph_unsafe,))
 def steered_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
                  dropout_p: float, is_causal: bool, scale: float | None, enable_gqa: bool,
                  marker: torch.Tensor, call: int, after: torch.Tensor | None) -> torch.Tensor:
