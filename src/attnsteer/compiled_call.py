@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .errors import SteeringError
+
 _SLOT_OF: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
 _NEXT_SLOT = itertools.count()
 _HOOKS: dict[int, Any] = {}  # slot -> the AttentionHook installed on that module now
@@ -57,13 +59,17 @@ def steered_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: t
     ``after`` (the module's previous call's output) keeps its calls in order in the compiled graph."""
     hook = _hook_of(marker)
     kwargs = dict(attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
-    if hook is None:  # a deep copy of a hooked model (not hooked itself): it runs unsteered, as in eager mode
-        out = F.scaled_dot_product_attention(q, k, v, **kwargs)
-    else:
-        if call == 0:  # a new forward of the module: which rules are on now
-            _CURRENT[hook.slot] = hook.controller.begin_attention(hook.layer, hook.attention, hook.module)
-        handler = _CURRENT.get(hook.slot)
-        out = F.scaled_dot_product_attention(q, k, v, **kwargs) if handler is None else handler(q, k, v, **kwargs)
+    if hook is None:  # never silently unsteered: the module must be found
+        raise SteeringError(
+            f"attnsteer::sdpa: no hooked attention module has the parameter this compiled call passed (shape "
+            f"{tuple(marker.shape)}); the compiler copied or replaced it, so attnsteer cannot tell which module and "
+            "rules this call belongs to. Compile the transformer without options that copy parameters, or steer "
+            "it eagerly"
+        )
+    if call == 0:  # a new forward of the module: which rules are on now
+        _CURRENT[hook.slot] = hook.controller.begin_attention(hook.layer, hook.attention, hook.module)
+    handler = _CURRENT.get(hook.slot)
+    out = F.scaled_dot_product_attention(q, k, v, **kwargs) if handler is None else handler(q, k, v, **kwargs)
     out = out.contiguous()  # the fake below promises a contiguous result
     return out.clone() if any(out is t for t in (q, k, v)) else out
 
