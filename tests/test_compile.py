@@ -147,3 +147,22 @@ def test_a_regionally_compiled_pipeline_equals_eager_hunyuan():
     assert sum(counters["graph_break"].values()) == 0 and counters["stats"]["unique_graphs"] > 0
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
     torch._dynamo.reset()
+
+
+def test_a_compiled_deep_copy_of_a_hooked_model_runs_unsteered(model, inputs):
+    """As in eager mode: a copy made inside a session, compiled whole or by region, runs like the plain model,
+    and the original stays steered."""
+    torch._dynamo.reset()
+    with torch.no_grad():
+        plain = run(model, inputs)
+        with at.steer(model, RULE, num_steps=STEPS):
+            steered = run(model, inputs)
+            whole = torch.compile(copy.deepcopy(model), backend="aot_eager")
+            regional = copy.deepcopy(model)
+            regional.compile_repeated_blocks(backend="aot_eager")
+            copies = run(whole, inputs), run(regional, inputs)
+            again = run(model, inputs)
+    for out in copies:
+        assert_equal_runs(out, plain)
+    assert_equal_runs(again, steered)
+    torch._dynamo.reset()
