@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 import torch
 
+from . import compiled_call
 from .call_state import Client, ForwardState, LayerInfo
 from .errors import ConfigError, SteeringError, describe_rule
 from .guidance import BlockSkipHook, GuidanceShift, PerturbedGuidance, first_tensor, replace_first_tensor
@@ -73,9 +74,11 @@ class Controller:
                 self._uninstall()
             raise
         self.clients.append(client)
+        compiled_call.refresh(self)
 
     def detach(self, client: Client) -> None:
         self.clients.remove(client)
+        compiled_call.refresh(self)
         if not self.clients:
             _CONTROLLERS.pop(id(self.model), None)
             self._uninstall()
@@ -130,6 +133,7 @@ class Controller:
         """Whether block ``index`` returns its input in this forward (the perturbed forward of STG-R)."""
         return self.perturbing is not None and index in self.perturbing.skip_blocks
 
+    @torch.compiler.disable  # under torch.compile: run eagerly, one graph break per forward
     def _perturb_after(self, model: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         """Forward hook: perturbed guidance after each forward (``model.forward`` runs it without re-entering hooks)."""
         return self.perturb(model.forward, args, kwargs, output)
@@ -225,6 +229,7 @@ class Controller:
     def set_context(self, name: str | None) -> None:
         self.context = name
 
+    @torch.compiler.disable  # under torch.compile: run eagerly, one graph break per forward
     def _forward_start(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if self._copied:
             self._remove_copied_hooks()
@@ -242,6 +247,7 @@ class Controller:
         self.seen_steps.add(self.state.step)
         self.seen_branches.update(branches or ("unknown",))
 
+    @torch.compiler.disable  # under torch.compile: run eagerly, one graph break per forward
     def _forward_end(self, model: torch.nn.Module, args: tuple, output: Any) -> None:
         self.state = None
 
@@ -271,6 +277,15 @@ class Controller:
         self, layer: LayerInfo, attention: str, module: torch.nn.Module, forward: Callable, args: tuple, kwargs: dict
     ) -> Any:
         """One forward of a hooked attention module: steered and recorded through its SDPA calls."""
+        call = self.begin_attention(layer, attention, module)
+        if call is None:
+            return forward(*args, **kwargs)
+        with SDPAInterceptor(call):
+            output = forward(*args, **kwargs)
+        return self.end_attention(call, module, output)
+
+    def begin_attention(self, layer: LayerInfo, attention: str, module: torch.nn.Module) -> ModuleCall | None:
+        """The handler of one forward of a hooked attention module's SDPA calls; None where it runs as is."""
         state = self.state
         if state is None:
             if self.clients:
@@ -278,22 +293,29 @@ class Controller:
                     f"{attention}-attention module {layer.qualified!r} ran outside a forward of its transformer "
                     f"{type(self.model).__name__}; attnsteer learns the token layout from that forward"
                 )
-            return forward(*args, **kwargs)
+            return None
         active, frame_limits = self._active_rules(layer, state, attention)
         recorders = ([c for c in self.clients if c.wants_mass] if attention == "self"
                      else _cross_recorders(self.clients) if attention == "cross" else [])  # streams: not recorded
         if not active and not recorders:
-            return forward(*args, **kwargs)
+            return None
         outputs = split_output_rules(active)[1]
         stage = OutputStage(outputs, layer.qualified, self.adapter) if outputs else None
         _check_context_parallel(module, attention, layer, active, recorders, stage)
-        call = ModuleCall(self.adapter, self.clients, layer, attention, state, active, recorders, frame_limits,
+        return ModuleCall(self.adapter, self.clients, layer, attention, state, active, recorders, frame_limits,
                           stage, module)
-        with SDPAInterceptor(call):
-            output = forward(*args, **kwargs)
+
+    def end_attention(self, call: ModuleCall, module: torch.nn.Module, output: Any) -> Any:
+        """The module's output once its forward has run under ``call``: checked, then output rules applied."""
         if not call.calls:
-            raise SteeringError(f"{call.subject}: {_why_no_attention(module, attention)}")
-        return output if stage is None else stage.apply(output, state.layout)
+            raise SteeringError(f"{call.subject}: {_why_no_attention(module, call.attention)}")
+        return output if call.stage is None else call.stage.apply(output, call.state.layout)
+
+    @property
+    def traceable(self) -> bool:
+        """Whether dynamo may trace the hooked modules (:mod:`attnsteer.compiled_call`): no client has output rules,
+        which act on a module's output, outside its SDPA calls."""
+        return not any(split_output_rules([(c, r) for r in c.rules])[1] for c in self.clients)
 
 def _frame_limit(rule: Rule, layer: LayerInfo, attention: str, frames: tuple[bool, ...]) -> frozenset[int]:
     """The latent frames a per-frame schedule is on for, where attnsteer can follow it (self-attention logit rules)."""

@@ -18,6 +18,8 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 from torch.overrides import TorchFunctionMode
 
+from . import compiled_call
+
 HOOK_NAME = "attnsteer"
 
 SDPAHandler = Callable[..., torch.Tensor]
@@ -62,6 +64,23 @@ class AttentionHook(ModelHook):
         super().__init__()
         self.controller, self.layer, self.attention = controller, layer, attention
         self.context = ContextListener(controller.set_context)
+        self.module: torch.nn.Module | None = None
+        self.slot: int | None = None  # this module's slot for attnsteer::sdpa (compiled_call)
+        self.stable = False  # whether module.forward is compiled_call's stable forward (ours is its only hook)
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.module, self.slot = module, compiled_call.register(module, self)
+        return module
+
+    def deinitalize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        if self.slot is not None:
+            compiled_call.release(self.slot, self)
+        self.module, self.slot = None, None
+        return module
+
+    def __getstate__(self) -> dict:
+        """A deep copy (of a hooked model) has no slot: its controller removes it before it runs."""
+        return {**self.__dict__, "slot": None, "stable": False}
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         run = functools.partial(self.controller.run_attention, self.layer, self.attention, module)
@@ -86,6 +105,9 @@ class InstalledHook:
         self.had_forward_attr = "forward" in module.__dict__
         registry = HookRegistry.check_if_exists_or_initialize(module)
         registry.register_hook(hook, HOOK_NAME)
+        if isinstance(hook, AttentionHook) and registry._hook_order == [HOOK_NAME] and not self.had_forward_attr:
+            compiled_call.install_stable_forward(module)  # compiled graphs outlive sessions, shared by blocks
+            hook.stable = True
 
     def outer_hooks(self) -> list[str]:
         """Names of the diffusers hooks registered on this module after attnsteer's (they run first)."""
@@ -103,7 +125,11 @@ class InstalledHook:
         ours = refs[index]
         following = refs[index + 1] if index + 1 < len(order) else None
         kept = None if following is None else following.forward
+        stable = getattr(self.hook, "stable", False)
         registry.remove_hook(HOOK_NAME, recurse=False)
+        if stable:
+            compiled_call.uninstall_stable_forward(self.module)
+            self.hook.stable = False
         if following is not None and following.original_forward is not None:
             following.forward = kept
             following.original_forward = ours.original_forward
