@@ -317,6 +317,7 @@ class Controller:
         which act on a module's output, outside its SDPA calls."""
         return not any(split_output_rules([(c, r) for r in c.rules])[1] for c in self.clients)
 
+
 def _frame_limit(rule: Rule, layer: LayerInfo, attention: str, frames: tuple[bool, ...]) -> frozenset[int]:
     """The latent frames a per-frame schedule is on for, where attnsteer can follow it (self-attention logit rules)."""
     on = frozenset(f for f, o in enumerate(frames) if o)
