@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..errors import KernelError
 from .backends import attention_with_lse
 
-QUERY_CHUNKS = 16  # the merge runs the queries in up to this many chunks ...
+QUERY_CHUNKS = 12  # the merge runs the queries in up to this many chunks ...
 BLOCKS_PER_THREAD = 8  # ... each holding enough query blocks per head to keep every thread busy
 QUERY_BLOCK = 256  # queries per block of the CPU flash kernel (its unit of parallel work)
 
