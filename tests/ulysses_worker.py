@@ -8,6 +8,7 @@ transformer steered and recorded in one process, then under diffusers' Ulysses c
 from __future__ import annotations
 
 import json
+import os
 import sys
 from unittest import mock
 
@@ -88,7 +89,14 @@ def main(path: str) -> None:
     if rank == 0:
         with open(path, "w") as f:
             json.dump(report, f)
+    dist.barrier()
     dist.destroy_process_group()
+    # About one run in ten under pytest, a gloo thread still joinable at interpreter teardown made a rank abort
+    # ("terminate called without an active exception") after the report was written; the report is what the
+    # test checks, so leave without C++ teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
