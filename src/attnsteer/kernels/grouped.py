@@ -53,17 +53,9 @@ def grouped_attention(
     groups, as a :class:`QueryMass`: the weight of every query on each key group and the
     log-sum-exp of every query's biased logits (spatial heatmaps are built from them).
     """
-    b, h, nq, d = _check_qkv(q, k, v)
+    b, h, nq, d, gq, gk = _checked_inputs(q, k, v, q_groups, k_groups, bias, num_q_groups, num_k_groups)
     nk = k.shape[-2]
     return_mass = return_mass or per_query
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise KernelError(
-            "grouped_attention has no backward (its fused calls' log-sum-exp is not differentiable); steered forwards "
-            "that need gradients take the differentiable score path, or call kernels.scored_attention directly"
-        )
-    if nk == 0:
-        raise KernelError("grouped_attention needs at least one key; k has 0")
-    gq, gk = _group_counts(q_groups, k_groups, nq, nk, bias, num_q_groups, num_k_groups)
     if b * h * nq == 0:  # nothing to attend: empty outputs of the right shapes
         empty_mass = torch.zeros(b, h, gq, gk, device=q.device) if return_mass else None
         if return_mass and per_query:
@@ -116,13 +108,12 @@ def grouped_attention_chunks(
     chunk's output rows into ``out`` [B, H, Nq, Dv] (None: the output is not wanted) and yields (rows,
     that chunk's :class:`QueryMass`), so a caller reduces the per-query weights chunk by chunk and never
     holds [B, H, Nq, Gk]."""
-    b, h, nq, d = _check_qkv(q, k, v)
+    b, h, nq, d, gq, gk = _checked_inputs(q, k, v, q_groups, k_groups, bias, num_q_groups, num_k_groups)
     if out is not None and (out.shape != (b, h, nq, v.shape[-1]) or out.dtype != q.dtype):
         raise KernelError(f"out must have shape {(b, h, nq, v.shape[-1])} and dtype {q.dtype}, got "
                           f"{tuple(out.shape)} {out.dtype}")
-    if k.shape[-2] == 0:
-        raise KernelError("grouped_attention needs at least one key; k has 0")
-    gq, gk = _group_counts(q_groups, k_groups, nq, k.shape[-2], bias, num_q_groups, num_k_groups)
+    if b * h * nq == 0:  # nothing to attend: no chunk
+        return
     bias4 = _bias4(bias, b, h, gq, gk)
     scale = d**-0.5 if scale is None else float(scale)
     mask = _additive_mask(attn_mask, q.dtype, (b, h, nq, k.shape[-2]))
@@ -192,6 +183,20 @@ def _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out) -> It
         del acc
         total = (running_max + torch.log(running_sum)).masked_fill(blocked, 0.0)  # hidden rows: every weight 0
         yield rows, class_logits, total
+
+
+def _checked_inputs(q, k, v, q_groups, k_groups, bias, num_q_groups, num_k_groups) -> tuple[int, ...]:
+    """(B, H, Nq, D, Gq, Gk) of a grouped call, after checking its shapes, groups and that no gradient is wanted."""
+    b, h, nq, d = _check_qkv(q, k, v)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise KernelError(
+            "grouped_attention has no backward (its fused calls' log-sum-exp is not differentiable); steered forwards "
+            "that need gradients take the differentiable score path, or call kernels.scored_attention directly"
+        )
+    if k.shape[-2] == 0:
+        raise KernelError("grouped_attention needs at least one key; k has 0")
+    gq, gk = _group_counts(q_groups, k_groups, nq, k.shape[-2], bias, num_q_groups, num_k_groups)
+    return b, h, nq, d, gq, gk
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int]:
