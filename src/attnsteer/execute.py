@@ -116,12 +116,28 @@ def run_cross_plan(
 ) -> torch.Tensor:
     """The output of a cross-attention call (queries: the video of ``layout``, keys: its text) under ``plan``."""
     text = layout.video_start
+    return run_span_plan(plan, q, k, v, (text, layout.seq_len), text, scale, attn_mask)
+
+
+def run_span_plan(
+    plan: CallPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, queries: tuple[int, int], num_keys: int,
+    scale: float | None, attn_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """The output under ``plan`` of a call whose queries are the tokens ``[start, stop)`` of the plan's joint layout
+    and whose keys are its first ``num_keys`` tokens (cross-attention; the streams of :mod:`attnsteer.streams`)."""
+    start, stop = queries
     scale = plan.logit_scale(q.shape[-1], scale)
     if plan.path == "grouped":
         cells, bias = _on_device(plan, q.device)
-        return grouped_attention(q, k, v, cells[text:], cells[:text], bias=bias, scale=scale,
-                                 attn_mask=attn_mask, num_q_groups=plan.num_cells, num_k_groups=plan.num_cells)[0]
-    if plan.path == "scored":
-        fn = _score_fn(plan.scored, q.shape[0], q.shape[1], text, q.device)
-        return scored_attention(q, k, v, lambda s, q_index: fn(s, q_index + text), scale, attn_mask)[0]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+        out = grouped_attention(q, k, v, cells[start:stop], cells[:num_keys], bias=bias, scale=scale,
+                                attn_mask=attn_mask, num_q_groups=plan.num_cells, num_k_groups=plan.num_cells)[0]
+    elif plan.path == "scored":
+        fn = _score_fn(plan.scored, q.shape[0], q.shape[1], num_keys, q.device, plan.head_offset)
+        out = scored_attention(q, k, v, lambda s, q_index: fn(s, q_index + start), scale, attn_mask)[0]
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    for s in plan.identity:  # self kinds only (Rule refuses identity elsewhere): each query's own value
+        rows = s.rows.to(q.device)[:, None, None, None] & s.heads.to(q.device)[None, :, None, None]
+        own = v[:, :, start:stop].to(out.dtype)
+        out = torch.where(rows & s.query[start:stop].to(q.device)[None, None, :, None], own, out)
+    return out

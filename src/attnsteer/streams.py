@@ -30,14 +30,12 @@ from typing import Any
 
 import attrs
 import torch
-import torch.nn.functional as F
 
 from .errors import ConfigError, SteeringError, describe_rule
-from .execute import _on_device, _score_fn
-from .kernels import grouped_attention, scored_attention
+from .execute import run_span_plan
 from .layout import Segment, TokenLayout
 from .parallel import context_parallel_config
-from .plan import CallPlan, build_plan
+from .plan import build_plan
 
 STREAM_KINDS = ("audio", "a2v", "v2a")
 STREAM_MEANINGS = {
@@ -175,7 +173,7 @@ def stream_call(call: Any, args: tuple, kwargs: dict) -> torch.Tensor:
         plan = build_plan(pairs, view.layout, branches, q.shape[0], q.shape[1])
     except ConfigError as exc:
         raise type(exc)(f"in {kind} attention module {call.layer.qualified!r}: {exc}") from exc
-    out = run_stream_plan(plan, q, k, v, view, scale, attn_mask)
+    out = run_span_plan(plan, q, k, v, view.queries, view.num_keys, scale, attn_mask)
     for client in call.clients:
         mine = [rule for c, rule in call.active if c is client and rule in plan.applied]
         if mine:
@@ -194,24 +192,3 @@ def _check_reach(rule: Any, ctx: Any, view: StreamView) -> None:
                 f"calls ({VIEW_MEANINGS[view.kind]}; at.audio selects audio tokens, at.video / at.frames[...] video "
                 "tokens)"
             )
-
-
-def run_stream_plan(plan: CallPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, view: StreamView,
-                    scale: float | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
-    """The output of a stream call (queries: ``view.queries`` of its layout, keys: ``view.keys``) under ``plan``."""
-    start, stop = view.queries
-    scale = plan.logit_scale(q.shape[-1], scale)
-    if plan.path == "grouped":
-        cells, bias = _on_device(plan, q.device)
-        out = grouped_attention(q, k, v, cells[start:stop], cells[:view.num_keys], bias=bias, scale=scale,
-                                attn_mask=attn_mask, num_q_groups=plan.num_cells, num_k_groups=plan.num_cells)[0]
-    elif plan.path == "scored":
-        fn = _score_fn(plan.scored, q.shape[0], q.shape[1], view.num_keys, q.device, plan.head_offset)
-        out = scored_attention(q, k, v, lambda s, q_index: fn(s, q_index + start), scale, attn_mask)[0]
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
-    for s in plan.identity:  # self kinds only (Rule refuses a2v / v2a): each query's own value, at its key position
-        rows = s.rows.to(q.device)[:, None, None, None] & s.heads.to(q.device)[None, :, None, None]
-        own = v[:, :, start:stop].to(out.dtype)
-        out = torch.where(rows & s.query[start:stop].to(q.device)[None, None, :, None], own, out)
-    return out
