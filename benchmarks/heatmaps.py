@@ -23,9 +23,9 @@ import torch.nn.functional as F
 
 import attnsteer as at
 from attnsteer.kernels import grouped_attention
-from attnsteer.map_compute import run_with_maps
-from attnsteer.plan import CallPlan
-from attnsteer.selectors import SelectionContext
+from attnsteer.runtime.call_maps import run_with_maps
+from attnsteer.runtime.plan import CallPlan
+from attnsteer.language.selectors import SelectionContext
 from benchmarks.common import benchmark_arguments, format_row, machine, peak_memory, time_interleaved
 
 GRID, TEXT, DIM = (30, 52), 226, 128

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 import attnsteer as at
-from attnsteer.execute import _score_fn, run_plan
+from attnsteer.runtime.execute import _score_fn, run_plan
 from attnsteer.kernels import grouped_attention, scored_attention
-from attnsteer.plan import build_plan
-from attnsteer.selectors import SelectionContext
+from attnsteer.runtime.plan import build_plan
+from attnsteer.language.selectors import SelectionContext
 from benchmarks.common import benchmark_arguments, format_row, machine, peak_memory_mb, time_interleaved
 
 WAN_480P = dict(frames=21, tokens=1560, dim=128)

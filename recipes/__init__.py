@@ -1,14 +1,14 @@
 """Recipes: named, parameterised groups of rules, written as plain Python.
 
 This folder is installed as ``attnsteer.recipes``. Each recipe is a function returning an
-:class:`attnsteer.Recipe`, declared once with :func:`attnsteer.recipe_registry.recipe` (``@recipe``
+:class:`attnsteer.Recipe`, declared once with :func:`attnsteer.language.recipe.recipe` (``@recipe``
 on the function: typed parameters, a one-line description, registration). :data:`RECIPES` maps the
 built-in recipes' names to them; ``attnsteer recipes`` also lists third-party ones.
 """
 
 from __future__ import annotations
 
-from attnsteer.recipe_registry import RecipeSpec, recipe
+from attnsteer.language.recipe import RecipeSpec, recipe
 
 from .direct_a_video import direct_a_video
 from .dymos import dymos

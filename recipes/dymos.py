@@ -14,7 +14,7 @@ import math
 
 import attnsteer as at
 from attnsteer.errors import ConfigError
-from attnsteer.recipe_registry import recipe
+from attnsteer.language.recipe import recipe
 
 
 @recipe(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import attnsteer as at
 from attnsteer.errors import ConfigError
-from attnsteer.guidance import PerturbedGuidance
+from attnsteer.language.guidance import PerturbedGuidance
 from attnsteer.validation import integer, real_number
 
 STG_DEFAULTS = {"cogvideox": (11, 1.0), "ltx": (19, 1.0), "hunyuanvideo": (2, 1.0), "wan": (2, 2.0), "mochi": (34, 1.0)}

@@ -19,7 +19,7 @@ import attrs
 import torch
 
 import attnsteer as at
-from attnsteer.transforms import Transform
+from attnsteer.language.transforms import Transform
 from attnsteer.validation import integer, real_number
 
 

@@ -38,7 +38,7 @@ def tiny():
 
 
 def test_rules_act_on_the_motion_modules_in_execution_order(tiny):
-    from attnsteer.plugins.manager import require_adapter
+    from attnsteer.contract.registry import require_adapter
 
     pipe, _ = tiny
     assert [name for name, _ in require_adapter(pipe.unet).attention_modules(pipe.unet)] == MOTION
@@ -68,7 +68,7 @@ def test_a_frame_to_frame_rule_matches_dense_on_motion_calls_and_leaves_spatial_
 def test_perturbed_attention_guidance_batches_are_not_read_as_uncond_cond(tiny):
     from types import SimpleNamespace
 
-    from attnsteer.plugins.manager import require_adapter
+    from attnsteer.contract.registry import require_adapter
 
     pipe, _ = tiny
     adapter = require_adapter(pipe.unet)

@@ -156,7 +156,7 @@ def test_a_processor_that_bypasses_sdpa_makes_active_rules_raise(pipe, run):
 
 
 def test_frames_not_a_multiple_of_the_temporal_patch_raise(pipe15):
-    from attnsteer.plugins.manager import require_adapter
+    from attnsteer.contract.registry import require_adapter
 
     inputs = dict(hidden_states=torch.zeros(1, 5, 8, 8, 8), encoder_hidden_states=torch.zeros(1, 16, 32))
     with pytest.raises(at.SteeringError, match="patch_size_t=2"):

@@ -62,7 +62,7 @@ def hunyuan(request):
 
 
 def test_hunyuan_self_attention_is_both_streams_not_the_token_refiner(hunyuan):
-    from attnsteer.plugins.manager import require_adapter
+    from attnsteer.contract.registry import require_adapter
 
     pipe, _ = hunyuan
     modules = require_adapter(pipe.transformer).attention_modules(pipe.transformer)
@@ -103,7 +103,7 @@ def hunyuan15():
 
 
 def test_hunyuan15_self_attention_is_the_dual_stream_blocks(hunyuan15):
-    from attnsteer.plugins.manager import require_adapter
+    from attnsteer.contract.registry import require_adapter
 
     pipe, _ = hunyuan15
     modules = require_adapter(pipe.transformer).attention_modules(pipe.transformer)

@@ -34,7 +34,7 @@ def tiny():
 
 
 def test_rules_act_on_the_temporal_self_attention_only(tiny):
-    from attnsteer.plugins.manager import require_adapter
+    from attnsteer.contract.registry import require_adapter
 
     pipe, _ = tiny
     modules = require_adapter(pipe.transformer).attention_modules(pipe.transformer)

@@ -180,7 +180,7 @@ def test_a_zero_stream_rule_is_the_identity_and_exits_clean(pipe, kind):
 
 
 def test_audio_indices_select_audio_tokens_and_raise_out_of_range():
-    from attnsteer.selectors import SelectionContext
+    from attnsteer.language.selectors import SelectionContext
 
     layout = at.TokenLayout(num_frames=2, tokens_per_frame=2, video_start=5, segments=[at.Segment("audio", 0, 5)])
     mask = lambda s: s.token_mask(SelectionContext(layout)).nonzero().flatten().tolist()  # noqa: E731

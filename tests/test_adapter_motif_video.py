@@ -10,7 +10,7 @@ import attnsteer as at
 
 
 def test_the_decoder_blocks_are_not_hooked_and_cannot_be_skipped():
-    from attnsteer.plugins.manager import require_adapter
+    from attnsteer.contract.registry import require_adapter
     from attnsteer.testing.tiny import build_tiny
 
     pipe, _ = build_tiny("tiny-motif-video")

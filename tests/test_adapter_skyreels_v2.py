@@ -2,7 +2,7 @@
 frames at different noise levels, and a schedule follows each frame's own step.
 
 From the tiny config: 64x64 pixels, VAE /8, patch 2x2 -> 4x4 tokens per frame; 9 frames -> 3 latent frames, frame 0
-the image (a clean prefix frame at t = 0). A frame's own step, as documented in attnsteer.stepping and computed here
+the image (a clean prefix frame at t = 0). A frame's own step, as documented in attnsteer.runtime.stepping and computed here
 from the scheduler's timesteps: how many of them lie above the frame's timestep.
 """
 

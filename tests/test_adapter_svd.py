@@ -61,7 +61,7 @@ def dense_dymos(pipe, run, gamma, until_step, videos, biased_videos):
 
 
 def test_self_attention_is_the_temporal_attention_in_execution_order(pipe):
-    from attnsteer.plugins.manager import require_adapter
+    from attnsteer.contract.registry import require_adapter
 
     modules = require_adapter(pipe.unet).attention_modules(pipe.unet)
     assert [name for name, _ in modules] == TEMPORAL_LAYERS

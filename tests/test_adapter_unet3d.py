@@ -23,7 +23,7 @@ def pipe():
 
 
 def test_temporal_self_attention_only_in_execution_order(pipe):
-    from attnsteer.plugins.manager import require_adapter
+    from attnsteer.contract.registry import require_adapter
 
     adapter = require_adapter(pipe.unet)
     assert [name for name, _ in adapter.attention_modules(pipe.unet)] == TEMPORAL
@@ -31,7 +31,7 @@ def test_temporal_self_attention_only_in_execution_order(pipe):
 
 
 def test_branches_are_unknown_where_the_pipeline_does_not_say_whether_guidance_is_on(pipe):
-    from attnsteer.plugins.manager import require_adapter
+    from attnsteer.contract.registry import require_adapter
 
     adapter = require_adapter(pipe.unet)
     text_to_video = SimpleNamespace()  # TextToVideoSDPipeline keeps do_classifier_free_guidance local

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import attnsteer as at
-from attnsteer.batched import batch_call_kwargs, chunks, run_batched
+from attnsteer.scale.batched import batch_call_kwargs, chunks, run_batched
 from attnsteer.cli import main
 from attnsteer.errors import ConfigError, SteeringError
-from attnsteer.plugins.branches import item_of_rows
+from attnsteer.contract.branches import item_of_rows
 from attnsteer.testing.tiny import build_tiny, test_image
 
 GAMMAS = [-1.0, 0.6, 1.0]

@@ -11,7 +11,7 @@ from PIL import Image
 import attnsteer as at
 from attnsteer.cli import build_parser, main
 from attnsteer.testing.tiny import TINY_MODELS
-from attnsteer.videoio import load_video
+from attnsteer.figures.videoio import load_video
 
 
 def test_recipes_lists_parameters(capsys):

@@ -1,4 +1,4 @@
-"""Steering and recording under torch.compile (attnsteer.compiled_call): the same outputs as eager steering,
+"""Steering and recording under torch.compile (attnsteer.runtime.compiled_call): the same outputs as eager steering,
 no graph breaks in the hooked modules, no recompiles across steps or sessions, one graph for all blocks of a
 regional compile; and the exact fallbacks (autograd, output rules) where the traced form does not apply.
 

@@ -12,7 +12,7 @@ import torch
 from attnsteer.cli import main
 from attnsteer.toy import ToyI2VPipeline, sample_clip
 from attnsteer.toy.evaluate import COLUMNS, GAMMAS, evaluation_clips, generate, identity, record_t2v
-from attnsteer.videoio import load_video
+from attnsteer.figures.videoio import load_video
 
 
 def test_quick_demo_writes_videos_figures_and_table(tmp_path, capsys):

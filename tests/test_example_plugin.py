@@ -22,9 +22,9 @@ import pytest
 import torch
 
 import attnsteer as at
-from attnsteer import recipe_registry
+from attnsteer.language import recipe as recipe_registry
 from attnsteer.cli import main
-from attnsteer.plugins import manager
+from attnsteer.contract import registry as manager
 from dense_reference import DenseAttention, frame_bias, hook_state
 
 EXAMPLE = Path(__file__).parent / "example_plugin"

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import attnsteer as at
-from attnsteer import recipe_registry
+from attnsteer.language import recipe as recipe_registry
 from attnsteer.cli import main
-from attnsteer.plugins import manager
+from attnsteer.contract import registry as manager
 from attnsteer.plugins.table import family_rows, markdown_table
-from attnsteer.recipe_registry import recipe
+from attnsteer.language.recipe import recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import attnsteer as at
-from attnsteer.plugins.manager import find_adapter, registered_adapters
+from attnsteer.contract.registry import find_adapter, registered_adapters
 from attnsteer.testing.tiny import TINY_MODELS, build_tiny, test_image
 from dense_reference import DenseAttention, frame_bias, hook_state
 

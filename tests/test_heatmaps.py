@@ -191,9 +191,9 @@ def rec_path(pipe, run, tmp_path):
 
 def test_a_default_recording_of_a_50_step_wan_480p_run_stays_under_100_mb(tmp_path):
     """Simulated calls of Wan 2.1 480p (21 x 30 x 52 tokens), 50 steps x 40 layers x 2 branches, four maps."""
-    from attnsteer.controller import ForwardState, LayerInfo
-    from attnsteer.map_compute import CallMaps
-    from attnsteer.schedules import StepInfo
+    from attnsteer.runtime.controller import ForwardState, LayerInfo
+    from attnsteer.runtime.call_maps import CallMaps
+    from attnsteer.language.schedules import StepInfo
 
     layout = at.TokenLayout(num_frames=21, tokens_per_frame=1560, grid=(30, 52))
     maps = at.maps.MapRecording([at.maps.onto(at.frames.reference), at.maps.onto(at.frames[-1]),

@@ -143,7 +143,7 @@ def test_an_inspection_of_modules_without_sdpa_raises_naming_the_cause(wan_pipe,
 def test_a_recording_left_empty_by_a_run_is_reported():
     from types import SimpleNamespace
 
-    from attnsteer import audit
+    from attnsteer.runtime import audit
 
     ran = SimpleNamespace(seen_steps={object()})
     empty, filled = at.Record(), at.Record()

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import attnsteer as at
-from attnsteer import metrics
+from attnsteer.figures import metrics
 
 
 def moving_square(frames: int = 8, size: int = 48, speed: int = 3) -> np.ndarray:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import attnsteer as at
-from attnsteer.plan import build_plan
-from attnsteer.selectors import SelectionContext
+from attnsteer.runtime.plan import build_plan
+from attnsteer.language.selectors import SelectionContext
 
 LAYOUT = at.TokenLayout(num_frames=3, tokens_per_frame=2)
 GRID_LAYOUT = at.TokenLayout(num_frames=2, tokens_per_frame=4, grid=(2, 2))

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import attnsteer as at
-from attnsteer import execute
-from attnsteer.plan import build_plan
-from attnsteer.selectors import SelectionContext
+from attnsteer.runtime import execute
+from attnsteer.runtime.plan import build_plan
+from attnsteer.language.selectors import SelectionContext
 from attnsteer.testing.tiny import tiny_wan
 
 LAYOUT = at.TokenLayout(num_frames=3, tokens_per_frame=2)

@@ -21,7 +21,7 @@ from diffusers.models.attention_processor import Attention
 from torch.overrides import TorchFunctionMode
 
 import attnsteer as at
-from attnsteer.readouts import ReadoutCall
+from attnsteer.language.readouts import ReadoutCall
 from attnsteer.testing import tiny
 from attnsteer.testing.tiny import (cogvideox_call_kwargs, hunyuan_call_kwargs, tiny_cogvideox, tiny_hunyuan, tiny_wan,
                             wan_call_kwargs)

@@ -206,8 +206,8 @@ def test_ltx_guidance_rescale_is_refused_not_approximated():
 
 
 def test_adaptive_scale_needs_a_timestep():
-    from attnsteer.guidance import PerturbedGuidance
-    from attnsteer.schedules import StepInfo
+    from attnsteer.language.guidance import PerturbedGuidance
+    from attnsteer.language.schedules import StepInfo
 
     guidance = PerturbedGuidance(scale=2.0, adaptive_scale=0.01)
     assert guidance.scale_at(StepInfo(step=0, num_steps=2, timestep=900.0)) == pytest.approx(1.0)

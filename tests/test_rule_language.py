@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attnsteer as at
-from attnsteer.execute import run_plan
-from attnsteer.plan import build_plan
-from attnsteer.selectors import SelectionContext
-from attnsteer.words import WordIndex
+from attnsteer.runtime.execute import run_plan
+from attnsteer.runtime.plan import build_plan
+from attnsteer.language.selectors import SelectionContext
+from attnsteer.language.words import WordIndex
 from dense_reference import EditedAttention
 
 TEXT = 3  # text tokens before the video in the test layouts
@@ -295,7 +295,7 @@ def test_numbers_of_any_real_type_are_accepted_and_nonfinite_ones_refused():
 
 
 def test_the_compiled_score_path_equals_the_eager_one():
-    from attnsteer.execute import _score_fn
+    from attnsteer.runtime.execute import _score_fn
     from attnsteer.kernels import scored_attention
 
     lay = layout(4, 4, 4, text=0)

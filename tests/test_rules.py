@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attnsteer as at
-from attnsteer.schedules import StepInfo
+from attnsteer.language.schedules import StepInfo
 
 LAYOUT = at.TokenLayout(num_frames=4, tokens_per_frame=3, video_start=2, segments=[at.Segment("text", 0, 2)])
 

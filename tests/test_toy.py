@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import attnsteer as at
-from attnsteer import metrics
+from attnsteer.figures import metrics
 from attnsteer.toy import ToyI2VPipeline, sample_clip
 from attnsteer.toy.evaluate import direction_correct, sprite_velocity
 from attnsteer.toy.world import FRAMES, SIZE

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import attnsteer as at
-from attnsteer.videoio import as_frames, load_image, load_video, save_video
+from attnsteer.figures.videoio import as_frames, load_image, load_video, save_video
 
 
 def moving_square(frames: int = 8, size: int = 32) -> np.ndarray:

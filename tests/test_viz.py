@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import attnsteer as at
-from attnsteer import viz
+from attnsteer.figures import viz
 
 
 def frame_map(f: int, seed: int = 0) -> torch.Tensor:

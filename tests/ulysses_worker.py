@@ -18,9 +18,9 @@ from diffusers import ContextParallelConfig
 from torch.distributed.device_mesh import init_device_mesh
 
 import attnsteer as at
-from attnsteer import controller
+from attnsteer.runtime import controller
 from attnsteer.errors import SteeringError
-from attnsteer.parallel import head_slice
+from attnsteer.runtime.context_parallel import head_slice
 from attnsteer.testing.tiny import tiny_wan
 
 # per-head rules: a head-filtered frame bias (grouped path, per-head bias) and a score function that reads the

@@ -5,25 +5,45 @@ apply them to an unmodified model with :func:`steer`, and record frame-level att
 :func:`inspect`.
 """
 
-from . import kernels, maps, readouts
-from .errors import (AttnsteerError, AttnsteerWarning, ConfigError, KernelError, RecordingError, SteeringError,
-                     UnsupportedModelError)
-from .geometry import box, mask, point, trajectory
-from .layout import Segment, TokenLayout
-from .outputs import output_scale
-from .pairs import frame_distance, frame_window, same_location, same_region, token_distance
-from .plugins.base import Adapter
+from . import kernels
+from .contract.adapter import Adapter
+from .contract.hookspecs import hookimpl
+from .errors import (
+    AttnsteerError,
+    AttnsteerWarning,
+    ConfigError,
+    KernelError,
+    RecordingError,
+    SteeringError,
+    UnsupportedModelError,
+)
+from .inspection import maps
+from .inspection.record import Record
+from .language import readouts
+from .language.geometry import box, mask, point, trajectory
+from .language.layout import Segment, TokenLayout
+from .language.outputs import output_scale
+from .language.pairs import frame_distance, frame_window, same_location, same_region, token_distance
+from .language.recipe import recipe
+from .language.rules import Recipe, Rule
+from .language.schedules import always, progress, steps, timesteps
+from .language.selectors import audio, frames, text, tokens, video
+from .language.transforms import (
+    bias,
+    block,
+    fill,
+    identity,
+    logit_scale,
+    proportional,
+    query_bias,
+    scale,
+    scale_if_positive,
+    score_mod,
+    temperature,
+)
+from .language.words import prompt, words
 from .plugins.generic import GenericAdapter
-from .plugins.hookspecs import hookimpl
-from .rules import Recipe, Rule
-from .schedules import always, progress, steps, timesteps
-from .selectors import audio, frames, text, tokens, video
-from .record import Record
-from .recipe_registry import recipe
 from .session import inspect, steer
-from .transforms import (bias, block, fill, identity, logit_scale, proportional, query_bias, scale, scale_if_positive,
-                         score_mod, temperature)
-from .words import prompt, words
 
 __version__ = "0.1.0"
 
@@ -88,6 +108,8 @@ def __getattr__(name: str):
     """Import the heavier parts (recipes, viz, metrics, toy) on first use."""
     import importlib
 
-    if name in ("recipes", "viz", "metrics", "toy", "videoio"):
-        return importlib.import_module(f".{name}", __name__)
+    lazy = {"recipes": ".recipes", "viz": ".figures.viz", "metrics": ".figures.metrics", "toy": ".toy",
+            "videoio": ".figures.videoio"}
+    if name in lazy:
+        return importlib.import_module(lazy[name], __name__)
     raise AttributeError(f"module 'attnsteer' has no attribute {name!r}")

@@ -13,17 +13,17 @@ from typing import Any
 import attrs
 import torch
 
-from . import audit
-from .controller import Client, Controller, ForwardState, LayerInfo, controller_for
+from .contract.adapter import Adapter
+from .contract.registry import find_adapter, require_adapter, supported_families
 from .errors import ConfigError, SteeringError, UnsupportedModelError
-from .plugins.base import Adapter
-from .plugins.manager import find_adapter, require_adapter, supported_families
-from .layout import TokenLayout
-from .guidance import PerturbedGuidance
-from .rules import Recipe, Rule, flatten_rules, guidance_of
-from .selectors import SelectionContext
-from .maps import check_maps
-from .words import WordIndex, uses_words
+from .inspection.map_specs import check_maps
+from .language.guidance import PerturbedGuidance
+from .language.layout import TokenLayout
+from .language.rules import Recipe, Rule, flatten_rules, guidance_of
+from .language.selectors import SelectionContext
+from .language.words import WordIndex, uses_words
+from .runtime import audit
+from .runtime.controller import Client, Controller, ForwardState, LayerInfo, controller_for
 
 PIPELINE_DENOISERS = ("transformer", "transformer_2", "unet")
 
@@ -183,7 +183,7 @@ class Steering:
 
 def check_batch_item(batch_item: Any) -> tuple[int, int] | None:
     """``batch_item=(index, count)``: this session applies to the index-th of ``count`` items batched in one
-    pipeline call (see :mod:`attnsteer.batched`); validated, or None."""
+    pipeline call (see :mod:`attnsteer.scale.batched`); validated, or None."""
     if batch_item is None:
         return None
     ok = (isinstance(batch_item, tuple) and len(batch_item) == 2
@@ -237,17 +237,17 @@ def inspect(
     tokenizer: Any = None,
     batch_item: tuple[int, int] | None = None,
 ) -> Session:
-    """Record frame-level attention of ``target`` inside a ``with`` block; yields a :class:`~attnsteer.record.Record`.
+    """Record frame-level attention of ``target`` inside a ``with`` block; yields a :class:`~attnsteer.inspection.record.Record`.
 
     ``heads=True`` keeps one map per head; ``queries`` (a selector, default ``at.frames.generated``)
     picks the query frames that ``reference_mass`` averages over. Combines with ``at.steer``. A
     model that ran without any recorded attention call is reported (``strict=True``: raises).
     ``maps`` (``at.maps.onto(...)``, ``at.maps.region(...)``, ``at.maps.received(...)``) also keeps
-    spatial maps, as ``rec.maps``, binned by ``map_steps`` and ``map_layers`` (see :mod:`attnsteer.maps`)
+    spatial maps, as ``rec.maps``, binned by ``map_steps`` and ``map_layers`` (see :mod:`attnsteer.inspection.maps`)
     and refused beyond ``map_max_mb``; ``prompt`` (and ``tokenizer``) resolve ``at.words`` in them.
     """
-    from .map_recording import MapRecording
-    from .record import Record
+    from .inspection.map_recording import MapRecording
+    from .inspection.record import Record
 
     record = Record(heads=heads, queries=queries)
     record.metadata["model"] = _describe_target(target)
@@ -264,7 +264,7 @@ def inspect(
 
 def _refuse_unbatchable(rules: tuple[Rule, ...], guidance: PerturbedGuidance | None) -> None:
     """What a batch share cannot restrict to its rows: output rules and perturbed guidance act on whole forwards."""
-    from .outputs import OutputTransform
+    from .language.outputs import OutputTransform
 
     if guidance is not None:
         raise SteeringError("at.steer(batch_item=...): perturbed guidance adds a forward over the whole batch, so "

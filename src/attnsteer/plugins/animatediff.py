@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from .branches import CONVENTIONS
+from ..contract.branches import CONVENTIONS
 from .temporal import TemporalUNetAdapter
 
 

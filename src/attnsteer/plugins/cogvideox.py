@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
+from ..contract.adapter import Adapter
 from ..errors import SteeringError
-from ..layout import TokenLayout
-from .base import Adapter
+from ..language.layout import TokenLayout
 
 
 class CogVideoXAdapter(Adapter):

@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from ..layout import TokenLayout
-from .base import Adapter
+from ..contract.adapter import Adapter
+from ..language.layout import TokenLayout
 
 
 class EasyAnimateAdapter(Adapter):

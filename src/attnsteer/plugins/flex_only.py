@@ -13,7 +13,7 @@ it for their self-attention, and their masks are block-sparse patterns built per
 
 from __future__ import annotations
 
-from .base import Adapter
+from ..contract.adapter import Adapter
 
 
 class AnyFlowFARAdapter(Adapter):

@@ -36,10 +36,10 @@ from typing import Any
 
 import torch
 
+from ..contract.adapter import Adapter
+from ..contract.output_parts import OutputPart
 from ..errors import SteeringError
-from ..layout import Segment, TokenLayout
-from ..outputs import OutputPart
-from .base import Adapter
+from ..language.layout import Segment, TokenLayout
 
 HISTORY = (("history 4x", "latents_history_4x", (4, 8, 8)), ("history 2x", "latents_history_2x", (2, 4, 4)))
 

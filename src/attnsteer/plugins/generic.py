@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
+from ..contract.adapter import Adapter
+from ..contract.branches import branches_from_context
 from ..errors import ConfigError
-from ..layout import TokenLayout
-from .base import Adapter
-from .branches import branches_from_context
+from ..language.layout import TokenLayout
 
 LayoutSpec = TokenLayout | Callable[[torch.nn.Module, Mapping[str, Any]], TokenLayout]
 AttentionSpec = str | Callable[[torch.nn.Module], list[tuple[str, torch.nn.Module]]]

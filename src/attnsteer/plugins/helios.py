@@ -41,9 +41,9 @@ from typing import Any
 
 import torch
 
+from ..contract.adapter import Adapter
 from ..errors import SteeringError
-from ..layout import Segment, TokenLayout
-from .base import Adapter
+from ..language.layout import Segment, TokenLayout
 
 # (segment name, input name, padding multiple of the latents, kernel multiple of patch_size), in sequence order
 COMPRESSED_HISTORY = (("history long", "latents_history_long", (4, 8, 8), 4),

@@ -42,8 +42,8 @@ from typing import Any
 
 import torch
 
-from ..layout import TokenLayout
-from .base import Adapter
+from ..contract.adapter import Adapter
+from ..language.layout import TokenLayout
 
 HUNYUAN15_CONDITIONING = ("image_embeds", "encoder_hidden_states_2", "encoder_hidden_states")
 

@@ -15,7 +15,7 @@ Layout facts (diffusers 0.42, ``transformer_kandinsky6.py``):
   super-resolution model's, refused).
 - attnsteer steers and records the video self-attention (``attention="self"``, the default) and, with
   ``attention="cross"``, the video text cross-attention. The audio stream is reached only by rules that name it
-  (:mod:`attnsteer.streams`): ``attention="audio"`` steers the audio self-attention
+  (:mod:`attnsteer.contract.streams`): ``attention="audio"`` steers the audio self-attention
   (``audio_dec_block.self_attention``: queries and keys ``at.audio``), ``attention="a2v"`` the
   ``va_cross_attention`` calls (queries the video tokens, ``at.frames[...]`` / ``at.video``, the image frame
   included in image-to-video; keys ``at.audio``) and ``attention="v2a"`` the ``av_cross_attention`` calls
@@ -54,10 +54,10 @@ from typing import Any
 
 import torch
 
+from ..contract.adapter import Adapter
+from ..contract.streams import audio_video_views
 from ..errors import SteeringError
-from ..layout import TokenLayout
-from ..streams import audio_video_views
-from .base import Adapter
+from ..language.layout import TokenLayout
 
 
 class Kandinsky6Adapter(Adapter):

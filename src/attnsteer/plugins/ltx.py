@@ -35,9 +35,9 @@ from typing import Any
 
 import torch
 
+from ..contract.adapter import Adapter
 from ..errors import SteeringError
-from ..layout import Segment, TokenLayout
-from .base import Adapter
+from ..language.layout import Segment, TokenLayout
 
 
 class LTXAdapter(Adapter):

@@ -11,7 +11,7 @@ Layout facts:
   ``video_to_audio_attn`` (v2a: audio queries, video keys).
 - attnsteer steers and records the video self-attention (``attn1``, ``attention="self"``, the default) and,
   with ``attention="cross"``, the video text cross-attention (``attn2``). The audio stream is a segment of its
-  own, reached only by rules that name it (:mod:`attnsteer.streams`): ``attention="audio"`` steers the audio
+  own, reached only by rules that name it (:mod:`attnsteer.contract.streams`): ``attention="audio"`` steers the audio
   self-attention (``audio_attn1``: queries and keys ``at.audio``), ``attention="a2v"`` the audio-to-video
   calls (queries the video tokens, ``at.frames[...]`` / ``at.video``; keys ``at.audio``) and
   ``attention="v2a"`` the video-to-audio calls (queries ``at.audio``; keys the video tokens). The audio tokens
@@ -42,11 +42,11 @@ from typing import Any
 
 import torch
 
+from ..contract.adapter import Adapter
+from ..contract.branches import RowBranches, branches_from_context
+from ..contract.streams import audio_video_views
 from ..errors import SteeringError
-from ..layout import TokenLayout
-from ..streams import audio_video_views
-from .base import Adapter
-from .branches import RowBranches, branches_from_context
+from ..language.layout import TokenLayout
 
 GUIDANCE_NEGATIVES = ("uncond_stg", "uncond_modality")
 

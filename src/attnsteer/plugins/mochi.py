@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
+from ..contract.adapter import Adapter
+from ..contract.output_parts import OutputPart
 from ..errors import SteeringError
-from ..layout import TokenLayout
-from ..outputs import OutputPart
-from .base import Adapter
+from ..language.layout import TokenLayout
 
 
 class MochiAdapter(Adapter):

@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-from .base import Adapter
+from ..contract.adapter import Adapter
 
 
 class SanaVideoAdapter(Adapter):

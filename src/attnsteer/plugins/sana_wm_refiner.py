@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 
+from ..contract.adapter import Adapter
+from ..contract.streams import StreamView
 from ..errors import ConfigError, SteeringError
-from ..layout import TokenLayout
-from ..streams import StreamView
-from .base import Adapter
+from ..language.layout import TokenLayout
 
 INJECTING = ("inject", "inject_and_capture_post_rope")
 

@@ -10,7 +10,7 @@ Layout facts:
   timestep matrix, for the frames of the forward). Synchronous mode (``ar_step=0``) moves all generated
   frames together; asynchronous mode (``ar_step > 0``) lets each frame (or ``causal_block_size`` block)
   lag ``ar_step`` steps behind the one before it, so one forward holds frames at different steps.
-- What "step" means there (see :mod:`attnsteer.stepping`): the forward's ``step`` is that of its noisiest
+- What "step" means there (see :mod:`attnsteer.runtime.stepping`): the forward's ``step`` is that of its noisiest
   frame (its largest timestep), as for any per-token-timestep model, and each frame has its *own step*:
   the number of the run's scheduled timesteps above its timestep (a frame at ``timesteps[k]`` is in its
   step k; a frame still waiting at pure noise is in step 0; a finished or clean prefix frame, t = 0 or

@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from ..layout import TokenLayout
-from .base import Adapter, self_attention_modules
+from ..contract.adapter import Adapter, self_attention_modules
+from ..language.layout import TokenLayout
 
 EXECUTION_ORDER = ("down_blocks", "mid_block", "up_blocks")
 

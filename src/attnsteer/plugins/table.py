@@ -5,9 +5,9 @@ from __future__ import annotations
 import inspect
 import textwrap
 
-from .base import TEXT_MEANINGS, Adapter
+from ..contract.adapter import TEXT_MEANINGS, Adapter
+from ..contract.registry import registered_adapters
 from .generic import GenericAdapter
-from .manager import registered_adapters
 
 COLUMNS = ("family", "self-attention modules", "layout", "reference frames", "guidance branches", "tested")
 BATTERY = ("shared battery (zero-rule identity, clean exit, DyMoS against dense, frame maps against dense) on "

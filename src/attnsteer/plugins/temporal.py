@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..layout import TokenLayout
-from .base import Adapter, self_attention_modules
+from ..contract.adapter import Adapter, self_attention_modules
+from ..language.layout import TokenLayout
 
 
 def per_position_branches(adapter: Adapter, branches: tuple[str, ...] | None,

@@ -11,7 +11,7 @@ module that calls ``F.scaled_dot_product_attention`` on a frame sequence.
 
 from __future__ import annotations
 
-from .base import Adapter
+from ..contract.adapter import Adapter
 
 
 class Text2VideoZeroAdapter(Adapter):

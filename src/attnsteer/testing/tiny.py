@@ -453,6 +453,9 @@ def ltx_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **override
 
 
 from . import tiny_families_a as _a  # noqa: E402  (its builders import this module's helpers when called)
+from . import tiny_families_b as _b  # noqa: E402  (it uses the helpers above)
+from . import tiny_families_d as _d  # noqa: E402  (it uses the helpers above)
+from . import tiny_families_e as _e  # noqa: E402
 from .tiny_families_c import (  # noqa: E402
     animatediff_call_kwargs,
     anyflow_call_kwargs,
@@ -465,9 +468,6 @@ from .tiny_families_c import (  # noqa: E402
     tiny_latte,
     tiny_motif_video,
 )
-from . import tiny_families_b as _b  # noqa: E402  (it uses the helpers above)
-from . import tiny_families_e as _e  # noqa: E402
-from . import tiny_families_d as _d  # noqa: E402  (it uses the helpers above)
 
 TINY_MODELS: dict[str, tuple[Callable[..., Any], Callable[..., dict[str, Any]]]] = {
     "tiny-wan": (tiny_wan, wan_call_kwargs),

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 
-
 def _text(text: str, length: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A pseudo-embedding of ``text`` [1, length, dim] and its padded mask [1, length] (tiny.py's helpers)."""
     from .tiny import _text_mask, prompt_embedding
@@ -316,8 +315,12 @@ def tiny_cosmos25(seed: int = 0) -> Any:
     """A Cosmos Predict 2.5 pipeline (one latent input for the conditional and the unconditional forward of a step;
     the model is fed sigma), random weights. Not a CLI model: diffusers converts its ``image`` with torchvision, which
     attnsteer does not require; call it with :func:`cosmos25_call_kwargs` (a still video as a tensor)."""
-    from diffusers import AutoencoderKLWan, Cosmos2_5_PredictBasePipeline, CosmosTransformer3DModel
-    from diffusers import UniPCMultistepScheduler
+    from diffusers import (
+        AutoencoderKLWan,
+        Cosmos2_5_PredictBasePipeline,
+        CosmosTransformer3DModel,
+        UniPCMultistepScheduler,
+    )
 
     torch.manual_seed(seed)
     transformer = CosmosTransformer3DModel(  # no padding-mask channel: diffusers resizes it with torchvision

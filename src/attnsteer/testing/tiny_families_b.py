@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 
-
 def prompt_embedding(text: str, length: int, dim: int) -> torch.Tensor:
     """:func:`attnsteer.testing.tiny.prompt_embedding` (imported late: tiny.py registers this module's builders)."""
     from .tiny import prompt_embedding as embedding

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..metrics import psnr
-from ..videoio import as_frames
+from ..figures.metrics import psnr
+from ..figures.videoio import as_frames
 from .world import Clip
 
 COLOUR_TOLERANCE = 0.35  # RGB distance at which a pixel stops counting as sprite
@@ -134,8 +134,8 @@ def generate(pipe: Any, clips: Sequence[Clip], steps: int, seed: int = 0, guidan
 
 def run_experiment(pipe: Any, clips: Sequence[Clip], steps: int, gammas: Sequence[float] = GAMMAS, seed: int = 0,
                    guidance_scale: float | None = None) -> dict[float, Any]:
-    """The DyMoS sweep on ``clips``: per gamma a :class:`attnsteer.sweep.SweepResult` (videos, recording)."""
-    from ..sweep import steer_sweep
+    """The DyMoS sweep on ``clips``: per gamma a :class:`attnsteer.scale.sweep.SweepResult` (videos, recording)."""
+    from ..scale.sweep import steer_sweep
 
     return steer_sweep(pipe, lambda: generate(pipe, clips, steps, seed, guidance_scale), gammas, stop=STOP,
                        desc="DyMoS sweep")
@@ -144,7 +144,7 @@ def run_experiment(pipe: Any, clips: Sequence[Clip], steps: int, gammas: Sequenc
 def record_t2v(pipe: Any, clips: Sequence[Clip], steps: int, seed: int = 0) -> Any:
     """The recording of the same prompts and seeds without the image (text-to-video), over the first
     FIRST_STEPS of the steps only (the run is interrupted there, as diffusers' ``interrupt`` does)."""
-    import attnsteer as at
+    from ..session import inspect
 
     first = first_steps(steps)
 
@@ -152,7 +152,7 @@ def record_t2v(pipe: Any, clips: Sequence[Clip], steps: int, seed: int = 0) -> A
         pipeline._interrupt = step + 1 >= len(first)
         return callback_kwargs
 
-    with at.inspect(pipe) as rec:
+    with inspect(pipe) as rec:
         generate(pipe, clips, steps, seed, image=False, callback_on_step_end=stop_after_first)
     return rec
 
@@ -186,7 +186,7 @@ COLUMNS = {
 
 def per_clip(videos: Sequence[np.ndarray], clips: Sequence[Clip]) -> list[dict[str, float]]:
     """The toy metrics of each video against its clip."""
-    from .. import metrics
+    from ..figures import metrics
 
     rows = []
     for video, clip in zip(videos, clips, strict=True):
@@ -216,7 +216,7 @@ def summarise(results: dict[float, Any], clips: Sequence[Clip], steps: int) -> l
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """The summary table with a legend of its columns."""
-    from .. import metrics
+    from ..figures import metrics
 
     legend = "\n".join(f"  {name:<10}  {meaning}" for name, meaning in COLUMNS.items())
     return metrics.format_table(rows, columns=list(COLUMNS)) + "\n\nmeans over the clips:\n" + legend

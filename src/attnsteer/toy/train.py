@@ -28,8 +28,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .model import (TRANSFORMER_CONFIG, WEIGHTS, build_modules, condition, has_frame_ramp, input_channels,
-                    save_weights, to_latents)
+from .model import (
+    TRANSFORMER_CONFIG,
+    WEIGHTS,
+    build_modules,
+    condition,
+    has_frame_ramp,
+    input_channels,
+    save_weights,
+    to_latents,
+)
 from .world import sample_batch
 
 DROP_TEXT = 0.1

@@ -1,7 +1,7 @@
 """The example recipe (entry point ``attnsteer.recipes``: this module)."""
 
 import attnsteer as at
-from attnsteer.recipe_registry import recipe
+from attnsteer.language.recipe import recipe
 
 
 @recipe(help={"strength": "logit bias from generated frames to the reference frame: > 0 less motion",

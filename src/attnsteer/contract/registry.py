@@ -1,0 +1,124 @@
+"""Finding a model's adapter: a pluggy plugin manager over the built-in adapters (every module under
+``attnsteer/plugins/``, loaded by name as pytest loads its built-in plugins) and third-party ones from the ``attnsteer`` entry-point group.
+
+An entry point names a module or an :class:`Adapter` class. A module's adapters are the Adapter
+subclasses it defines that declare ``model_classes``; each becomes a pluggy plugin answering
+``attnsteer_adapter`` for models of those classes, so no hook function is written. A module may
+also hold hand-written ``@hookimpl def attnsteer_adapter(model)`` functions (matching by anything
+else than class names). Plugins registered later are asked first: third-party before built-in.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import pkgutil
+from types import ModuleType
+
+import pluggy
+import torch
+
+from ..errors import ConfigError, UnsupportedModelError
+from . import hookspecs
+from .adapter import Adapter
+from .hookspecs import hookimpl
+
+ENTRY_POINT_GROUP = "attnsteer"
+
+
+class AdapterPlugin:
+    """The pluggy plugin of one declarative adapter class: a fresh adapter for each model of its classes."""
+
+    def __init__(self, adapter_class: type[Adapter]) -> None:
+        self.adapter_class = adapter_class
+
+    @hookimpl
+    def attnsteer_adapter(self, model: torch.nn.Module) -> Adapter | None:
+        return self.adapter_class() if self.adapter_class.matches(model) else None
+
+
+def declared_adapters(module: ModuleType) -> list[type[Adapter]]:
+    """The adapter classes ``module`` defines (not those it imports) that declare model classes."""
+    return [obj for obj in vars(module).values()
+            if isinstance(obj, type) and issubclass(obj, Adapter) and obj.__module__ == module.__name__
+            and obj.model_classes]
+
+
+def register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    """Register an Adapter class, or a module (its declared adapters and its hand-written hook functions)."""
+    if isinstance(plugin, type) and issubclass(plugin, Adapter):
+        pm.register(AdapterPlugin(plugin), name=f"{name}:{plugin.__name__}")
+        return
+    if isinstance(plugin, ModuleType):
+        for cls in declared_adapters(plugin):
+            register(pm, cls, plugin.__name__)
+    pm.register(plugin, name=name)
+
+
+BUILTIN_PACKAGE = "attnsteer.plugins"  # loaded by name: the adapters sit above this contract
+
+
+def builtin_modules() -> list[ModuleType]:
+    """Every module of the ``attnsteer.plugins`` package, in name order."""
+    package = importlib.import_module(BUILTIN_PACKAGE)
+    return [importlib.import_module(f"{BUILTIN_PACKAGE}.{info.name}") for info in pkgutil.iter_modules(package.__path__)]
+
+
+def entry_point_plugins(group: str = ENTRY_POINT_GROUP) -> list[tuple[str, object]]:
+    """(name, loaded object) of each entry point of ``group``; one that fails to load raises, naming it."""
+    found = []
+    for ep in importlib.metadata.entry_points(group=group):
+        try:
+            found.append((f"{ep.name} = {ep.value}", ep.load()))
+        except Exception as exc:
+            raise ConfigError(f"the {group!r} entry point {ep.name} = {ep.value} failed to load: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, built on first use (``plugin_manager.cache_clear()`` rebuilds it)."""
+    pm = pluggy.PluginManager("attnsteer")
+    pm.add_hookspecs(hookspecs)
+    for module in builtin_modules():
+        register(pm, module, module.__name__)
+    for name, plugin in entry_point_plugins():
+        register(pm, plugin, name)
+    return pm
+
+
+def registered_adapters() -> list[type[Adapter]]:
+    """The declarative adapter classes, built-in first, in registration order."""
+    return [p.adapter_class for _, p in plugin_manager().list_name_plugin() if isinstance(p, AdapterPlugin)]
+
+
+def find_adapter(model: torch.nn.Module) -> Adapter | None:
+    """The adapter of the first plugin that recognises ``model``, or None; a refused family raises with its reason."""
+    adapter = plugin_manager().hook.attnsteer_adapter(model=model)
+    if adapter is not None and adapter.refusal:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} ({adapter.family}) cannot be steered or inspected exactly: {adapter.refusal}"
+        )
+    return adapter
+
+
+def supported_families() -> list[str]:
+    """Families of the registered adapters and names of other plugins, for error messages."""
+    families = {cls.family for cls in registered_adapters() if not cls.refusal}
+    hand_written = {name.rsplit(".", 1)[-1] for name, p in plugin_manager().list_name_plugin()
+                    if not isinstance(p, AdapterPlugin) and plugin_manager().get_hookcallers(p)}
+    return sorted(families | hand_written)
+
+
+def require_adapter(model: torch.nn.Module) -> Adapter:
+    """The adapter of ``model``; raises naming the supported families when none recognises it."""
+    adapter = find_adapter(model)
+    if adapter is None:
+        raise UnsupportedModelError(
+            f"unsupported model: no adapter recognises {type(model).__name__}; supported families: "
+            f"{', '.join(supported_families())}. Pass a diffusers pipeline or transformer of a supported family, "
+            "or give a layout with at.GenericAdapter."
+        )
+    return adapter

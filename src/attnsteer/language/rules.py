@@ -1,0 +1,195 @@
+"""Rules and recipes: declarative attention interventions, pure data validated at construction."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from typing import Union as TypingUnion
+
+import attrs
+
+from ..errors import ConfigError
+from .guidance import PerturbedGuidance
+from .pairs import Pairs, _check_pairs
+from .schedules import Schedule, always
+from .selectors import AllTokens, Selector, _check_selector
+from .transforms import Transform
+
+BRANCHES = ("cond", "uncond", "perturbed", "all")
+ATTENTION_KINDS = ("self", "cross", "audio", "a2v", "v2a")  # the last three: attention streams (attnsteer.contract.streams)
+
+LayerSpec = TypingUnion[int, str, "re.Pattern[str]"]
+
+
+def _selector(field: str):
+    def convert(value: object) -> Selector:
+        return _check_selector(value, f"Rule.{field}")
+
+    return convert
+
+
+def _transform(value: object) -> Transform:
+    if not isinstance(value, Transform):
+        raise ConfigError(
+            "Rule.transform must be a transform: at.bias(x), at.scale(f), at.block(), at.logit_scale(f), "
+            "at.temperature(t), at.proportional(n), at.scale_if_positive(a), at.fill(v), at.query_bias(values), "
+            f"at.score_mod(fn), at.identity() or at.output_scale(x); got {value!r}"
+        )
+    return value
+
+
+def _attention(value: object) -> str:
+    if value not in ATTENTION_KINDS:
+        raise ConfigError(f"Rule.attention must be one of {ATTENTION_KINDS}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _pairs(value: object) -> Pairs | None:
+    return None if value is None else _check_pairs(value, "Rule.pairs")
+
+
+def _schedule(value: object) -> Schedule:
+    if not isinstance(value, Schedule):
+        raise ConfigError(
+            f"Rule.when must be at.steps(...), at.progress(...), at.timesteps(...) or at.always, got {value!r}"
+        )
+    return value
+
+
+def _branch(value: object) -> str:
+    if value not in BRANCHES:
+        raise ConfigError(f"Rule.branch must be one of {BRANCHES}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _layers(value: object) -> tuple[LayerSpec, ...] | None:
+    """None, or a tuple of layer indices, exact names and compiled regexes (a string is tried as both)."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, (int, str, re.Pattern)) else list(value)  # type: ignore[arg-type]
+    out: list[LayerSpec] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, str, re.Pattern)):
+            raise ConfigError(f"Rule.layers items must be layer indices, module names or regexes, got {item!r}")
+        if isinstance(item, int) and item < 0:
+            raise ConfigError(f"Rule.layers indices must be >= 0, got {item}")
+        if isinstance(item, str):
+            try:
+                re.compile(item)
+            except re.error as exc:
+                raise ConfigError(f"Rule.layers entry {item!r} is neither a module name nor a valid regex: {exc}")
+        out.append(item)
+    if not out:
+        raise ConfigError("Rule.layers must not be empty (use None for every layer)")
+    return tuple(out)
+
+
+def _heads(value: object) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, int) else list(value)  # type: ignore[arg-type]
+    if not items or any(isinstance(h, bool) or not isinstance(h, int) or h < 0 for h in items):
+        raise ConfigError(f"Rule.heads must be None or non-empty head indices >= 0, got {value!r}")
+    return tuple(sorted(set(items)))
+
+
+@attrs.frozen
+class Rule:
+    """Apply ``transform`` to logits from ``query`` tokens to ``key`` tokens, when ``when`` is on.
+
+    ``branch`` picks the guidance branch ("cond", "uncond" or "all"); ``layers`` filters the
+    self-attention modules (indices, names or regexes fully matching the module name); ``heads``
+    filters heads; ``pairs`` narrows the selected (query, key) pairs by a pair predicate.
+    ``attention="cross"`` acts on the separate text cross-attention calls of models that have them
+    (Wan's ``attn2``): queries are the video tokens, keys the text tokens (``at.text``, ``at.words``).
+    ``attention="audio"``, ``"a2v"``, ``"v2a"`` act on the audio self-attention and the audio-to-video /
+    video-to-audio cross-modal calls of joint audio-video models (LTX-2; see :mod:`attnsteer.contract.streams`).
+    """
+
+    query: Selector = attrs.field(converter=_selector("query"))
+    key: Selector = attrs.field(converter=_selector("key"))
+    transform: Transform = attrs.field(converter=_transform)
+    when: Schedule = attrs.field(default=always, converter=_schedule)
+    branch: str = attrs.field(default="all", converter=_branch)
+    layers: tuple[LayerSpec, ...] | None = attrs.field(default=None, converter=_layers)
+    heads: tuple[int, ...] | None = attrs.field(default=None, converter=_heads)
+    pairs: Pairs | None = attrs.field(default=None, converter=_pairs)
+    attention: str = attrs.field(default="self", converter=_attention)
+
+    def __attrs_post_init__(self) -> None:
+        self.transform.check_rule(self)
+        if self.transform.identity and not isinstance(self.key, AllTokens):
+            raise ConfigError(f"Rule.key must be at.tokens with at.identity() (a query attends to itself), got {self.key!r}")
+        if self.transform.identity and self.attention not in ("self", "audio"):
+            raise ConfigError("at.identity() needs self-attention (a query attending to itself); got "
+                              f"attention={self.attention!r}")
+
+    def matches_layer(self, index: int, names: Iterable[str]) -> bool:
+        """Whether this rule covers the self-attention layer ``index`` known under ``names``."""
+        if self.layers is None:
+            return True
+        names = list(names)
+        for spec in self.layers:
+            if isinstance(spec, int):
+                if spec == index:
+                    return True
+            elif isinstance(spec, re.Pattern):
+                if any(spec.fullmatch(n) for n in names):
+                    return True
+            elif spec in names or any(re.fullmatch(spec, n) for n in names):
+                return True
+        return False
+
+
+def _params(value: object) -> tuple[tuple[str, object], ...]:
+    return tuple(dict(value).items()) if value is not None else ()  # type: ignore[call-overload]
+
+
+@attrs.frozen(repr=False)
+class Recipe:
+    """A named, parameterised group of rules; its repr reads like the call that made it."""
+
+    name: str
+    rules: tuple[Rule, ...] = attrs.field(converter=tuple)
+    params: tuple[tuple[str, object], ...] = attrs.field(default=(), converter=_params)
+    guidance: PerturbedGuidance | None = None  # an extra perturbed prediction (PAG, STG)
+
+    def __attrs_post_init__(self) -> None:
+        for r in self.rules:
+            if not isinstance(r, Rule):
+                raise ConfigError(f"Recipe {self.name!r} rules must be at.Rule objects, got {r!r}")
+        if self.guidance is not None and not isinstance(self.guidance, PerturbedGuidance):
+            raise ConfigError(f"Recipe {self.name!r} guidance must be a PerturbedGuidance, got {self.guidance!r}")
+
+    def __iter__(self) -> Iterator[Rule]:
+        return iter(self.rules)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params)
+        return f"{self.name}({args})"
+
+
+def guidance_of(items: Iterable[object]) -> PerturbedGuidance | None:
+    """The perturbed guidance among the recipes given to at.steer (at most one)."""
+    found = [item.guidance for item in items if isinstance(item, Recipe) and item.guidance is not None]
+    if len(found) > 1:
+        raise ConfigError(f"at.steer takes at most one recipe with perturbed guidance, got {len(found)}")
+    return found[0] if found else None
+
+
+def flatten_rules(items: Iterable[object]) -> tuple[Rule, ...]:
+    """Rules from a mix of rules, recipes and iterables of them (what at.steer accepts)."""
+    out: list[Rule] = []
+    for item in items:
+        if isinstance(item, Rule):
+            out.append(item)
+        elif isinstance(item, Recipe):
+            out.extend(item.rules)
+        elif isinstance(item, (list, tuple)):
+            out.extend(flatten_rules(item))
+        else:
+            raise ConfigError(f"at.steer takes rules and recipes (at.Rule, at.recipes.dymos(...)), got {item!r}")
+    return tuple(out)

@@ -1,0 +1,397 @@
+"""One controller per hooked transformer: tracks each forward's step, branch and layout, and
+answers every self-attention call with the rules and recorders of all sessions attached to it.
+
+Sessions (``at.steer``, ``at.inspect``) attach *clients*; the first client installs the hooks and
+the last one to leave removes them, so sessions nest and combine on the same model.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import torch
+
+from ..contract.adapter import Adapter, bind_forward_inputs
+from ..contract.streams import STREAM_KINDS, check_attention_kinds, stream_modules
+from ..errors import ConfigError, SteeringError, describe_rule
+from ..language.guidance import PerturbedGuidance
+from ..language.outputs import OutputTransform
+from ..language.rules import Rule
+from ..language.schedules import StepInfo
+from . import compiled_call
+from .call_state import Client, ForwardState, LayerInfo
+from .context_parallel import context_parallel_config, head_slice
+from .guidance import BlockSkipHook, GuidanceShift, first_tensor, replace_first_tensor
+from .hooks import HOOK_NAME, AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
+from .module_call import ModuleCall, subject
+from .outputs import OutputStage, split_output_rules
+from .stepping import StepTracker
+
+__all__ = ["Client", "Controller", "ForwardState", "LayerInfo", "controller_for"]
+
+
+class Controller:
+    """Hooks of one transformer and the clients attached to it."""
+
+    def __init__(self, model: torch.nn.Module, component: str, adapter: Adapter) -> None:
+        self.model = model
+        self.component = component
+        self.adapter = adapter
+        self.clients: list[Client] = []
+        self.steps = StepTracker()
+        self.context: str | None = None
+        self.state: ForwardState | None = None
+        self._installed: list[InstalledHook] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._copied = False
+        self.layers: list[tuple[str, LayerInfo]] = []  # (attention kind, layer) of every hooked module
+        self.seen_steps: set[StepInfo] = set()
+        self.seen_branches: set[str] = set()
+        self.perturbing: PerturbedGuidance | None = None  # set during the perturbed forward
+        self._skip_hooks: set[int] = set()
+        self.guidance_shift = GuidanceShift()  # cond - perturbed of this step, for the rows of every branch
+
+    # --- attaching -----------------------------------------------------------------------
+    def attach(self, client: Client, pipeline: Any = None, num_steps: int | None = None) -> None:
+        cross = [r for r in client.rules if r.attention == "cross"]
+        if cross and not self.adapter.cross_attention_modules(self.model):
+            raise SteeringError(
+                f"{describe_rule(cross[0], None)}: {type(self.model).__name__} has no separate cross-attention "
+                "(its text, if any, sits in the self-attention sequence): use attention='self' with at.text / at.words"
+            )
+        check_attention_kinds(client.rules, self.adapter, self.model)
+        if pipeline is not None:
+            self.steps.add_pipeline(pipeline)
+        if num_steps is not None:
+            self.steps.num_steps = num_steps
+        if not self.clients:
+            self._install()
+        try:
+            self._install_block_skips(getattr(client, "guidance", None))
+        except BaseException:
+            if not self.clients:
+                self._uninstall()
+            raise
+        self.clients.append(client)
+        compiled_call.refresh(self)
+
+    def detach(self, client: Client) -> None:
+        self.clients.remove(client)
+        compiled_call.refresh(self)
+        if not self.clients:
+            _CONTROLLERS.pop(id(self.model), None)
+            self._uninstall()
+
+    def __deepcopy__(self, memo: dict) -> Controller:
+        """``copy.deepcopy`` of a hooked model copies its hooks and so this controller. The copy is
+        never steered: its controller has no clients and, at the copy's first forward, removes the
+        copied hooks, so the copy runs (and stays) exactly like an unsteered model."""
+        clone = Controller.__new__(Controller)
+        memo[id(self)] = clone  # the copied hooks refer to the clone, not to this controller
+        clone.__init__(copy.deepcopy(self.model, memo), self.component, copy.deepcopy(self.adapter, memo))
+        clone._installed = copy.deepcopy(self._installed, memo)
+        clone._copied = True
+        return clone
+
+    def _install(self) -> None:
+        modules = self.adapter.attention_modules(self.model)
+        if not modules:
+            raise SteeringError(f"{self.adapter!r} found no self-attention modules in {type(self.model).__name__}")
+        try:
+            streams = stream_modules(self.adapter, self.model)
+            for attention, found in (("self", modules), ("cross", self.adapter.cross_attention_modules(self.model)),
+                                     *streams):
+                for index, (name, module) in enumerate(found):
+                    layer = LayerInfo(index=index, name=name, component=self.component)
+                    self.layers.append((attention, layer))
+                    hook = AttentionHook(self, layer, attention)
+                    self._installed.append(InstalledHook(module, hook))
+            self._handles.append(self.model.register_forward_pre_hook(self._forward_start, with_kwargs=True))
+            self._handles.append(self.model.register_forward_hook(self._perturb_after, with_kwargs=True))
+            self._handles.append(self.model.register_forward_hook(self._forward_end, always_call=True))
+        except BaseException:
+            self._uninstall()
+            raise
+        refresh_registry_caches(self.model)
+
+    def _install_block_skips(self, guidance: PerturbedGuidance | None) -> None:
+        """STG-R: a skip hook on each block the client's perturbed forward skips (once per block)."""
+        if guidance is None or not guidance.skip_blocks:
+            return
+        blocks = self.adapter.blocks(self.model)
+        bad = [i for i in guidance.skip_blocks if i >= len(blocks)]
+        if bad:
+            raise SteeringError(f"perturbed guidance skip_blocks {bad} out of range: {type(self.model).__name__} has "
+                                f"{len(blocks)} blocks ({self.adapter.block_pattern!r}); allowed 0..{len(blocks) - 1}")
+        for i in guidance.skip_blocks:
+            if i not in self._skip_hooks:
+                self._installed.append(InstalledHook(blocks[i][1], BlockSkipHook(self, i)))
+                self._skip_hooks.add(i)
+
+    def skips_block(self, index: int) -> bool:
+        """Whether block ``index`` returns its input in this forward (the perturbed forward of STG-R)."""
+        return self.perturbing is not None and index in self.perturbing.skip_blocks
+
+    @torch.compiler.disable  # under torch.compile: run eagerly, one graph break per forward
+    def _perturb_after(self, model: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        """Forward hook: perturbed guidance after each forward (``model.forward`` runs it without re-entering hooks)."""
+        return self.perturb(model.forward, args, kwargs, output)
+
+    def perturb(self, forward: Callable, args: tuple, kwargs: dict, output: Any) -> Any:
+        """After each forward while perturbed guidance is on: the perturbed forward after a conditional
+        one, and ``s (cond - perturbed)`` added to every row (see :mod:`attnsteer.language.guidance`)."""
+        state = self.state
+        clients = [c for c in self.clients if getattr(c, "guidance", None) is not None]
+        if state is None or not clients or not state.branches:
+            return output
+        guidance = clients[0].guidance
+        strength = guidance.scale_at(state.step)
+        if strength == 0:
+            return output
+        rescale = getattr(self.steps.pipeline, "_guidance_rescale", 0.0) or 0.0
+        if rescale > 0:
+            raise SteeringError(
+                f"perturbed guidance on {type(self.model).__name__} with guidance_rescale={rescale}: the pipeline "
+                "rescales by the standard deviation of the conditional prediction, which attnsteer has shifted by "
+                "s (cond - perturbed), so the result would not be the published formula; call the pipeline with "
+                "guidance_rescale=0"
+            )
+        prediction = first_tensor(output)
+        if "cond" in state.branches:
+            self.state, self.perturbing = attrs.evolve(state, branches=("perturbed",) * len(state.branches)), guidance
+            try:
+                perturbed = first_tensor(forward(*args, **kwargs))
+            finally:
+                self.state, self.perturbing = state, None
+        else:
+            perturbed = None
+        shift = self.guidance_shift.shift(state, prediction, perturbed)
+        return replace_first_tensor(output, prediction + strength * shift)
+
+    def _uninstall(self) -> None:
+        errors = []
+        for item in reversed(self._installed):
+            try:
+                item.remove()
+            except Exception as exc:  # keep removing the others, then report
+                errors.append(exc)
+        for handle in self._handles:
+            handle.remove()
+        self._installed.clear()
+        self._handles.clear()
+        self._skip_hooks.clear()
+        self.guidance_shift.clear()
+        self.layers.clear()
+        self.state = None
+        refresh_registry_caches(self.model)
+        if errors:
+            raise errors[0]
+
+    def _check_outer_hooks(self) -> None:
+        """A diffusers hook enabled on an attention module after the session began runs before attnsteer
+        and may return without computing attention (a cache, a layer skip): where a rule or a recording
+        needs that module, the two cannot both hold, so say which."""
+        recording = any(c.wants_mass for c in self.clients)
+        for item in self._installed:
+            hook = item.hook
+            if not isinstance(hook, AttentionHook):
+                continue
+            outer = item.outer_hooks()
+            if not outer:
+                continue
+            layer = hook.layer
+            rules = [r for c in self.clients for r in c.rules
+                     if r.attention == hook.attention and r.matches_layer(layer.index, layer.names)]
+            if rules or (recording and hook.attention == "self"):
+                who = describe_rule(rules[0], layer.qualified) if rules else f"recording in module {layer.qualified!r}"
+                raise SteeringError(
+                    f"{who}: the diffusers hooks {outer} were enabled on this module after the attnsteer session began; "
+                    "they run first and may return without computing attention, so both cannot hold. Enable them "
+                    "before the session (attnsteer then raises at a call they skip), disable them, or filter this "
+                    "layer out with Rule(layers=...)"
+                )
+
+    def _remove_copied_hooks(self) -> None:
+        """In a deep copy: take the copied attention hooks and forward hooks off the copied model."""
+        for item in self._installed:
+            item.remove()
+        self._installed.clear()
+        model = self.model
+        for hooks, flags in ((model._forward_pre_hooks, model._forward_pre_hooks_with_kwargs),
+                             (model._forward_hooks, model._forward_hooks_always_called)):
+            for key in [k for k, fn in hooks.items() if getattr(fn, "__self__", None) is self]:
+                hooks.pop(key)
+                flags.pop(key, None)
+        refresh_registry_caches(self.model)
+
+    # --- per forward ---------------------------------------------------------------------
+    def set_context(self, name: str | None) -> None:
+        self.context = name
+
+    @torch.compiler.disable  # under torch.compile: run eagerly, one graph break per forward
+    def _forward_start(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._copied:
+            self._remove_copied_hooks()
+            return
+        self._check_outer_hooks()
+        inputs = bind_forward_inputs(model, args, kwargs)
+        layout = self.adapter.layout(model, inputs)
+        timestep = self.adapter.timestep(model, inputs)
+        batch = _batch_size(inputs)
+        branches = self.adapter.branches(model, inputs, self.context, batch, self.steps.pipeline)
+        step = self.steps.info(timestep, self.adapter.frame_timesteps(model, inputs))
+        self.state = ForwardState(layout=layout, step=step, branches=branches, context=self.context,
+                                  text_length=self.adapter.text_length(model, inputs),
+                                  streams=self.adapter.stream_views(model, inputs, layout) or None)
+        self.seen_steps.add(self.state.step)
+        self.seen_branches.update(branches or ("unknown",))
+
+    @torch.compiler.disable  # under torch.compile: run eagerly, one graph break per forward
+    def _forward_end(self, model: torch.nn.Module, args: tuple, output: Any) -> None:
+        self.state = None
+
+    # --- per attention call --------------------------------------------------------------
+    def _active_rules(
+        self, layer: LayerInfo, state: ForwardState, attention: str
+    ) -> tuple[list[tuple[Client, Rule]], dict[int, frozenset[int]]]:
+        """The (client, rule) pairs on in this module at this step, and the query frames of those whose
+        per-frame schedule is on for some frames only (by ``id(rule)``)."""
+        active, frame_limits = [], {}
+        for client in self.clients:
+            for rule in client.rules:
+                if rule.attention != attention or not rule.matches_layer(layer.index, layer.names):
+                    continue
+                try:
+                    frames = rule.when.active_frames(state.step)
+                    on = rule.when.active(state.step) if frames is None else any(frames)
+                except ConfigError as exc:
+                    raise type(exc)(f"{describe_rule(rule, layer.qualified)}: {exc}") from exc
+                if on and frames is not None and not all(frames):
+                    frame_limits[id(rule)] = _frame_limit(rule, layer, attention, frames)
+                if on:
+                    active.append((client, rule))
+        return active, frame_limits
+
+    def run_attention(
+        self, layer: LayerInfo, attention: str, module: torch.nn.Module, forward: Callable, args: tuple, kwargs: dict
+    ) -> Any:
+        """One forward of a hooked attention module: steered and recorded through its SDPA calls."""
+        call = self.begin_attention(layer, attention, module)
+        if call is None:
+            return forward(*args, **kwargs)
+        with SDPAInterceptor(call):
+            output = forward(*args, **kwargs)
+        return self.end_attention(call, module, output)
+
+    def begin_attention(self, layer: LayerInfo, attention: str, module: torch.nn.Module) -> ModuleCall | None:
+        """The handler of one forward of a hooked attention module's SDPA calls; None where it runs as is."""
+        state = self.state
+        if state is None:
+            if self.clients:
+                raise SteeringError(
+                    f"{attention}-attention module {layer.qualified!r} ran outside a forward of its transformer "
+                    f"{type(self.model).__name__}; attnsteer learns the token layout from that forward"
+                )
+            return None
+        active, frame_limits = self._active_rules(layer, state, attention)
+        recorders = ([c for c in self.clients if c.wants_mass] if attention == "self"
+                     else _cross_recorders(self.clients) if attention == "cross" else [])  # streams: not recorded
+        if not active and not recorders:
+            return None
+        outputs = split_output_rules(active)[1]
+        stage = OutputStage(outputs, layer.qualified, self.adapter) if outputs else None
+        _check_context_parallel(module, attention, layer, active, recorders, stage)
+        return ModuleCall(self.adapter, self.clients, layer, attention, state, active, recorders, frame_limits,
+                          stage, module)
+
+    def end_attention(self, call: ModuleCall, module: torch.nn.Module, output: Any) -> Any:
+        """The module's output once its forward has run under ``call``: checked, then output rules applied."""
+        if not call.calls:
+            raise SteeringError(f"{call.subject}: {_why_no_attention(module, call.attention)}")
+        return output if call.stage is None else call.stage.apply(output, call.state.layout)
+
+    @property
+    def traceable(self) -> bool:
+        """Whether dynamo may trace the hooked modules (:mod:`attnsteer.runtime.compiled_call`): no client has output rules,
+        which act on a module's output, outside its SDPA calls."""
+        return not any(split_output_rules([(c, r) for r in c.rules])[1] for c in self.clients)
+
+
+def _frame_limit(rule: Rule, layer: LayerInfo, attention: str, frames: tuple[bool, ...]) -> frozenset[int]:
+    """The latent frames a per-frame schedule is on for, where attnsteer can follow it (self-attention logit rules)."""
+    on = frozenset(f for f, o in enumerate(frames) if o)
+    if attention != "self" or isinstance(rule.transform, OutputTransform):
+        raise SteeringError(
+            f"{describe_rule(rule, layer.qualified)}: its schedule is on for latent frames {sorted(on)} only "
+            "(per-frame timesteps); attnsteer follows per-frame schedules for self-attention logit rules, not "
+            f"for {'output transforms' if attention == 'self' else attention + '-attention rules'}"
+        )
+    return on
+
+
+def _check_context_parallel(module: torch.nn.Module, attention: str, layer: LayerInfo, active: list, recorders: list,
+                            stage: OutputStage | None) -> None:
+    """Under diffusers context parallelism: ring is refused; under Ulysses, what sees sequence-sharded
+    tensors (cross-attention queries, module outputs, spatial maps) is refused, naming it."""
+    cp = context_parallel_config(module)
+    if cp is None:
+        return
+    where = subject(active, layer)
+    head_slice(module, 1, where)  # raises for ring attention
+    if attention in STREAM_KINDS:
+        raise SteeringError(f"{where}: under context parallelism {attention} attention rules are not supported yet")
+    if attention == "cross":
+        raise SteeringError(f"{where}: under context parallelism cross-attention runs on a shard of the video "
+                            "queries; cross-attention rules and maps are not supported there yet")
+    if stage is not None:
+        raise SteeringError(f"{where}: under context parallelism a module's output holds a shard of the tokens; "
+                            "output rules are not supported there yet")
+    if any(getattr(c, "maps", None) is not None for c in recorders):
+        raise SteeringError(f"recording in module {layer.qualified!r}: spatial maps are not recorded under context "
+                            "parallelism yet (frame maps are)")
+
+
+def _cross_recorders(clients: list[Client]) -> list[Client]:
+    """The clients whose spatial maps read the text cross-attention (``at.maps.onto(..., attention="cross")``)."""
+    return [c for c in clients
+            if getattr(c, "maps", None) is not None and any(s.attention == "cross" for s in c.maps.specs)]
+
+
+def _why_no_attention(module: torch.nn.Module, attention: str) -> str:
+    """Why a hooked module ran without the SDPA call attnsteer needed, naming the actual cause."""
+    registry = getattr(module, "_diffusers_hook", None)
+    others = [name for name in getattr(registry, "hooks", {}) if name != HOOK_NAME]
+    if others:
+        return (f"the module ran without computing {attention}-attention through SDPA; the diffusers hooks {others} "
+                "on it (a cache or a skipped layer) returned first, so the rule cannot apply there: disable them or "
+                "filter this layer out with Rule(layers=...)")
+    backend = getattr(getattr(module, "processor", None), "_attention_backend", None)
+    if attention == "cross":
+        return ("no SDPA call of the module had the forward's text tokens as keys, so the cross-attention rule found "
+                f"nothing to steer (attention backend: {backend or 'unknown'})")
+    return ("the module computed attention without calling torch.nn.functional.scaled_dot_product_attention "
+            f"(attention backend: {backend or 'unknown'}), so it cannot be steered or recorded. Non-native backends "
+            "(flash, sage, xformers, flex) bypass it: call transformer.set_attention_backend('native') first")
+
+
+def _batch_size(inputs: dict) -> int:
+    for value in inputs.values():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+    raise SteeringError("cannot tell the batch size: the model's forward got no tensor argument")
+
+
+_CONTROLLERS: dict[int, Controller] = {}  # by id(model), only while some session is attached to it
+
+
+def controller_for(model: torch.nn.Module, component: str, adapter: Adapter) -> Controller:
+    """The controller of ``model``, created on first use (one per model, shared by sessions). The
+    registry holds it only while a session is attached, so a model left by every session can be freed."""
+    controller = _CONTROLLERS.get(id(model))
+    if controller is None or controller.model is not model or not controller.clients:
+        controller = Controller(model, component, adapter)
+        _CONTROLLERS[id(model)] = controller
+    return controller

@@ -1,0 +1,172 @@
+"""One forward of a hooked attention module: every SDPA call it makes, planned, steered and recorded.
+
+The controller decides per module forward which rules are on and who records; a :class:`ModuleCall`
+then answers the module's SDPA calls (it is the handler the :class:`~attnsteer.runtime.hooks.SDPAInterceptor`
+calls), holding that forward's state explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from ..contract.adapter import Adapter
+from ..contract.streams import STREAM_KINDS
+from ..errors import ConfigError, KernelError, SteeringError, describe_rule
+from ..language.layout import TokenLayout
+from ..language.rules import Rule
+from ..language.selectors import SelectionContext
+from .call_maps import record_cross_maps, record_maps
+from .call_state import Client, ForwardState, LayerInfo, client_rows, notify, sdpa_arguments
+from .context_parallel import gather_heads, head_slice
+from .execute import cross_layout, run_cross_plan, run_plan
+from .outputs import OutputStage, split_output_rules
+from .plan import build_plan
+from .stream_call import stream_call
+
+
+@attrs.define
+class ModuleCall:
+    """The SDPA calls of one forward of one hooked module, with the rules on and the recorders listening."""
+
+    adapter: Adapter
+    clients: list[Client]
+    layer: LayerInfo
+    attention: str  # "self", "cross" or a stream kind (attnsteer.contract.streams)
+    state: ForwardState
+    active: list[tuple[Client, Rule]]
+    recorders: list[Client]
+    frame_limits: dict[int, frozenset[int]]  # id(rule) -> the query frames a per-frame schedule is on for
+    stage: OutputStage | None = None
+    module: torch.nn.Module | None = None
+    calls: int = 0  # SDPA calls answered so far (steered or recorded)
+
+    @property
+    def subject(self) -> str:
+        """Who an error is about: the first active rule in this module, or the recording."""
+        return subject(self.active, self.layer)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.attention == "cross":
+            return self._cross_call(args, kwargs)
+        if self.attention in STREAM_KINDS or self.attention in (self.state.streams or {}):
+            return stream_call(self, args, kwargs)
+        return self._self_call(args, kwargs)
+
+    def _context(self, client: Client, rule: Rule, layout: TokenLayout, rows: tuple[bool, ...] | None) -> SelectionContext:
+        """The selection context of ``rule`` in this call: its client's (restricted to the client's batch rows when
+        it has a batch share), limited to the frames its schedule is on in."""
+        ctx = client.selection_context(layout)
+        ctx = ctx if rows is None else attrs.evolve(ctx, rows=rows)
+        frames = self.frame_limits.get(id(rule))
+        return ctx if frames is None else attrs.evolve(ctx, query_frames=frames)
+
+    def _self_call(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = sdpa_arguments(args, kwargs)
+        if q.shape[-2] != k.shape[-2]:  # cross-attention inside a self-attention module: leave it
+            return F.scaled_dot_product_attention(*args, **kwargs)
+        call = self.calls  # this call's index within the module's forward
+        self.calls += 1
+        where, layer, active, recorders, state = self.subject, self.layer, self.active, self.recorders, self.state
+        forward_layout = state.layout
+        layout, branches = self.adapter.call_view(forward_layout, state.branches, q.shape[0], call)
+        if q.dim() != 4 or q.shape[-2] != layout.seq_len:
+            raise SteeringError(
+                f"{where}: the attention call has q of shape {tuple(q.shape)} but {type(self.adapter).__name__} "
+                f"expects [B, H, {layout.seq_len}, D] for layout {layout.describe()}"
+            )
+        if dropout_p or is_causal or enable_gqa:
+            raise SteeringError(
+                f"{where}: unsupported SDPA arguments (dropout_p={dropout_p}, is_causal={is_causal}, "
+                f"enable_gqa={enable_gqa}); attnsteer supports inference-mode bidirectional attention"
+            )
+        if layout.num_groups != forward_layout.num_groups and recorders:
+            raise SteeringError(
+                f"{where}: this call's layout {layout.describe()} has other token groups than its forward's "
+                f"{forward_layout.describe()}, so its attention mass cannot join the recording"
+            )
+        if branches != state.branches:  # the model folds other axes into the attention batch (SVD)
+            state = attrs.evolve(state, branches=branches)
+        recorded = state  # recordings keep the forward's layout (same groups, asserted above)
+        if layout != forward_layout:  # one call per batch row over its valid tokens (Mochi)
+            state = attrs.evolve(state, layout=layout)
+        stage = self.stage
+        outputs = stage.read(q, k, scale, layout, state.branches) if stage is not None else []
+        rows = {id(c): client_rows(c, state.branches, q.shape[0]) for c in self.clients}
+        heads = None if self.module is None else head_slice(self.module, q.shape[1], where)
+        try:
+            plan = build_plan(
+                tuple((rule, self._context(client, rule, layout, rows[id(client)]))
+                      for client, rule in split_output_rules(active)[0]),
+                layout, state.branches,
+                q.shape[0], q.shape[1], want_mass=bool(recorders),
+                head_offset=0 if heads is None else heads.offset, total_heads=None if heads is None else heads.total,
+            )
+        except ConfigError as exc:
+            raise type(exc)(f"in self-attention module {layer.qualified!r}: {exc}") from exc
+        if plan.path == "plain" and not recorders and not plan.identity and plan.scale_factor == 1.0:
+            if not outputs and not plan.applied:
+                return F.scaled_dot_product_attention(*args, **kwargs)
+            out, mass = F.scaled_dot_product_attention(*args, **kwargs), None  # e.g. a logit scale of 1 applied
+        else:
+            try:
+                with_maps = _record_spatial_maps(recorders, plan, q, k, v, state, layer, scale, attn_mask)
+                out, mass = with_maps or run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders))
+            except (KernelError, SteeringError) as exc:
+                raise type(exc)(f"{where}: {exc}") from exc
+        if heads is not None and recorders and mass is not None:
+            mass = gather_heads(mass, heads)  # every rank records all heads, as one process would
+        for client in self.clients:
+            mine = [rule for c, rule in active if c is client and (rule in plan.applied or (c, rule) in outputs)]
+            if mine or client.wants_mass:
+                notify(client, recorded, layer, mine, mass, rows[id(client)])
+        return out
+
+    def _cross_call(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        """A cross-attention SDPA call: steered when its keys are the forward's text tokens (image-key
+        calls, as in Wan I2V's attn2, pass through); the plan runs on the joint [text, video] layout."""
+        q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = sdpa_arguments(args, kwargs)
+        state, active = self.state, self.active
+        if k.shape[-2] != state.text_length:
+            return F.scaled_dot_product_attention(*args, **kwargs)
+        self.calls += 1
+        where = self.subject
+        layout = cross_layout(state.layout, state.text_length)
+        if q.dim() != 4 or q.shape[-2] != state.layout.seq_len or dropout_p or is_causal or enable_gqa:
+            raise SteeringError(
+                f"{where}: a cross-attention call with q {tuple(q.shape)}, k {tuple(k.shape)} (dropout_p={dropout_p}, "
+                f"is_causal={is_causal}, enable_gqa={enable_gqa}) does not match {state.layout.seq_len} video queries "
+                f"and {state.text_length} text keys"
+            )
+        branches = self.adapter.attention_branches(state.branches, q.shape[0])
+        try:
+            rows = {id(c): client_rows(c, branches, q.shape[0]) for c in self.clients}
+            plan = build_plan(tuple((rule, self._context(client, rule, layout, rows[id(client)])) for client, rule in active),
+                              layout, branches, q.shape[0], q.shape[1])
+            out = run_cross_plan(plan, q, k, v, layout, scale, attn_mask)
+            if self.recorders:
+                record_cross_maps([c.maps for c in self.recorders], plan, q, k, v, state, self.layer, scale, attn_mask,
+                                  layout)
+        except (ConfigError, KernelError, SteeringError) as exc:
+            raise type(exc)(f"{where}: {exc}") from exc
+        for client in self.clients:
+            mine = [rule for c, rule in active if c is client and rule in plan.applied]
+            if mine:
+                notify(client, state, self.layer, mine, None, rows[id(client)])
+        return out
+
+
+def _record_spatial_maps(recorders: list[Client], plan, q, k, v, state, layer, scale, attn_mask):
+    """(output, mass) of a call whose recorders keep spatial maps (``at.inspect(maps=...)``), else None."""
+    spatial = [c.maps for c in recorders if getattr(c, "maps", None) is not None]
+    if not spatial:
+        return None
+    return record_maps(spatial, plan, q, k, v, state, layer, scale, attn_mask)
+
+
+def subject(active: list[tuple[Client, Rule]], layer: LayerInfo) -> str:
+    """Who an error is about: the first active rule in this module, or the recording."""
+    return describe_rule(active[0][1], layer.qualified) if active else f"recording in module {layer.qualified!r}"
