@@ -20,13 +20,13 @@ PER_FRAME, STEPS = 16, 2
 
 @pytest.fixture(scope="module")
 def pipe():
-    from attnsteer.testing.tiny_families_b import tiny_chronoedit
+    from attnsteer.testing.tiny import tiny_chronoedit
 
     return tiny_chronoedit()
 
 
 def run(pipe, image):
-    from attnsteer.testing.tiny_families_b import chronoedit_call_kwargs
+    from attnsteer.testing.tiny import chronoedit_call_kwargs
 
     kwargs = chronoedit_call_kwargs(output_type="latent", num_inference_steps=STEPS, num_frames=9,
                                     enable_temporal_reasoning=True, num_temporal_reasoning_steps=1)

@@ -17,8 +17,7 @@ import pytest
 import torch
 
 import attnsteer as at
-from attnsteer.testing.tiny import build_tiny, test_image
-from attnsteer.testing.tiny_families_a import cosmos25_call_kwargs, tiny_cosmos25
+from attnsteer.testing.tiny import build_tiny, cosmos25_call_kwargs, test_image, tiny_cosmos25
 from dense_reference import DenseAttention, ForwardCounter, frame_bias
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -22,13 +22,13 @@ HISTORY, FRAMES, PER_FRAME, IMAGE_TOKENS, GAMMA = 8, 5, 16, 16, 2.0
 
 @pytest.fixture(scope="module")
 def pipe():
-    from attnsteer.testing.tiny_families_b import tiny_framepack
+    from attnsteer.testing.tiny import tiny_framepack
 
     return tiny_framepack()
 
 
 def run(pipe, image, **overrides):
-    from attnsteer.testing.tiny_families_b import framepack_call_kwargs
+    from attnsteer.testing.tiny import framepack_call_kwargs
 
     kwargs = framepack_call_kwargs(**{"output_type": "latent", "num_inference_steps": 2, **overrides})
     return np.asarray(pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs).frames)

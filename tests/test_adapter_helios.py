@@ -24,13 +24,13 @@ SEQ = HISTORY + FRAMES * PER_FRAME
 
 @pytest.fixture(scope="module")
 def pipe():
-    from attnsteer.testing.tiny_families_d import tiny_helios
+    from attnsteer.testing.tiny import tiny_helios
 
     return tiny_helios()
 
 
 def run(pipe, image, **overrides):
-    from attnsteer.testing.tiny_families_d import helios_call_kwargs
+    from attnsteer.testing.tiny import helios_call_kwargs
 
     kwargs = helios_call_kwargs(**{"output_type": "latent", "num_inference_steps": 2, **overrides})
     kwargs = {k: v for k, v in kwargs.items() if v is not None}  # the pyramid pipeline takes no num_inference_steps
@@ -116,7 +116,7 @@ def test_text_to_video_over_two_chunks_restarts_the_steps_with_each_chunk(pipe):
     """10 frames make two chunks (5 frames each); each chunk runs its own 2 steps, DyMoS biases step 0 of both. Without
     an image the kept first frame is zeros in chunk 1 and the first generated latent frame in chunk 2."""
     def call(**overrides):
-        from attnsteer.testing.tiny_families_d import helios_call_kwargs
+        from attnsteer.testing.tiny import helios_call_kwargs
 
         kwargs = helios_call_kwargs(output_type="latent", num_inference_steps=2, num_frames=10, **overrides)
         return np.asarray(pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames)

@@ -27,13 +27,13 @@ FRAMES, PER_FRAME, GAMMA = 3, 256, 2.0
 
 @pytest.fixture(scope="module")
 def pipe():
-    from attnsteer.testing.tiny_families_b import tiny_ltx2
+    from attnsteer.testing.tiny import tiny_ltx2
 
     return tiny_ltx2()
 
 
 def run(pipe, **overrides):
-    from attnsteer.testing.tiny_families_b import ltx2_call_kwargs
+    from attnsteer.testing.tiny import ltx2_call_kwargs
     from attnsteer.testing.tiny import test_image
 
     kwargs = ltx2_call_kwargs(**{"output_type": "latent", "num_inference_steps": 2, **overrides})

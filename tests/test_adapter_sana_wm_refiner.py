@@ -2,7 +2,7 @@
 [sink, history, block], steered exactly on that window (not in the shared battery: the adapter must be told the
 latent grid, and these calls are steered, not recorded).
 
-The tiny call (attnsteer.testing.tiny_families_f): a stage-1 latent of 6 latent frames of 4x4 tokens, sink 1 frame,
+The tiny call (attnsteer.testing.tiny): a stage-1 latent of 6 latent frames of 4x4 tokens, sink 1 frame,
 blocks of 2 frames, a window of at most 4 frames. Forwards: one sink capture (16 queries and keys), then per block
 3 denoising steps and one history capture; their self-attention keys are the sink (16 tokens), the history (0, 32
 and 48 tokens) and the block (32, 32, 16 tokens). The dense references below edit the logits of exactly those calls,
@@ -24,7 +24,7 @@ GAMMA, PER_FRAME = 2.0, 16
 
 @pytest.fixture(scope="module")
 def pipe():
-    from attnsteer.testing.tiny_families_f import tiny_sana_wm_refiner
+    from attnsteer.testing.tiny import tiny_sana_wm_refiner
 
     return tiny_sana_wm_refiner()
 
@@ -34,7 +34,7 @@ def adapter():
 
 
 def run(pipe):
-    from attnsteer.testing.tiny_families_f import sana_wm_refiner_call_kwargs
+    from attnsteer.testing.tiny import sana_wm_refiner_call_kwargs
 
     return pipe(**sana_wm_refiner_call_kwargs())
 

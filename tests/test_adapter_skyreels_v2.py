@@ -21,13 +21,13 @@ FRAMES, PER_FRAME, STEPS, GAMMA = 3, 16, 3, 2.0
 
 @pytest.fixture(scope="module")
 def pipe():
-    from attnsteer.testing.tiny_families_b import tiny_skyreels_v2_df
+    from attnsteer.testing.tiny import tiny_skyreels_v2_df
 
     return tiny_skyreels_v2_df()
 
 
 def run(pipe, image):
-    from attnsteer.testing.tiny_families_b import skyreels_v2_df_call_kwargs
+    from attnsteer.testing.tiny import skyreels_v2_df_call_kwargs
 
     kwargs = skyreels_v2_df_call_kwargs(output_type="latent", num_inference_steps=STEPS, ar_step=1)
     return np.asarray(pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs).frames)

@@ -18,13 +18,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def pipe():
-    from attnsteer.testing.tiny_families_b import tiny_wan_animate
+    from attnsteer.testing.tiny import tiny_wan_animate
 
     return tiny_wan_animate()
 
 
 def run(pipe, image):
-    from attnsteer.testing.tiny_families_b import wan_animate_call_kwargs
+    from attnsteer.testing.tiny import wan_animate_call_kwargs
 
     kwargs = wan_animate_call_kwargs(output_type="latent", num_inference_steps=2)
     return np.asarray(pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs).frames)

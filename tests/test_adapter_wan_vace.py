@@ -21,13 +21,13 @@ PER_FRAME, VACE_BLOCKS, MAIN_BLOCKS = 16, 2, 2
 
 @pytest.fixture(scope="module")
 def pipe():
-    from attnsteer.testing.tiny_families_b import tiny_wan_vace
+    from attnsteer.testing.tiny import tiny_wan_vace
 
     return tiny_wan_vace()
 
 
 def run(pipe, **overrides):
-    from attnsteer.testing.tiny_families_b import wan_vace_call_kwargs
+    from attnsteer.testing.tiny import wan_vace_call_kwargs
 
     kwargs = wan_vace_call_kwargs(**{"output_type": "latent", "num_inference_steps": 2, **overrides})
     return np.asarray(pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames)

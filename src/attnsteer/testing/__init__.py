@@ -2,6 +2,8 @@
 
 - :mod:`attnsteer.testing.tiny`: tiny random-weight pipelines built from configs (offline, seconds on
   a CPU), their call arguments, and a fixed test image (the CLI's ``--model tiny-*`` and default image);
+  the registry of :mod:`attnsteer.testing.families` (one module per model family) and of
+  :mod:`attnsteer.testing.tiny_parts` (the helpers the families share; it imports no family);
 - :mod:`attnsteer.testing.oracle`: the dense float64 reference of the grouped attention kernel;
 - :mod:`attnsteer.testing.profiling`: peak-memory measurement of one call.
 

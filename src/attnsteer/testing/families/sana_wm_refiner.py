@@ -1,5 +1,5 @@
-"""Tiny random-weight pipelines of KV-cached families: SANA-WM's LTX-2 refiner (stage 2, chunk-causal with a
-sliding-window KV cache). Built from configs, no download, a few seconds on a CPU."""
+"""Tiny random-weight pipelines of SANA-WM's LTX-2 refiner (stage 2, chunk-causal with a sliding-window KV cache):
+built from configs, offline, seconds on a CPU (registered in :data:`attnsteer.testing.tiny.TINY_MODELS`)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,11 @@ from typing import Any
 
 import torch
 
+from ..tiny_parts import prompt_embedding
+
+
 TEXT_TOKENS, CAPTION_CHANNELS = 8, 32
 
-
-def prompt_embedding(text: str, length: int, dim: int) -> torch.Tensor:
-    """:func:`attnsteer.testing.tiny.prompt_embedding` (imported late: tiny.py registers this module's builders)."""
-    from .tiny import prompt_embedding as embedding
-
-    return embedding(text, length, dim)
 
 
 def tiny_sana_wm_refiner(seed: int = 0) -> Any:
@@ -42,6 +39,7 @@ def tiny_sana_wm_refiner(seed: int = 0) -> Any:
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
 
 
 def sana_wm_refiner_call_kwargs(prompt: str = "a cat", **overrides: Any) -> dict[str, Any]:

@@ -1,14 +1,13 @@
-"""Tiny random-weight pipelines of the Kandinsky 6 family (see :mod:`.tiny`, whose ``TINY_MODELS`` lists them).
-
-Kandinsky 6 generates video and audio together: ``Kandinsky6TI2VAPipeline`` runs text-to-video+audio without an
-image and image-to-video+audio with one (the image becomes an extra, last latent frame).
-"""
+"""Tiny random-weight pipelines of Kandinsky 6 text/image-to-video+audio: built from configs, offline, seconds on a CPU
+(registered in :data:`attnsteer.testing.tiny.TINY_MODELS`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+
+from ..tiny_parts import prompt_embedding
 
 
 def tiny_kandinsky6(seed: int = 0) -> Any:
@@ -49,11 +48,11 @@ def tiny_kandinsky6(seed: int = 0) -> Any:
     return pipe
 
 
+
 def kandinsky6_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_kandinsky6`: 32x64 pixels, 9 frames = 3 latent frames of 2x4
     tokens (4 with an image), 6 audio latent tokens, 8 Qwen text tokens in cross-attention, a pooled CLIP
     embedding, CFG on, 4 steps."""
-    from .tiny import prompt_embedding
 
     kwargs: dict[str, Any] = dict(height=32, width=64, num_frames=9, frame_rate=24.0, num_inference_steps=4,
                                   guidance_scale=4.0, max_sequence_length=8, output_type="np")
