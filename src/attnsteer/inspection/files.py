@@ -2,22 +2,25 @@
 ``metadata.npy``, no pickles). Before anything is allocated, the zip's directory and each array's
 header are checked (names, dtypes, shapes, declared sizes against the file's size), then the
 metadata against the arrays, and the values for finiteness. Every problem is one
-:class:`~attnsteer.errors.RecordingError` naming the file and what is wrong."""
+:class:`~attnsteer.errors.RecordingError` naming the file and what is wrong. Both recorders (frame maps and
+spatial maps) write and read their files through :func:`write_npz` and :func:`load_npz`."""
 
 from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from ..errors import RecordingError
+from ..errors import ConfigError, RecordingError
 
 MEMBERS = {"sums.npy", "metadata.npy"}
 MAX_EXPANSION = 200  # uncompressed bytes per byte of file: far above what real recordings reach
 MIN_ALLOWANCE = 64 << 20  # small files may always expand to this
+T = TypeVar("T")
 
 
 def read_npz(path: Path, sums_shape: str = "[records, heads, groups, groups]") -> tuple[dict[str, Any], np.ndarray]:
@@ -76,3 +79,28 @@ def _read_array(path: Path, archive: zipfile.ZipFile, name: str, kind: str, max_
             raise RecordingError(f"{path}: {name} is truncated")
     array = np.frombuffer(data, dtype=dtype)
     return array.reshape(shape, order="F" if fortran else "C").copy()
+
+
+def write_npz(path: str | Path, meta: dict[str, Any], sums: np.ndarray, caller: str) -> Path:
+    """Write a recording: ``sums`` and the JSON ``meta`` in one compressed ``.npz`` that :func:`read_npz`
+    reads back; ``caller`` (e.g. ``"Record.save"``) names the method in the error for a wrong suffix."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ConfigError(f"{caller}(path) needs a .npz path, got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, sums=sums, metadata=np.array(json.dumps(meta)))
+    return path
+
+
+def load_npz(path: str | Path, build: Callable[[dict[str, Any], np.ndarray, Path], T], what: str,
+             sums_shape: str = "[records, heads, groups, groups]") -> T:
+    """``build(meta, sums, path)`` on a file checked by :func:`read_npz`; every problem that building finds
+    (a RecordingError, or metadata of the wrong type or shape) becomes one RecordingError naming the file."""
+    path = Path(path)
+    meta, sums = read_npz(path, sums_shape)
+    try:
+        return build(meta, sums, path)
+    except RecordingError as exc:
+        raise RecordingError(f"{path}: {exc}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RecordingError(f"{path}: inconsistent {what} ({type(exc).__name__}: {exc})") from exc

@@ -8,7 +8,6 @@ a :class:`Heatmap`: one value per token of the call, with the video part as [F, 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,8 @@ from ..language.layout import TokenLayout
 from ..language.selectors import SelectionContext
 from ..language.words import WordIndex
 from ..runtime.call_maps import CallMaps
-from .files import read_npz
+from .accumulator import Accumulator
+from .files import load_npz, write_npz
 from .map_specs import LayerBins, MapSpec, StepBins, check_maps
 from .record import BRANCH_NAMES, layer_names
 
@@ -87,8 +87,7 @@ class MapRecording:
         self.labels = [m.label for m in self.specs]
         self.axes = {m.label: m.axis for m in self.specs}
         self.query_sets: dict[str, torch.Tensor] = {}  # label -> bool [N] of each region map
-        self._sums: dict[Key, torch.Tensor] = {}
-        self._counts: dict[Key, int] = {}
+        self.records = Accumulator()  # Key -> running sum [N] and count
 
     # --- recording -----------------------------------------------------------------------
     def bins(self, state: ForwardState, layer: LayerInfo, attention: str = "self") -> tuple[str, str] | None:
@@ -144,24 +143,24 @@ class MapRecording:
                 self._accumulate((spec.label, step_bin, layer_bin, branch), values[rows].mean(0))
 
     def _accumulate(self, key: Key, values: torch.Tensor) -> None:
-        if key in self._sums:
-            self._sums[key] += values
-            self._counts[key] += 1
-            return
-        size_mb = (len(self._sums) + 1) * values.numel() * 8 / 2**20
-        if size_mb > self.max_mb:
+        """Add under ``key``; a new key is refused where the maps would outgrow ``map_max_mb``."""
+        if key not in self.records and (len(self.records) + 1) * values.numel() * 8 / 2**20 > self.max_mb:
             raise SteeringError(
-                f"the spatial maps would grow past map_max_mb={self.max_mb:g} MB ({len(self._sums) + 1} maps of "
+                f"the spatial maps would grow past map_max_mb={self.max_mb:g} MB ({len(self.records) + 1} maps of "
                 f"{values.numel()} tokens); keep fewer: coarser map_steps (now {self.step_bins.spec!r}) or "
                 f"map_layers (now {self.layer_bins.spec!r}), fewer maps, or raise map_max_mb"
             )
-        self._sums[key] = values.clone()
-        self._counts[key] = 1
+        self.records.add(key, values)
+
+    @property
+    def _sums(self) -> dict[Key, torch.Tensor]:
+        """The running sums per key (read-only view for callers that measure what the recording holds)."""
+        return self.records.sums
 
     # --- reading -------------------------------------------------------------------------
     @property
     def branches(self) -> list[str]:
-        return sorted({k[3] for k in self._sums})
+        return sorted({k[3] for k in self.records.keys()})
 
     @property
     def step_bin_labels(self) -> list[str]:
@@ -186,14 +185,14 @@ class MapRecording:
         layer_bins = self._select(layers, self.bin_layers, "layers", lambda l: layer_names(l, self.layers))
         if branch is not None and branch not in BRANCH_NAMES:
             raise ConfigError(f"branch must be one of {BRANCH_NAMES} or None, got {branch!r}")
-        keys = [k for k in self._sums if k[0] == label and k[1] in step_bins and k[2] in layer_bins
+        keys = [k for k in self.records.keys() if k[0] == label and k[1] in step_bins and k[2] in layer_bins
                 and (branch is None or k[3] == branch)]
         if not keys:
             raise ConfigError(
                 f"no recorded map {label!r} matches steps={steps!r}, layers={layers!r}, branch={branch!r}; recorded "
                 f"step bins {self.step_bin_labels}, layer bins {self.layer_bin_labels}, branches {self.branches}"
             )
-        total = sum(self._sums[k] for k in keys) / sum(self._counts[k] for k in keys)
+        total = self.records.pooled(keys)
         return Heatmap(
             label=label, axis=self.axes[label], values=total.float(), layout=self.layout,
             steps=_join(sorted({k[1] for k in keys}, key=self.step_bin_labels.index)),
@@ -232,40 +231,27 @@ class MapRecording:
     # --- persistence ---------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the maps as ``.npz`` (float64 sums plus JSON metadata); :meth:`load` reads them back exactly."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            raise ConfigError(f"maps.save(path) needs a .npz path, got {str(path)!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        keys = sorted(self._sums)
+        n = 0 if self.layout is None else self.layout.seq_len
+        keys, counts, sums = self.records.to_arrays((0, n))
         meta = {
             "format": FORMAT, "maps": self.labels, "axes": self.axes,
             "query_sets": {label: torch.nonzero(m).flatten().tolist() for label, m in self.query_sets.items()},
             "layout": None if self.layout is None else self.layout.describe(), "layers": self.layers,
             "step_bins": {b: sorted(s) for b, s in self.bin_steps.items()},
             "layer_bins": {b: sorted(s) for b, s in self.bin_layers.items()},
-            "keys": [list(k) for k in keys], "counts": [self._counts[k] for k in keys],
+            "keys": keys, "counts": counts,
         }
-        n = 0 if self.layout is None else self.layout.seq_len
-        sums = np.stack([self._sums[k].numpy() for k in keys]) if keys else np.zeros((0, n))
-        np.savez_compressed(path, sums=sums, metadata=np.array(json.dumps(meta)))
-        return path
+        return write_npz(path, meta, sums, "maps.save")
 
     @classmethod
     def load(cls, path: str | Path) -> MapRecording:
         """Read maps written by :meth:`save` (maps are then named by their labels)."""
-        path = Path(path)
-        meta, sums = read_npz(path, sums_shape="[records, tokens]")
-        try:
-            if meta.get("format") != FORMAT:
-                raise RecordingError(f"not a map recording (format {meta.get('format')!r}, expected {FORMAT!r})")
-            return cls._from_saved(meta, sums)
-        except RecordingError as exc:
-            raise RecordingError(f"{path}: {exc}") from exc
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise RecordingError(f"{path}: inconsistent map recording ({type(exc).__name__}: {exc})") from exc
+        return load_npz(path, cls._from_saved, "map recording", sums_shape="[records, tokens]")
 
     @classmethod
-    def _from_saved(cls, meta: dict, sums: np.ndarray) -> MapRecording:
+    def _from_saved(cls, meta: dict, sums: np.ndarray, path: Path | None = None) -> MapRecording:
+        if meta.get("format") != FORMAT:
+            raise RecordingError(f"not a map recording (format {meta.get('format')!r}, expected {FORMAT!r})")
         rec = cls.__new__(cls)
         rec.specs, rec.words, rec.max_mb = (), None, float("inf")
         rec.step_bins = rec.layer_bins = None
@@ -281,17 +267,13 @@ class MapRecording:
         rec.layers = {str(k): int(v) for k, v in dict(meta["layers"]).items()}
         rec.bin_steps = {str(b): {int(s) for s in v} for b, v in dict(meta["step_bins"]).items()}
         rec.bin_layers = {str(b): {str(s) for s in v} for b, v in dict(meta["layer_bins"]).items()}
-        keys, counts = [tuple(map(str, k)) for k in meta["keys"]], [int(c) for c in meta["counts"]]
+        keys = [tuple(map(str, k)) for k in meta["keys"]]
         n = None if rec.layout is None else rec.layout.seq_len
-        if len(keys) != len(counts) or sums.shape[0] != len(keys) or (keys and sums.shape[1] != n) or \
-                any(c < 1 for c in counts):
-            raise RecordingError(f"{len(keys)} maps with {len(counts)} counts do not match sums of shape {sums.shape}")
+        rec.records = Accumulator.from_arrays(keys, meta["counts"], sums, (n,), "maps")
         for key in keys:
             if key[0] not in rec.labels or key[1] not in rec.bin_steps or key[2] not in rec.bin_layers \
                     or key[3] not in BRANCH_NAMES:
                 raise RecordingError(f"map key {key!r} names an unknown map, bin or branch")
-        rec._sums = {k: torch.from_numpy(s.astype(np.float64)) for k, s in zip(keys, sums)}
-        rec._counts = dict(zip(keys, counts))
         return rec
 
     def __repr__(self) -> str:

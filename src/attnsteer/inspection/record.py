@@ -8,7 +8,6 @@ each guidance branch (and over heads unless ``heads=True``) and adds it to a run
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,8 @@ from ..language.layout import TokenLayout
 from ..language.rules import Rule
 from ..language.selectors import GeneratedFrames, Groups, SelectionContext, Selector, _check_selector
 from ..runtime.call_state import ForwardState, LayerInfo
-from .files import read_npz
+from .accumulator import Accumulator
+from .files import load_npz, write_npz
 
 BRANCH_NAMES = ("cond", "uncond", "perturbed", "unknown")
 FORMAT_VERSION = 1
@@ -44,8 +44,7 @@ class Record:
         self.layers: dict[str, int] = {}
         self.timesteps: dict[int, float] = {}
         self.metadata: dict[str, Any] = {}
-        self._sums: dict[tuple[int, str, str], torch.Tensor] = {}
-        self._counts: dict[tuple[int, str, str], int] = {}
+        self.records = Accumulator()  # (step, layer, branch) -> running sum [H', G, G] and count
 
     # --- recording -----------------------------------------------------------------------
     def selection_context(self, layout: TokenLayout) -> SelectionContext:
@@ -72,22 +71,16 @@ class Record:
             m = mass[rows].mean(0)  # [H, G, G]
             if not self.heads:
                 m = m.mean(0, keepdim=True)
-            key = (step, layer.qualified, branch)
-            if key in self._sums:
-                self._sums[key] += m
-                self._counts[key] += 1
-            else:
-                self._sums[key] = m.clone()
-                self._counts[key] = 1
+            self.records.add((step, layer.qualified, branch), m)
 
     # --- selection -----------------------------------------------------------------------
     @property
     def steps(self) -> list[int]:
-        return sorted({k[0] for k in self._sums})
+        return sorted({k[0] for k in self.records.keys()})
 
     @property
     def branches(self) -> list[str]:
-        return sorted({k[2] for k in self._sums})
+        return sorted({k[2] for k in self.records.keys()})
 
     def _keys(self, steps: Iterable[int] | None, layers: Any, branch: str | None) -> list[tuple[int, str, str]]:
         if branch is not None and branch not in BRANCH_NAMES:
@@ -95,7 +88,7 @@ class Record:
         wanted_steps = None if steps is None else set(_ints(steps, "steps"))
         wanted_layers = None if layers is None else self._layer_names(layers)
         keys = [
-            k for k in self._sums
+            k for k in self.records.keys()
             if (wanted_steps is None or k[0] in wanted_steps)
             and (wanted_layers is None or k[1] in wanted_layers)
             and (branch is None or k[2] == branch)
@@ -115,7 +108,7 @@ class Record:
     ) -> torch.Tensor:
         """Mean over the selected records (and heads) of the group-to-group mass: [G, G] float32."""
         keys = self._keys(steps, layers, branch)
-        stacked = torch.stack([self._sums[k] / self._counts[k] for k in keys])  # [R, H', G, G]
+        stacked = torch.stack([self.records.mean(k) for k in keys])  # [R, H', G, G]
         if heads is not None:
             if not self.heads:
                 raise ConfigError("heads=... needs a recording made with at.inspect(target, heads=True)")
@@ -207,11 +200,7 @@ class Record:
     # --- persistence ---------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the recording as ``.npz`` (arrays plus JSON metadata); loads with :meth:`Record.load`."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            raise ConfigError(f"Record.save(path) needs a .npz path, got {str(path)!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        keys = sorted(self._sums)
+        keys, counts, sums = self.records.to_arrays((0, 1, 1, 1))
         meta = {
             "format": FORMAT_VERSION,
             "heads": self.heads,
@@ -220,28 +209,19 @@ class Record:
             "layout": None if self.layout is None else self.layout.describe(),
             "layers": self.layers,
             "timesteps": {str(k): v for k, v in self.timesteps.items()},
-            "keys": [list(k) for k in keys],
-            "counts": [self._counts[k] for k in keys],
+            "keys": keys,
+            "counts": counts,
             **self.metadata,
         }
-        sums = np.stack([self._sums[k].numpy() for k in keys]) if keys else np.zeros((0, 1, 1, 1))
-        np.savez_compressed(path, sums=sums, metadata=np.array(json.dumps(meta)))
-        return path
+        return write_npz(path, meta, sums, "Record.save")
 
     @classmethod
     def load(cls, path: str | Path) -> Record:
         """Read a recording written by :meth:`save`, validated (see :mod:`attnsteer.inspection.files`)."""
-        path = Path(path)
-        meta, sums = read_npz(path)
-        try:
-            return cls._from_saved(meta, sums)
-        except RecordingError as exc:
-            raise RecordingError(f"{path}: {exc}") from exc
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise RecordingError(f"{path}: inconsistent recording ({type(exc).__name__}: {exc})") from exc
+        return load_npz(path, cls._from_saved, "recording")
 
     @classmethod
-    def _from_saved(cls, meta: dict, sums: np.ndarray) -> Record:
+    def _from_saved(cls, meta: dict, sums: np.ndarray, path: Path | None = None) -> Record:
         if meta.get("format") != FORMAT_VERSION:
             raise RecordingError(f"unknown recording format {meta.get('format')!r} (expected {FORMAT_VERSION})")
         meta = dict(meta)
@@ -254,17 +234,13 @@ class Record:
             rec.queries = Groups(query_groups)
         rec.layers = {str(k): int(v) for k, v in dict(meta.pop("layers")).items()}
         rec.timesteps = {int(k): float(v) for k, v in dict(meta.pop("timesteps")).items()}
-        keys, counts = list(meta.pop("keys")), [int(c) for c in meta.pop("counts")]
+        keys = [(int(step), str(layer), branch) for step, layer, branch in meta.pop("keys")]
         groups = rec.layout.num_groups if rec.layout is not None else None
-        expected = (len(keys), sums.shape[1] if rec.heads else 1, groups, groups)
-        if len(counts) != len(keys) or (keys and sums.shape != expected) or any(c < 1 for c in counts):
-            raise RecordingError(f"{len(keys)} records with {len(counts)} counts do not match sums of shape "
-                                 f"{sums.shape} (expected {expected}, counts >= 1)")
-        for (step, layer, branch), count, total in zip(keys, counts, sums):
+        shape = (sums.shape[1] if rec.heads else 1, groups, groups)
+        rec.records = Accumulator.from_arrays(keys, meta.pop("counts"), sums, shape, "records")
+        for step, layer, branch in keys:
             if branch not in BRANCH_NAMES or layer not in rec.layers:
                 raise RecordingError(f"record key {(step, layer, branch)!r} names an unknown branch or layer")
-            rec._sums[(int(step), str(layer), branch)] = torch.from_numpy(total)
-            rec._counts[(int(step), str(layer), branch)] = count
         meta.pop("format")
         meta.pop("queries", None)
         rec.metadata = meta
