@@ -264,12 +264,10 @@ def inspect(
 
 def _refuse_unbatchable(rules: tuple[Rule, ...], guidance: PerturbedGuidance | None) -> None:
     """What a batch share cannot restrict to its rows: output rules and perturbed guidance act on whole forwards."""
-    from .language.outputs import OutputTransform
-
     if guidance is not None:
         raise SteeringError("at.steer(batch_item=...): perturbed guidance adds a forward over the whole batch, so "
                             "it cannot be restricted to one batch item; run it sequentially")
-    outputs = [r for r in rules if isinstance(r.transform, OutputTransform)]
+    outputs = [r for r in rules if r.transform.kind == "output"]
     if outputs:
         raise SteeringError(f"at.steer(batch_item=...): {outputs[0]!r} edits the module output, which is not "
                             "restricted to one batch item; run it sequentially")

@@ -35,6 +35,8 @@ def _factor(value: object) -> float | Readout:
 class OutputTransform(Transform):
     """Base class of transforms applied to a module's output rows; they leave the logits alone."""
 
+    kind = "output"
+
     def check_rule(self, rule: Any) -> None:
         if rule.heads is not None:
             raise ConfigError(f"Rule.heads must be None with {self!r}: it acts after the output projection, "

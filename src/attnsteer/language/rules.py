@@ -10,9 +10,9 @@ import attrs
 
 from ..errors import ConfigError
 from .guidance import PerturbedGuidance
-from .pairs import Pairs, _check_pairs
+from .pairs import Pairs, check_pairs
 from .schedules import Schedule, always
-from .selectors import AllTokens, Selector, _check_selector
+from .selectors import AllTokens, Selector, check_selector
 from .transforms import Transform
 
 BRANCHES = ("cond", "uncond", "perturbed", "all")
@@ -23,7 +23,7 @@ LayerSpec = TypingUnion[int, str, "re.Pattern[str]"]
 
 def _selector(field: str):
     def convert(value: object) -> Selector:
-        return _check_selector(value, f"Rule.{field}")
+        return check_selector(value, f"Rule.{field}")
 
     return convert
 
@@ -45,7 +45,7 @@ def _attention(value: object) -> str:
 
 
 def _pairs(value: object) -> Pairs | None:
-    return None if value is None else _check_pairs(value, "Rule.pairs")
+    return None if value is None else check_pairs(value, "Rule.pairs")
 
 
 def _schedule(value: object) -> Schedule:
@@ -118,9 +118,9 @@ class Rule:
 
     def __attrs_post_init__(self) -> None:
         self.transform.check_rule(self)
-        if self.transform.identity and not isinstance(self.key, AllTokens):
+        if self.transform.kind == "identity" and not isinstance(self.key, AllTokens):
             raise ConfigError(f"Rule.key must be at.tokens with at.identity() (a query attends to itself), got {self.key!r}")
-        if self.transform.identity and self.attention not in ("self", "audio"):
+        if self.transform.kind == "identity" and self.attention not in ("self", "audio"):
             raise ConfigError("at.identity() needs self-attention (a query attending to itself); got "
                               f"attention={self.attention!r}")
 

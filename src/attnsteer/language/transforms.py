@@ -2,12 +2,20 @@
 
 Logit transforms follow FlexAttention's ``score_mod`` contract: ``score(s, b, h, q_idx, kv_idx)``
 maps the scaled pre-softmax logits ``s = q.k * scale`` of the selected pairs to new logits, with
-broadcastable index tensors for the batch row, head, query and key. Those that add a constant
-(``bias``, ``scale``, ``block``) report it as ``constant_bias`` and run on the fused grouped
-kernel; several of them on the same pair add. The others run on the exact chunked score path,
-applied in the order the rules were given.
+broadcastable index tensors for the batch row, head, query and key.
 
-``identity()`` is not a logit edit: selected queries attend only to themselves (output = V).
+Every transform declares its kernel path with one class attribute, :attr:`Transform.kind` (as
+FlexAttention separates ``score_mod`` from ``mask_mod``); the runtime reads nothing else to choose:
+
+- ``"constant"``: ``constant_bias`` (a float; ``-inf`` blocks) is added to every selected logit. Runs on
+  the fused grouped kernel; several constants on the same pair add (``bias``, ``scale``, ``block``).
+- ``"per_query"``: ``per_query`` (a float tensor [seq_len], set once bound to a layout) is added to the
+  logits of each selected query. Runs on the grouped kernel too (``query_bias``).
+- ``"score"``: ``score(...)`` computes the new logits. Runs on the exact chunked score path, applied in
+  the order the rules were given (``logit_scale``, ``fill``, ``score_mod``, the default).
+- ``"identity"``: not a logit edit; selected queries attend only to themselves (output = V).
+- ``"output"``: not a logit edit; ``factor(...)`` scales the module's output rows
+  (:class:`~attnsteer.language.outputs.OutputTransform`).
 """
 
 from __future__ import annotations
@@ -27,12 +35,27 @@ from .layout import TokenLayout
 MAX_BIAS = 1e30  # larger finite biases overflow float32 logits once added up
 
 
-class Transform:
-    """Base class. ``constant_bias`` is the logit added when the transform is a constant bias, else None."""
+TRANSFORM_KINDS = ("constant", "per_query", "score", "identity", "output")
 
-    constant_bias: float | None = None
-    per_query: torch.Tensor | None = None  # per-query additive values [seq_len], once bound to a layout
-    identity: bool = False
+
+class Transform:
+    """Base class of every transform; a subclass sets :attr:`kind` (its kernel path, see the module docstring)
+    and what that kind reads: ``constant_bias``, ``per_query`` or ``score``."""
+
+    kind: str = "score"
+    constant_bias: float | None = None  # kind "constant": the logit added to every selected pair
+    per_query: torch.Tensor | None = None  # kind "per_query": values [seq_len] added per query, once bound
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = cls.__dict__.get("kind")
+        if isinstance(kind, str) and kind not in TRANSFORM_KINDS:
+            raise ConfigError(f"{cls.__name__}.kind must be one of {TRANSFORM_KINDS}, got {kind!r}")
+
+    @property
+    def identity(self) -> bool:
+        """Whether this is identity attention (``kind == "identity"``; derived, never set)."""
+        return self.kind == "identity"
 
     @property
     def logit_bias(self) -> float:
@@ -71,6 +94,7 @@ def _finite(name: str, field: str, value: object) -> float:
 class Bias(Transform):
     """Add ``value`` to the logits (``-inf`` blocks)."""
 
+    kind = "constant"
     value: float
 
     def __attrs_post_init__(self) -> None:
@@ -94,6 +118,7 @@ class Bias(Transform):
 class Scale(Transform):
     """Multiply the unnormalised attention weight by ``factor >= 0``: ``bias(log(factor))``."""
 
+    kind = "constant"
     factor: float
 
     def __attrs_post_init__(self) -> None:
@@ -114,6 +139,7 @@ class Scale(Transform):
 class Block(Transform):
     """Give the selected pairs zero attention weight."""
 
+    kind = "constant"
     constant_bias = -math.inf
 
     def __repr__(self) -> str:
@@ -213,6 +239,7 @@ class QueryBias(Transform):
     """Add a per-query value to the selected logits: ``values[q_idx]``, with ``values`` a float
     tensor [seq_len] or a function ``values(layout) -> tensor [seq_len]`` (e.g. a region-size term)."""
 
+    kind = "per_query"
     values: Any = attrs.field(converter=_query_values)
 
     def for_layout(self, layout: TokenLayout) -> torch.Tensor:
@@ -230,6 +257,9 @@ class QueryBias(Transform):
 
 @attrs.frozen(eq=False)
 class _BoundQueryBias(Transform):
+    """:class:`QueryBias` bound to one call's layout: its ``per_query`` values are known."""
+
+    kind = "per_query"
     values: torch.Tensor
 
     @property
@@ -267,7 +297,7 @@ class Identity(Transform):
     """Identity attention: each selected query attends only to itself, so its output is its value
     row (PAG's and STG-A's perturbation; diffusers' ``skip_attention_scores``)."""
 
-    identity = True
+    kind = "identity"
 
     def score(self, s, b, h, q_idx, kv_idx):
         return torch.where(q_idx == kv_idx, s, torch.full_like(s, -math.inf))

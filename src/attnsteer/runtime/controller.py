@@ -18,7 +18,6 @@ from ..contract.adapter import Adapter, bind_forward_inputs
 from ..contract.streams import STREAM_KINDS, check_attention_kinds, stream_modules
 from ..errors import ConfigError, SteeringError, describe_rule
 from ..language.guidance import PerturbedGuidance
-from ..language.outputs import OutputTransform
 from ..language.rules import Rule
 from ..language.schedules import StepInfo
 from . import compiled_call
@@ -323,7 +322,7 @@ class Controller:
 def _frame_limit(rule: Rule, layer: LayerInfo, attention: str, frames: tuple[bool, ...]) -> frozenset[int]:
     """The latent frames a per-frame schedule is on for, where attnsteer can follow it (self-attention logit rules)."""
     on = frozenset(f for f, o in enumerate(frames) if o)
-    if attention != "self" or isinstance(rule.transform, OutputTransform):
+    if attention != "self" or rule.transform.kind == "output":
         raise SteeringError(
             f"{describe_rule(rule, layer.qualified)}: its schedule is on for latent frames {sorted(on)} only "
             "(per-frame timesteps); attnsteer follows per-frame schedules for self-attention logit rules, not "

@@ -11,15 +11,14 @@ import torch
 
 from ..errors import ConfigError, SteeringError, describe_rule
 from ..language.layout import TokenLayout
-from ..language.outputs import OutputTransform
 from ..language.readouts import ReadoutCall
 from .plan import Selection, select
 
 
 def split_output_rules(active: Sequence[tuple[Any, Any]]) -> tuple[list[tuple[Any, Any]], list[tuple[Any, Any]]]:
     """(logit rules, output rules) of a module call's active ``(client, rule)`` pairs."""
-    logits = [pair for pair in active if not isinstance(pair[1].transform, OutputTransform)]
-    outputs = [pair for pair in active if isinstance(pair[1].transform, OutputTransform)]
+    logits = [pair for pair in active if pair[1].transform.kind != "output"]
+    outputs = [pair for pair in active if pair[1].transform.kind == "output"]
     return logits, outputs
 
 

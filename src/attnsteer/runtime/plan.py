@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import attrs
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SteeringError
 from ..language.layout import TokenLayout
 from ..language.rules import Rule
 from ..language.selectors import SelectionContext
@@ -174,7 +174,7 @@ def build_plan(
             scale_factor *= factor
             continue
         selections.append(s)
-    identity = tuple(s for s in selections if s.rule.transform.identity and not want_mass)
+    identity = tuple(s for s in selections if s.rule.transform.kind == "identity" and not want_mass)
     logits = [s for s in selections if s not in identity]
     if not logits:
         return CallPlan("plain", tuple(applied), scale_factor, identity=identity, head_offset=head_offset)
@@ -186,16 +186,27 @@ def build_plan(
 
 
 def _is_grouped(s: Selection) -> bool:
+    """Whether the grouped kernel serves a selection: its transform's kind adds a constant or per-query value
+    (checked to carry it), and its pairs, if any, are unions of whole cells."""
+    return _additive_kind(s) is not None and (s.rule.pairs is None or not s.rule.pairs.elementwise)
+
+
+def _additive_kind(s: Selection) -> str | None:
+    """"constant" or "per_query" for a transform of that kind (whose value must be there), else None."""
     t = s.transform
-    return (t.constant_bias is not None or t.per_query is not None) and (
-        s.rule.pairs is None or not s.rule.pairs.elementwise
-    )
+    if t.kind not in ("constant", "per_query"):
+        return None
+    value = t.constant_bias if t.kind == "constant" else t.per_query
+    if value is None:
+        raise SteeringError(f"rule {s.rule!r}: its transform {t!r} declares kind {t.kind!r} but its "
+                            f"{'constant_bias' if t.kind == 'constant' else 'per_query'} is None")
+    return t.kind
 
 
 def _cell_bias(s: Selection, reps: torch.Tensor) -> torch.Tensor | float:
     """The logit a grouped selection adds, per query cell [C, 1] (per-query values) or constant."""
     t = s.transform
-    return t.constant_bias if t.constant_bias is not None else t.per_query[reps][:, None].float()
+    return t.constant_bias if t.kind == "constant" else t.per_query[reps][:, None].float()
 
 
 def _grouped_plan(
@@ -226,7 +237,7 @@ def _cells(selections: list[Selection], layout: TokenLayout) -> tuple[torch.Tens
     code = layout.group_ids()
     masks = {}
     for s in selections:
-        if s.transform.per_query is not None:
+        if s.transform.kind == "per_query":
             values = torch.unique(s.transform.per_query, return_inverse=True)[1]
             masks.setdefault(id(values), values)
         masks.setdefault(id(s.query), s.query)
