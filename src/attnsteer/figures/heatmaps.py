@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from ..errors import ConfigError
 from ..inspection.map_recording import Heatmap
 from .videoio import as_frames, save_video
-from .viz import _even, _save
+from .viz import save_figure, spread_frames
 
 CMAP = "inferno"
 INTERPOLATIONS = ("bilinear", "nearest")
@@ -116,7 +116,7 @@ def plot_heatmap_grid(
     if frames is None:  # spread over the video, plus the frames that hold a region map's queries
         marked = {int(f) for o in outlines.values() if o is not None and not o.all()
                   for f in np.nonzero(o.any((1, 2)))[0]}
-        chosen = sorted(set(_even(num_latent, max_frames)) | marked)
+        chosen = sorted(set(spread_frames(num_latent, max_frames)) | marked)
     else:
         chosen = [int(f) for f in frames]
     bad = [f for f in chosen if not 0 <= f < num_latent]
@@ -144,7 +144,7 @@ def plot_heatmap_grid(
         axes[r, 0].set_ylabel(str(label), fontsize=9)
     fig.colorbar(image, ax=list(axes.ravel()), shrink=0.85, label=_units(first))
     fig.suptitle(title or _title(list(rows.values())), fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _cell_edges(cells: np.ndarray, w: float, h: float) -> list[list[tuple[float, float]]]:

@@ -80,7 +80,8 @@ def _references(reference_frames: int | Sequence[int], n: int) -> list[int]:
     return sorted(set(refs))
 
 
-def _save(fig: Figure, path: str | Path | None) -> Figure:
+def save_figure(fig: Figure, path: str | Path | None) -> Figure:
+    """Write ``fig`` as a PNG at ``path`` (its folder made) unless ``path`` is None; returns ``fig``."""
     path = _path(path)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +132,7 @@ def plot_frame_map(
     _annotate(ax, image, m, "{:.2f}")
     fig.colorbar(image, ax=ax, label="attention mass")
     ax.set_title(title or "frame-to-frame attention", fontsize=TITLE_FONT, wrap=True)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_frame_map_diff(
@@ -157,7 +158,7 @@ def plot_frame_map_diff(
     fig.colorbar(image, ax=ax, label="Δ attention mass")
     ax.set_title(title or (f"{labels[0]} minus {labels[1]}" if b is not None else "difference"), fontsize=TITLE_FONT,
                  wrap=True)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reference_mass(
@@ -195,7 +196,7 @@ def plot_reference_mass(
     ax.legend(fontsize=8, title=legend_title, title_fontsize=8)
     if title:
         ax.set_title(title, fontsize=TITLE_FONT, wrap=True)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_frame_map_grid(
@@ -221,7 +222,7 @@ def plot_frame_map_grid(
     fig.colorbar(image, ax=list(axes[: len(arrays)]), label="attention mass", shrink=0.8)
     if title:
         fig.suptitle(title, fontsize=TITLE_FONT, wrap=True)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def contact_sheet(
@@ -238,12 +239,12 @@ def contact_sheet(
     if len(sizes) > 1:
         raise ConfigError(f"videos must share one frame size, got {sorted(sizes)}")
     (h, w), gap = sizes.pop(), 2
-    ncols = max(len(_even(len(frames), max_frames)) for frames in rows.values())
+    ncols = max(len(spread_frames(len(frames), max_frames)) for frames in rows.values())
     longest = max(rows.values(), key=len)
-    picks = _even(len(longest), max_frames)
+    picks = spread_frames(len(longest), max_frames)
     mosaic = np.full((len(rows) * (h + gap) - gap, ncols * (w + gap) - gap, 3), 255, dtype=np.uint8)
     for r, frames in enumerate(rows.values()):
-        for c, t in enumerate(_even(len(frames), max_frames)):
+        for c, t in enumerate(spread_frames(len(frames), max_frames)):
             mosaic[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = frames[t]
     cell = 1.3
     fig = Figure(figsize=(cell * min(max(w / h, 0.5), 2.0) * ncols + 1.2, cell * len(rows) + 0.5 + 0.4 * bool(title)),
@@ -258,10 +259,10 @@ def contact_sheet(
         spine.set_visible(False)
     if title:
         ax.set_title(title, fontsize=TITLE_FONT, wrap=True, pad=18)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _even(length: int, count: int) -> list[int]:
+def spread_frames(length: int, count: int) -> list[int]:
     """Up to ``count`` frame indices spread evenly over ``length`` frames, first and last included."""
     return sorted(set(np.linspace(0, length - 1, min(count, length)).round().astype(int).tolist()))
 
@@ -305,4 +306,4 @@ def plot_metrics(
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=TITLE_FONT, wrap=True)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import attrs
 
 from ..errors import ConfigError
-from ..language.selectors import FrameIndex, Selector, Video, _check_selector
+from ..language.selectors import FrameIndex, Selector, Video, check_selector
 from ..validation import integer
 
 ATTENTION = ("self", "cross")
@@ -53,7 +53,7 @@ class Onto(MapSpec):
     """Per query token, the attention mass on the key tokens of ``keys``; ``attention="cross"`` reads
     the separate text cross-attention (Wan's ``attn2``) instead of the self-attention."""
 
-    keys: Selector = attrs.field(converter=lambda s: _check_selector(s, "maps.onto(keys)"))
+    keys: Selector = attrs.field(converter=lambda s: check_selector(s, "maps.onto(keys)"))
     attention: str = attrs.field(default="self", validator=attrs.validators.in_(ATTENTION))
     axis: ClassVar[str] = "query"
 
@@ -70,7 +70,7 @@ class Onto(MapSpec):
 class Region(MapSpec):
     """Per key token, the mean attention weight that the query tokens of ``queries`` put on it."""
 
-    queries: Selector = attrs.field(converter=lambda s: _check_selector(s, "maps.region(queries)"))
+    queries: Selector = attrs.field(converter=lambda s: check_selector(s, "maps.region(queries)"))
     name: str = "region"
     axis: ClassVar[str] = "key"
 
@@ -96,7 +96,7 @@ def onto(keys: Selector, attention: str = "self") -> Onto:
 def region(queries: Selector, frame: int | None = None) -> Region:
     """Per key token, the mean attention weight of the query tokens of ``queries`` (restricted to latent
     frame ``frame`` when given), e.g. ``region(at.box(0.4, 0.2, 0.6, 0.4), frame=12)``."""
-    queries = _check_selector(queries, "maps.region(queries)")
+    queries = check_selector(queries, "maps.region(queries)")
     if frame is not None:
         queries = queries & FrameIndex(integer(frame, "maps.region(frame)"))
     return Region(queries)

@@ -18,7 +18,7 @@ import torch
 from ..errors import ConfigError, RecordingError, SteeringError
 from ..language.layout import TokenLayout
 from ..language.rules import Rule
-from ..language.selectors import GeneratedFrames, Groups, SelectionContext, Selector, _check_selector
+from ..language.selectors import GeneratedFrames, Groups, SelectionContext, Selector, check_selector
 from ..runtime.call_state import ForwardState, LayerInfo
 from .accumulator import Accumulator
 from .files import load_npz, write_npz
@@ -39,7 +39,7 @@ class Record:
         if not isinstance(heads, bool):
             raise ConfigError(f"inspect(heads=...) must be True or False, got {heads!r}")
         self.heads = heads
-        self.queries: Selector = GeneratedFrames() if queries is None else _check_selector(queries, "inspect(queries=...)")
+        self.queries: Selector = GeneratedFrames() if queries is None else check_selector(queries, "inspect(queries=...)")
         self.layout: TokenLayout | None = None
         self.layers: dict[str, int] = {}
         self.timesteps: dict[int, float] = {}

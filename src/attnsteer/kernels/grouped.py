@@ -63,7 +63,7 @@ def grouped_attention(
         return q.new_zeros(b, h, nq, v.shape[-1]), empty_mass
     bias4 = _bias4(bias, b, h, gq, gk)
     scale = d**-0.5 if scale is None else float(scale)
-    mask = _additive_mask(attn_mask, q.dtype, (b, h, nq, nk))
+    mask = additive_mask(attn_mask, q.dtype, (b, h, nq, nk))
     if not return_mass and (bias4 is None or not bool(bias4.any())):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         if mask is not None:
@@ -116,7 +116,7 @@ def grouped_attention_chunks(
         return
     bias4 = _bias4(bias, b, h, gq, gk)
     scale = d**-0.5 if scale is None else float(scale)
-    mask = _additive_mask(attn_mask, q.dtype, (b, h, nq, k.shape[-2]))
+    mask = additive_mask(attn_mask, q.dtype, (b, h, nq, k.shape[-2]))
     classes = _key_classes(k_groups, gk, bias4, split_all=True)
     for rows, class_logits, total in _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out):
         yield rows, QueryMass(*_query_mass(class_logits, total, gk))
@@ -246,7 +246,7 @@ def _bias4(bias: torch.Tensor | None, b: int, h: int, gq: int, gk: int) -> torch
     return bias[:, None] if bias.dim() == 3 else bias
 
 
-def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype, full: tuple[int, ...]) -> torch.Tensor | None:
+def additive_mask(mask: torch.Tensor | None, dtype: torch.dtype, full: tuple[int, ...]) -> torch.Tensor | None:
     """The mask as an additive tensor in the query dtype, with its key dim expanded to Nk."""
     if mask is None:
         return None

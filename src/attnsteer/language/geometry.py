@@ -121,7 +121,7 @@ class _Spatial(Selector):
     def frame_region(self, frame: int, ctx: SelectionContext) -> torch.Tensor:
         raise NotImplementedError
 
-    def _mask(self, ctx: SelectionContext) -> torch.Tensor:
+    def compute_mask(self, ctx: SelectionContext) -> torch.Tensor:
         layout = ctx.layout
         grid = _require_grid(self, layout)
         chosen = sorted(f for f in self.frames.groups(layout) if f < layout.num_frames)

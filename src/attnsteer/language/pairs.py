@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ConfigError
 from .geometry import token_geometry
-from .selectors import SelectionContext, Selector, _check_selector
+from .selectors import SelectionContext, Selector, check_selector
 
 PairFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -41,16 +41,17 @@ class Pairs:
         return self.bind(ctx, q_index.device)(q_index, k_index)
 
     def __and__(self, other: Pairs) -> Pairs:
-        return BothPairs(self, _check_pairs(other, "right operand of &"))
+        return BothPairs(self, check_pairs(other, "right operand of &"))
 
     def __or__(self, other: Pairs) -> Pairs:
-        return EitherPairs(self, _check_pairs(other, "right operand of |"))
+        return EitherPairs(self, check_pairs(other, "right operand of |"))
 
     def __invert__(self) -> Pairs:
         return NotPairs(self)
 
 
-def _check_pairs(value: object, field: str) -> Pairs:
+def check_pairs(value: object, field: str) -> Pairs:
+    """``value`` if it is a pair predicate, else a ConfigError naming ``field`` and the predicates there are."""
     if not isinstance(value, Pairs):
         raise ConfigError(
             f"{field} must be a pair predicate (at.same_region(...), at.same_location(), at.frame_distance(...), "
@@ -71,7 +72,7 @@ def _non_negative_int(name: str):
 class SameRegion(Pairs):
     """Pairs whose query and key are both inside ``region`` or both outside it."""
 
-    region: Selector = attrs.field(converter=lambda v: _check_selector(v, "same_region(region)"))
+    region: Selector = attrs.field(converter=lambda v: check_selector(v, "same_region(region)"))
 
     def selectors(self) -> tuple[Selector, ...]:
         return (self.region,)

@@ -41,10 +41,12 @@ class SelectionContext:
 
 
 class Selector:
-    """Base class: a set of tokens, resolved per attention call.
+    """Base class: a set of tokens, resolved per attention call (docs/extending.md, "Writing a selector").
 
-    Subclasses that select whole groups set ``group_level = True`` and implement ``groups``;
-    token-level ones (regions, words) implement ``_mask`` and leave ``groups`` unimplemented.
+    Subclasses that select whole groups (frames, text segments) keep ``group_level = True`` and implement
+    ``groups(layout)``; token-level ones (regions, words) set ``group_level = False`` and implement
+    ``compute_mask(ctx)``, leaving ``groups`` unimplemented. Callers use :meth:`token_mask` (cached); both
+    kinds combine with ``|``, ``&`` and ``~``. A subclass must be hashable (``attrs.frozen`` makes it so).
     """
 
     group_level: ClassVar[bool] = True
@@ -58,21 +60,23 @@ class Selector:
         """BoolTensor [seq_len] on the CPU: which tokens of the call this selector holds (cached)."""
         return _cached_mask(self, ctx)
 
-    def _mask(self, ctx: SelectionContext) -> torch.Tensor:
+    def compute_mask(self, ctx: SelectionContext) -> torch.Tensor:
+        """BoolTensor [seq_len]: the tokens selected in this call (uncached; override for token-level selectors)."""
         groups = torch.tensor(sorted(self.groups(ctx.layout)), dtype=torch.long)
         return torch.isin(ctx.layout.group_ids(), groups)
 
     def __or__(self, other: Selector) -> Selector:
-        return Union(self, _check_selector(other, "right operand of |"))
+        return Union(self, check_selector(other, "right operand of |"))
 
     def __and__(self, other: Selector) -> Selector:
-        return Intersection(self, _check_selector(other, "right operand of &"))
+        return Intersection(self, check_selector(other, "right operand of &"))
 
     def __invert__(self) -> Selector:
         return Complement(self)
 
 
-def _check_selector(value: object, field: str) -> Selector:
+def check_selector(value: object, field: str) -> Selector:
+    """``value`` if it is a Selector, else a ConfigError naming ``field`` and the selectors there are."""
     if not isinstance(value, Selector):
         raise ConfigError(
             f"{field} must be a selector (at.frames[...], at.frames.reference, at.frames.generated, at.text, at.audio, "
@@ -215,7 +219,7 @@ class AudioTokens(Selector):
         if self.step == 0:
             raise ConfigError("audio[...] slice step must not be 0")
 
-    def _mask(self, ctx: SelectionContext) -> torch.Tensor:
+    def compute_mask(self, ctx: SelectionContext) -> torch.Tensor:
         positions = torch.cat([torch.arange(s.start, s.stop) for s in ctx.layout.segments if s.kind == "audio"]
                               or [torch.empty(0, dtype=torch.long)])
         if not positions.numel():
@@ -259,9 +263,11 @@ class AllTokens(Selector):
 
 @functools.lru_cache(maxsize=512)
 def _cached_mask(selector: Selector, ctx: SelectionContext) -> torch.Tensor:
-    mask = selector._mask(ctx)
-    if mask.dtype != torch.bool or mask.shape != (ctx.layout.seq_len,):
-        raise TypeError(f"{selector!r} resolved to a mask of {mask.dtype} {tuple(mask.shape)}, not bool [seq_len]")
+    mask = selector.compute_mask(ctx)
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (ctx.layout.seq_len,):
+        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ConfigError(f"{selector!r}.compute_mask(ctx) must return a bool tensor [seq_len] = "
+                          f"[{ctx.layout.seq_len}], got {got}")
     return mask
 
 
@@ -275,9 +281,9 @@ class _Combination(Selector):
     def group_level(self) -> bool:  # type: ignore[override]
         return self.left.group_level and self.right.group_level
 
-    def _mask(self, ctx: SelectionContext) -> torch.Tensor:
+    def compute_mask(self, ctx: SelectionContext) -> torch.Tensor:
         if self.group_level:
-            return super()._mask(ctx)
+            return super().compute_mask(ctx)
         return self._combine(self.left.token_mask(ctx), self.right.token_mask(ctx))
 
 
@@ -318,7 +324,7 @@ class Complement(Selector):
     def groups(self, layout: TokenLayout) -> frozenset[int]:
         return frozenset(range(layout.num_groups)) - self.inner.groups(layout)
 
-    def _mask(self, ctx: SelectionContext) -> torch.Tensor:
+    def compute_mask(self, ctx: SelectionContext) -> torch.Tensor:
         return ~self.inner.token_mask(ctx)
 
     def __repr__(self) -> str:

@@ -89,7 +89,7 @@ class Words(Selector):
     group_level = False
     phrases: tuple[str, ...] = attrs.field(converter=_phrases)
 
-    def _mask(self, ctx: SelectionContext) -> torch.Tensor:
+    def compute_mask(self, ctx: SelectionContext) -> torch.Tensor:
         layout, segment = ctx.layout, _prompt_segment(self, ctx)
         positions = sorted({p for phrase in self.phrases for p in ctx.words.positions(phrase)})
         beyond = [p for p in positions if p >= segment.stop - segment.start]
@@ -112,7 +112,7 @@ class PromptTokens(Selector):
 
     group_level = False
 
-    def _mask(self, ctx: SelectionContext) -> torch.Tensor:
+    def compute_mask(self, ctx: SelectionContext) -> torch.Tensor:
         segment = _prompt_segment(self, ctx)
         mask = torch.zeros(ctx.layout.seq_len, dtype=torch.bool)
         for i, (a, b) in enumerate(ctx.words.spans[: segment.stop - segment.start]):

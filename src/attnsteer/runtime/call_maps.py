@@ -26,7 +26,7 @@ import torch
 
 from ..errors import SteeringError
 from ..kernels.backends import attention_with_lse
-from ..kernels.grouped import _additive_mask, grouped_attention_chunks, query_chunk_rows
+from ..kernels.grouped import additive_mask, grouped_attention_chunks, query_chunk_rows
 from ..language.layout import TokenLayout
 from .call_state import ForwardState, LayerInfo
 from .plan import CallPlan
@@ -166,7 +166,7 @@ def _mean_attention(
     rows = _span(selected.to(device))
     q_sel = q[:, :, rows].float()
     neg_lse = -lse[:, :, rows]  # [B, H, S]
-    mask = _additive_mask(attn_mask, torch.float32, (b, h, n, n))
+    mask = additive_mask(attn_mask, torch.float32, (b, h, n, n))
     total = torch.zeros(b, h, n, dtype=torch.float32, device=device)
     sel_cells = cells[rows]
     for cell in torch.unique(cells).tolist():
