@@ -3,6 +3,11 @@
 Declare rules (query selector, key selector, schedule, transform, branch, layer and head filters),
 apply them to an unmodified model with :func:`steer`, and record frame-level attention with
 :func:`inspect`.
+
+Extensions subclass the exported base classes (docs/extending.md): :class:`Transform` (and
+:class:`OutputTransform`), :class:`Selector` (reading a :class:`SelectionContext`), :class:`Pairs`,
+:class:`Schedule` (reading a :class:`StepInfo`), :class:`Readout` (reading a :class:`ReadoutCall`),
+:class:`PerturbedGuidance` and :class:`Adapter`; recipes are declared with :func:`recipe`.
 """
 
 from . import kernels
@@ -21,14 +26,17 @@ from .inspection import maps
 from .inspection.record import Record
 from .language import readouts
 from .language.geometry import box, mask, point, trajectory
+from .language.guidance import PerturbedGuidance
 from .language.layout import Segment, TokenLayout
-from .language.outputs import output_scale
-from .language.pairs import frame_distance, frame_window, same_location, same_region, token_distance
+from .language.outputs import OutputTransform, output_scale
+from .language.pairs import Pairs, frame_distance, frame_window, same_location, same_region, token_distance
+from .language.readouts import Readout, ReadoutCall
 from .language.recipe import recipe
 from .language.rules import Recipe, Rule
-from .language.schedules import always, progress, steps, timesteps
-from .language.selectors import audio, frames, text, tokens, video
+from .language.schedules import Schedule, StepInfo, always, progress, steps, timesteps
+from .language.selectors import SelectionContext, Selector, audio, frames, text, tokens, video
 from .language.transforms import (
+    Transform,
     bias,
     block,
     fill,
@@ -54,13 +62,23 @@ __all__ = [
     "ConfigError",
     "GenericAdapter",
     "KernelError",
+    "OutputTransform",
+    "Pairs",
+    "PerturbedGuidance",
+    "Readout",
+    "ReadoutCall",
     "Recipe",
     "RecordingError",
     "Record",
     "Rule",
+    "Schedule",
     "Segment",
+    "SelectionContext",
+    "Selector",
     "SteeringError",
+    "StepInfo",
     "TokenLayout",
+    "Transform",
     "UnsupportedModelError",
     "always",
     "audio",
