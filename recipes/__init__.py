@@ -8,20 +8,15 @@ built-in recipes' names to them; ``attnsteer recipes`` also lists third-party on
 
 from __future__ import annotations
 
-from attnsteer.language.recipe import RecipeSpec, recipe
+from attnsteer.language.recipe import RecipeSpec
 
+from .dymos import dymos  # noqa: I001  (first: @recipe registers in import order, which `attnsteer recipes` lists)
 from .direct_a_video import direct_a_video
-from .dymos import dymos
 from .enhance_a_video import enhance_a_video
 from .local_window import local_window
 from .peekaboo import peekaboo
 from .perturbed import pag, stg
 from .temperature import proportional_attention, ultravico
-
-# Declared here until their modules put @recipe on them (recipe() leaves a declared recipe as it is).
-direct_a_video, enhance_a_video, local_window, peekaboo, pag, stg, proportional_attention, ultravico = (
-    recipe(fn) for fn in (direct_a_video, enhance_a_video, local_window, peekaboo, pag, stg, proportional_attention,
-                          ultravico))
 
 RECIPES: dict[str, RecipeSpec] = {r.name: r for r in (dymos, direct_a_video, enhance_a_video, peekaboo, local_window,
                                                       proportional_attention, ultravico, pag, stg)}

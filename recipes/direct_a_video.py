@@ -37,6 +37,7 @@ def _size_regulariser(trajectory: at.geometry.Trajectory, strength: float):
     return values
 
 
+@at.recipe
 def direct_a_video(
     phrase: str,
     box: str = "0.25,0.25,0.75,0.75",

@@ -23,6 +23,7 @@ AUTHORS_WEIGHTS: Mapping[str, float] = {"wan": 4.0, "cogvideox": 3.4, "hunyuanvi
 """``set_enhance_weight`` in the authors' scripts: Wan2.1-T2V-14B 4, CogVideoX-2b 3.4, HunyuanVideo 4."""
 
 
+@at.recipe
 def enhance_a_video(weight: float | None = None, layers: str | None = None) -> at.Recipe:
     """Enhance-A-Video: video output rows of every self-attention module times max(1, CFI * (T + weight)).
 

@@ -15,6 +15,7 @@ import attnsteer as at
 from attnsteer.validation import integer
 
 
+@at.recipe
 def local_window(window: int = 16, adjusted: bool = True) -> at.Recipe:
     """Block video attention between latent frames outside each query frame's window of ``window``
     frames (``adjusted``: windows at the ends shifted to keep their size, as the authors' mask)."""

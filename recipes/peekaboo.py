@@ -20,6 +20,7 @@ from attnsteer.validation import integer, real_number
 from ._regions import region
 
 
+@at.recipe
 def peekaboo(
     box: str = "0.25,0.25,0.75,0.75",
     end_box: str | None = None,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import attnsteer as at
 from attnsteer.errors import ConfigError
-from attnsteer.language.guidance import PerturbedGuidance
 from attnsteer.validation import integer, real_number
 
 STG_DEFAULTS = {"cogvideox": (11, 1.0), "ltx": (19, 1.0), "hunyuanvideo": (2, 1.0), "wan": (2, 2.0), "mochi": (34, 1.0)}
@@ -44,17 +43,19 @@ def _identity_rules(layers: tuple[int, ...]) -> tuple[at.Rule, ...]:
     return (at.Rule(at.tokens, at.tokens, at.identity(), branch="perturbed", layers=layers),)
 
 
+@at.recipe
 def pag(scale: float = 3.0, layers: str | None = None, family: str = "wan", adaptive_scale: float = 0.0) -> at.Recipe:
     """Perturbed-attention guidance: identity self-attention in ``layers`` (default: the STG authors'
     layer for ``family``) of a perturbed forward, weighted by ``scale`` (diffusers' default 3.0)."""
     chosen = _layers(layers, family)
-    guidance = PerturbedGuidance(scale, adaptive_scale=adaptive_scale)
+    guidance = at.PerturbedGuidance(scale, adaptive_scale=adaptive_scale)
     params = {"scale": real_number(scale, "pag(scale=...)"), "layers": ",".join(map(str, chosen))}
     if adaptive_scale:
         params["adaptive_scale"] = adaptive_scale
     return at.Recipe("pag", _identity_rules(chosen), params, guidance=guidance)
 
 
+@at.recipe
 def stg(mode: str = "R", scale: float | None = None, layers: str | None = None, family: str = "wan") -> at.Recipe:
     """Spatiotemporal skip guidance: mode "R" skips blocks ``layers`` in the perturbed forward, mode
     "A" gives them identity attention; ``scale`` and ``layers`` default to the STG authors' per family."""
@@ -66,6 +67,6 @@ def stg(mode: str = "R", scale: float | None = None, layers: str | None = None, 
             raise ConfigError(f"family must be one of {sorted(STG_DEFAULTS)}, got {family!r}")
         scale = STG_DEFAULTS[family][1]
     rules = _identity_rules(chosen) if mode == "A" else ()
-    guidance = PerturbedGuidance(scale, skip_blocks=chosen if mode == "R" else ())
+    guidance = at.PerturbedGuidance(scale, skip_blocks=chosen if mode == "R" else ())
     params = {"mode": mode, "scale": real_number(scale, "stg(scale=...)"), "layers": ",".join(map(str, chosen))}
     return at.Recipe("stg", rules, params, guidance=guidance)

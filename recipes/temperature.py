@@ -19,10 +19,10 @@ import attrs
 import torch
 
 import attnsteer as at
-from attnsteer.language.transforms import Transform
 from attnsteer.validation import integer, real_number
 
 
+@at.recipe
 def proportional_attention(train_tokens: int = 32760) -> at.Recipe:
     """Scale logits by ``sqrt(log N / log train_tokens)`` (default: Wan 2.1 480p, 81 frames = 21 x 1560 tokens)."""
     train_tokens = integer(train_tokens, "proportional_attention(train_tokens=...)", minimum=2)
@@ -31,14 +31,14 @@ def proportional_attention(train_tokens: int = 32760) -> at.Recipe:
 
 
 @attrs.frozen(repr=False)
-class UltraViCoScore(Transform):
+class UltraViCoScore(at.Transform):
     """UltraViCo's score rule for one call (the window is measured in the call's frame tokens)."""
 
     alpha: float
     train_frames: int
     tokens_per_frame: int | None = None
 
-    def bind(self, layout: at.TokenLayout) -> Transform:
+    def bind(self, layout: at.TokenLayout) -> at.Transform:
         return attrs.evolve(self, tokens_per_frame=layout.tokens_per_frame)
 
     def score(self, s, b, h, q_idx, kv_idx):
@@ -52,6 +52,7 @@ class UltraViCoScore(Transform):
         return f"ultravico_score(alpha={self.alpha:g}, train_frames={self.train_frames})"
 
 
+@at.recipe
 def ultravico(alpha: float = 0.9, train_frames: int = 21) -> at.Recipe:
     """UltraViCo's extrapolation rule on video self-attention (Wan): damp far positive logits by ``alpha``."""
     alpha = real_number(alpha, "ultravico(alpha=...)")
