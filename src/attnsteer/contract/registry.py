@@ -54,6 +54,19 @@ def register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
         for cls in declared_adapters(plugin):
             register(pm, cls, plugin.__name__)
     pm.register(plugin, name=name)
+    check_hooks(pm, plugin, name)
+
+
+def check_hooks(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    """pluggy's ``check_pending()`` after registering ``plugin``: a ``@hookimpl`` whose name is no attnsteer hook
+    (a misspelled ``attnsteer_adapter``) would otherwise register silently and never be asked. Raises ConfigError
+    naming the hook, the plugin and the hooks there are; the plugin is left unregistered."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        pm.unregister(plugin)
+        hooks = sorted(n for n in vars(hookspecs) if n.startswith("attnsteer_"))
+        raise ConfigError(f"plugin {name}: {exc}; attnsteer's hooks are {hooks} (check the spelling)") from None
 
 
 BUILTIN_PACKAGE = "attnsteer.plugins"  # loaded by name: the adapters sit above this contract
