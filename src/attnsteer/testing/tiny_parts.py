@@ -26,12 +26,10 @@ def quiet_transformers() -> Iterator[None]:
         logging.set_verbosity(level)
 
 
-
 def prompt_embedding(text: str, length: int, dim: int) -> torch.Tensor:
     """A fixed [1, length, dim] embedding for ``text`` (seeded by its hash), standing in for a text encoder."""
     seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
     return torch.randn(1, length, dim, generator=torch.Generator().manual_seed(seed))
-
 
 
 def test_image(size: int = 64) -> Any:
@@ -48,7 +46,6 @@ def test_image(size: int = 64) -> Any:
 test_image.__test__ = False  # a helper, not a test: pytest must not collect it where a test module imports it
 
 
-
 def text_mask(text: str, length: int) -> torch.Tensor:
     """A [1, length] attention mask with one valid token per word plus one, the rest padding (as a tokenizer pads)."""
     mask = torch.zeros(1, length, dtype=torch.long)
@@ -56,12 +53,10 @@ def text_mask(text: str, length: int) -> torch.Tensor:
     return mask
 
 
-
 def text_embedding(text: str, length: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A pseudo-embedding of ``text`` [1, length, dim] and its padded mask [1, length] ."""
+    """A pseudo-embedding of ``text`` [1, length, dim] and its padded mask [1, length]."""
 
     return prompt_embedding(text, length, dim), text_mask(text, length)
-
 
 
 def clip_image_processor_class() -> Any:
@@ -76,8 +71,8 @@ def clip_image_processor_class() -> Any:
         return CLIPImageProcessor
 
 
-
 def clip_image_encoder() -> tuple[Any, Any]:
+    """A tiny random CLIP vision encoder (32x32 input) and its image processor."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     CLIPImageProcessor = clip_image_processor_class()
@@ -88,7 +83,6 @@ def clip_image_encoder() -> tuple[Any, Any]:
     )
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return CLIPVisionModelWithProjection(config), processor
-
 
 
 def word_tokenizer(vocabulary: str = "a an the cat dog red blue ball grass runs jumps on in left right") -> Any:
@@ -103,11 +97,10 @@ def word_tokenizer(vocabulary: str = "a an the cat dog red blue ball grass runs 
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]")
 
 
-
 def no_progress_bar(pipe: Any) -> Any:
+    """``pipe`` with its progress bar off (tiny runs print nothing)."""
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
 
 
 @functools.cache
@@ -122,8 +115,8 @@ def text_to_video(pipeline_class: type) -> type:
     return type(f"Tiny{pipeline_class.__name__}", (pipeline_class,), {"__call__": __call__, "__doc__": doc})
 
 
-
 def wan_vae() -> Any:
+    """The tiny Wan VAE (z_dim 16, /8 in space, /4 in time), random weights."""
     from diffusers import AutoencoderKLWan
 
     return AutoencoderKLWan(
@@ -131,12 +124,11 @@ def wan_vae() -> Any:
     )
 
 
-
 def flow_unipc() -> Any:
+    """The flow-matching UniPC scheduler the Wan-derived tiny pipelines use (shift 3)."""
     from diffusers import UniPCMultistepScheduler
 
     return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-
 
 
 def sd_vae(vae_class: type | None = None) -> Any:

@@ -30,7 +30,6 @@ def tiny_allegro(seed: int = 0) -> Any:
                                   scheduler=DDIMScheduler()))
 
 
-
 def allegro_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_allegro` (32x32, 9 frames = 3 latent frames of 2x2 tokens,
     8 text tokens in cross-attention, padded per prompt, 4 steps)."""

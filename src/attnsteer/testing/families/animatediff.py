@@ -32,7 +32,6 @@ def tiny_animatediff(seed: int = 0) -> Any:
     return pipe
 
 
-
 def animatediff_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_animatediff` (16x16, 3 frames of 8x8 latents, 4 prompt
     tokens, guidance 5)."""

@@ -30,7 +30,6 @@ def tiny_anyflow(seed: int = 0) -> Any:
     return pipe
 
 
-
 def anyflow_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_anyflow` (64x64, 9 frames = 3 latent frames of 4x4 tokens,
     8 text tokens, guidance 5)."""

@@ -31,7 +31,6 @@ def tiny_chronoedit(seed: int = 0) -> Any:
     return pipe
 
 
-
 def chronoedit_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_chronoedit` (64x64; without temporal reasoning 5 frames =
     2 latent frames of 4x4 tokens: the input image, then the edited one)."""

@@ -20,7 +20,6 @@ def _cogvideox_vae() -> Any:
     )
 
 
-
 def _cogvideox_i2v(transformer: Any) -> Any:
     from diffusers import CogVideoXDDIMScheduler, CogVideoXImageToVideoPipeline
 
@@ -30,7 +29,6 @@ def _cogvideox_i2v(transformer: Any) -> Any:
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
 
 
 @quiet_transformers()
@@ -46,7 +44,6 @@ def tiny_cogvideox(seed: int = 0) -> Any:
         use_learned_positional_embeddings=True,
     )
     return _cogvideox_i2v(transformer)
-
 
 
 @quiet_transformers()
@@ -65,7 +62,6 @@ def tiny_cogvideox15(seed: int = 0) -> Any:
     return _cogvideox_i2v(transformer)
 
 
-
 def cogvideox_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_cogvideox` (64x64, 9 frames = 3 latent frames, 16 text tokens)."""
     kwargs: dict[str, Any] = dict(
@@ -76,7 +72,6 @@ def cogvideox_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **ov
     )
     kwargs.update(overrides)
     return kwargs
-
 
 
 def cogvideox15_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:

@@ -33,7 +33,6 @@ def tiny_consisid(seed: int = 0) -> Any:
                                    scheduler=DDIMScheduler()))
 
 
-
 def consisid_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_consisid` (32x32, 9 frames = 3 latent frames of 2x2 tokens,
     8 text tokens, constant face features, 4 steps)."""

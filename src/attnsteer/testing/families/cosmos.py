@@ -34,7 +34,6 @@ class PassThroughSafetyChecker(torch.nn.Module):
         return frames
 
 
-
 def tiny_cosmos2(seed: int = 0) -> Any:
     """A Cosmos 2 video-to-world pipeline (image -> conditioning latent frame 0; video-only self-attention, text
     cross-attention; conditional then unconditional forward per step), random weights."""
@@ -59,7 +58,6 @@ def tiny_cosmos2(seed: int = 0) -> Any:
     ))
 
 
-
 def cosmos2_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_cosmos2` (32x32, 9 frames = 3 latent frames of 2x2 tokens,
     8 text tokens in cross-attention, 4 steps)."""
@@ -70,7 +68,6 @@ def cosmos2_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **over
     )
     kwargs.update(overrides)
     return kwargs
-
 
 
 def tiny_cosmos25(seed: int = 0) -> Any:
@@ -97,7 +94,6 @@ def tiny_cosmos25(seed: int = 0) -> Any:
         text_encoder=None, tokenizer=None, transformer=transformer, vae=vae, scheduler=scheduler,
         safety_checker=PassThroughSafetyChecker(),
     ))
-
 
 
 def cosmos25_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:

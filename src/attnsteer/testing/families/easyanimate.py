@@ -24,7 +24,6 @@ def _magvit_vae() -> Any:
     )
 
 
-
 def _easyanimate_transformer(in_channels: int, **config: Any) -> Any:
     from diffusers import EasyAnimateTransformer3DModel
 
@@ -32,7 +31,6 @@ def _easyanimate_transformer(in_channels: int, **config: Any) -> Any:
         num_attention_heads=2, attention_head_dim=16, in_channels=in_channels, out_channels=4, time_embed_dim=2,
         text_embed_dim=16, num_layers=2, sample_width=16, sample_height=16, patch_size=2, **config,
     )
-
 
 
 def tiny_easyanimate(seed: int = 0) -> Any:
@@ -44,7 +42,6 @@ def tiny_easyanimate(seed: int = 0) -> Any:
     return no_progress_bar(EasyAnimatePipeline(vae=_magvit_vae(), text_encoder=None, tokenizer=None,
                                       transformer=_easyanimate_transformer(4),
                                       scheduler=FlowMatchEulerDiscreteScheduler()))
-
 
 
 def easyanimate_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
@@ -60,7 +57,6 @@ def easyanimate_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **
     return kwargs
 
 
-
 def tiny_easyanimate_inpaint(seed: int = 0) -> Any:
     """An EasyAnimate inpaint pipeline (image-to-video: mask and masked-video latents concatenated by channel;
     the image is latent frame 0), random weights; :func:`easyanimate_inpaint_call_kwargs` gives it the image."""
@@ -74,7 +70,6 @@ def tiny_easyanimate_inpaint(seed: int = 0) -> Any:
                                              transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler()))
 
 
-
 def easyanimate_inpaint_call_kwargs(prompt: str = "a cat", negative_prompt: str = "",
                                     **overrides: Any) -> dict[str, Any]:
     """:func:`easyanimate_call_kwargs` plus the ``video`` and ``mask_video`` that make :func:`tiny_easyanimate_inpaint`
@@ -85,7 +80,6 @@ def easyanimate_inpaint_call_kwargs(prompt: str = "a cat", negative_prompt: str 
     return kwargs
 
 
-
 def easyanimate_image_to_video(image: Any = None, num_frames: int = 9, size: int = 32) -> dict[str, Any]:
     """``video`` and ``mask_video`` arguments that make the inpaint pipeline generate from ``image`` (frame 0 kept,
     the rest generated), as diffusers' ``get_image_to_video_latent`` makes them."""
@@ -93,7 +87,6 @@ def easyanimate_image_to_video(image: Any = None, num_frames: int = 9, size: int
 
     video, mask = get_image_to_video_latent(image or test_image(size), None, num_frames, (size, size))
     return {"video": video, "mask_video": mask}
-
 
 
 @functools.cache
@@ -115,7 +108,6 @@ def _easyanimate_control_class() -> type:
                 {"encode_prompt": encode_prompt, "decode_latents": decode_latents, "__doc__": doc})
 
 
-
 def tiny_easyanimate_control(seed: int = 0) -> Any:
     """An EasyAnimate control pipeline (control video and reference image latents concatenated by channel, the
     reference image on latent frame 0; joint text+video attention, batch [uncond, cond]), random weights; patched
@@ -127,7 +119,6 @@ def tiny_easyanimate_control(seed: int = 0) -> Any:
         vae=_magvit_vae(), text_encoder=None, tokenizer=None, transformer=_easyanimate_transformer(4 + 4 + 4),
         scheduler=FlowMatchEulerDiscreteScheduler(),
     ))
-
 
 
 def easyanimate_control_call_kwargs(prompt: str = "a cat", negative_prompt: str = "",

@@ -44,7 +44,6 @@ def tiny_framepack(seed: int = 0) -> Any:
     return pipe
 
 
-
 def framepack_call_kwargs(
     prompt: str = "a cat", negative_prompt: str = "", guidance_scale: float | None = None, **overrides: Any
 ) -> dict[str, Any]:

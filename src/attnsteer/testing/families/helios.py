@@ -33,7 +33,6 @@ def tiny_helios(seed: int = 0) -> Any:
     return pipe
 
 
-
 def helios_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_helios` (32x32, one chunk of 2 latent frames of 2x2 tokens
     after history sizes [4, 2, 1]: 1 long and 1 mid history token, then the kept first frame and one 1x history

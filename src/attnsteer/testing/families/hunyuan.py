@@ -44,7 +44,6 @@ def tiny_hunyuan(seed: int = 0, image_condition_type: str = "latent_concat") -> 
     return pipe
 
 
-
 def hunyuan_call_kwargs(
     prompt: str = "a cat", negative_prompt: str = "", guidance_scale: float | None = None, **overrides: Any
 ) -> dict[str, Any]:
@@ -64,7 +63,6 @@ def hunyuan_call_kwargs(
     )
     kwargs.update(overrides)
     return kwargs
-
 
 
 @quiet_transformers()
@@ -96,7 +94,6 @@ def tiny_hunyuan15(seed: int = 0) -> Any:
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
 
 
 def hunyuan15_call_kwargs(

@@ -27,7 +27,6 @@ def _posterior_mean_vae_class() -> type:
     return PosteriorMeanAutoencoderKL
 
 
-
 def tiny_i2vgen_xl(seed: int = 0) -> Any:
     """An I2VGen-XL pipeline (``I2VGenXLUNet``: temporal attention over frames, batch [uncond, cond]), random
     weights; CLIP image encoder at 32x32."""
@@ -52,7 +51,6 @@ def tiny_i2vgen_xl(seed: int = 0) -> Any:
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
 
 
 def i2vgen_xl_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:

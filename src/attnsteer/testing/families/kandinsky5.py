@@ -40,7 +40,6 @@ def tiny_kandinsky5_i2v(seed: int = 0) -> Any:
     ))
 
 
-
 def kandinsky5_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_kandinsky5_i2v` (32x32, 17 frames = 5 latent frames of 2x2
     tokens, 8 Qwen text tokens in cross-attention, a pooled CLIP embedding, 4 steps). The pipeline renormalises
@@ -54,7 +53,6 @@ def kandinsky5_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **o
         kwargs[f"{prefix}prompt_cu_seqlens"] = torch.tensor([0, 8], dtype=torch.int32)
     kwargs.update(overrides)
     return kwargs
-
 
 
 def tiny_kandinsky5_t2v(seed: int = 0) -> Any:

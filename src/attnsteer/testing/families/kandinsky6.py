@@ -48,7 +48,6 @@ def tiny_kandinsky6(seed: int = 0) -> Any:
     return pipe
 
 
-
 def kandinsky6_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_kandinsky6`: 32x64 pixels, 9 frames = 3 latent frames of 2x4
     tokens (4 with an image), 6 audio latent tokens, 8 Qwen text tokens in cross-attention, a pooled CLIP

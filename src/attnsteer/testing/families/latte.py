@@ -29,7 +29,6 @@ def tiny_latte(seed: int = 0) -> Any:
     return pipe
 
 
-
 def latte_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", num_frames: int | None = None,
                       **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_latte` (16x16, 3 frames of 8x8 latents = 4x4 patches,

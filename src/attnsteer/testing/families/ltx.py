@@ -32,7 +32,6 @@ def _ltx_components(seed: int) -> dict[str, Any]:
     return dict(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler())
 
 
-
 @quiet_transformers()
 def tiny_ltx(seed: int = 0) -> Any:
     """An LTX-Video I2V pipeline (per-token timesteps, batch [uncond, cond]), random weights."""
@@ -41,7 +40,6 @@ def tiny_ltx(seed: int = 0) -> Any:
     pipe = LTXImageToVideoPipeline(tokenizer=None, text_encoder=None, **_ltx_components(seed))
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
 
 
 @quiet_transformers()
@@ -53,7 +51,6 @@ def tiny_ltx_condition(seed: int = 0) -> Any:
     pipe = LTXConditionPipeline(tokenizer=None, text_encoder=None, **_ltx_components(seed))
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
 
 
 def ltx_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:

@@ -64,7 +64,6 @@ def tiny_ltx2(seed: int = 0) -> Any:
     return pipe
 
 
-
 def ltx2_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_ltx2` (32x32, 5 frames = 3 latent frames of 16x16 tokens,
     16 text tokens, audio of 9 latent frames; CFG on, spatio-temporal and modality-isolation guidance off: pass

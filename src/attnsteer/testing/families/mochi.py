@@ -28,7 +28,6 @@ def tiny_mochi(seed: int = 0) -> Any:
                                 tokenizer=None, transformer=transformer))
 
 
-
 def mochi_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_mochi` (32x32, 13 frames = 3 latent frames of 2x2 tokens,
     8 text tokens padded per prompt, 4 steps)."""

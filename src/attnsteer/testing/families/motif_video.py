@@ -38,7 +38,6 @@ def tiny_motif_video(seed: int = 0) -> Any:
     return pipe
 
 
-
 def motif_video_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", guidance_scale: float | None = None,
                             **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_motif_video` (64x64 image, 9 frames = 3 latent frames of

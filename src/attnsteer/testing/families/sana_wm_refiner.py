@@ -9,9 +9,7 @@ import torch
 
 from ..tiny_parts import prompt_embedding
 
-
 TEXT_TOKENS, CAPTION_CHANNELS = 8, 32
-
 
 
 def tiny_sana_wm_refiner(seed: int = 0) -> Any:
@@ -39,7 +37,6 @@ def tiny_sana_wm_refiner(seed: int = 0) -> Any:
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0))
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
 
 
 def sana_wm_refiner_call_kwargs(prompt: str = "a cat", **overrides: Any) -> dict[str, Any]:

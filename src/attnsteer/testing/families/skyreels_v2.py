@@ -29,7 +29,6 @@ def tiny_skyreels_v2_df(seed: int = 0) -> Any:
     return pipe
 
 
-
 def skyreels_v2_df_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_skyreels_v2_df` (64x64, 9 frames = 3 latent frames of 4x4
     tokens, frame 0 the image; synchronous: ``ar_step=0``, override it for asynchronous diffusion forcing)."""

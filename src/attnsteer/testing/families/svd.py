@@ -50,7 +50,6 @@ def tiny_svd(seed: int = 0) -> Any:
     return pipe
 
 
-
 def svd_call_kwargs(
     prompt: str = "", negative_prompt: str = "", guidance_scale: float | None = None, **overrides: Any
 ) -> dict[str, Any]:

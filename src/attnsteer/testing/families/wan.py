@@ -35,7 +35,6 @@ def tiny_wan(seed: int = 0) -> Any:
     return pipe
 
 
-
 @quiet_transformers()
 def tiny_wan22(seed: int = 0) -> Any:
     """A Wan 2.2 A14B-style I2V pipeline: two experts (high noise, then low noise after the boundary), no CLIP."""
@@ -62,7 +61,6 @@ def tiny_wan22(seed: int = 0) -> Any:
     return pipe
 
 
-
 def wan_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_wan` (64x64, 9 frames = 3 latent frames, 4 steps)."""
     kwargs: dict[str, Any] = dict(
@@ -72,7 +70,6 @@ def wan_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **override
     )
     kwargs.update(overrides)
     return kwargs
-
 
 
 @quiet_transformers()
@@ -98,7 +95,6 @@ def tiny_wan_ti2v(seed: int = 0) -> Any:
     return pipe
 
 
-
 def tiny_lucy_edit(seed: int = 0) -> Any:
     """A Lucy Edit pipeline (video editing: the source video's latents concatenated by channel; two Wan experts,
     high then low noise; one forward per branch), random weights."""
@@ -119,7 +115,6 @@ def tiny_lucy_edit(seed: int = 0) -> Any:
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
 
 
 def lucy_edit_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:

@@ -39,7 +39,6 @@ def tiny_wan_animate(seed: int = 0) -> Any:
     return pipe
 
 
-
 def wan_animate_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_wan_animate` (64x64, one segment of 5 frames = 2 latent
     frames after the character image's: 3 frames of 4x4 tokens; grey pose and face videos)."""

@@ -28,7 +28,6 @@ def tiny_wan_vace(seed: int = 0) -> Any:
     return pipe
 
 
-
 def wan_vace_call_kwargs(prompt: str = "a cat", negative_prompt: str = "", **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a fast call of :func:`tiny_wan_vace` (64x64, 5 frames = 2 latent frames, after one
     reference-image latent frame when called with ``reference_images=image``: 3 frames of 4x4 tokens)."""
