@@ -25,6 +25,7 @@ from ..language.schedules import StepInfo
 from . import compiled_call
 from .call_state import Client, ForwardState, LayerInfo
 from .context_parallel import context_parallel_config, head_slice
+from .execute import clear_rule_caches
 from .guidance import BlockSkipHook, GuidanceShift, first_tensor, replace_first_tensor
 from .hooks import CONTROLLER_ATTRIBUTE, HOOK_NAME, AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
 from .module_call import ModuleCall, subject
@@ -190,6 +191,7 @@ class Controller:
         if self.model.__dict__.get(CONTROLLER_ATTRIBUTE) is self:
             del self.model.__dict__[CONTROLLER_ATTRIBUTE]
         refresh_registry_caches(self.model)
+        clear_rule_caches()  # cached plans hold the rules, and so whatever their score functions reference
         if errors:
             raise errors[0]
 
