@@ -37,8 +37,8 @@ class CompiledRouting:
     learns its module at run time from a marker tensor (the module's first parameter). ``hook_of`` maps that
     marker to the module's installed :class:`~attnsteer.runtime.hooks.AttentionHook`; every other piece of state
     lives on the hooks (found through the module's diffusers ``HookRegistry``) and on the controllers. Everything
-    here is held weakly: the hooks, the index from marker to hook (never the parameter itself), and the
-    controllers whose sessions block tracing; so ``del model`` frees the model with or without a dynamo reset.
+    here is held weakly: the hooks, the index from marker to hook (never the parameter itself), the controllers
+    whose sessions block tracing and the module classes; nothing here keeps a model or its parameters alive.
     ``traceable`` is a plain bool because traced code reads (and dynamo guards) it.
     """
 
@@ -47,7 +47,7 @@ class CompiledRouting:
         self.by_marker: weakref.WeakValueDictionary[tuple, Any] = weakref.WeakValueDictionary()  # _key(param) -> hook
         self.blocking: weakref.WeakSet[Any] = weakref.WeakSet()  # controllers whose sessions have output rules
         self.traceable = True  # no attached controller has output rules: traced modules route their SDPA calls
-        self.forwards: dict[type, Any] = {}  # module class -> its stable forward (one function per class)
+        self.forwards: weakref.WeakKeyDictionary[type, Any] = weakref.WeakKeyDictionary()  # class -> stable forward
 
     def hook_of(self, marker: torch.Tensor) -> Any:
         """The installed hook of the module whose first parameter is ``marker`` (None if no hook is installed); the
