@@ -166,3 +166,33 @@ def test_a_compiled_deep_copy_of_a_hooked_model_runs_unsteered(model, inputs):
         assert_equal_runs(out, plain)
     assert_equal_runs(again, steered)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("how", ["whole", "regional"])
+def test_compiled_model_is_freed_after_del_and_dynamo_reset(inputs, how):
+    """Nothing process-wide (the custom op's marker index, the plan caches) keeps the model, an attention module's
+    marker parameter or a rule's score function alive once the session ended and dynamo forgot its graphs."""
+    import gc
+    import weakref
+
+    torch._dynamo.reset()
+    model = tiny_wan(seed=0).transformer.eval()
+    if how == "whole":
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    else:
+        compiled = model
+        compiled.compile_repeated_blocks(backend="aot_eager", fullgraph=True)
+    calls = []
+
+    def lower(s, b, h, q_idx, kv_idx, owner=model):  # the closure holds the model
+        calls.append(1)
+        return s - 1.0
+
+    rule = at.Rule(at.frames.generated, at.frames.reference, at.score_mod(lower))
+    _, counts = session(compiled, model, inputs, RULE, rule)
+    assert counts["graph_breaks"] == 0 and calls  # traced, and the custom op ran the score function
+    refs = [weakref.ref(x) for x in (model, lower, next(model.blocks[0].attn1.parameters()))]
+    del model, compiled, lower, rule
+    torch._dynamo.reset()
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]

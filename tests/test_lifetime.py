@@ -192,3 +192,88 @@ def test_pyramid_attention_broadcast_keeps_working_in_any_order_and_conflicts_ar
     np.testing.assert_array_equal(fresh_run(), vanilla)
     assert hook_state(pipe.transformer) == clean
 
+
+
+def transformer_inputs() -> dict:
+    gen = torch.Generator().manual_seed(1)
+    return dict(hidden_states=torch.randn(1, 36, 3, 8, 8, generator=gen),
+                encoder_hidden_states=torch.randn(1, 16, 32, generator=gen),
+                encoder_hidden_states_image=torch.randn(1, 5, 16, generator=gen), return_dict=False)
+
+
+def steer_transformer_with(make_transform) -> tuple[weakref.ref, weakref.ref, list]:
+    """A session on a fresh tiny Wan transformer whose one rule's transform (``make_transform(model, calls)`` ->
+    (transform, its function)) holds a reference to the model; returns weak references to the model and to that
+    function, and the calls the function saw, after the session ended and every other reference was dropped."""
+    model = fresh_wan().transformer.eval()
+    calls: list[int] = []
+    transform, fn = make_transform(model, calls)
+    refs = weakref.ref(model), weakref.ref(fn)
+    with torch.no_grad(), at.steer(model, at.Rule(at.frames[1:], at.frames[0], transform), num_steps=2):
+        for t in (999.0, 500.0):
+            model(timestep=torch.tensor([t]), **transformer_inputs())
+    del model, transform, fn
+    gc.collect()
+    return *refs, calls
+
+
+def test_session_keeps_no_reference_to_score_mod_after_exit():
+    def make(model, calls):
+        def lower(s, b, h, q_idx, kv_idx, owner=model):  # the closure holds the model
+            calls.append(1)
+            return s - 1.0
+        return at.score_mod(lower), lower
+
+    model, fn, calls = steer_transformer_with(make)
+    assert calls  # the score path ran it
+    assert fn() is None and model() is None
+
+
+def test_session_keeps_no_reference_to_query_bias_after_exit():
+    def make(model, calls):
+        def values(layout, owner=model):  # the closure holds the model
+            calls.append(1)
+            return torch.full((layout.seq_len,), -1.0)
+        return at.query_bias(values), values
+
+    model, fn, calls = steer_transformer_with(make)
+    assert calls  # the plan resolved it
+    assert fn() is None and model() is None
+
+
+def test_controller_is_found_through_the_hook_registry(wan_pipe, image):
+    from attnsteer.runtime.compiled_call import HOOK_NAME, hook_on
+    from attnsteer.runtime.controller import controller_for
+    from attnsteer.runtime.hooks import CONTROLLER_ATTRIBUTE
+
+    model = wan_pipe.transformer
+    before = hook_state(model)
+    with at.steer(wan_pipe, RULE), at.inspect(wan_pipe):
+        controller = model.__dict__[CONTROLLER_ATTRIBUTE]
+        assert len(controller.clients) == 2  # both sessions share it
+        assert controller_for(model, controller.component, controller.adapter) is controller
+        hooked = [m for m in model.modules() if hook_on(m) is not None]
+        assert len(hooked) == len(controller.layers) == 4  # tiny Wan: two blocks, self- and cross-attention
+        assert all(m._diffusers_hook.get_hook(HOOK_NAME).controller is controller for m in hooked)
+        run(wan_pipe, image)
+    assert CONTROLLER_ATTRIBUTE not in model.__dict__
+    assert hook_state(model) == before
+
+
+def test_runtime_keeps_no_module_level_tables():
+    """State lives on the hooks and controllers; the one process-wide object is compiled_call.ROUTING."""
+    import ast
+    import importlib
+    import pkgutil
+
+    import attnsteer.runtime as runtime
+
+    tables = weakref.WeakKeyDictionary, weakref.WeakValueDictionary, weakref.WeakSet, dict, list, set
+    found = []
+    for info in pkgutil.iter_modules(runtime.__path__):
+        module = importlib.import_module(f"{runtime.__name__}.{info.name}")
+        tree = ast.parse(open(module.__file__).read())
+        names = [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                 for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+        found += [f"{info.name}.{n}" for n in names if n != "__all__" and isinstance(getattr(module, n), tables)]
+    assert found == []

@@ -271,6 +271,11 @@ def _cached_mask(selector: Selector, ctx: SelectionContext) -> torch.Tensor:
     return mask
 
 
+def clear_mask_cache() -> None:
+    """Drop the cached token masks (a selector may reference anything; the runtime clears this when a session ends)."""
+    _cached_mask.cache_clear()
+
+
 class _Combination(Selector):
     """Shared by | and &: group-level only when both sides are."""
 

@@ -16,7 +16,6 @@ module's previous call's output (which keeps the calls in order).
 
 from __future__ import annotations
 
-import itertools
 import types
 import weakref
 from typing import Any
@@ -28,26 +27,69 @@ from torch.overrides import TorchFunctionMode
 from ..errors import SteeringError
 from .call_state import sdpa_arguments
 
-_SLOT_OF: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
-_NEXT_SLOT = itertools.count()
-_HOOKS: dict[int, Any] = {}  # slot -> the AttentionHook installed on that module now
-_CURRENT: dict[int, Any] = {}  # slot -> the ModuleCall (or None: plain attention) of the module's current forward
+HOOK_NAME = "attnsteer"  # the name of attnsteer's hook in a module's diffusers HookRegistry
 
 
-def register(module: torch.nn.Module, hook: Any) -> int:
-    """The slot of ``module`` (stable across sessions, so compiled graphs are reused), now answered by ``hook``."""
-    slot = _SLOT_OF.get(module)
-    if slot is None:
-        slot = _SLOT_OF[module] = next(_NEXT_SLOT)
-    _HOOKS[slot] = hook
-    return slot
+class CompiledRouting:
+    """The one process-wide state of attnsteer: what the custom op needs and cannot be handed through the graph.
+
+    A compiled graph is shared by the blocks of a regional compile and outlives sessions, so ``attnsteer::sdpa``
+    learns its module at run time from a marker tensor (the module's first parameter). ``hook_of`` maps that
+    marker to the module's installed :class:`~attnsteer.runtime.hooks.AttentionHook`; every other piece of state
+    lives on the hooks (found through the module's diffusers ``HookRegistry``) and on the controllers. Everything
+    here is held weakly: the hooks, the index from marker to hook (never the parameter itself), the controllers
+    whose sessions block tracing and the module classes; nothing here keeps a model or its parameters alive.
+    ``traceable`` is a plain bool because traced code reads (and dynamo guards) it.
+    """
+
+    def __init__(self) -> None:
+        self.hooks: weakref.WeakSet[Any] = weakref.WeakSet()  # the installed AttentionHooks
+        self.by_marker: weakref.WeakValueDictionary[tuple, Any] = weakref.WeakValueDictionary()  # _key(param) -> hook
+        self.blocking: weakref.WeakSet[Any] = weakref.WeakSet()  # controllers whose sessions have output rules
+        self.traceable = True  # no attached controller has output rules: traced modules route their SDPA calls
+        self.forwards: weakref.WeakKeyDictionary[type, Any] = weakref.WeakKeyDictionary()  # class -> stable forward
+
+    def hook_of(self, marker: torch.Tensor) -> Any:
+        """The installed hook of the module whose first parameter is ``marker`` (None if no hook is installed); the
+        index is rebuilt when a parameter moved (``module.to(...)``) or a hook came or went."""
+        key = _key(marker)
+        hook = self.by_marker.get(key)
+        if hook is not None and hook in self.hooks and hook.module is not None and _key(_marker(hook.module)) == key:
+            return hook
+        self.by_marker.clear()
+        for hook in list(self.hooks):
+            param = None if hook.module is None else _marker(hook.module)
+            if param is not None:
+                self.by_marker[_key(param)] = hook
+        return self.by_marker.get(key)
+
+    def refresh(self, controller: Any) -> None:
+        """Record whether ``controller``'s sessions may be traced (none has output rules)."""
+        if controller.clients and not controller.traceable:
+            self.blocking.add(controller)
+        else:
+            self.blocking.discard(controller)
+        self.traceable = not self.blocking
 
 
-def release(slot: int, hook: Any) -> None:
-    """Forget ``hook`` as the answer of ``slot`` (when the hook is removed)."""
-    if _HOOKS.get(slot) is hook:
-        del _HOOKS[slot]
-    _CURRENT.pop(slot, None)
+ROUTING = CompiledRouting()
+
+
+def register(hook: Any) -> None:
+    """``hook`` now answers the compiled calls of its module (when it is installed)."""
+    ROUTING.hooks.add(hook)
+
+
+def release(hook: Any) -> None:
+    """Forget ``hook`` (when it is removed)."""
+    ROUTING.hooks.discard(hook)
+    hook.current = None
+
+
+def hook_on(module: torch.nn.Module) -> Any:
+    """attnsteer's hook in ``module``'s diffusers hook registry, or None."""
+    registry = getattr(module, "_diffusers_hook", None)
+    return None if registry is None else registry.get_hook(HOOK_NAME)
 
 
 # cudagraph_unsafe: its Python (rule activity, planning, recording) must run at every call, never be replayed
@@ -58,7 +100,7 @@ def steered_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: t
     """One SDPA call of the module whose first parameter is ``marker`` (its ``call``-th in this forward), answered
     as the eager hook would. The module travels as a tensor, so one graph serves every block of a regional compile;
     ``after`` (the module's previous call's output) keeps its calls in order in the compiled graph."""
-    hook = _hook_of(marker)
+    hook = ROUTING.hook_of(marker)
     kwargs = dict(attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
     if hook is None:  # never silently unsteered: the module must be found
         raise SteeringError(
@@ -68,8 +110,8 @@ def steered_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: t
             "it eagerly"
         )
     if call == 0:  # a new forward of the module: which rules are on now
-        _CURRENT[hook.slot] = hook.controller.begin_attention(hook.layer, hook.attention, hook.module)
-    handler = _CURRENT.get(hook.slot)
+        hook.current = hook.controller.begin_attention(hook.layer, hook.attention, hook.module)
+    handler = hook.current
     out = F.scaled_dot_product_attention(q, k, v, **kwargs) if handler is None else handler(q, k, v, **kwargs)
     out = out.contiguous()  # the fake below promises a contiguous result
     return out.clone() if any(out is t for t in (q, k, v)) else out
@@ -86,25 +128,6 @@ def _marker(module: torch.nn.Module) -> torch.Tensor | None:
 
 def _key(tensor: torch.Tensor) -> tuple:
     return (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-
-
-_BY_MARKER: dict[tuple, tuple[int, torch.Tensor]] = {}  # _key(first parameter) -> (slot, that parameter)
-
-
-def _hook_of(marker: torch.Tensor) -> Any:
-    """The installed hook of the module whose first parameter is ``marker`` (None if no hook is installed); the
-    index is rebuilt when a parameter moved (``module.to(...)``) or a hook came or went."""
-    key = _key(marker)
-    found = _BY_MARKER.get(key)
-    if found is not None and found[0] in _HOOKS and _key(found[1]) == key:
-        return _HOOKS[found[0]]
-    _BY_MARKER.clear()
-    for slot, hook in _HOOKS.items():
-        param = None if hook.module is None else _marker(hook.module)
-        if param is not None:
-            _BY_MARKER[_key(param)] = (slot, param)
-    found = _BY_MARKER.get(key)
-    return None if found is None else _HOOKS[found[0]]
 
 
 class SDPARouter(TorchFunctionMode):
@@ -129,31 +152,19 @@ class SDPARouter(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class _Switch:
-    """Whether traced modules route their SDPA calls (no attached controller has output rules)."""
-
-    def __init__(self) -> None:
-        self.traceable = True
-        self.blocking: set[int] = set()  # id() of the controllers whose sessions have output rules
-
-
-_SWITCH = _Switch()
-_EAGER: weakref.WeakKeyDictionary[torch.nn.Module, Any] = weakref.WeakKeyDictionary()
-
-
 def _stable_forward_of(cls: type) -> Any:
     """The ``forward`` of hooked modules of class ``cls`` while attnsteer is their only diffusers hook (bound to the
     module; one function per class). Under dynamo (no autograd, no output rules) the module's own forward runs traced
     with its SDPA calls routed to ``attnsteer::sdpa``; otherwise the diffusers hook chain of the current session
     runs. The class's forward is a closure constant: dynamo cannot call ``type(module).forward`` on classes it
     keeps in the graph as opaque callables (diffusers' ``Attention``)."""
-    stable = _PER_CLASS.get(cls)
+    stable = ROUTING.forwards.get(cls)
     if stable is not None:
         return stable
     original = cls.forward
 
     def stable_forward(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        if _SWITCH.traceable and torch.compiler.is_compiling() and not torch.is_grad_enabled():
+        if ROUTING.traceable and torch.compiler.is_compiling() and not torch.is_grad_enabled():
             marker = _marker(module)
             if marker is not None:
                 router = SDPARouter(marker)
@@ -164,49 +175,42 @@ def _stable_forward_of(cls: type) -> Any:
                 return output
         return _run_chain(module, args, kwargs)
 
-    _PER_CLASS[cls] = stable_forward
+    ROUTING.forwards[cls] = stable_forward
     return stable_forward
-
-
-_PER_CLASS: dict[type, Any] = {}
 
 
 @torch.compiler.disable
 def _run_chain(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
-    """The diffusers hook chain of ``module``'s current session, run eagerly (dynamo must not look up a
-    WeakKeyDictionary: it can return another module's entry)."""
-    chain = _EAGER.get(module)  # none in a deep copy of a hooked model, whose controller removes the copied hooks
+    """The diffusers hook chain of ``module``'s current session, run eagerly (found through the module's hook
+    registry, outside dynamo: its guards could hand one module's chain to another)."""
+    chain = getattr(hook_on(module), "chain", None)  # none in a deep copy, whose controller removes the copied hooks
     return type(module).forward(module, *args, **kwargs) if chain is None else chain(*args, **kwargs)
 
 
-def install_stable_forward(module: torch.nn.Module) -> Any:
+def install_stable_forward(module: torch.nn.Module, hook: Any) -> Any:
     """Put the stable forward in front of the diffusers hook chain just registered on ``module``: a method bound
     to one function per module class for every module and session, so dynamo's guards on ``module.forward`` hold across blocks and
     sessions and a compiled graph is reused."""
-    _EAGER[module] = module.forward
+    hook.chain = module.forward
     module.forward = types.MethodType(_stable_forward_of(type(module)), module)
     return module.forward
 
 
-def uninstall_stable_forward(module: torch.nn.Module) -> None:
+def uninstall_stable_forward(hook: Any) -> None:
     """The session left (the registry has restored ``forward``)."""
-    _EAGER.pop(module, None)
+    hook.chain = None
 
 
 def refresh(controller: Any) -> None:
     """Record whether ``controller``'s sessions may be traced (none has output rules)."""
-    if controller.clients and not controller.traceable:
-        _SWITCH.blocking.add(id(controller))
-    else:
-        _SWITCH.blocking.discard(id(controller))
-    _SWITCH.traceable = not _SWITCH.blocking
+    ROUTING.refresh(controller)
 
 
 @torch.compiler.disable
 def _no_attention(marker: torch.Tensor) -> None:
     """A traced module forward that made no SDPA call: raise, as the eager hook does, if a rule or recorder
     needed it."""
-    hook = _hook_of(marker)
+    hook = ROUTING.hook_of(marker)
     if hook is None:
         return
     call = hook.controller.begin_attention(hook.layer, hook.attention, hook.module)
@@ -214,5 +218,5 @@ def _no_attention(marker: torch.Tensor) -> None:
         hook.controller.end_attention(call, hook.module, None)
 
 
-__all__ = ["SDPARouter", "install_stable_forward", "refresh", "register", "release", "steered_sdpa",
-           "uninstall_stable_forward"]
+__all__ = ["HOOK_NAME", "ROUTING", "CompiledRouting", "SDPARouter", "hook_on", "install_stable_forward", "refresh",
+           "register", "release", "steered_sdpa", "uninstall_stable_forward"]

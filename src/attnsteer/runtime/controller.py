@@ -2,7 +2,8 @@
 answers every self-attention call with the rules and recorders of all sessions attached to it.
 
 Sessions (``at.steer``, ``at.inspect``) attach *clients*; the first client installs the hooks and
-the last one to leave removes them, so sessions nest and combine on the same model.
+the last one to leave removes them, so sessions nest and combine on the same model. While installed, the
+controller is found through one attribute of the model and through each hooked module's diffusers hook registry.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from ..language.schedules import StepInfo
 from . import compiled_call
 from .call_state import Client, ForwardState, LayerInfo
 from .context_parallel import context_parallel_config, head_slice
+from .execute import clear_rule_caches
 from .guidance import BlockSkipHook, GuidanceShift, first_tensor, replace_first_tensor
-from .hooks import HOOK_NAME, AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
+from .hooks import CONTROLLER_ATTRIBUTE, HOOK_NAME, AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
 from .module_call import ModuleCall, subject
 from .outputs import OutputStage, split_output_rules
 from .stepping import StepTracker
@@ -81,7 +83,6 @@ class Controller:
         self.clients.remove(client)
         compiled_call.refresh(self)
         if not self.clients:
-            _CONTROLLERS.pop(id(self.model), None)
             self._uninstall()
 
     def __deepcopy__(self, memo: dict) -> Controller:
@@ -111,6 +112,7 @@ class Controller:
             self._handles.append(self.model.register_forward_pre_hook(self._forward_start, with_kwargs=True))
             self._handles.append(self.model.register_forward_hook(self._perturb_after, with_kwargs=True))
             self._handles.append(self.model.register_forward_hook(self._forward_end, always_call=True))
+            self.model.__dict__[CONTROLLER_ATTRIBUTE] = self
         except BaseException:
             self._uninstall()
             raise
@@ -185,7 +187,10 @@ class Controller:
         self.guidance_shift.clear()
         self.layers.clear()
         self.state = None
+        if self.model.__dict__.get(CONTROLLER_ATTRIBUTE) is self:
+            del self.model.__dict__[CONTROLLER_ATTRIBUTE]
         refresh_registry_caches(self.model)
+        clear_rule_caches()  # cached plans hold the rules, and so whatever their score functions reference
         if errors:
             raise errors[0]
 
@@ -224,6 +229,8 @@ class Controller:
             for key in [k for k, fn in hooks.items() if getattr(fn, "__self__", None) is self]:
                 hooks.pop(key)
                 flags.pop(key, None)
+        if model.__dict__.get(CONTROLLER_ATTRIBUTE) is self:
+            del model.__dict__[CONTROLLER_ATTRIBUTE]
         refresh_registry_caches(self.model)
 
     # --- per forward ---------------------------------------------------------------------
@@ -383,14 +390,10 @@ def _batch_size(inputs: dict) -> int:
     raise SteeringError("cannot tell the batch size: the model's forward got no tensor argument")
 
 
-_CONTROLLERS: dict[int, Controller] = {}  # by id(model), only while some session is attached to it
-
-
 def controller_for(model: torch.nn.Module, component: str, adapter: Adapter) -> Controller:
-    """The controller of ``model``, created on first use (one per model, shared by sessions). The
-    registry holds it only while a session is attached, so a model left by every session can be freed."""
-    controller = _CONTROLLERS.get(id(model))
+    """The controller of ``model``: the one installed on it (shared by the sessions attached to it), or a new
+    one. The model holds it only while a session is attached, so a model left by every session can be freed."""
+    controller = model.__dict__.get(CONTROLLER_ATTRIBUTE)
     if controller is None or controller.model is not model or not controller.clients:
         controller = Controller(model, component, adapter)
-        _CONTROLLERS[id(model)] = controller
     return controller

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from ..errors import SteeringError
 from ..kernels import grouped_attention, scored_attention
 from ..language.layout import Segment, TokenLayout
-from .plan import CallPlan, Selection
+from ..language.selectors import clear_mask_cache
+from .plan import CallPlan, Selection, build_plan
 
 
 def run_plan(
@@ -71,6 +72,15 @@ def run_plan(
 def _on_device(plan: CallPlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A grouped plan's cells and bias on the call's device, copied once per plan."""
     return plan.cells.to(device), plan.bias.to(device)
+
+
+def clear_rule_caches() -> None:
+    """Drop every cached plan, score function and token mask. They hold rules, and through a rule's ``score_mod``,
+    ``query_bias`` or selector whatever those reference (a model, a tensor): cleared when a model's last session
+    ends, so nothing a session was given outlives it."""
+    for cached in (build_plan, _on_device, _score_fn):
+        cached.cache_clear()
+    clear_mask_cache()
 
 
 def _covers_all_queries(s: Selection) -> bool:

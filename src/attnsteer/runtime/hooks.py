@@ -19,8 +19,9 @@ from diffusers.hooks.hooks import StateManager
 from torch.overrides import TorchFunctionMode
 
 from . import compiled_call
+from .compiled_call import HOOK_NAME
 
-HOOK_NAME = "attnsteer"
+CONTROLLER_ATTRIBUTE = "_attnsteer_controller"  # the model's controller, on the model while a session is attached
 
 SDPAHandler = Callable[..., torch.Tensor]
 
@@ -56,7 +57,8 @@ class ContextListener(StateManager):
 class AttentionHook(ModelHook):
     """Runs one attention module's forward through its controller: ``controller.run_attention(layer,
     attention, module, forward, args, kwargs)``. The hook's state is explicit (controller, layer,
-    kind of attention), so a deep copy of a hooked model carries a consistent copy of it."""
+    kind of attention, and under torch.compile the module's current call and eager chain), found through the
+    module's diffusers hook registry, so a deep copy of a hooked model carries a consistent copy of it."""
 
     _is_stateful = True  # so that diffusers hands us the cache-context name
 
@@ -65,22 +67,23 @@ class AttentionHook(ModelHook):
         self.controller, self.layer, self.attention = controller, layer, attention
         self.context = ContextListener(controller.set_context)
         self.module: torch.nn.Module | None = None
-        self.slot: int | None = None  # this module's slot for attnsteer::sdpa (compiled_call)
         self.stable = False  # whether module.forward is compiled_call's stable forward (ours is its only hook)
+        self.chain: Callable | None = None  # the diffusers hook chain behind the stable forward (compiled_call)
+        self.current: Any = None  # the ModuleCall (None: plain attention) of the module's current compiled forward
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.module, self.slot = module, compiled_call.register(module, self)
+        self.module = module
+        compiled_call.register(self)
         return module
 
     def deinitalize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        if self.slot is not None:
-            compiled_call.release(self.slot, self)
-        self.module, self.slot = None, None
+        compiled_call.release(self)
+        self.module = None
         return module
 
     def __getstate__(self) -> dict:
-        """A deep copy (of a hooked model) has no slot: its controller removes it before it runs."""
-        return {**self.__dict__, "slot": None, "stable": False}
+        """A deep copy (of a hooked model) answers no compiled call: its controller removes it before it runs."""
+        return {**self.__dict__, "stable": False, "chain": None, "current": None}
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         run = functools.partial(self.controller.run_attention, self.layer, self.attention, module)
@@ -106,7 +109,7 @@ class InstalledHook:
         registry = HookRegistry.check_if_exists_or_initialize(module)
         registry.register_hook(hook, HOOK_NAME)
         if isinstance(hook, AttentionHook) and registry._hook_order == [HOOK_NAME] and not self.had_forward_attr:
-            compiled_call.install_stable_forward(module)  # compiled graphs outlive sessions, shared by blocks
+            compiled_call.install_stable_forward(module, hook)  # compiled graphs outlive sessions, shared by blocks
             hook.stable = True
 
     def outer_hooks(self) -> list[str]:
@@ -128,7 +131,7 @@ class InstalledHook:
         stable = getattr(self.hook, "stable", False)
         registry.remove_hook(HOOK_NAME, recurse=False)
         if stable:
-            compiled_call.uninstall_stable_forward(self.module)
+            compiled_call.uninstall_stable_forward(self.hook)
             self.hook.stable = False
         if following is not None and following.original_forward is not None:
             following.forward = kept
