@@ -1,0 +1,144 @@
+"""Issue 22 §2: four results that were wrong, each against an independent dense float64 computation.
+
+The references below build the full logit matrix in float64 from q and k, apply the rules in the
+order given with plain tensor indexing, and take the softmax; they use none of attnsteer's plans or
+kernels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import attnsteer as at
+from attnsteer.language.selectors import SelectionContext
+from attnsteer.runtime.execute import run_plan
+from attnsteer.runtime.plan import build_plan
+
+LAYOUT = at.TokenLayout(num_frames=3, tokens_per_frame=4)  # frame f holds tokens 4f .. 4f + 3
+F32_EPS = torch.finfo(torch.float32).eps
+
+
+def qkv(magnitude: float = 1.0, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 2, LAYOUT.seq_len, 8, generator=g) * magnitude for _ in range(3)]
+
+
+def run(rules, q, k, v, want_mass=False):
+    ctx = SelectionContext(LAYOUT)
+    plan = build_plan(tuple((r, ctx) for r in rules), LAYOUT, None, q.shape[0], q.shape[1], want_mass=want_mass)
+    return plan, run_plan(plan, q, k, v, LAYOUT, None, None, want_mass)[0]
+
+
+def dense(q, k, v, edit):
+    """softmax(edit(q k^T / sqrt(d))) @ v in float64; ``edit(s) -> s`` on the [B, H, N, N] logits."""
+    s = (q.double() @ k.double().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    return edit(s).softmax(-1) @ v.double()
+
+
+def f32_tolerance(v: torch.Tensor, ulps: float = 64) -> float:
+    """A float32 tolerance from the dtype and the outputs' magnitude (a weighted mean of v's rows)."""
+    return ulps * F32_EPS * float(v.abs().max())
+
+
+# 1. a uniform logit scale folded into SDPA's scale keeps the rule order
+
+def _plus_one_later_frames_to_frame_0(s: torch.Tensor) -> torch.Tensor:
+    s = s.clone()
+    s[..., 4:, :4] += 1.0
+    return s
+
+
+SCALES = {
+    "logit_scale(2)": (at.logit_scale(2.0), 2.0),
+    "temperature(0.5)": (at.temperature(0.5), 2.0),
+    "proportional(3)": (at.proportional(train_tokens=3), math.sqrt(math.log(12) / math.log(3))),
+}
+FIRST = {
+    "bias": at.bias(1.0),
+    "score_mod": at.score_mod(lambda s, b, h, q, k: s + 1.0, "plus_one"),
+    "query_bias": at.query_bias(torch.ones(12)),
+}
+
+
+@pytest.mark.parametrize("first", FIRST)
+@pytest.mark.parametrize("scale", SCALES)
+def test_a_uniform_logit_scale_after_a_bias_scales_the_bias_too(first, scale):
+    transform, factor = SCALES[scale]
+    rules = [at.Rule(at.frames[1:], at.frames[0], FIRST[first], branch="all"),
+             at.Rule(at.tokens, at.tokens, transform, branch="all")]
+    q, k, v = qkv()
+    _, out = run(rules, q, k, v)
+    expected = dense(q, k, v, lambda s: _plus_one_later_frames_to_frame_0(s) * factor)  # factor * (s + 1)
+    assert (out.double() - expected).abs().max() < f32_tolerance(v)
+    folded_wrongly = dense(q, k, v, lambda s: _plus_one_later_frames_to_frame_0(s * factor))  # factor * s + 1
+    assert (out.double() - folded_wrongly).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_a_uniform_logit_scale_before_a_bias_leaves_the_bias_unscaled(scale):
+    transform, factor = SCALES[scale]
+    rules = [at.Rule(at.tokens, at.tokens, transform, branch="all"),
+             at.Rule(at.frames[1:], at.frames[0], at.bias(1.0), branch="all")]
+    q, k, v = qkv()
+    plan, out = run(rules, q, k, v)
+    assert plan.path == "grouped" and plan.scale_factor == pytest.approx(factor)
+    expected = dense(q, k, v, lambda s: _plus_one_later_frames_to_frame_0(s * factor))
+    assert (out.double() - expected).abs().max() < f32_tolerance(v)
+
+
+def test_a_folded_logit_scale_keeps_the_fused_path_for_constant_biases():
+    rules = [at.Rule(at.frames[1:], at.frames[0], at.bias(1.0), branch="all"),
+             at.Rule(at.tokens, at.tokens, at.logit_scale(2.0), branch="all")]
+    q, k, v = qkv()
+    plan, out = run(rules, q, k, v)
+    assert plan.path == "grouped" and plan.scale_factor == 2.0
+    expected = dense(q, k, v, lambda s: _plus_one_later_frames_to_frame_0(s) * 2.0)
+    assert (out.double() - expected).abs().max() < f32_tolerance(v)
+
+
+def test_a_logit_scale_after_a_score_function_applies_in_order_with_the_score_function_after_it():
+    rules = [at.Rule(at.tokens, at.tokens, at.score_mod(lambda s, b, h, q, k: s.abs(), "abs"), branch="all"),
+             at.Rule(at.tokens, at.tokens, at.logit_scale(-1.5), branch="all"),
+             at.Rule(at.tokens, at.tokens, at.score_mod(lambda s, b, h, q, k: s.clamp_min(-1.0), "clamp"),
+                     branch="all")]
+    q, k, v = qkv()
+    _, out = run(rules, q, k, v)
+    expected = dense(q, k, v, lambda s: (s.abs() * -1.5).clamp_min(-1.0))
+    assert (out.double() - expected).abs().max() < f32_tolerance(v)
+
+
+# 3. the differentiable score path keeps the logits' digits under a huge bias
+
+@pytest.mark.parametrize("value", [1e6, 1e10, -1e10])
+@pytest.mark.parametrize("pairs", [None, at.token_distance(0)], ids=["grouped", "elementwise-pairs"])
+def test_a_huge_bias_under_autograd_matches_float64_in_float32(value, pairs):
+    q, k, v = qkv(magnitude=3.0)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    rule = at.Rule(at.tokens, at.frames[1], at.bias(value), branch="all", pairs=pairs)
+    _, out = run([rule], *leaves)
+
+    added = torch.zeros(12, 12, dtype=torch.float64)
+    added[:, 4:8] = value
+    if pairs is not None:
+        added.fill_diagonal_(0.0)
+    ref_leaves = [t.double().requires_grad_(True) for t in (q, k, v)]
+    expected = dense(*ref_leaves, lambda s: s + added)
+    assert (out.double() - expected).abs().max() < f32_tolerance(v)
+
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (out.double() * weights).sum().backward()
+    (expected * weights).sum().backward()
+    for got, want in zip(leaves, ref_leaves):
+        assert (got.grad.double() - want.grad).abs().max() < f32_tolerance(v) * float(weights.abs().max()) * 12
+
+
+def test_a_huge_bias_under_autograd_gives_the_same_output_as_without():
+    q, k, v = qkv(magnitude=3.0)
+    rule = at.Rule(at.frames[2], at.frames[0] | at.frames[1], at.bias(1e6), branch="all")
+    with torch.no_grad():
+        _, plain = run([rule], q, k, v)
+    _, graded = run([rule], *(t.clone().requires_grad_(True) for t in (q, k, v)))
+    assert (graded.detach() - plain).abs().max() < f32_tolerance(v)
