@@ -142,3 +142,57 @@ def test_a_huge_bias_under_autograd_gives_the_same_output_as_without():
         _, plain = run([rule], q, k, v)
     _, graded = run([rule], *(t.clone().requires_grad_(True) for t in (q, k, v)))
     assert (graded.detach() - plain).abs().max() < f32_tolerance(v)
+
+
+# 2. batched sweeps on LTX-Video condition pipelines: refused, as they cannot equal their sequential runs
+
+def _ltx_condition_kwargs():
+    from attnsteer.testing.tiny import build_tiny, test_image
+
+    pipe, call_kwargs = build_tiny("tiny-ltx-condition")
+    return pipe, call_kwargs(prompt="a cat", output_type="latent", num_inference_steps=2, image=test_image())
+
+
+def test_batched_runs_on_ltx_condition_pipelines_are_refused_before_generating():
+    from attnsteer.scale.batched import batch_call_kwargs, run_batched
+
+    pipe, kwargs = _ltx_condition_kwargs()
+    calls = []
+
+    def generate(n):
+        calls.append(n)
+        return list(pipe(**batch_call_kwargs(pipe, kwargs, n, seed=0)).frames)
+
+    recipes = [at.recipes.dymos(gamma=0.0), at.recipes.dymos(gamma=0.0)]
+    with pytest.raises(at.ConfigError, match=r"ltx family's LTXConditionPipeline: .*first generator"):
+        run_batched(pipe, recipes, generate, chunk=2)
+    assert calls == []
+    # the cause: without steering, item 1 of a plain batched call is not its sequential run
+    sequential = pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames[0]
+    batched = pipe(**batch_call_kwargs(pipe, kwargs, 2, seed=0)).frames
+    assert (batched[1] - sequential).abs().max() > 0.1
+
+
+def test_ltx_condition_items_one_per_call_equal_their_sequential_runs():
+    from attnsteer.scale.batched import batch_call_kwargs, run_batched
+
+    pipe, kwargs = _ltx_condition_kwargs()
+    recipes = [at.recipes.dymos(gamma=g, stop=0.5) for g in (0.0, 1.0)]
+    batched = run_batched(pipe, recipes, lambda n: list(pipe(**batch_call_kwargs(pipe, kwargs, n, seed=0)).frames),
+                          chunk=1, record=False)
+    for recipe, (latent, _) in zip(recipes, batched):
+        with at.steer(pipe, recipe):
+            sequential = pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames[0]
+        assert (latent.double() - sequential.double()).abs().max() <= f32_tolerance(sequential)
+    assert (batched[0][0] - batched[1][0]).abs().max() > 1e-3  # the gammas really differ
+
+
+def test_cli_sweep_batch_on_ltx_condition_exits_2_naming_the_family(tmp_path, capsys):
+    from attnsteer.cli import main
+
+    args = ["sweep", "--model", "tiny-ltx-condition", "--gamma", "0,1", "--stop", "0.5", "--steps", "2",
+            "--format", "gif", "--batch", "2", "--out", str(tmp_path / "bat")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ltx family's LTXConditionPipeline" in err[0]
+    assert not (tmp_path / "bat" / "gamma_0.npz").exists()
