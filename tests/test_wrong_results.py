@@ -11,6 +11,8 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 import attnsteer as at
 from attnsteer.language.selectors import SelectionContext
@@ -196,3 +198,101 @@ def test_cli_sweep_batch_on_ltx_condition_exits_2_naming_the_family(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ltx family's LTXConditionPipeline" in err[0]
     assert not (tmp_path / "bat" / "gamma_0.npz").exists()
+
+
+# 4. nested sessions with perturbed guidance: each keeps its own perturbed branch, the shifts add
+
+class _ValueAttention(TorchFunctionMode):
+    """While ``active``, every self-attention SDPA call returns V (identity attention)."""
+
+    active = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and self.active:
+            named = dict(zip(("query", "key", "value"), args), **kwargs)
+            if named["query"].shape[-2] == named["key"].shape[-2]:
+                return named["value"]
+        return func(*args, **kwargs)
+
+
+def _nested_guidance_reference(pipe, run, guidance: float, perturbations):
+    """Wan (the conditional forward, then the unconditional one, per step) under
+    ``uncond + w (cond - uncond) + sum_i s_i (cond - perturbed_i)``, with plain torch hooks: perturbation i
+    (``(s_i, identity modules, skipped blocks)``) recomputes each conditional forward, and the sum is folded into
+    the unconditional prediction as ``u' = u + sum / (1 - w)``, so that the pipeline's own CFG gives the formula."""
+    mode, state = _ValueAttention(), {"perturbing": None, "calls": 0, "fold": None}
+    handles = []
+    for i, (_, modules, blocks) in enumerate(perturbations):
+        for module in modules:
+            handles.append(module.register_forward_pre_hook(
+                lambda m, a, i=i: setattr(mode, "active", state["perturbing"] == i)))
+            handles.append(module.register_forward_hook(lambda m, a, o: setattr(mode, "active", False)))
+        for block in blocks:
+            def skip(module, args, kwargs, output, i=i):
+                if state["perturbing"] != i:
+                    return output
+                return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            handles.append(block.register_forward_hook(skip, with_kwargs=True))
+
+    def combine(module, args, kwargs, output):
+        if state["perturbing"] is not None:
+            return output
+        state["calls"] += 1
+        pred = output[0]
+        if state["calls"] % 2 == 0:  # the unconditional forward of the step
+            return (pred + state["fold"],) + tuple(output[1:])
+        total = 0.0
+        for i, (scale, _, _) in enumerate(perturbations):
+            state["perturbing"] = i
+            with mode:
+                perturbed = module(*args, **kwargs)[0]
+            state["perturbing"] = None
+            total = total + scale * (pred - perturbed)
+        state["fold"] = total / (1 - guidance)
+        return output
+
+    handles.append(pipe.transformer.register_forward_hook(combine, with_kwargs=True))
+    try:
+        return run()
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.fixture(scope="module")
+def wan_run(wan_pipe, image):
+    from attnsteer.testing.tiny import wan_call_kwargs
+
+    kwargs = wan_call_kwargs(num_inference_steps=2, output_type="latent")
+
+    def run():
+        return wan_pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs).frames[0]
+
+    return wan_pipe, run, kwargs["guidance_scale"]
+
+
+def test_nested_pag_sessions_each_add_their_own_perturbed_branch(wan_run):
+    pipe, run, w = wan_run
+    blocks = pipe.transformer.blocks
+    expected = _nested_guidance_reference(pipe, run, w, [(2.0, [blocks[0].attn1], []), (5.0, [blocks[1].attn1], [])])
+    with at.steer(pipe, at.recipes.pag(scale=2.0, layers="0")), at.steer(pipe, at.recipes.pag(scale=5.0, layers="1")):
+        got = run()
+    tolerance = f32_tolerance(expected) * (1 + w + 2.0 + 5.0)
+    assert (got.double() - expected.double()).abs().max() < tolerance
+    with at.steer(pipe, at.recipes.pag(scale=2.0, layers="0,1")):
+        merged = run()  # the old result: one perturbed branch with both layers, the inner scale dropped
+    assert (got - merged).abs().max() > 1e-2
+
+
+def test_an_inner_stg_r_under_an_outer_pag_skips_its_block_in_its_own_branch(wan_run):
+    pipe, run, w = wan_run
+    blocks = pipe.transformer.blocks
+    expected = _nested_guidance_reference(pipe, run, w, [(2.0, [blocks[0].attn1], []), (1.5, [], [blocks[1]])])
+    with at.steer(pipe, at.recipes.pag(scale=2.0, layers="0")):
+        with at.steer(pipe, at.recipes.stg(mode="R", scale=1.5, layers="1")):
+            got = run()
+        outer_only = run()
+    tolerance = f32_tolerance(expected) * (1 + w + 2.0 + 1.5)
+    assert (got.double() - expected.double()).abs().max() < tolerance
+    assert (got - outer_only).abs().max() > 1e-2  # the inner session changes the result
