@@ -112,6 +112,17 @@ def test_a_logit_scale_after_a_score_function_applies_in_order_with_the_score_fu
     assert (out.double() - expected).abs().max() < f32_tolerance(v)
 
 
+def test_a_score_function_after_a_folded_logit_scale_sees_the_scaled_biased_logits():
+    rules = [at.Rule(at.frames[1:], at.frames[0], at.bias(1.0), branch="all"),
+             at.Rule(at.tokens, at.tokens, at.logit_scale(2.0), branch="all"),
+             at.Rule(at.tokens, at.tokens, at.score_mod(lambda s, b, h, q, k: s.clamp_max(1.5), "clamp"), branch="all")]
+    q, k, v = qkv()
+    plan, out = run(rules, q, k, v)
+    assert plan.path == "scored" and plan.scale_factor == 2.0
+    expected = dense(q, k, v, lambda s: (_plus_one_later_frames_to_frame_0(s) * 2.0).clamp_max(1.5))
+    assert (out.double() - expected).abs().max() < f32_tolerance(v)
+
+
 # 3. the differentiable score path keeps the logits' digits under a huge bias
 
 @pytest.mark.parametrize("value", [1e6, 1e10, -1e10])
