@@ -49,6 +49,11 @@ class GuidanceShift:
     def clear(self) -> None:
         self._pending.clear()
 
+    def keep(self, keys: set[int]) -> None:
+        """Forget the shifts of sessions that have left (only ``keys`` stay)."""
+        for key in [k for k in self._pending if k not in keys]:
+            del self._pending[key]
+
     def shift(self, state: Any, prediction: torch.Tensor, perturbed: torch.Tensor | None, key: int = 0) -> torch.Tensor:
         """The shift for every row of a forward's ``prediction`` (``perturbed`` None: no conditional rows)."""
         branches = state.branches
@@ -87,6 +92,7 @@ def perturb(controller: Any, forward: Callable, args: tuple, kwargs: dict, outpu
     if state is None or not state.branches:
         return output
     clients = [c for c in controller.clients if getattr(c, "guidance", None) is not None]
+    controller.guidance_shift.keep({id(c) for c in clients})
     strengths = [(c, s) for c, s in ((c, c.guidance.scale_at(state.step)) for c in clients) if s != 0]
     if not strengths:
         return output
