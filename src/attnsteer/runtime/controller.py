@@ -12,7 +12,6 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import torch
 
 from ..contract.adapter import Adapter, bind_forward_inputs
@@ -25,7 +24,7 @@ from . import compiled_call
 from .call_state import Client, ForwardState, LayerInfo
 from .context_parallel import context_parallel_config, head_slice
 from .execute import clear_rule_caches
-from .guidance import BlockSkipHook, GuidanceShift, first_tensor, replace_first_tensor
+from .guidance import BlockSkipHook, GuidanceShift, in_perturbed_forward, perturb
 from .hooks import CONTROLLER_ATTRIBUTE, HOOK_NAME, AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
 from .module_call import ModuleCall, subject
 from .outputs import OutputStage, split_output_rules
@@ -52,6 +51,7 @@ class Controller:
         self.seen_steps: set[StepInfo] = set()
         self.seen_branches: set[str] = set()
         self.perturbing: PerturbedGuidance | None = None  # set during the perturbed forward
+        self.perturbing_client: Client | None = None  # the session whose perturbed forward runs
         self._skip_hooks: set[int] = set()
         self.guidance_shift = GuidanceShift()  # cond - perturbed of this step, for the rows of every branch
 
@@ -142,35 +142,8 @@ class Controller:
         return self.perturb(model.forward, args, kwargs, output)
 
     def perturb(self, forward: Callable, args: tuple, kwargs: dict, output: Any) -> Any:
-        """After each forward while perturbed guidance is on: the perturbed forward after a conditional
-        one, and ``s (cond - perturbed)`` added to every row (see :mod:`attnsteer.language.guidance`)."""
-        state = self.state
-        clients = [c for c in self.clients if getattr(c, "guidance", None) is not None]
-        if state is None or not clients or not state.branches:
-            return output
-        guidance = clients[0].guidance
-        strength = guidance.scale_at(state.step)
-        if strength == 0:
-            return output
-        rescale = getattr(self.steps.pipeline, "_guidance_rescale", 0.0) or 0.0
-        if rescale > 0:
-            raise SteeringError(
-                f"perturbed guidance on {type(self.model).__name__} with guidance_rescale={rescale}: the pipeline "
-                "rescales by the standard deviation of the conditional prediction, which attnsteer has shifted by "
-                "s (cond - perturbed), so the result would not be the published formula; call the pipeline with "
-                "guidance_rescale=0"
-            )
-        prediction = first_tensor(output)
-        if "cond" in state.branches:
-            self.state, self.perturbing = attrs.evolve(state, branches=("perturbed",) * len(state.branches)), guidance
-            try:
-                perturbed = first_tensor(forward(*args, **kwargs))
-            finally:
-                self.state, self.perturbing = state, None
-        else:
-            perturbed = None
-        shift = self.guidance_shift.shift(state, prediction, perturbed)
-        return replace_first_tensor(output, prediction + strength * shift)
+        """After each forward while perturbed guidance is on: see :func:`attnsteer.runtime.guidance.perturb`."""
+        return perturb(self, forward, args, kwargs, output)
 
     def _uninstall(self) -> None:
         errors = []
@@ -269,6 +242,8 @@ class Controller:
         for client in self.clients:
             for rule in client.rules:
                 if rule.attention != attention or not rule.matches_layer(layer.index, layer.names):
+                    continue
+                if rule.branch == "perturbed" and not in_perturbed_forward(self.perturbing_client, client):
                     continue
                 try:
                     frames = rule.when.active_frames(state.step)

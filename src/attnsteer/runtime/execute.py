@@ -108,7 +108,23 @@ def _score_fn(selections: tuple[Selection, ...], batch: int, heads: int, num_key
             scores = torch.where(where, transform.score(scores, b_idx, h_idx, q4, k4), scores)
         return scores
 
-    return apply
+    if not all(t.constant_bias is not None or t.per_query is not None for _, t, _ in bound):
+        return apply
+    values = [t.constant_bias if t.constant_bias is not None else t.per_query.to(device) for _, t, _ in bound]
+
+    def apply_biases(scores: torch.Tensor, q_index: torch.Tensor) -> torch.Tensor:
+        # Additive rules only (the grouped rules under autograd): sum the biases apart and subtract each row's
+        # largest before adding them, so a huge bias does not round away the logits' own digits (the grouped
+        # kernel's log-sum-exp merge keeps them too); a constant per row leaves the softmax unchanged.
+        total = torch.zeros(scores.shape, dtype=scores.dtype, device=scores.device)
+        for (pair_mask, _, rows_heads), value in zip(bound, values):
+            where = rows_heads & pair_mask(q_index, k_index)[None, None]
+            add = value.to(scores.dtype)[q_index][:, None] if isinstance(value, torch.Tensor) else float(value)
+            total = total + torch.where(where, add, 0.0)
+        top = total.amax(-1, keepdim=True)
+        return scores + (total - torch.where(torch.isfinite(top), top, 0.0))
+
+    return apply_biases
 
 
 def cross_layout(video: TokenLayout, text_length: int) -> TokenLayout:

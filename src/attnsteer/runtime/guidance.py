@@ -15,12 +15,18 @@ the single conditional forward gives ``cond + s (cond - perturbed)``. attnsteer 
 ``w``: it works where the pipeline keeps it local (HunyuanVideo's ``true_cfg_scale``), changes it
 after the forward (CogVideoX's dynamic CFG) or uses another per expert (Wan 2.2's
 ``guidance_scale_2``). The model is not modified: the hooks are removed with the session.
+
+Nested sessions with perturbed guidance each keep their own perturbed branch: one perturbed forward per
+session, with that session's ``"perturbed"`` rules and skipped blocks (plus the ``"perturbed"`` rules of
+sessions without guidance of their own), and ``sum_i s_i (cond - perturbed_i)`` added.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 import torch
 from diffusers.hooks import ModelHook
 
@@ -34,16 +40,21 @@ class GuidanceShift:
     A forward with conditional rows brings its perturbed prediction: the shift of its conditional
     rows, also given to its unconditional rows in order (the halves of a batched [uncond, cond]
     forward) and kept for the separate unconditional forward of the same step that follows it.
+    Each session with perturbed guidance keeps its own shift (``key``).
     """
 
     def __init__(self) -> None:
-        self._step: StepInfo | None = None
-        self._shift: torch.Tensor | None = None
+        self._pending: dict[int, tuple[StepInfo, torch.Tensor]] = {}
 
     def clear(self) -> None:
-        self._step, self._shift = None, None
+        self._pending.clear()
 
-    def shift(self, state: Any, prediction: torch.Tensor, perturbed: torch.Tensor | None) -> torch.Tensor:
+    def keep(self, keys: set[int]) -> None:
+        """Forget the shifts of sessions that have left (only ``keys`` stay)."""
+        for key in [k for k in self._pending if k not in keys]:
+            del self._pending[key]
+
+    def shift(self, state: Any, prediction: torch.Tensor, perturbed: torch.Tensor | None, key: int = 0) -> torch.Tensor:
         """The shift for every row of a forward's ``prediction`` (``perturbed`` None: no conditional rows)."""
         branches = state.branches
         cond = [i for i, b in enumerate(branches) if b == "cond"]
@@ -51,11 +62,13 @@ class GuidanceShift:
         if len(cond) + len(uncond) != len(branches):
             raise SteeringError(f"perturbed guidance: a forward with rows of branches {branches} (only cond and uncond "
                                 "rows can be guided)")
+        pending = self._pending.pop(key, None)
         if perturbed is not None:
             cond_shift = prediction[cond] - perturbed[cond]
-            self._step, self._shift = (state.step, cond_shift) if not uncond else (None, None)
-        elif self._shift is not None and self._step == state.step:
-            cond_shift, self._step, self._shift = self._shift, None, None
+            if not uncond:
+                self._pending[key] = (state.step, cond_shift)
+        elif pending is not None and pending[0] == state.step:
+            cond_shift = pending[1]
         else:
             raise SteeringError(
                 f"perturbed guidance: an unconditional forward at step {state.step.step} without the conditional "
@@ -70,6 +83,47 @@ class GuidanceShift:
             if rows:
                 shift[rows] = cond_shift
         return shift
+
+
+def perturb(controller: Any, forward: Callable, args: tuple, kwargs: dict, output: Any) -> Any:
+    """After a forward of ``controller``'s model: for each session with perturbed guidance on at this step, its
+    perturbed forward after a conditional one, and the sum of ``s_i (cond - perturbed_i)`` added to every row."""
+    state = controller.state
+    if state is None or not state.branches:
+        return output
+    clients = [c for c in controller.clients if getattr(c, "guidance", None) is not None]
+    controller.guidance_shift.keep({id(c) for c in clients})
+    strengths = [(c, s) for c, s in ((c, c.guidance.scale_at(state.step)) for c in clients) if s != 0]
+    if not strengths:
+        return output
+    rescale = getattr(controller.steps.pipeline, "_guidance_rescale", 0.0) or 0.0
+    if rescale > 0:
+        raise SteeringError(
+            f"perturbed guidance on {type(controller.model).__name__} with guidance_rescale={rescale}: the pipeline "
+            "rescales by the standard deviation of the conditional prediction, which attnsteer has shifted by "
+            "s (cond - perturbed), so the result would not be the published formula; call the pipeline with "
+            "guidance_rescale=0"
+        )
+    prediction = first_tensor(output)
+    total = None
+    for client, strength in strengths:
+        perturbed = None
+        if "cond" in state.branches:
+            controller.state = attrs.evolve(state, branches=("perturbed",) * len(state.branches))
+            controller.perturbing, controller.perturbing_client = client.guidance, client
+            try:
+                perturbed = first_tensor(forward(*args, **kwargs))
+            finally:
+                controller.state, controller.perturbing, controller.perturbing_client = state, None, None
+        part = strength * controller.guidance_shift.shift(state, prediction, perturbed, key=id(client))
+        total = part if total is None else total + part
+    return replace_first_tensor(output, prediction + total)
+
+
+def in_perturbed_forward(perturbing_client: Any, client: Any) -> bool:
+    """Whether ``client``'s ``"perturbed"`` rules act in the perturbed forward of ``perturbing_client`` (None:
+    not in a perturbed forward): its own, or any of a session without perturbed guidance of its own."""
+    return perturbing_client is None or client is perturbing_client or getattr(client, "guidance", None) is None
 
 
 class BlockSkipHook(ModelHook):

@@ -12,12 +12,14 @@ Three paths, chosen per call, all exact:
   the chunked exact kernel applies every rule in order, ``O(N x chunk)`` memory.
 
 Identity rules (output = V) are applied after the kernel; a uniform logit scale over every pair
-is folded into SDPA's ``scale``.
+is folded into SDPA's ``scale``, keeping the rule order: the additive rules before it are scaled
+with it (``(s + b) * f == s * f + b * f``); after any other rule it stays an in-order score rule.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import attrs
@@ -65,11 +67,15 @@ class Selection:
     heads: torch.Tensor  # bool [H]
     query: torch.Tensor  # bool [N]
     key: torch.Tensor  # bool [N]
+    # the factor of the uniform logit scales given after this (additive) rule and folded into SDPA's scale
+    factor: float = 1.0
 
     @property
     def transform(self) -> Transform:
-        """The rule's transform bound to this call's layout (per-query values, call-length scales)."""
-        return self.rule.transform.bind(self.ctx.layout)
+        """The rule's transform bound to this call's layout (per-query values, call-length scales), times
+        the later folded logit scales."""
+        bound = self.rule.transform.bind(self.ctx.layout)
+        return bound if self.factor == 1.0 else _ScaledBias(bound, self.factor)
 
     @property
     def covers_everything(self) -> bool:
@@ -170,8 +176,9 @@ def build_plan(
             continue
         applied.append(rule)
         factor = rule.transform.call_scale(layout)
-        if factor is not None and s.covers_everything:
+        if factor is not None and s.covers_everything and _can_fold(selections, factor):
             scale_factor *= factor
+            selections = [attrs.evolve(e, factor=e.factor * factor) if _is_additive(e) else e for e in selections]
             continue
         selections.append(s)
     identity = tuple(s for s in selections if s.rule.transform.kind == "identity" and not want_mass)
@@ -183,6 +190,54 @@ def build_plan(
         return attrs.evolve(plan, head_offset=head_offset)
     return CallPlan("scored", tuple(applied), scale_factor, scored=tuple(logits), identity=identity,
                     head_offset=head_offset)
+
+
+def _is_additive(s: Selection) -> bool:
+    """Whether a selection adds a constant or per-query value to its logits."""
+    t = s.rule.transform.bind(s.ctx.layout)
+    return t.constant_bias is not None or t.per_query is not None
+
+
+def _can_fold(earlier: list[Selection], factor: float) -> bool:
+    """Whether a uniform logit scale given after ``earlier`` can go into SDPA's scale in rule order: every
+    earlier logit rule is additive (its value is scaled too), or is identity attention (unchanged by f > 0),
+    and no -inf would be multiplied by f <= 0."""
+    for s in earlier:
+        if s.rule.transform.identity:
+            if factor <= 0:
+                return False
+        elif not _is_additive(s):
+            return False
+        elif factor <= 0 and s.transform.constant_bias is not None and math.isinf(s.transform.constant_bias):
+            return False
+    return True
+
+
+@attrs.frozen(eq=False)
+class _ScaledBias(Transform):
+    """An additive transform (constant or per-query) multiplied by the uniform logit scales given after it."""
+
+    inner: Transform
+    factor: float
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        """The inner transform's kernel path: scaling a constant or per-query value keeps it."""
+        return self.inner.kind
+
+    @property
+    def constant_bias(self) -> float | None:  # type: ignore[override]
+        c = self.inner.constant_bias
+        return None if c is None else c * self.factor
+
+    @property
+    def per_query(self) -> torch.Tensor | None:  # type: ignore[override]
+        p = self.inner.per_query
+        return None if p is None else p * self.factor
+
+    def score(self, s, b, h, q_idx, kv_idx):
+        c = self.constant_bias
+        return s + c if c is not None else s + self.per_query.to(s.device, s.dtype)[q_idx]
 
 
 def _is_grouped(s: Selection) -> bool:

@@ -21,6 +21,15 @@ from ..session import inspect, steer
 
 # pipelines that encode one condition image per batch row (and index it per row): the image is repeated
 PER_ROW_IMAGE = ("CogVideoXImageToVideoPipeline", "Kandinsky6TI2VAPipeline")
+# pipelines whose batched call draws some randomness once for all items from the first generator only, so the other
+# items' generators fall out of step with their sequential runs: refused (family, reason), never approximated
+UNEVEN_GENERATORS = {
+    "LTXConditionPipeline": (
+        "ltx", "it samples an image/video condition's VAE latent once for the whole batch, from the first generator "
+        "only, so items 2.. draw their per-step conditioning noise (image_cond_noise_scale) from generators one "
+        "sample behind their sequential runs",
+    ),
+}
 PROMPT_TENSORS = ("prompt_embeds", "negative_prompt_embeds", "prompt_attention_mask", "negative_prompt_attention_mask",
                   "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
 
@@ -52,6 +61,15 @@ def seeded_generator(pipe: Any, seed: int) -> torch.Generator:
     return torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(seed)
 
 
+def check_batchable(pipe: Any, n: int) -> None:
+    """Raise ConfigError when n > 1 items of ``pipe`` batched in one call cannot equal their sequential runs."""
+    name = type(pipe).__name__
+    if n > 1 and name in UNEVEN_GENERATORS:
+        family, reason = UNEVEN_GENERATORS[name]
+        raise ConfigError(f"batched runs are refused for the {family} family's {name}: {reason}; run the values "
+                          "sequentially (batch of 1)")
+
+
 def chunks(items: Sequence[Any], chunk: int) -> list[Sequence[Any]]:
     """``items`` split into consecutive runs of at most ``chunk``."""
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
@@ -68,8 +86,10 @@ def run_batched(
     ``at.inspect`` records) only item i's rows."""
     if not recipes:
         raise ConfigError("a batched run needs at least one recipe")
+    groups = chunks(list(recipes), chunk)
+    check_batchable(pipe, max(len(g) for g in groups))
     results: list[tuple[Any, Any]] = []
-    for group in chunks(list(recipes), chunk):
+    for group in groups:
         n = len(group)
         with contextlib.ExitStack() as stack:
             records = []
