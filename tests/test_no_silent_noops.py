@@ -1,0 +1,89 @@
+"""Nothing the user asked for is dropped in silence (issue 22 §3): a recipe without rules still acts, a
+recipe that can apply nowhere or returns nothing is refused, bad outputs are refused up front, flags a
+model cannot honour are refused, and what matched nothing is reported."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import attnsteer as at
+from attnsteer.cli import main
+from attnsteer.errors import ConfigError
+from attnsteer.figures.videoio import load_video
+from attnsteer.language import recipe as recipe_module
+from attnsteer.recipes import stg
+
+COG = ["--model", "tiny-cogvideox", "--steps", "1", "--format", "gif"]
+
+
+def test_a_recipe_without_rules_is_true():
+    made = stg(mode="R", layers="1", family="cogvideox")
+    assert len(made) == 0 and bool(made)
+
+
+def test_cli_run_applies_stg_r_which_has_no_rules(tmp_path):
+    assert main(["run", *COG, "--out", str(tmp_path / "vanilla")]) == 0
+    assert main(["run", *COG, "--recipe", "stg", "--mode", "R", "--layers", "1", "--family", "cogvideox",
+                 "--out", str(tmp_path / "stg")]) == 0
+    record = json.loads((tmp_path / "stg" / "run.json").read_text())
+    assert record["recipe"] == "stg(mode='R', scale=1.0, layers='1')"
+    assert record["applied"]["given"] == [record["recipe"]]
+    vanilla, steered = (load_video(tmp_path / name / "video.gif") for name in ("vanilla", "stg"))
+    assert vanilla.shape == steered.shape and not np.array_equal(vanilla, steered)
+
+
+@pytest.mark.parametrize("command", ["run", "inspect"])
+@pytest.mark.parametrize("recipe", ["stg", "pag"])
+def test_cli_recipe_whose_layers_match_no_module_exits_2_before_generating(tmp_path, capsys, command, recipe):
+    out = tmp_path / "out"
+    assert main([command, *COG, "--recipe", recipe, "--layers", "9", "--family", "cogvideox", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "9" in err and ("out of range" in err or "matches none" in err)
+    assert not list(out.glob("video.*"))
+
+
+def test_a_recipe_returning_none_is_refused_naming_it():
+    def returns_nothing(strength: float = 1.0) -> at.Recipe:
+        """A broken third-party recipe: forgets to return its Recipe."""
+
+    spec = recipe_module.recipe(returns_nothing, name="test_returns_nothing")
+    try:
+        with pytest.raises(ConfigError, match="'test_returns_nothing'.*returned NoneType"):
+            spec(strength=2.0)
+    finally:
+        recipe_module._REGISTRY.pop("test_returns_nothing", None)
+
+
+def test_sweep_refuses_a_repeated_gamma_naming_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", "--gamma", "0,0.5,0", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--gamma" in err and "repeated: 0.0" in err
+
+
+@pytest.mark.parametrize("command", ["run", "inspect", "sweep"])
+def test_unwritable_out_is_refused_with_exit_2_before_loading_the_model(tmp_path, capsys, monkeypatch, command):
+    from attnsteer.cli import models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(models, "load_model", no_load)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    extra = ["--gamma", "0"] if command == "sweep" else []
+    assert main([command, "--model", "tiny-wan", *extra, "--out", str(blocker / "out")]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_image_on_a_pipeline_without_an_image_input_is_refused(tmp_path, capsys, image):
+    path = tmp_path / "in.png"
+    image.save(path)
+    assert main(["run", "--model", "tiny-animatediff", "--steps", "1", "--image", str(path),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--image" in err and "AnimateDiffPipeline" in err
