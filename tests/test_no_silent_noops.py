@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import attnsteer as at
 from attnsteer.cli import main
@@ -87,3 +88,56 @@ def test_image_on_a_pipeline_without_an_image_input_is_refused(tmp_path, capsys,
                  "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "--image" in err and "AnimateDiffPipeline" in err
+
+
+def _plan_and_run(rules, frames=3, rows=2, cols=2):
+    from attnsteer.language.selectors import SelectionContext
+    from attnsteer.runtime.execute import run_plan
+    from attnsteer.runtime.plan import build_plan
+
+    lay = at.TokenLayout(num_frames=frames, tokens_per_frame=rows * cols, grid=(rows, cols))
+    ctx = SelectionContext(lay, None)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, lay.seq_len, 8, generator=g) for _ in range(3))
+    plan = build_plan(tuple((r, ctx) for r in rules), lay, None, 1, 2)
+    return plan, run_plan(plan, q, k, v, lay, None, None, want_mass=False)[0]
+
+
+def test_a_temperature_that_overflows_float32_logits_is_refused_naming_it():
+    with pytest.raises(ConfigError, match=r"temperature\(t\) must be >= 1e-30"):
+        at.temperature(1e-39)
+    with pytest.raises(ConfigError, match=r"logit_scale\(factor\) must have magnitude <= 1e\+30"):
+        at.logit_scale(1e39)
+    at.temperature(1e-30)  # the smallest accepted: its factor still fits float32 logits
+
+
+def test_folded_logit_scales_whose_product_overflows_are_refused_naming_the_rules():
+    rules = [at.Rule(at.tokens, at.tokens, at.logit_scale(1e20)), at.Rule(at.tokens, at.tokens, at.logit_scale(1e20))]
+    with pytest.raises(at.SteeringError, match=r"logit_scale\(1e\+20\).*overflows float32 logits"):
+        _plan_and_run(rules)
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda s, b, h, qi, ki: s * float("nan"), "returns NaN or \\+inf"),
+    (lambda s, b, h, qi, ki: s.log(), "returns NaN or \\+inf"),  # NaN for the negative logits only
+    (lambda s, b, h, qi, ki: s.add_(1.0), "edits the logits it is given in place"),
+])
+def test_a_score_mod_that_returns_nan_or_edits_in_place_is_refused_naming_the_rule(fn, message):
+    rule = at.Rule(at.frames[1:], at.frames[0], at.score_mod(fn, "bad"))
+    with pytest.raises(at.SteeringError, match=rf"rule .*score_mod\(bad\).*{message}"):
+        _plan_and_run([rule])
+
+
+def test_a_finite_score_mod_still_runs_and_changes_the_output():
+    plain = _plan_and_run([])[1]
+    rule = at.Rule(at.frames[1:], at.frames[0], at.score_mod(lambda s, b, h, qi, ki: s - 1.0, "minus_one"))
+    plan, out = _plan_and_run([rule])
+    assert plan.path == "scored" and plan.applied == (rule,) and not torch.equal(out, plain)
+
+
+def test_a_pair_predicate_that_selects_no_pair_is_not_reported_as_applied():
+    empty = at.Rule(at.frames[0], at.frames[2], at.bias(1.0), pairs=at.frame_distance(1))  # 2 frames apart
+    kept = at.Rule(at.frames[0], at.frames[1], at.bias(1.0), pairs=at.frame_distance(1))
+    plan, out = _plan_and_run([empty])
+    assert plan.applied == () and plan.path == "plain"
+    assert _plan_and_run([kept, empty])[0].applied == (kept,)
