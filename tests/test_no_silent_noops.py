@@ -141,3 +141,27 @@ def test_a_pair_predicate_that_selects_no_pair_is_not_reported_as_applied():
     plan, out = _plan_and_run([empty])
     assert plan.applied == () and plan.path == "plain"
     assert _plan_and_run([kept, empty])[0].applied == (kept,)
+
+
+def test_map_bins_that_match_nothing_that_ran_are_reported(run_wan, wan_pipe):
+    maps = [at.maps.onto(at.frames.reference)]
+    with pytest.warns(at.AttnsteerWarning) as caught:
+        with at.inspect(wan_pipe, maps=maps, map_steps=[range(0, 1), range(50, 60)], map_layers=[[0], [9]]) as rec:
+            run_wan(num_inference_steps=2)
+    messages = [str(w.message) for w in caught if issubclass(w.category, at.AttnsteerWarning)]
+    assert any("map_steps range range(50, 60) holds none of the steps that ran ([0, 1])" in m for m in messages)
+    assert any("map_layers group [9] holds none of the 2 self-attention layers" in m for m in messages)
+    assert rec.maps.step_bin_labels == ["step 0"] and rec.maps.layer_bin_labels == ["layer 0"]  # the rest was kept
+    with pytest.raises(at.SteeringError, match="map_steps range range"):
+        with at.inspect(wan_pipe, maps=maps, map_steps=[range(50, 60)], strict=True):
+            run_wan(num_inference_steps=2)
+
+
+def test_map_bins_that_all_match_give_no_warning(run_wan, wan_pipe):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", at.AttnsteerWarning)
+        with at.inspect(wan_pipe, maps=[at.maps.onto(at.frames.reference)], map_steps=[range(0, 2)],
+                        map_layers=[[0], [1]], strict=True):
+            run_wan(num_inference_steps=2)
