@@ -165,3 +165,58 @@ def test_map_bins_that_all_match_give_no_warning(run_wan, wan_pipe):
         with at.inspect(wan_pipe, maps=[at.maps.onto(at.frames.reference)], map_steps=[range(0, 2)],
                         map_layers=[[0], [1]], strict=True):
             run_wan(num_inference_steps=2)
+
+
+@pytest.fixture(scope="module")
+def own_wan():
+    """A tiny Wan I2V pipeline of this module's own (the tests enable caches on it)."""
+    from attnsteer.testing.tiny import test_image, tiny_wan, wan_call_kwargs
+
+    pipe = tiny_wan()
+
+    def run():
+        kwargs = wan_call_kwargs(num_inference_steps=2, output_type="latent")
+        return np.asarray(pipe(image=test_image(), generator=torch.Generator().manual_seed(0), **kwargs).frames[0])
+
+    return pipe, run
+
+
+def test_pag_under_first_block_cache_runs_its_perturbed_forward_uncached(own_wan):
+    from diffusers import FirstBlockCacheConfig
+
+    from attnsteer.recipes import pag
+
+    pipe, run = own_wan
+    vanilla = run()
+    with at.steer(pipe, pag(scale=3.0, layers="1")):
+        expected = run()
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0))  # threshold 0: every block is recomputed
+    try:
+        np.testing.assert_array_equal(run(), vanilla)
+        with at.steer(pipe, pag(scale=3.0, layers="1")):
+            got = run()
+    finally:
+        pipe.transformer.disable_cache()
+    assert np.abs(expected - vanilla).max() > 0.1  # PAG moves the prediction ...
+    np.testing.assert_array_equal(got, expected)  # ... by as much under the cache
+
+
+def test_perturbed_guidance_under_a_cache_without_contexts_is_refused_naming_it(own_wan):
+    from diffusers.hooks import HookRegistry, ModelHook
+
+    from attnsteer.recipes import stg
+
+    class CountingCache(ModelHook):
+        """A stand-in for a cache that keeps state per forward, not per cache context (FasterCache, PAB)."""
+
+        _is_stateful = True
+
+    pipe, run = own_wan
+    block = pipe.transformer.blocks[0]
+    HookRegistry.check_if_exists_or_initialize(block).register_hook(CountingCache(), "counting_cache")
+    try:
+        with pytest.raises(at.SteeringError, match="'counting_cache' .*CountingCache.*blocks.0"):
+            with at.steer(pipe, stg(mode="R", layers="1")):
+                run()
+    finally:
+        HookRegistry.check_if_exists_or_initialize(block).remove_hook("counting_cache")

@@ -24,7 +24,7 @@ from ..language.schedules import StepInfo
 from . import compiled_call
 from .call_state import Client, ForwardState, LayerInfo
 from .context_parallel import context_parallel_config, head_slice
-from .guidance import BlockSkipHook, GuidanceShift, first_tensor, replace_first_tensor
+from .guidance import BlockSkipHook, GuidanceShift, first_tensor, own_cache_context, replace_first_tensor
 from .hooks import HOOK_NAME, AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
 from .module_call import ModuleCall, subject
 from .outputs import OutputStage, split_output_rules
@@ -163,7 +163,8 @@ class Controller:
         if "cond" in state.branches:
             self.state, self.perturbing = attrs.evolve(state, branches=("perturbed",) * len(state.branches)), guidance
             try:
-                perturbed = first_tensor(forward(*args, **kwargs))
+                with own_cache_context(self.model):  # not the conditional forward's cached blocks
+                    perturbed = first_tensor(forward(*args, **kwargs))
             finally:
                 self.state, self.perturbing = state, None
         else:
