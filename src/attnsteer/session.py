@@ -98,13 +98,15 @@ class Session:
         return self.client
 
     def __exit__(self, exc_type: object, *exc_info: object) -> None:
-        problems = []
+        problems, missed = [], []
         if exc_type is None and isinstance(self.client, Steering):
             problems = audit.never_applied(self.client.rules, self.client.applied_rules(), self._attached)
         elif exc_type is None:
             problems = audit.nothing_recorded(self.client, self._attached)
+            missed = audit.unmatched_map_bins(self.client, self._attached)
         self._detach_all()
         audit.report(problems, self.strict, "never applied" if isinstance(self.client, Steering) else "is empty")
+        audit.report(missed, self.strict, "kept no spatial maps for a bin")
 
     def _detach_all(self) -> None:
         errors = []

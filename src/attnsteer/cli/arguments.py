@@ -173,14 +173,33 @@ def finite(text: str) -> float:
 
 
 def floats(text: str) -> list[float]:
-    """An argparse type: comma-separated finite numbers, at least one."""
+    """An argparse type: comma-separated finite numbers, at least one, each once (a repeat would overwrite
+    the outputs of its first run)."""
     try:
         values = [finite(x) for x in text.split(",") if x.strip()]
     except argparse.ArgumentTypeError:
         values = []
     if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers like -2,-1,0,0.6,1; got {text!r}")
+    repeated = sorted({v for i, v in enumerate(values) if v in values[:i]})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"expected distinct values, got {text!r} (repeated: "
+                                         f"{', '.join(map(str, repeated))}); each value's outputs share one name")
     return values
+
+
+def prepare_output_folder(flag: str, path: Path) -> Path:
+    """Create ``path`` and check it takes files, before any generation runs: ConfigError naming ``flag``."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {str(path)!r}: cannot write there ({exc.strerror or exc}); "
+                          "choose a folder you can write to") from None
+    return path
 
 
 def fraction(text: str) -> float:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import re
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import AttnsteerError, ConfigError
+from ..errors import AttnsteerError, AttnsteerWarning, ConfigError, SteeringError
 from .arguments import (
     DefaultsHelp,
     add_model_arguments,
@@ -21,6 +23,7 @@ from .arguments import (
     fraction,
     int_at_least,
     output_folder,
+    prepare_output_folder,
     recipe_from_args,
     recipes,
 )
@@ -57,6 +60,20 @@ def _generate(model, image, args: argparse.Namespace):
                  guidance_scale=args.guidance)
 
 
+def _enter_steering(stack: contextlib.ExitStack, pipe: Any, recipe: Any) -> Any:
+    """``at.steer(pipe, recipe)`` entered on ``stack`` (no recipe: vanilla); a recipe that can apply to no module
+    of the model (its layers match none) is refused before anything is generated, not run as vanilla."""
+    import attnsteer as at
+
+    session = at.steer(pipe, *(() if recipe is None else (recipe,)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AttnsteerWarning)
+        try:
+            return stack.enter_context(session)
+        except AttnsteerWarning as exc:
+            raise SteeringError(f"--recipe {recipe!r}: {exc}") from None
+
+
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
@@ -82,22 +99,21 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import attnsteer as at
-
     from ..figures.videoio import save_video
 
     recipe = recipe_from_args(args)
+    prepare_output_folder("--out", args.out)
     model = _load(args)
     image = _image(args, model)
-    args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with at.steer(model.pipe, *([recipe] if recipe else [])) as steering:
+    with contextlib.ExitStack() as stack:
+        steering = _enter_steering(stack, model.pipe, recipe)
         frames = _generate(model, image, args)
     elapsed = time.perf_counter() - started
     video_path = save_video(frames, args.out / f"video.{args.format}", fps=args.fps)
     record = {
         "model": args.model,
-        "recipe": repr(recipe) if recipe else None,
+        "recipe": None if recipe is None else repr(recipe),
         "prompt": args.prompt,
         "seed": args.seed,
         "video": video_path.name,
@@ -115,7 +131,9 @@ def _record_run(model, image, args, recipe):
     import attnsteer as at
 
     options = inspect_options(args, model)
-    with at.inspect(model.pipe, **options) as rec, at.steer(model.pipe, *([recipe] if recipe else [])) as steering:
+    with contextlib.ExitStack() as stack:
+        rec = stack.enter_context(at.inspect(model.pipe, **options))
+        steering = _enter_steering(stack, model.pipe, recipe)
         frames = _generate(model, image, args)
     rec.metadata["rules"] = steering.summary()
     return frames, rec
@@ -152,11 +170,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from ..scale.sweep import branch_of
 
     recipe = recipe_from_args(args)
+    prepare_output_folder("--out", args.out)
     model = _load(args)
     image = _image(args, model)
-    args.out.mkdir(parents=True, exist_ok=True)
     frames, rec = _record_run(model, image, args, recipe)
-    name = repr(recipe) if recipe else "vanilla"
+    name = "vanilla" if recipe is None else repr(recipe)
     written = [rec.save(args.out / "record.npz"),
                save_video(frames, args.out / f"video.{args.format}", fps=args.fps),
                *write_record_figures(rec, args.out, run_name=name),
@@ -180,6 +198,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..scale.sweep import steer_sweep, write_sweep
     from ..scale.torchrun import init_process_group, local_device, sharded
 
+    prepare_output_folder("--out", args.out)
     args.device = local_device(args.device)
     distributed = init_process_group(args.device)
     try:
@@ -212,7 +231,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, quick=args.quick)
+    run_demo(prepare_output_folder("--out", args.out), quick=args.quick)
     return 0
 
 

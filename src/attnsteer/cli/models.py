@@ -35,11 +35,21 @@ class VideoModel:
     @property
     def takes_image(self) -> bool:
         """Whether the pipeline takes a conditioning image (image-to-video), read from its signature."""
+        declared = getattr(self.pipe, "attnsteer_takes_image", None)  # a wrapper that accepts and drops it
+        if isinstance(declared, bool):
+            return declared
         try:
             parameters = inspect.signature(self.pipe.__call__).parameters
         except (TypeError, ValueError):  # no signature to read: pass the image
             return True
-        return self.image_argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        if self.image_argument in parameters:
+            return True
+        # **kwargs alone: a diffusers pipeline that names no image drops it there (AnimateDiff's deprecated-argument
+        # **kwargs); other callables (modular pipelines, wrappers) may read it from there, so it is passed
+        from diffusers import DiffusionPipeline
+
+        keywords = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        return keywords and not isinstance(self.pipe, DiffusionPipeline)
 
     def _image(self, image: Image.Image | None) -> dict[str, Any]:
         """The image argument of a call: resized to ``image_size``; none for text-to-video pipelines."""

@@ -117,6 +117,18 @@ class MapRecording:
     def _of(self, attention: str) -> list[MapSpec]:
         return [spec for spec in self.specs if spec.attention == attention]
 
+    def unmatched_bins(self, steps: set[int], layers: set[int]) -> list[str]:
+        """Why some maps were never kept: the given ``map_steps`` ranges that hold none of the ``steps`` that ran
+        and the ``map_layers`` groups that hold none of the hooked self-attention ``layers`` (indices)."""
+        found = []
+        if not isinstance(self.step_bins.spec, (str, int)) and steps:
+            found += [f"its map_steps range {r!r} holds none of the steps that ran ({sorted(steps)})"
+                      for r in self.step_bins.spec if not any(step in r for step in steps)]
+        if not isinstance(self.layer_bins.spec, str) and layers:
+            found += [f"its map_layers group {sorted(set(g))} holds none of the {len(layers)} self-attention layers "
+                      f"(indices {min(layers)}..{max(layers)})" for g in self.layer_bins.spec if not set(g) & layers]
+        return found
+
     def add(self, state: ForwardState, layer: LayerInfo, bins: tuple[str, str], maps: CallMaps,
             attention: str = "self") -> None:
         """Add one call's maps, those read from calls of the ``attention`` kind (batch rows averaged per branch)."""

@@ -36,6 +36,7 @@ import attrs
 
 from ..errors import ConfigError
 from ..validation import integer, real_number
+from .rules import Recipe
 
 ENTRY_POINT_GROUP = "attnsteer.recipes"
 KINDS: dict[type, str] = {float: "a real number", int: "an int", bool: "true or false", str: "a string"}
@@ -124,7 +125,11 @@ class RecipeSpec:
             raise ConfigError(f"{self.name}(...): {exc}; parameters: {self.signature_text()}") from None
         for name, value in bound.arguments.items():
             self.parameter(name).check(value, self.name)
-        return self.function(*bound.args, **bound.kwargs)
+        made = self.function(*bound.args, **bound.kwargs)
+        if not isinstance(made, Recipe):  # a None would otherwise run vanilla, silently
+            raise ConfigError(f"recipe {self.name!r} ({self.source}) returned {type(made).__name__} {made!r:.80}; "
+                              "a recipe function must return an at.Recipe")
+        return made
 
     def signature_text(self) -> str:
         """``gamma: float = 0.6, stop: float = 0.2, ...``"""

@@ -167,6 +167,10 @@ class Recipe:
     def __len__(self) -> int:
         return len(self.rules)
 
+    def __bool__(self) -> bool:
+        """Always true: a recipe with no rules (STG-R: only its perturbed guidance) still acts."""
+        return True
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params)
         return f"{self.name}({args})"

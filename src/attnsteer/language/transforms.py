@@ -90,6 +90,15 @@ def _finite(name: str, field: str, value: object) -> float:
     return real_number(value, f"{name}({field})")
 
 
+def _logit_factor(name: str, field: str, value: object) -> float:
+    """A finite logit multiplier of magnitude <= MAX_BIAS: larger ones overflow float32 logits (NaN outputs)."""
+    factor = _finite(name, field, value)
+    if abs(factor) > MAX_BIAS:
+        raise ConfigError(f"{name}({field}) must have magnitude <= {MAX_BIAS:g} (larger factors overflow float32 "
+                          f"logits into NaN), got {value!r}")
+    return factor
+
+
 @attrs.frozen(repr=False)
 class Bias(Transform):
     """Add ``value`` to the logits (``-inf`` blocks)."""
@@ -150,7 +159,7 @@ class Block(Transform):
 class LogitScale(Transform):
     """Multiply the selected logits by ``factor`` (a temperature of ``1 / factor``)."""
 
-    factor: float = attrs.field(converter=lambda v: _finite("logit_scale", "factor", v))
+    factor: float = attrs.field(converter=lambda v: _logit_factor("logit_scale", "factor", v))
 
     def score(self, s, b, h, q_idx, kv_idx):
         return s * self.factor
@@ -192,7 +201,7 @@ class ProportionalScale(Transform):
 class ScaleIfPositive(Transform):
     """Multiply positive logits by ``factor`` and keep the others (UltraViCo's far-pair rule)."""
 
-    factor: float = attrs.field(converter=lambda v: _finite("scale_if_positive", "factor", v))
+    factor: float = attrs.field(converter=lambda v: _logit_factor("scale_if_positive", "factor", v))
 
     def score(self, s, b, h, q_idx, kv_idx):
         return torch.where(s > 0, s * self.factor, s)
@@ -319,8 +328,9 @@ identity = Identity
 def temperature(t: float) -> LogitScale:
     """Divide the selected logits by ``t`` (> 0): ``logit_scale(1 / t)``."""
     value = _finite("temperature", "t", t)
-    if value <= 0:
-        raise ConfigError(f"temperature(t) must be > 0, got {t!r}")
+    if value < 1 / MAX_BIAS:
+        raise ConfigError(f"temperature(t) must be >= {1 / MAX_BIAS:g} (> 0; smaller ones overflow float32 logits "
+                          f"into NaN), got {t!r}")
     return LogitScale(1.0 / value)
 
 

@@ -58,6 +58,17 @@ def nothing_recorded(record: object, controllers: Sequence[Controller]) -> list[
     return []
 
 
+def unmatched_map_bins(record: object, controllers: Sequence[Controller]) -> list[tuple[object, str]]:
+    """A recording's spatial-map bins (``map_steps`` ranges, ``map_layers`` groups) that matched nothing that ran,
+    so they kept no map."""
+    maps = getattr(record, "maps", None)
+    if maps is None:
+        return []
+    steps = {info.step for c in controllers for info in c.seen_steps if info.step is not None}
+    layers = {layer.index for c in controllers for kind, layer in c.layers if kind == "self"}
+    return [(record, reason) for reason in maps.unmatched_bins(steps, layers)]
+
+
 def _ever_on(rule: Rule, steps: set) -> bool:
     for info in steps:
         try:

@@ -13,7 +13,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ..errors import SteeringError
+from ..errors import SteeringError, describe_rule
 from ..kernels import grouped_attention, scored_attention
 from ..language.layout import Segment, TokenLayout
 from ..language.selectors import clear_mask_cache
@@ -100,6 +100,8 @@ def _score_fn(selections: tuple[Selection, ...], batch: int, heads: int, num_key
         (s.bind(device), s.transform, s.rows.to(device)[:, None, None, None] & s.heads.to(device)[None, :, None, None])
         for s in selections
     ]
+    for s, (_, transform, _) in zip(selections, bound):
+        _probe(s, transform, b_idx, h_idx, device)
 
     def apply(scores: torch.Tensor, q_index: torch.Tensor) -> torch.Tensor:
         q4, k4 = q_index[None, None, :, None], k_index[None, None, None, :]
@@ -125,6 +127,26 @@ def _score_fn(selections: tuple[Selection, ...], batch: int, heads: int, num_key
         return scores + (total - torch.where(torch.isfinite(top), top, 0.0))
 
     return apply_biases
+
+
+def _probe(s: Selection, transform, b_idx: torch.Tensor, h_idx: torch.Tensor, device: torch.device) -> None:
+    """Run an elementwise transform once on small probe logits of its own pairs (once per cached score function,
+    nothing per call): NaN or +inf results, or an edit of the logits in place, would silently spoil or cancel
+    the rule, so they raise naming it."""
+    if transform.constant_bias is not None or transform.identity:
+        return
+    q_idx, k_idx = (m.nonzero()[:4, 0].to(device) for m in (s.query, s.key))
+    shape = (b_idx.shape[0], h_idx.shape[1], q_idx.numel(), k_idx.numel())
+    scores = torch.linspace(-8.0, 8.0, int(torch.Size(shape).numel()), device=device).reshape(shape)
+    given = scores.clone()
+    out = transform.score(scores, b_idx, h_idx, q_idx[None, None, :, None], k_idx[None, None, None, :])
+    where = describe_rule(s.rule, None)
+    if not torch.equal(scores, given):
+        raise SteeringError(f"{where}: {transform!r} edits the logits it is given in place; return a new tensor "
+                            "(s + x, not s.add_(x))")
+    if bool(torch.isnan(out).any() | (out == float("inf")).any()):
+        raise SteeringError(f"{where}: {transform!r} returns NaN or +inf for finite logits (probe logits in "
+                            "[-8, 8]), which would make the attention output NaN")
 
 
 def cross_layout(video: TokenLayout, text_length: int) -> TokenLayout:

@@ -23,15 +23,19 @@ sessions without guidance of their own), and ``sum_i s_i (cond - perturbed_i)`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
 import torch
 from diffusers.hooks import ModelHook
+from diffusers.hooks.hooks import StateManager
 
 from ..errors import SteeringError
 from ..language.schedules import StepInfo
+from .hooks import ContextListener
 
 
 class GuidanceShift:
@@ -112,7 +116,8 @@ def perturb(controller: Any, forward: Callable, args: tuple, kwargs: dict, outpu
             controller.state = attrs.evolve(state, branches=("perturbed",) * len(state.branches))
             controller.perturbing, controller.perturbing_client = client.guidance, client
             try:
-                perturbed = first_tensor(forward(*args, **kwargs))
+                with own_cache_context(controller.model):  # not the conditional forward's cached blocks
+                    perturbed = first_tensor(forward(*args, **kwargs))
             finally:
                 controller.state, controller.perturbing, controller.perturbing_client = state, None, None
         part = strength * controller.guidance_shift.shift(state, prediction, perturbed, key=id(client))
@@ -159,3 +164,53 @@ def replace_first_tensor(output: Any, tensor: torch.Tensor) -> Any:
         return type(output)([tensor, *output[1:]])
     output.sample = tensor
     return output
+
+
+PERTURBED_CONTEXT = "attnsteer-perturbed"
+
+
+@contextlib.contextmanager
+def own_cache_context(model: torch.nn.Module) -> Iterator[None]:
+    """The perturbed forward under cache contexts of its own: diffusers' cache hooks (FirstBlockCache, MagCache, ...)
+    keep state per context, and under the conditional forward's they would serve it the conditional forward's cached
+    blocks, so the perturbation would change nothing. Each cache gets ``"<context>/attnsteer-perturbed"``, then its
+    context back; a stateful hook with no per-context state cannot be separated so, and is refused by name."""
+    saved = []
+    for manager in _cache_state_managers(model):
+        context = manager._context
+        if context is not None:
+            saved.append((manager, context))
+            manager.set_context(_perturbed(context))
+    try:
+        yield
+    finally:
+        for manager, context in saved:
+            manager.set_context(context)
+
+
+def _perturbed(context: Any) -> Any:
+    if isinstance(context, str):
+        return f"{context}/{PERTURBED_CONTEXT}"
+    return dataclasses.replace(context, name=f"{context.name}/{PERTURBED_CONTEXT}")
+
+
+def _cache_state_managers(model: torch.nn.Module) -> list[StateManager]:
+    """The state managers of the stateful diffusers hooks in ``model`` (attnsteer's own hooks excluded)."""
+    found: dict[int, StateManager] = {}
+    for name, module in model.named_modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        for hook_name, hook in getattr(registry, "hooks", {}).items():
+            if not getattr(hook, "_is_stateful", False):
+                continue
+            managers = [v for v in vars(hook).values() if isinstance(v, StateManager)]
+            if any(isinstance(m, ContextListener) for m in managers):
+                continue  # attnsteer's own hook: it follows the branch, which the controller sets
+            if not managers:
+                raise SteeringError(
+                    f"perturbed guidance (PAG, STG) on {type(model).__name__}: the diffusers hook {hook_name!r} "
+                    f"({type(hook).__name__}) on {name or 'the model'!r} keeps state without a cache context, so the "
+                    "perturbed forward would reuse what the conditional forward cached; disable that cache "
+                    "(transformer.disable_cache()) to use perturbed guidance"
+                )
+            found.update((id(m), m) for m in managers)
+    return list(found.values())

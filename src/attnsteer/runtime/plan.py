@@ -29,7 +29,7 @@ from ..errors import ConfigError, SteeringError
 from ..language.layout import TokenLayout
 from ..language.rules import Rule
 from ..language.selectors import SelectionContext
-from ..language.transforms import Transform
+from ..language.transforms import MAX_BIAS, Transform
 
 
 def rule_rows(rule: Rule, branches: Sequence[str] | None, batch_size: int) -> list[int]:
@@ -166,7 +166,7 @@ def build_plan(
     """Resolve the active ``(rule, context)`` pairs of one call into a :class:`CallPlan` (CPU tensors;
     cached, since the same rules meet the same layout in every layer and step). Under Ulysses context
     parallelism the call holds ``num_heads`` of ``total_heads`` heads, from global head ``head_offset``."""
-    selections, applied, scale_factor = [], [], 1.0
+    selections, applied, folded, scale_factor = [], [], [], 1.0
     for rule, ctx in rules:
         try:
             s = select(rule, ctx, branches, batch_size, num_heads, head_offset, total_heads)
@@ -174,13 +174,19 @@ def build_plan(
             raise type(exc)(f"rule {rule!r}: {exc}") from exc
         if not (s.rows.any() and s.heads.any() and s.query.any() and s.key.any()):
             continue
+        if rule.pairs is not None and not _selects_a_pair(s):
+            continue  # its pair predicate selects nothing here: not applied (the session reports it if never)
         applied.append(rule)
         factor = rule.transform.call_scale(layout)
         if factor is not None and s.covers_everything and _can_fold(selections, factor):
             scale_factor *= factor
             selections = [attrs.evolve(e, factor=e.factor * factor) if _is_additive(e) else e for e in selections]
+            folded.append(rule)
             continue
         selections.append(s)
+    if not abs(scale_factor) <= MAX_BIAS:
+        raise SteeringError(f"rules {folded!r} together scale every logit by {scale_factor:g}, which overflows "
+                            f"float32 logits (NaN outputs); keep the product of their factors <= {MAX_BIAS:g}")
     identity = tuple(s for s in selections if s.rule.transform.kind == "identity" and not want_mass)
     logits = [s for s in selections if s not in identity]
     if not logits:
@@ -238,6 +244,15 @@ class _ScaledBias(Transform):
     def score(self, s, b, h, q_idx, kv_idx):
         c = self.constant_bias
         return s + c if c is not None else s + self.per_query.to(s.device, s.dtype)[q_idx]
+
+
+def _selects_a_pair(s: Selection) -> bool:
+    """Whether a rule's pair predicate keeps at least one of its (query, key) pairs in this call; in query chunks,
+    O(N x chunk) memory, once per cached plan."""
+    queries, keys = s.query.nonzero()[:, 0], s.key.nonzero()[:, 0]
+    mask = s.bind(torch.device("cpu"))
+    step = max(1, (1 << 22) // max(1, keys.numel()))
+    return any(bool(mask(queries[i:i + step], keys).any()) for i in range(0, queries.numel(), step))
 
 
 def _is_grouped(s: Selection) -> bool:

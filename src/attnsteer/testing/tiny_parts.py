@@ -112,7 +112,9 @@ def text_to_video(pipeline_class: type) -> type:
 
     doc = (f"{pipeline_class.__name__} for the built-in tiny models: text-to-video, so the ``image`` every "
            "tiny model is called with is ignored.")
-    return type(f"Tiny{pipeline_class.__name__}", (pipeline_class,), {"__call__": __call__, "__doc__": doc})
+    # attnsteer_takes_image: the CLI refuses --image here, as for the pipeline class itself
+    return type(f"Tiny{pipeline_class.__name__}", (pipeline_class,),
+                {"__call__": __call__, "__doc__": doc, "attnsteer_takes_image": False})
 
 
 def wan_vae() -> Any:
