@@ -22,7 +22,7 @@ from ..language.layout import TokenLayout
 from ..language.selectors import SelectionContext
 from ..language.words import WordIndex
 from ..runtime.call_maps import CallMaps
-from .files import read_npz
+from .files import check_allocation, read_npz
 from .map_specs import LayerBins, MapSpec, StepBins, check_maps
 from .record import BRANCH_NAMES, layer_names
 
@@ -258,6 +258,10 @@ class MapRecording:
         try:
             if meta.get("format") != FORMAT:
                 raise RecordingError(f"not a map recording (format {meta.get('format')!r}, expected {FORMAT!r})")
+            layout = meta["layout"]
+            if layout is not None:
+                seq_len = TokenLayout.from_description(layout).seq_len
+                check_allocation(path, seq_len * max(1, len(dict(meta["query_sets"]))), "its query sets")
             return cls._from_saved(meta, sums)
         except RecordingError as exc:
             raise RecordingError(f"{path}: {exc}") from exc
@@ -276,8 +280,13 @@ class MapRecording:
         for label, tokens in dict(meta["query_sets"]).items():
             if label not in rec.labels or rec.layout is None:
                 raise RecordingError(f"query set of an unknown map {label!r}")
-            rec.query_sets[str(label)] = torch.zeros(rec.layout.seq_len, dtype=torch.bool)
-            rec.query_sets[str(label)][[int(t) for t in tokens]] = True
+            n = rec.layout.seq_len
+            index = [t for t in tokens if isinstance(t, int) and not isinstance(t, bool) and 0 <= t < n]
+            if len(index) != len(tokens):
+                raise RecordingError(f"query set of map {label!r} must hold token indices in [0, {n}), got "
+                                     f"{[t for t in tokens if t not in index][:5]}")
+            rec.query_sets[str(label)] = torch.zeros(n, dtype=torch.bool)
+            rec.query_sets[str(label)][index] = True
         rec.layers = {str(k): int(v) for k, v in dict(meta["layers"]).items()}
         rec.bin_steps = {str(b): {int(s) for s in v} for b, v in dict(meta["step_bins"]).items()}
         rec.bin_layers = {str(b): {str(s) for s in v} for b, v in dict(meta["layer_bins"]).items()}

@@ -252,6 +252,12 @@ class Record:
         query_groups = meta.pop("query_groups", None)
         if query_groups is not None:
             rec.queries = Groups(query_groups)
+            if rec.layout is None:
+                raise RecordingError(f"query_groups {query_groups!r} without a layout")
+            try:
+                rec.queries.groups(rec.layout)
+            except ConfigError as exc:
+                raise RecordingError(f"query_groups: {exc}") from None
         rec.layers = {str(k): int(v) for k, v in dict(meta.pop("layers")).items()}
         rec.timesteps = {int(k): float(v) for k, v in dict(meta.pop("timesteps")).items()}
         keys, counts = list(meta.pop("keys")), [int(c) for c in meta.pop("counts")]
