@@ -62,3 +62,85 @@ def test_record_query_groups_outside_the_layout_fail_at_load(tmp_path):
     np.savez_compressed(path, sums=np.zeros((0, 1, 1, 1)), metadata=np.array(json.dumps(meta)))
     with pytest.raises(at.RecordingError, match=r"query_groups.*\[99\] out of range for a layout of 2 groups"):
         at.Record.load(path)
+
+
+# --- §4.4 raw errors become ConfigError naming the field; every real number type is accepted -----------------------
+def rule(**fields):
+    return at.Rule(query=at.tokens, key=at.tokens, transform=at.bias(1.0), **fields)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: at.fill(1e39), r"fill\(value\) must be -inf or a number of magnitude <= 3.40282e\+38"),
+    (lambda: rule(layers=2.5), r"Rule.layers must be None, one or several layer indices"),
+    (lambda: rule(heads=1.5), r"Rule.heads must be None, one or several head indices"),
+    (lambda: at.frame_window(2, adjusted=1), r"frame_window\(adjusted=...\) must be True or False, got 1"),
+    (lambda: at.mask([["a"]]), r"mask\(pixels\) must be a boolean \[H, W\] or \[F, H, W\] array"),
+    (lambda: at.maps.MapRecording([at.maps.received()], steps=np.array([0, 1])), r"inspect\(map_steps=...\) must be"),
+    (lambda: at.maps.MapRecording([at.maps.received()], layers=np.array([0, 1])), r"inspect\(map_layers=...\) must be"),
+    (lambda: at.recipes.direct_a_video("cat", strength=1e40), r"direct_a_video\(strength=...\) must be a number of "
+                                                              r"magnitude <= 10000"),
+])
+def test_bad_values_raise_a_config_error_naming_the_field(make, message):
+    with pytest.raises(at.ConfigError, match=message):
+        make()
+
+
+def test_heatmap_layers_that_are_not_indices_or_names_raise_a_config_error():
+    from attnsteer.inspection.record import layer_names
+
+    with pytest.raises(at.ConfigError, match=r"layers must be layer indices or names/regexes, one or several, got 1.5"):
+        layer_names(1.5, {"blocks.0": 0})
+    assert layer_names(np.int64(0), {"blocks.0": 0, "blocks.1": 1}) == {"blocks.0"}
+
+
+@pytest.mark.parametrize("returned, message", [
+    (lambda s: s.double(), r"must return scores of the dtype it was given \(torch.float32\), got torch.float64"),
+    (lambda s: torch.zeros(3), r"must return a tensor broadcastable to the scores' shape \(2, 2\), got \(3,\)"),
+])
+def test_a_score_mod_returning_the_wrong_dtype_or_shape_raises_a_config_error(returned, message):
+    mod = at.score_mod(lambda s, b, h, q, k: returned(s), name="bad")
+    with pytest.raises(at.ConfigError, match=r"score_mod\(bad\) " + message):
+        mod.score(torch.zeros(2, 2), 0, 0, torch.arange(2)[:, None], torch.arange(2)[None])
+
+
+def test_grouped_attention_with_mixed_dtypes_raises_a_kernel_error():
+    q, groups = torch.randn(1, 1, 4, 8), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(at.KernelError, match="q, k, v must share one floating dtype, got torch.float32, torch.float64"):
+        at.kernels.grouped_attention(q, q.double(), q, groups, groups)
+
+
+@pytest.mark.parametrize("np_int", [np.int64, np.int32, np.uint8])
+def test_numpy_integers_are_accepted_wherever_an_index_is(np_int):
+    assert rule(layers=np_int(1)).layers == (1,) and rule(heads=[np_int(1), 0]).heads == (0, 1)
+    assert repr(at.frames[np_int(1)]) == "frames[1]" and repr(at.frames[np_int(1):np_int(3)]) == "frames[1:3]"
+    assert at.frame_window(np_int(2)) == at.frame_window(2)
+    assert at.frame_distance(np_int(1)) == at.frame_distance(1)
+    assert at.box(0.1, 0.1, 0.5, 0.5, frames=np_int(1)) == at.box(0.1, 0.1, 0.5, 0.5, frames=1)
+    assert at.recipes.dymos(until_step=np_int(3)).rules == at.recipes.dymos(until_step=3).rules
+    assert at.maps.MapRecording([at.maps.received()], steps=np_int(3)).step_bins.spec == 3
+
+
+@pytest.mark.parametrize("np_float", [np.float64, np.float32, np.float16])
+def test_numpy_floats_are_accepted_wherever_a_real_number_is(np_float):
+    assert at.box(np_float(0.25), 0.25, 0.75, np_float(0.75)) == at.box(0.25, 0.25, 0.75, 0.75)
+    assert at.point(np_float(0.5), np_float(0.25)) == at.point(0.5, 0.25)
+    assert at.recipes.dymos(gamma=np_float(0.5), stop=np_float(0.5)).rules == at.recipes.dymos(gamma=0.5, stop=0.5).rules
+    assert at.frame_window(2, adjusted=np.bool_(True)) == at.frame_window(2, adjusted=True)
+
+
+# --- §4.5 messages name what the user called --------------------------------------------------------------------
+@pytest.mark.parametrize("make, message", [
+    (lambda: at.temperature(5e-324), r"^temperature\(t\) must be a positive number whose inverse is finite"),
+    (lambda: at.temperature(0), r"^temperature\(t\) must be > 0"),
+    (lambda: at.recipes.dymos(until_step=0), r"^dymos\(until_step=...\) must be an int >= 1, got 0"),
+])
+def test_errors_name_the_function_the_user_called(make, message):
+    with pytest.raises(at.ConfigError, match=message):
+        make()
+
+
+def test_direct_a_video_amplify_zero_is_accepted_and_amplifies_no_step():
+    recipe = at.recipes.direct_a_video("cat", amplify=0)
+    assert dict(recipe.params)["amplify"] == 0.0
+    assert [r.transform for r in recipe.rules] == [at.block(), at.block()]
+    assert len(at.recipes.direct_a_video("cat").rules) == 3

@@ -299,10 +299,15 @@ def layer_names(layers: Any, known: dict[str, int]) -> set[str]:
     names or regexes, one or several."""
     import re
 
-    items = [layers] if isinstance(layers, (int, str)) else list(layers)
+    import numbers
+
+    try:
+        items = [layers] if isinstance(layers, (numbers.Integral, str)) else list(layers)
+    except TypeError:
+        raise ConfigError(f"layers must be layer indices or names/regexes, one or several, got {layers!r}") from None
     names = set()
     for item in items:
-        if isinstance(item, int) and not isinstance(item, bool):
+        if isinstance(item, numbers.Integral) and not isinstance(item, bool):
             names |= {n for n, i in known.items() if i == item}
         elif isinstance(item, str):
             names |= {n for n in known if n == item or re.fullmatch(item, n)}

@@ -58,6 +58,9 @@ class Transform:
         """Raise ConfigError when ``rule``'s other fields cannot go with this transform (called by Rule)."""
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def _number(name: str, field: str, value: object) -> float:
     """A real number of any type; -inf and +inf pass here, each transform decides."""
     return real_number(value, f"{name}({field})", allow_inf=True)
@@ -189,6 +192,9 @@ class Fill(Transform):
     def __attrs_post_init__(self) -> None:
         if self.value == math.inf:
             raise ConfigError("fill(value) must not be +inf")
+        if not math.isinf(self.value) and abs(self.value) > FLOAT32_MAX:
+            raise ConfigError(f"fill(value) must be -inf or a number of magnitude <= {FLOAT32_MAX:g} (float32 logits), "
+                              f"got {self.value!r}")
 
     def score(self, s, b, h, q_idx, kv_idx):
         return torch.full_like(s, self.value)
@@ -256,7 +262,13 @@ class ScoreMod(Transform):
         out = self.fn(s, b, h, q_idx, kv_idx)
         if not isinstance(out, torch.Tensor):
             raise ConfigError(f"{self!r} must return a tensor, got {type(out).__name__}")
-        return torch.broadcast_to(out, s.shape)
+        if out.dtype != s.dtype:
+            raise ConfigError(f"{self!r} must return scores of the dtype it was given ({s.dtype}), got {out.dtype}")
+        try:
+            return torch.broadcast_to(out, s.shape)
+        except RuntimeError:
+            raise ConfigError(f"{self!r} must return a tensor broadcastable to the scores' shape {tuple(s.shape)}, "
+                              f"got {tuple(out.shape)}") from None
 
     def __repr__(self) -> str:
         return f"score_mod({self.name or getattr(self.fn, '__name__', 'fn')})"
@@ -291,6 +303,8 @@ def temperature(t: float) -> LogitScale:
     value = _finite("temperature", "t", t)
     if value <= 0:
         raise ConfigError(f"temperature(t) must be > 0, got {t!r}")
+    if not math.isfinite(1.0 / value):
+        raise ConfigError(f"temperature(t) must be a positive number whose inverse is finite, got {t!r}")
     return LogitScale(1.0 / value)
 
 
