@@ -144,3 +144,39 @@ def test_direct_a_video_amplify_zero_is_accepted_and_amplifies_no_step():
     assert dict(recipe.params)["amplify"] == 0.0
     assert [r.transform for r in recipe.rules] == [at.block(), at.block()]
     assert len(at.recipes.direct_a_video("cat").rules) == 3
+
+
+# --- §4.2 per-token query_bias stays O(N) --------------------------------------------------------------------------
+def plan_for(rule, lay, batch=1, heads=2, want_mass=False):
+    from attnsteer.language.selectors import SelectionContext
+    from attnsteer.runtime.plan import build_plan
+
+    return build_plan(((rule, SelectionContext(lay, None)),), lay, None, batch, heads, want_mass=want_mass)
+
+
+def test_per_token_query_bias_never_builds_an_n_by_n_bias_table():
+    lay = at.TokenLayout(num_frames=16, tokens_per_frame=1024, video_start=0)
+    values = torch.arange(lay.seq_len, dtype=torch.float32) / lay.seq_len
+    plan = plan_for(at.Rule(at.frames[1:], at.frames[0], at.query_bias(values)), lay)
+    assert plan.path == "scored" and plan.bias is None  # a [2, 16384, 16384] table would take 2 GiB
+    few = plan_for(at.Rule(at.frames[1:], at.frames[0], at.query_bias((values > 0.5).float())), lay)
+    assert few.path == "grouped" and few.bias.numel() <= 16 * lay.seq_len
+
+
+def test_per_token_query_bias_on_the_score_path_equals_the_dense_float64_softmax():
+    from attnsteer.runtime.execute import run_plan
+
+    lay = at.TokenLayout(num_frames=3, tokens_per_frame=100, video_start=4, segments=[at.Segment("text", 0, 4)])
+    values = torch.linspace(-2, 2, lay.seq_len, dtype=torch.float64)
+    plan = plan_for(at.Rule(at.video, at.text, at.query_bias(values)), lay, heads=1, want_mass=True)
+    assert plan.path == "scored"  # 304 cells: 304^2 pairs exceed the table's budget
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 1, lay.seq_len, 8, generator=g) for _ in range(3))
+    out, mass = run_plan(plan, q, k, v, lay, None, None, want_mass=True)
+    text = torch.arange(lay.seq_len) < 4
+    logits = (q.double() @ k.double().transpose(-1, -2)) * 8**-0.5
+    logits = logits + (~text)[:, None].double() * text[None, :].double() * values[:, None]
+    expected = logits.softmax(-1) @ v.double()
+    tolerance = 8 * torch.finfo(torch.float32).eps * float(v.abs().max())
+    torch.testing.assert_close(out.double(), expected, atol=tolerance, rtol=0)
+    assert mass.shape == (1, 1, lay.num_groups, lay.num_groups)
