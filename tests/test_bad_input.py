@@ -180,3 +180,140 @@ def test_per_token_query_bias_on_the_score_path_equals_the_dense_float64_softmax
     tolerance = 8 * torch.finfo(torch.float32).eps * float(v.abs().max())
     torch.testing.assert_close(out.double(), expected, atol=tolerance, rtol=0)
     assert mass.shape == (1, 1, lay.num_groups, lay.num_groups)
+
+
+# --- §4.3 a broken third-party plugin is reported once, by name; the rest keeps working -------------------------
+BROKEN_MODULES = {
+    "broken_import.py": "import a_module_that_does_not_exist\n",
+    "broken_listy.py": ("import attnsteer as at\nfrom attnsteer.language.recipe import recipe\n\n"
+                        "@recipe\ndef listy(x: list = ()) -> at.Recipe:\n    '''A list parameter.'''\n"),
+    "broken_dymos.py": ("import attnsteer as at\nfrom attnsteer.language.recipe import recipe\n\n"
+                        "@recipe\ndef dymos(gamma: float = 1.0) -> at.Recipe:\n    '''Another dymos.'''\n"),
+    "broken_adapter.py": ("import attnsteer as at\n\nclass NoLayout(at.Adapter):\n    family = 'nolayout'\n"
+                          "    model_classes = ('WanTransformer3DModel',)\n    self_attention = 'blocks.*attn1'\n"),
+}
+BROKEN_ENTRY_POINTS = {
+    "attnsteer.recipes": {"importer": "broken_import", "listy": "broken_listy", "dymos2": "broken_dymos"},
+    "attnsteer": {"nolayout": "broken_adapter"},
+}
+
+
+@pytest.fixture
+def broken_plugins(tmp_path):
+    """A distribution of four broken plugins on sys.path (as an installer would leave it); all gone after."""
+    import sys
+
+    from attnsteer.contract import registry as manager
+    from attnsteer.language import recipe as recipe_registry
+
+    for name, text in BROKEN_MODULES.items():
+        (tmp_path / name).write_text(text)
+    info = tmp_path / "broken_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("\n".join(
+        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items())
+        for group, entries in BROKEN_ENTRY_POINTS.items()))
+    recipe_registry.available_recipes()  # the built-in and installed recipes, registered before the fixture's
+    saved = dict(recipe_registry._REGISTRY)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(tmp_path))
+        manager.plugin_manager.cache_clear()
+        recipe_registry._load_entry_points.cache_clear()
+        yield
+    for name in BROKEN_MODULES:
+        sys.modules.pop(name.removesuffix(".py"), None)
+    recipe_registry._REGISTRY.clear()
+    recipe_registry._REGISTRY.update(saved)
+    manager.plugin_manager.cache_clear()
+    recipe_registry._load_entry_points.cache_clear()
+
+
+def test_broken_plugins_are_reported_once_by_name_and_the_built_ins_keep_working(broken_plugins, wan_pipe, capsys):
+    from attnsteer.cli import main
+    from attnsteer.contract import registry as manager
+    from attnsteer.language import recipe as recipe_registry
+
+    with pytest.warns(at.AttnsteerWarning) as caught:
+        assert main(["recipes"]) == 0
+        assert main(["recipes"]) == 0
+        adapter = manager.find_adapter(wan_pipe.transformer)
+        manager.find_adapter(wan_pipe.transformer)
+    messages = [str(w.message) for w in caught if issubclass(w.category, at.AttnsteerWarning)]
+    for name in ("importer = broken_import", "listy = broken_listy", "dymos2 = broken_dymos",
+                 "nolayout = broken_adapter"):
+        assert sum(name in m for m in messages) == 1, (name, messages)
+    assert "ModuleNotFoundError" in next(m for m in messages if "importer" in m)
+    assert "defines no layout" in next(m for m in messages if "nolayout" in m)
+    assert type(adapter).__name__ != "NoLayout" and adapter.family == "wan"
+    assert recipe_registry.get_recipe("dymos").source == "built-in"
+    assert "dymos(gamma: float = 0.6" in capsys.readouterr().out
+
+
+def test_a_broken_plugin_does_not_stop_steering_a_built_in_family(broken_plugins, wan_pipe):
+    from attnsteer.testing.tiny import test_image, wan_call_kwargs
+
+    def run():
+        return wan_pipe(image=test_image(), generator=torch.Generator().manual_seed(0),
+                        **wan_call_kwargs(num_inference_steps=1, output_type="latent")).frames[0]
+
+    plain = run()
+    with pytest.warns(at.AttnsteerWarning, match="nolayout = broken_adapter is left out"):
+        with at.steer(wan_pipe, at.recipes.dymos(gamma=0.0)) as session:
+            steered = run()
+    assert torch.equal(steered, plain) and session.summary()
+
+
+# --- §4.6 the command line: exit 2 and one line naming the flag --------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["--recipe", "dymso"], "--recipe 'dymso' is not a recipe; did you mean 'dymos'? `attnsteer recipes` lists them"),
+    (["--seed", str(2**70)], "argument --seed: expected a seed in 0..9223372036854775807"),
+    (["--frames", "100000"], "argument --frames: expected a number of video frames in 1..1024, got 100000"),
+    (["--device", "cuda:abc"], "--device must be one of cpu, cuda, mps (optionally 'cuda:N'), got 'cuda:abc'"),
+    (["--model", "os.path:join"], "--model 'os.path:join': join() failed: TypeError"),
+    (["--model", "tiny-wann"], "did you mean 'tiny-wan'? `attnsteer models` lists the built-in models"),
+])
+def test_bad_flags_exit_2_naming_the_flag(tmp_path, capsys, argv, message):
+    code = exit_code(["run", "--model", "tiny-wan", *argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    if not message.startswith("argument"):  # not argparse's usage + error: one line
+        assert err.count("\n") == 1 and len(err) < 300
+
+
+def exit_code(argv: list[str]) -> int:
+    """The exit status of ``attnsteer ARGV`` (argparse's refusals exit through SystemExit)."""
+    from attnsteer.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+def test_device_cuda_without_cuda_exits_2(tmp_path, capsys):
+    from attnsteer.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["run", "--model", "tiny-wan", "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    assert "--device cuda: CUDA is not available on this machine" in capsys.readouterr().err
+
+
+def test_out_under_a_file_exits_2_naming_out(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert exit_code(["run", "--model", "tiny-wan", "--out", str(tmp_path / "file" / "sub")]) == 2
+    assert "argument --out:" in (err := capsys.readouterr().err) and "which is a file, not a folder" in err
+
+
+def test_an_unknown_recipe_attribute_raises_attribute_error_with_a_suggestion():
+    with pytest.raises(AttributeError, match=r"no recipe 'enhancea_video'; did you mean 'enhance_a_video'\?"):
+        at.recipes.enhancea_video  # noqa: B018
+
+
+def test_sweep_batch_on_a_pipeline_that_cannot_batch_exits_2_naming_batch(tmp_path, capsys):
+    argv = ["sweep", "--model", "tiny-i2vgen-xl", "--gamma", "0,1", "--batch", "2", "--steps", "1", "--out", str(tmp_path)]
+    assert exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert "I2VGenXLPipeline could not run 2 items batched in one call" in err and "without --batch" in err
+    assert err.count("\n") == 1
