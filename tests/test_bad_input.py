@@ -317,3 +317,49 @@ def test_sweep_batch_on_a_pipeline_that_cannot_batch_exits_2_naming_batch(tmp_pa
     err = capsys.readouterr().err
     assert "I2VGenXLPipeline could not run 2 items batched in one call" in err and "without --batch" in err
     assert err.count("\n") == 1
+
+
+# --- §6 sessions: a reused session reports its own run; maps refusals come before the run --------------------------
+def wan_latents(pipe):
+    from attnsteer.testing.tiny import test_image, wan_call_kwargs
+
+    return pipe(image=test_image(), generator=torch.Generator().manual_seed(0),
+                **wan_call_kwargs(num_inference_steps=2, output_type="latent")).frames[0]
+
+
+def test_a_reused_session_object_reports_only_its_latest_run(wan_pipe):
+    session = at.steer(wan_pipe, at.recipes.dymos(gamma=0.5, until_step=1))
+    with session as steering:
+        wan_latents(wan_pipe)
+    first = steering.summary()
+    with session as again:
+        wan_latents(wan_pipe)
+    assert again is steering and again.summary() == first and first["attention_calls_steered"] > 0
+
+
+def test_map_max_mb_is_refused_at_the_first_call_before_any_map_is_computed(wan_pipe):
+    calls = []
+    handle = wan_pipe.transformer.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(at.SteeringError, match=r"past map_max_mb=0.001 MB .*refused before the run"):
+            with at.inspect(wan_pipe, maps=[at.maps.received()], map_steps="each", map_layers="each",
+                            map_max_mb=0.001) as rec:
+                wan_latents(wan_pipe)
+    finally:
+        handle.remove()
+    assert calls == [] and rec.maps._sums == {}  # no forward finished, nothing recorded
+
+
+@pytest.mark.parametrize("recipe", [lambda: at.recipes.pag(2.0, layers="1"), lambda: at.recipes.stg("A", 2.0, layers="0"),
+                                    lambda: at.recipes.ultravico(alpha=0.5, train_frames=1)])
+def test_spatial_maps_with_a_score_path_rule_are_refused_before_the_run(wan_pipe, recipe):
+    from dense_reference import hook_state
+
+    before = hook_state(wan_pipe.transformer)
+    with at.inspect(wan_pipe, maps=[at.maps.received()]):
+        with pytest.raises(at.SteeringError, match=r"score path.*refused before the run"):
+            with at.steer(wan_pipe, recipe()):
+                pytest.fail("the session must refuse before its block runs")
+        with at.steer(wan_pipe, at.recipes.dymos(gamma=0.5)):  # a grouped rule still records maps
+            pass
+    assert hook_state(wan_pipe.transformer) == before

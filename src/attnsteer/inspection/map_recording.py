@@ -89,6 +89,8 @@ class MapRecording:
         self.query_sets: dict[str, torch.Tensor] = {}  # label -> bool [N] of each region map
         self._sums: dict[Key, torch.Tensor] = {}
         self._counts: dict[Key, int] = {}
+        self.expected_layers = 0  # self-attention layers of the hooked models (set by the session)
+        self._projected = False
 
     # --- recording -----------------------------------------------------------------------
     def bins(self, state: ForwardState, layer: LayerInfo, attention: str = "self") -> tuple[str, str] | None:
@@ -96,9 +98,31 @@ class MapRecording:
         map of that kind, or the call is in no bin)."""
         if not any(spec.attention == attention for spec in self.specs):
             return None
+        if not self._projected:
+            self._check_projected_size(state)
         step_bin = self.step_bins.label(state.step.step, state.step.num_steps)
         layer_bin = self.layer_bins.label(layer.index, layer.qualified)
         return None if step_bin is None or layer_bin is None else (step_bin, layer_bin)
+
+    def _check_projected_size(self, state: ForwardState) -> None:
+        """At the run's first call, before any map is computed: refuse a request whose maps x step bins x
+        layer bins x branches would exceed ``max_mb`` (branches seen later are checked as they come)."""
+        self._projected = True
+        steps, layers, num_steps = self.step_bins.spec, self.layer_bins.spec, state.step.num_steps
+        step_bins = {"all": 1, "each": num_steps or 1}.get(steps, 0) if isinstance(steps, str) else (
+            min(steps, num_steps or steps) if isinstance(steps, int) else len(steps))
+        layer_bins = {"all": 1, "each": max(1, self.expected_layers)}.get(layers, 0) if isinstance(layers, str) \
+            else len(layers)
+        branches = len(set(state.branches)) if state.branches else 1
+        count = len(self.specs) * step_bins * layer_bins * branches
+        size_mb = count * state.layout.seq_len * 8 / 2**20
+        if size_mb > self.max_mb:
+            raise SteeringError(
+                f"the spatial maps would take {size_mb:.4g} MB, past map_max_mb={self.max_mb:g} MB ({len(self.specs)} "
+                f"maps x {step_bins} step bins x {layer_bins} layer bins x {branches} branches of "
+                f"{state.layout.seq_len} tokens); refused before the run: keep fewer (coarser map_steps, now "
+                f"{self.step_bins.spec!r}, or map_layers, now {self.layer_bins.spec!r}, fewer maps) or raise map_max_mb"
+            )
 
     def sets(self, layout: TokenLayout, attention: str = "self") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The key sets of the ``onto`` maps and the query sets of the region maps read from calls of the

@@ -33,6 +33,9 @@ class Transform:
     constant_bias: float | None = None
     per_query: torch.Tensor | None = None  # per-query additive values [seq_len], once bound to a layout
     identity: bool = False
+    # score() sees the logits of keys centred over the call (k - mean of k; SageAttention's smooth_k), which
+    # differ from the raw logits by a per-query constant: it matters only to rules that read the logits' sign
+    centred_keys: bool = False
 
     @property
     def logit_bias(self) -> float:
