@@ -88,7 +88,7 @@ def test_negative_values_after_an_option_parse_as_written():
     (["run", "--gamma", "0.6"], "--gamma set a recipe parameter but no --recipe"),
     (["run", "--steps", "0"], "--steps: expected a positive integer"),
     (["run", "--steps", "-3"], "--steps: expected a positive integer"),
-    (["run", "--frames", "0"], "--frames: expected a positive integer"),
+    (["run", "--frames", "0"], "--frames: expected a number of video frames in 1..1024"),
     (["run", "--guidance", "nan"], "--guidance: expected a finite number"),
     (["run", "--image", "no-such.png"], "--image: no such file"),
     (["run", "--dtype", "float64"], "--dtype must be one of"),
@@ -98,7 +98,7 @@ def test_negative_values_after_an_option_parse_as_written():
     (["sweep", "--gamma", "nan"], "--gamma: expected comma-separated finite numbers"),
     (["sweep", "--gamma", "-1,x"], "--gamma: expected comma-separated finite numbers"),
     (["run", "--recipe", "dymos", "--gamma", "inf"], "--recipe dymos --gamma inf: dymos(gamma=...) must be finite"),
-    (["run", "--recipe", "dymos", "--until-step", "-1"], "--recipe dymos --until-step -1: steps(stop=...) must be an int >= 1"),
+    (["run", "--recipe", "dymos", "--until-step", "-1"], "--recipe dymos --until-step -1: dymos(until_step=...) must be an int >= 1"),
 ])
 def test_bad_flags_exit_2_with_one_line_naming_the_flag(tmp_path, capsys, argv, message):
     assert exit_code(argv + ["--out", str(tmp_path / "out")]) == 2
