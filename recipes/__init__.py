@@ -21,5 +21,21 @@ from .temperature import proportional_attention, ultravico
 RECIPES: dict[str, RecipeSpec] = {r.name: r for r in (dymos, direct_a_video, enhance_a_video, peekaboo, local_window,
                                                       proportional_attention, ultravico, pag, stg)}
 
+def __getattr__(name: str) -> RecipeSpec:
+    """``at.recipes.<name>`` of a third-party recipe; an unknown name raises AttributeError with a did-you-mean."""
+    import difflib
+
+    from attnsteer.language.recipe import available_recipes
+
+    if name.startswith("__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    found = available_recipes()
+    if name in found:
+        return found[name]
+    close = difflib.get_close_matches(name, [*found, *__all__], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise AttributeError(f"attnsteer.recipes has no recipe {name!r}{hint} (`attnsteer recipes` lists them)")
+
+
 __all__ = ["RECIPES", "direct_a_video", "dymos", "enhance_a_video", "local_window", "pag", "peekaboo",
            "proportional_attention", "stg", "ultravico"]

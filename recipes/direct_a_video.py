@@ -21,6 +21,8 @@ from attnsteer.validation import real_number
 
 from ._regions import region
 
+MAX_STRENGTH = 1e4  # a logit bias: far above any useful value (the authors' 25), far below float32 overflow
+
 
 def _size_regulariser(trajectory: at.geometry.Trajectory, strength: float):
     """values(layout) -> [seq_len]: ``strength * (1 - area of the frame's box)`` on each frame's tokens."""
@@ -57,14 +59,18 @@ def direct_a_video(
     if not isinstance(phrase, str) or not phrase.strip():
         raise ConfigError(f"direct_a_video(phrase=...) must be a word or phrase of the prompt, got {phrase!r}")
     strength = real_number(strength, "direct_a_video(strength=...)")
+    if abs(strength) > MAX_STRENGTH:
+        raise ConfigError(f"direct_a_video(strength=...) must be a number of magnitude <= {MAX_STRENGTH:g} (it is a "
+                          f"logit bias; the authors use 25), got {strength!r}")
     amplify = real_number(amplify, "direct_a_video(amplify=...)")
     if not 0.0 <= amplify <= 1.0:
         raise ConfigError(f"direct_a_video(amplify=...) must be a fraction of the steps in [0, 1], got {amplify!r}")
     where = region(box, end_box)
     words = at.words(phrase)
-    rules = [
+    rules = [] if amplify == 0 else [  # amplify=0: no step is amplified, the blocks alone remain
         at.Rule(where, words, at.query_bias(_size_regulariser(where, strength)),
-                when=at.progress(stop=amplify, include_stop=True), branch=branch, attention=attention),
+                when=at.progress(stop=amplify, include_stop=True), branch=branch, attention=attention)]
+    rules += [
         at.Rule(at.video & ~where, words, at.block(), branch=branch, attention=attention),
         at.Rule(at.video, at.prompt & ~words, at.block(), branch=branch, attention=attention),
     ]

@@ -10,11 +10,10 @@ Wan 2.2's 40 steps (``stop=0.2``).
 
 from __future__ import annotations
 
-import math
-
 import attnsteer as at
 from attnsteer.errors import ConfigError
 from attnsteer.language.recipe import recipe
+from attnsteer.validation import integer, real_number
 
 
 @recipe(
@@ -37,14 +36,15 @@ def dymos(
     [0, K) instead. ``reference_queries=True`` also biases queries of the reference frame (as an
     earlier version of the authors' code did).
     """
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma):
-        raise ConfigError(f"dymos(gamma=...) must be a finite real number (e.g. -2 .. 1), got {gamma!r}")
+    gamma = real_number(gamma, "dymos(gamma=...)")
     if not isinstance(reference_queries, bool):
         raise ConfigError(f"dymos(reference_queries=...) must be True or False, got {reference_queries!r}")
     if until_step is not None:
+        until_step = integer(until_step, "dymos(until_step=...)", minimum=1)
         when = at.steps(stop=until_step)
     else:
-        if isinstance(stop, bool) or not isinstance(stop, (int, float)) or not 0 < stop <= 1:
+        stop = real_number(stop, "dymos(stop=...)")
+        if not 0 < stop <= 1:
             raise ConfigError(f"dymos(stop=...) must be a fraction of the steps in (0, 1], got {stop!r}")
         when = at.progress(stop=stop)
     rule = at.Rule(

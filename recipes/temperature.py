@@ -9,8 +9,10 @@
   (``|m - n| > tokens_per_frame * train_frames / 2``) are multiplied by ``alpha`` (0.9), and
   queries ``m <= tokens_per_frame`` get -1e4 towards keys ``n > train_frames * tokens_per_frame``
   (the authors' indices, including their ``<=``). The authors run it in an int8 SageAttention
-  kernel with smoothed keys; this is the formula in float, so it matches their math, not their
-  quantisation.
+  kernel with ``smooth_k=True``: the rule reads logits of keys centred over the call
+  (``q . (k - mean k)``), which differ from the raw logits by a per-query constant, so the sign test
+  differs. ``smooth_k=True`` (the default) does the same; ``smooth_k=False`` applies it to the raw
+  logits. This is the formula in float, so it matches their math, not their quantisation.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import attrs
 import torch
 
 import attnsteer as at
+from attnsteer.errors import ConfigError
 from attnsteer.validation import integer, real_number
 
 
@@ -37,6 +40,11 @@ class UltraViCoScore(at.Transform):
     alpha: float
     train_frames: int
     tokens_per_frame: int | None = None
+    smooth_k: bool = True
+
+    @property
+    def centred_keys(self) -> bool:  # type: ignore[override]
+        return self.smooth_k
 
     def bind(self, layout: at.TokenLayout) -> at.Transform:
         return attrs.evolve(self, tokens_per_frame=layout.tokens_per_frame)
@@ -49,13 +57,22 @@ class UltraViCoScore(at.Transform):
         return torch.where(beyond, torch.full_like(s, -1e4), s)
 
     def __repr__(self) -> str:
-        return f"ultravico_score(alpha={self.alpha:g}, train_frames={self.train_frames})"
+        smooth = "" if self.smooth_k else ", smooth_k=False"
+        return f"ultravico_score(alpha={self.alpha:g}, train_frames={self.train_frames}{smooth})"
 
 
 @at.recipe
-def ultravico(alpha: float = 0.9, train_frames: int = 21) -> at.Recipe:
-    """UltraViCo's extrapolation rule on video self-attention (Wan): damp far positive logits by ``alpha``."""
+def ultravico(alpha: float = 0.9, train_frames: int = 21, smooth_k: bool = True) -> at.Recipe:
+    """UltraViCo's extrapolation rule on video self-attention (Wan): damp far positive logits by ``alpha``.
+
+    ``smooth_k=True`` (the authors' kernel) reads the sign of the logits of keys centred over the call;
+    ``False`` reads the raw logits."""
     alpha = real_number(alpha, "ultravico(alpha=...)")
     train_frames = integer(train_frames, "ultravico(train_frames=...)", minimum=1)
-    rule = at.Rule(at.video, at.video, UltraViCoScore(alpha, train_frames))
-    return at.Recipe("ultravico", (rule,), {"alpha": alpha, "train_frames": train_frames})
+    if not isinstance(smooth_k, bool):
+        raise ConfigError(f"ultravico(smooth_k=...) must be True or False, got {smooth_k!r}")
+    rule = at.Rule(at.video, at.video, UltraViCoScore(alpha, train_frames, smooth_k=smooth_k))
+    params = {"alpha": alpha, "train_frames": train_frames}
+    if not smooth_k:
+        params["smooth_k"] = False
+    return at.Recipe("ultravico", (rule,), params)

@@ -52,6 +52,18 @@ def test_a_deep_copy_made_inside_a_session_runs_unsteered(wan_pipe, image):
     assert hook_state(clone.transformer) == hook_state(wan_pipe.transformer)  # no hook left on the copy either
 
 
+def test_a_deep_copy_made_inside_a_session_can_be_steered_before_its_first_forward(wan_pipe, image):
+    vanilla = run(wan_pipe, image)
+    with at.steer(wan_pipe, RULE):
+        steered = run(wan_pipe, image)
+        clone = copy.deepcopy(wan_pipe)
+        before = hook_state(clone.transformer)
+        with at.steer(clone, RULE):  # its copied hooks are taken off first, then the copy's own session hooks it
+            np.testing.assert_array_equal(run(clone, image), steered)
+        np.testing.assert_array_equal(run(clone, image), vanilla)
+    assert hook_state(clone.transformer) == hook_state(wan_pipe.transformer) != before
+
+
 def test_a_session_is_entered_once(wan_pipe, image):
     session = at.steer(wan_pipe, RULE)
     with session:

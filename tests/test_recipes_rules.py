@@ -18,7 +18,7 @@ import torch
 
 import attnsteer as at
 from attnsteer import recipes
-from dense_reference import EditedAttention
+from dense_reference import EditedAttention, sdpa_arguments
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -136,9 +136,52 @@ def test_ultravico_matches_the_authors_kernel_formula(wan_pipe, wan_run):
         return torch.where(window3, torch.full_like(qk, -1e4), qk)
 
     expected = run_reference(wan_pipe, wan_run, n, edit, steps_per_call=2)
-    with at.steer(wan_pipe, recipes.ultravico(alpha=alpha, train_frames=train_frames)):
+    with at.steer(wan_pipe, recipes.ultravico(alpha=alpha, train_frames=train_frames, smooth_k=False)):
         got = wan_run()
     assert_latents_close(got, expected)
+
+
+class SmoothKAttention(EditedAttention):
+    """Dense float64 attention whose logits come from keys centred over the call, as SageAttention's
+    ``smooth_k=True`` computes them (``km = k.mean(dim=seq)``, then ``q @ (k - km)^T``), edited by ``edit``."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not torch.nn.functional.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        named = sdpa_arguments(args, kwargs)
+        q, k, v = named["query"], named["key"], named["value"]
+        if not self.applies(q, k):
+            return func(*args, **kwargs)
+        assert named.get("attn_mask") is None, "SmoothKAttention handles unmasked calls only"
+        self.calls += 1
+        scale = named.get("scale") or q.shape[-1] ** -0.5
+        k_smooth = k.double() - k.double().mean(dim=-2, keepdim=True)
+        logits = self.edit((q.double() @ k_smooth.transpose(-1, -2)) * scale)
+        return (logits.softmax(-1) @ v.double()).to(q.dtype)
+
+
+def test_ultravico_with_smooth_k_matches_the_authors_formula_on_centred_keys(wan_pipe, wan_run):
+    alpha, train_frames, frame_tokens = 0.5, 1, WAN["rows"] * WAN["cols"]
+    n = WAN["frames"] * frame_tokens
+    m_idx, n_idx = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    dist_mask = (m_idx - n_idx).abs() <= frame_tokens * train_frames / 2
+    window3 = (m_idx <= frame_tokens) & (n_idx > train_frames * frame_tokens)
+
+    def edit(qk):  # attn_qk_int8_per_block.py in float, on the logits of the smoothed keys
+        qk = torch.where(dist_mask | (qk < 0), qk, qk * alpha)
+        return torch.where(window3, torch.full_like(qk, -1e4), qk)
+
+    mode = SmoothKAttention(edit, lambda q, k: q.shape[-2] == k.shape[-2] == n)
+    with mode:
+        expected = wan_run()
+    assert mode.calls > 0
+    with at.steer(wan_pipe, recipes.ultravico(alpha=alpha, train_frames=train_frames)):  # smooth_k=True: the default
+        got = wan_run()
+    assert_latents_close(got, expected)
+    with at.steer(wan_pipe, recipes.ultravico(alpha=alpha, train_frames=train_frames, smooth_k=False)):
+        raw = wan_run()
+    assert not np.allclose(raw, expected, atol=1e-4)  # centring the keys changes which logits are damped
 
 
 def test_proportional_attention_scales_every_logit(wan_pipe, wan_run):

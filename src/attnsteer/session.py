@@ -86,11 +86,14 @@ class Session:
                 f"this session ({self.client!r}) is already active; a session is entered once: nest a new "
                 "at.steer(...) / at.inspect(...) instead"
             )
+        if isinstance(self.client, Steering):
+            self.client.reset()  # a session object used again reports its own run only
         try:
             for t in self.targets:
                 controller = controller_for(t.model, t.component, t.adapter)
                 controller.attach(self.client, pipeline=self.pipeline, num_steps=self.num_steps)
                 self._attached.append(controller)
+            _check_maps_before_run(self._attached)
             audit.report(audit.unmatched_layers(self.client.rules, self._attached), self.strict, "will never apply")
         except BaseException:
             self._detach_all()
@@ -146,6 +149,10 @@ class Steering:
         self._index = {id(rule): i for i, rule in enumerate(rules)}
         self._hits: dict[int, dict[str, set]] = {}
         self.calls = 0
+
+    def reset(self) -> None:
+        """Forget where the rules applied (each ``with`` block of a session reports its own run)."""
+        self._hits, self.calls = {}, 0
 
     def selection_context(self, layout: TokenLayout) -> SelectionContext:
         return SelectionContext(layout, self.words)
@@ -273,6 +280,39 @@ def _refuse_unbatchable(rules: tuple[Rule, ...], guidance: PerturbedGuidance | N
     if outputs:
         raise SteeringError(f"at.steer(batch_item=...): {outputs[0]!r} edits the module output, which is not "
                             "restricted to one batch item; run it sequentially")
+
+
+def _check_maps_before_run(controllers: list[Controller]) -> None:
+    """Refuse before the run what spatial maps cannot record: a rule on the score path (score functions,
+    identity attention, elementwise pairs) in a layer whose every step the maps record; and tell each map
+    recording how many self-attention layers it may bin (its ``map_max_mb`` is checked at the first call)."""
+    from .language.outputs import OutputTransform
+    from .language.transforms import QueryBias, Transform
+
+    def scored(rule: Rule) -> bool:
+        t = rule.transform
+        if rule.attention != "self" or isinstance(t, OutputTransform):
+            return False
+        grouped = t.constant_bias is not None or isinstance(t, QueryBias) or type(t).call_scale is not Transform.call_scale
+        return not grouped or (rule.pairs is not None and rule.pairs.elementwise)
+
+    for controller in controllers:
+        maps = [c.maps for c in controller.clients if getattr(c, "maps", None) is not None]
+        layers = [layer for kind, layer in controller.layers if kind == "self"]
+        for m in maps:
+            m.expected_layers = max(getattr(m, "expected_layers", 0), len(layers))
+        every_step = [m for m in maps if isinstance(m.step_bins.spec, (str, int))
+                      and any(spec.attention == "self" for spec in m.specs)]
+        rules = [r for c in controller.clients if isinstance(c, Steering) for r in c.rules if scored(r)]
+        for rule in rules:
+            hit = [layer for layer in layers if rule.matches_layer(layer.index, layer.names)
+                   and any(m.layer_bins.label(layer.index, layer.qualified) is not None for m in every_step)]
+            if hit:
+                raise SteeringError(
+                    f"rule {rule!r} in module {hit[0].qualified!r}: spatial maps need rules that are constant per pair "
+                    "of token sets (the grouped kernel); this rule changes logits elementwise (the score path), which "
+                    "gives no per-query log-sum-exp: record the maps without it (refused before the run)"
+                )
 
 
 def _describe_target(target: Any) -> str:

@@ -53,6 +53,21 @@ def int_at_least(minimum: int, wording: str):
     return parse
 
 
+def int_in(minimum: int, maximum: int, wording: str):
+    """An argparse type: an integer in ``[minimum, maximum]``, refused as ``expected {wording}``."""
+    at_least = int_at_least(minimum, wording)
+
+    def parse(text: str) -> int:
+        value = at_least(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"expected {wording}, got {value}")
+        return value
+
+    return parse
+
+
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
+MAX_FRAMES = 1024  # video frames: far above what the supported families generate (Wan 81, LTX 257)
 _positive_int = int_at_least(1, "a positive integer")
 _non_negative_int = int_at_least(0, "an integer >= 0")
 
@@ -71,6 +86,9 @@ def output_folder(text: str) -> Path:
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} exists and is not a folder")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} lies under {str(parent)!r}, which is a file, not a folder")
     return path
 
 
@@ -98,9 +116,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "t
     parser.add_argument("--image", type=image_file, help="reference image (PNG/JPEG); default: a built-in test image")
     parser.add_argument("--prompt", default="", help="text prompt")
     parser.add_argument("--out", required=True, type=output_folder, help="output folder")
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
+    parser.add_argument("--seed", type=int_in(0, MAX_SEED, f"a seed in 0..{MAX_SEED} (2**63 - 1)"), default=0,
+                        help="random seed")
     parser.add_argument("--steps", type=_positive_int, help="number of denoising steps (model default if omitted)")
-    parser.add_argument("--frames", type=_positive_int, help="number of video frames (model default if omitted)")
+    parser.add_argument("--frames", type=int_in(1, MAX_FRAMES, f"a number of video frames in 1..{MAX_FRAMES}"),
+                        help="number of video frames (model default if omitted)")
     parser.add_argument("--guidance", type=finite_non_negative, help="guidance scale (model default if omitted)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (real pipelines)")
@@ -111,8 +131,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "t
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    parser.add_argument("--recipe", choices=sorted(recipes()), required=required,
-                        help="recipe to apply (`attnsteer recipes` lists them)")
+    parser.add_argument("--recipe", required=required, help="recipe to apply (`attnsteer recipes` lists them): "
+                        + ", ".join(sorted(recipes())))
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a parameter of the recipe, repeatable (any recipe, third-party ones too)")
     group = parser.add_argument_group("recipe parameters", "options for the built-in recipes' parameters, with the recipes "
@@ -152,7 +172,13 @@ def recipe_from_args(args: argparse.Namespace, **fixed: Any) -> Any:
             raise ConfigError(f"{', '.join(given)} set a recipe parameter but no --recipe was given (choose one of "
                               f"{', '.join(sorted(recipes()))})")
         return None
-    spec = recipes()[args.recipe]
+    spec = recipes().get(args.recipe)
+    if spec is None:
+        import difflib
+
+        close = difflib.get_close_matches(args.recipe, list(recipes()), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"--recipe {args.recipe!r} is not a recipe; {hint}`attnsteer recipes` lists them")
     kwargs = recipe_arguments(args, spec)
     try:
         return spec(**{**kwargs, **fixed})

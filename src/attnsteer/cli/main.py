@@ -297,17 +297,18 @@ def join_negative_values(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
-    try:
+    argv = join_negative_values(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv[: argv.index("--") if "--" in argv else len(argv)]
+    try:  # building the parser loads third-party recipes: its failures get the same one-line handling
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except AttnsteerError as exc:
-        if args.debug:
+        if debug:
             raise
         print(f"attnsteer: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # an unexpected failure: one line, the traceback with --debug
-        if args.debug:
+        if debug:
             raise
         first = str(exc).splitlines()[0] if str(exc) else ""
         print(f"attnsteer: unexpected error: {type(exc).__name__}: {first} (run with --debug for the traceback)",

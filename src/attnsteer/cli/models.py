@@ -103,7 +103,12 @@ def _factory_pipeline(spec: str) -> Any:
         factory = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"--model {spec!r}: cannot import {function_name} from {module_name} ({exc})") from None
-    pipe = factory()
+    try:
+        pipe = factory()
+    except Exception as exc:  # a third-party factory (or a function that is none): name the flag, one line
+        raise ConfigError(f"--model {spec!r}: {function_name}() failed: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''} (expected a function returning a pipeline)"
+                          ) from None
     if not isinstance(getattr(pipe, "components", None), dict) or not callable(pipe):
         raise ConfigError(f"--model {spec!r}: {function_name}() must return a pipeline (callable, with a components "
                           f"dict), got {type(pipe).__name__}")
@@ -116,13 +121,27 @@ DEVICES = ("cpu", "cuda", "mps")
 
 def _device_and_dtype(device: str | None, dtype: str, built_in: bool) -> tuple[str, torch.dtype]:
     """The ``--device`` and ``--dtype`` to use, validated (built-in models default to float32 on the CPU)."""
-    if device is not None and device.split(":")[0] not in DEVICES:
-        raise ConfigError(f"--device must be one of {', '.join(DEVICES)} (optionally 'cuda:N'), got {device!r}")
+    if device is not None:
+        _check_device(device)
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     device = device or ("cpu" if built_in or not torch.cuda.is_available() else "cuda")
     auto = torch.bfloat16 if device.startswith("cuda") and not built_in else torch.float32
     return device, {"auto": auto, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def _check_device(device: str) -> None:
+    """Raise naming ``--device`` unless it is a device of this machine."""
+    allowed = f"one of {', '.join(DEVICES)} (optionally 'cuda:N')"
+    kind, _, index = device.partition(":")
+    if kind not in DEVICES or (index and not (index.isdigit() and kind == "cuda")):
+        raise ConfigError(f"--device must be {allowed}, got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); "
+                          "use --device cpu")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices "
+                          f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
 
 
 def _moved(pipe: Any, device: str, dtype: torch.dtype) -> Any:
@@ -150,7 +169,7 @@ def load_model(name: str, *, device: str | None = None, dtype: str = "auto", see
         return VideoModel(name, _moved(load_toy_pipeline(), device, torch_dtype), toy_call_kwargs, None)
     if FACTORY.match(name):
         return VideoModel(name, _moved(_factory_pipeline(name), device, torch_dtype), _pipeline_call_kwargs(), None)
-    names = f"built-in models: {', '.join(sorted(TINY_MODELS))}, toy"
+    names = "`attnsteer models` lists the built-in models"
     candidates = [*TINY_MODELS, "toy"]
     close = [c for c in candidates if sorted(c.split("-")) == sorted(name.split("-"))]
     close = close or difflib.get_close_matches(name, candidates, n=1)

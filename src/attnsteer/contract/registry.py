@@ -14,12 +14,13 @@ import functools
 import importlib
 import importlib.metadata
 import pkgutil
+import warnings
 from types import ModuleType
 
 import pluggy
 import torch
 
-from ..errors import ConfigError, UnsupportedModelError
+from ..errors import AttnsteerWarning, ConfigError, UnsupportedModelError
 from . import hookspecs
 from .adapter import Adapter
 from .hookspecs import hookimpl
@@ -48,6 +49,8 @@ def declared_adapters(module: ModuleType) -> list[type[Adapter]]:
 def register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
     """Register an Adapter class, or a module (its declared adapters and its hand-written hook functions)."""
     if isinstance(plugin, type) and issubclass(plugin, Adapter):
+        if plugin.layout is Adapter.layout and not plugin.refusal:
+            raise ConfigError(f"adapter {plugin.__name__} defines no layout(model, inputs)")
         pm.register(AdapterPlugin(plugin), name=f"{name}:{plugin.__name__}")
         return
     if isinstance(plugin, ModuleType):
@@ -69,6 +72,24 @@ def check_hooks(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
         raise ConfigError(f"plugin {name}: {exc}; attnsteer's hooks are {hooks} (check the spelling)") from None
 
 
+def register_third_party(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    """:func:`register` for an entry point's plugin: one that cannot be registered is reported once, by
+    name (an :class:`AttnsteerWarning`), and left out whole, so the built-in adapters keep working."""
+    before = set(pm.get_plugins())
+    try:
+        register(pm, plugin, name)
+    except Exception as exc:
+        for partial in set(pm.get_plugins()) - before:
+            pm.unregister(partial)
+        broken_plugin(ENTRY_POINT_GROUP, name, exc)
+
+
+def broken_plugin(group: str, name: str, exc: BaseException) -> None:
+    """Report a third-party plugin that is left out: once, naming its entry point and the reason."""
+    warnings.warn(f"the {group!r} entry point {name} is left out: {type(exc).__name__}: {exc}",
+                  AttnsteerWarning, stacklevel=3)
+
+
 BUILTIN_PACKAGE = "attnsteer.plugins"  # loaded by name: the adapters sit above this contract
 
 
@@ -79,14 +100,14 @@ def builtin_modules() -> list[ModuleType]:
 
 
 def entry_point_plugins(group: str = ENTRY_POINT_GROUP) -> list[tuple[str, object]]:
-    """(name, loaded object) of each entry point of ``group``; one that fails to load raises, naming it."""
+    """(name, loaded object) of each entry point of ``group``; one that fails to load is reported (a warning
+    naming it) and left out."""
     found = []
     for ep in importlib.metadata.entry_points(group=group):
         try:
             found.append((f"{ep.name} = {ep.value}", ep.load()))
         except Exception as exc:
-            raise ConfigError(f"the {group!r} entry point {ep.name} = {ep.value} failed to load: "
-                              f"{type(exc).__name__}: {exc}") from exc
+            broken_plugin(group, f"{ep.name} = {ep.value}", exc)
     return found
 
 
@@ -98,7 +119,7 @@ def plugin_manager() -> pluggy.PluginManager:
     for module in builtin_modules():
         register(pm, module, module.__name__)
     for name, plugin in entry_point_plugins():
-        register(pm, plugin, name)
+        register_third_party(pm, plugin, name)
     return pm
 
 

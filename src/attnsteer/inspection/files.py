@@ -31,7 +31,7 @@ def read_npz(path: Path, sums_shape: str = "[records, heads, groups, groups]") -
         raise RecordingError(f"{path}: no such recording file")
     if not zipfile.is_zipfile(path):
         raise RecordingError(f"{path}: not a recording (.npz) file")
-    budget = max(MIN_ALLOWANCE, MAX_EXPANSION * path.stat().st_size)
+    budget = allowance(path)
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
@@ -56,6 +56,20 @@ def read_npz(path: Path, sums_shape: str = "[records, heads, groups, groups]") -
     if not np.isfinite(sums).all():
         raise RecordingError(f"{path}: sums hold NaN or infinite values")
     return meta, sums
+
+
+def allowance(path: Path) -> int:
+    """The bytes a loader may allocate for the file at ``path``: a small file cannot make it allocate
+    hundreds of times its size, whatever its metadata declares."""
+    return max(MIN_ALLOWANCE, MAX_EXPANSION * path.stat().st_size)
+
+
+def check_allocation(path: Path, nbytes: int, what: str) -> None:
+    """Raise before allocating ``nbytes`` for ``what`` (declared by the file's metadata) beyond :func:`allowance`."""
+    budget = allowance(path)
+    if nbytes > budget:
+        raise RecordingError(f"{path}: {what} would take {nbytes} bytes from a {path.stat().st_size}-byte file "
+                             f"(at most {budget}); refusing to allocate that")
 
 
 def _read_array(path: Path, archive: zipfile.ZipFile, name: str, kind: str, max_dims: int) -> np.ndarray:

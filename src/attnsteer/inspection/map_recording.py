@@ -22,7 +22,7 @@ from ..language.selectors import SelectionContext
 from ..language.words import WordIndex
 from ..runtime.call_maps import CallMaps
 from .accumulator import Accumulator
-from .files import load_npz, write_npz
+from .files import check_allocation, load_npz, write_npz
 from .map_specs import LayerBins, MapSpec, StepBins, check_maps
 from .record import BRANCH_NAMES, layer_names
 
@@ -88,6 +88,8 @@ class MapRecording:
         self.axes = {m.label: m.axis for m in self.specs}
         self.query_sets: dict[str, torch.Tensor] = {}  # label -> bool [N] of each region map
         self.records = Accumulator()  # Key -> running sum [N] and count
+        self.expected_layers = 0  # self-attention layers of the hooked models (set by the session)
+        self._projected = False
 
     # --- recording -----------------------------------------------------------------------
     def bins(self, state: ForwardState, layer: LayerInfo, attention: str = "self") -> tuple[str, str] | None:
@@ -95,9 +97,31 @@ class MapRecording:
         map of that kind, or the call is in no bin)."""
         if not any(spec.attention == attention for spec in self.specs):
             return None
+        if not self._projected:
+            self._check_projected_size(state)
         step_bin = self.step_bins.label(state.step.step, state.step.num_steps)
         layer_bin = self.layer_bins.label(layer.index, layer.qualified)
         return None if step_bin is None or layer_bin is None else (step_bin, layer_bin)
+
+    def _check_projected_size(self, state: ForwardState) -> None:
+        """At the run's first call, before any map is computed: refuse a request whose maps x step bins x
+        layer bins x branches would exceed ``max_mb`` (branches seen later are checked as they come)."""
+        self._projected = True
+        steps, layers, num_steps = self.step_bins.spec, self.layer_bins.spec, state.step.num_steps
+        step_bins = {"all": 1, "each": num_steps or 1}.get(steps, 0) if isinstance(steps, str) else (
+            min(steps, num_steps or steps) if isinstance(steps, int) else len(steps))
+        layer_bins = {"all": 1, "each": max(1, self.expected_layers)}.get(layers, 0) if isinstance(layers, str) \
+            else len(layers)
+        branches = len(set(state.branches)) if state.branches else 1
+        count = len(self.specs) * step_bins * layer_bins * branches
+        size_mb = count * state.layout.seq_len * 8 / 2**20
+        if size_mb > self.max_mb:
+            raise SteeringError(
+                f"the spatial maps would take {size_mb:.4g} MB, past map_max_mb={self.max_mb:g} MB ({len(self.specs)} "
+                f"maps x {step_bins} step bins x {layer_bins} layer bins x {branches} branches of "
+                f"{state.layout.seq_len} tokens); refused before the run: keep fewer (coarser map_steps, now "
+                f"{self.step_bins.spec!r}, or map_layers, now {self.layer_bins.spec!r}, fewer maps) or raise map_max_mb"
+            )
 
     def sets(self, layout: TokenLayout, attention: str = "self") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The key sets of the ``onto`` maps and the query sets of the region maps read from calls of the
@@ -264,6 +288,9 @@ class MapRecording:
     def _from_saved(cls, meta: dict, sums: np.ndarray, path: Path | None = None) -> MapRecording:
         if meta.get("format") != FORMAT:
             raise RecordingError(f"not a map recording (format {meta.get('format')!r}, expected {FORMAT!r})")
+        if meta["layout"] is not None and path is not None:  # before anything is allocated from the declared size
+            seq_len = TokenLayout.from_description(meta["layout"]).seq_len
+            check_allocation(path, seq_len * max(1, len(dict(meta["query_sets"]))), "its query sets")
         rec = cls.__new__(cls)
         rec.specs, rec.words, rec.max_mb = (), None, float("inf")
         rec.step_bins = rec.layer_bins = None
@@ -274,8 +301,13 @@ class MapRecording:
         for label, tokens in dict(meta["query_sets"]).items():
             if label not in rec.labels or rec.layout is None:
                 raise RecordingError(f"query set of an unknown map {label!r}")
-            rec.query_sets[str(label)] = torch.zeros(rec.layout.seq_len, dtype=torch.bool)
-            rec.query_sets[str(label)][[int(t) for t in tokens]] = True
+            n = rec.layout.seq_len
+            index = [t for t in tokens if isinstance(t, int) and not isinstance(t, bool) and 0 <= t < n]
+            if len(index) != len(tokens):
+                raise RecordingError(f"query set of map {label!r} must hold token indices in [0, {n}), got "
+                                     f"{[t for t in tokens if t not in index][:5]}")
+            rec.query_sets[str(label)] = torch.zeros(n, dtype=torch.bool)
+            rec.query_sets[str(label)][index] = True
         rec.layers = {str(k): int(v) for k, v in dict(meta["layers"]).items()}
         rec.bin_steps = {str(b): {int(s) for s in v} for b, v in dict(meta["step_bins"]).items()}
         rec.bin_layers = {str(b): {str(s) for s in v} for b, v in dict(meta["layer_bins"]).items()}

@@ -19,6 +19,7 @@ branches`` vectors of N numbers, however long the run.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -27,6 +28,11 @@ import attrs
 from ..errors import ConfigError
 from ..language.selectors import FrameIndex, Selector, Video, check_selector
 from ..validation import integer
+
+
+def _plain_int(value: Any) -> Any:
+    """A numpy integer as a Python int (any real integer type is a count); anything else unchanged."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
 
 ATTENTION = ("self", "cross")
 
@@ -134,11 +140,11 @@ class StepBins:
     """How steps are binned: ``"each"``, ``"all"``, ``n`` equal ranges of the run's steps, or explicit
     ranges (``[range(0, 8), range(8, 40)]``)."""
 
-    spec: Any = attrs.field()
+    spec: Any = attrs.field(converter=_plain_int)
 
     @spec.validator
     def _check(self, attribute: attrs.Attribute, value: Any) -> None:
-        if value in STEP_MODES:
+        if isinstance(value, str) and value in STEP_MODES:
             return
         if isinstance(value, int) and not isinstance(value, bool):
             integer(value, "inspect(map_steps=...)", minimum=1)
@@ -192,7 +198,7 @@ class LayerBins:
 
     @spec.validator
     def _check(self, attribute: attrs.Attribute, value: Any) -> None:
-        if value in LAYER_MODES:
+        if isinstance(value, str) and value in LAYER_MODES:
             return
         if isinstance(value, Sequence) and value and all(_is_index_group(g) for g in value):
             flat = [i for g in value for i in g]
@@ -227,6 +233,7 @@ def _is_index_group(group: object) -> bool:
     except TypeError:
         return False
     return bool(items) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items)
+
 
 
 __all__ = ["LayerBins", "MapSpec", "Onto", "Region", "StepBins", "check_maps", "onto", "received", "region"]

@@ -232,6 +232,12 @@ class Record:
         query_groups = meta.pop("query_groups", None)
         if query_groups is not None:
             rec.queries = Groups(query_groups)
+            if rec.layout is None:
+                raise RecordingError(f"query_groups {query_groups!r} without a layout")
+            try:
+                rec.queries.groups(rec.layout)
+            except ConfigError as exc:
+                raise RecordingError(f"query_groups: {exc}") from None
         rec.layers = {str(k): int(v) for k, v in dict(meta.pop("layers")).items()}
         rec.timesteps = {int(k): float(v) for k, v in dict(meta.pop("timesteps")).items()}
         keys = [(int(step), str(layer), branch) for step, layer, branch in meta.pop("keys")]
@@ -269,10 +275,15 @@ def layer_names(layers: Any, known: dict[str, int]) -> set[str]:
     names or regexes, one or several."""
     import re
 
-    items = [layers] if isinstance(layers, (int, str)) else list(layers)
+    import numbers
+
+    try:
+        items = [layers] if isinstance(layers, (numbers.Integral, str)) else list(layers)
+    except TypeError:
+        raise ConfigError(f"layers must be layer indices or names/regexes, one or several, got {layers!r}") from None
     names = set()
     for item in items:
-        if isinstance(item, int) and not isinstance(item, bool):
+        if isinstance(item, numbers.Integral) and not isinstance(item, bool):
             names |= {n for n, i in known.items() if i == item}
         elif isinstance(item, str):
             names |= {n for n in known if n == item or re.fullmatch(item, n)}

@@ -209,6 +209,8 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, 
         raise KernelError(f"k's head dim must equal q's ({q.shape[-1]}), got {k.shape[-1]}")
     if v.shape[-2] != k.shape[-2]:
         raise KernelError(f"v must have as many keys as k ({k.shape[-2]}), got {v.shape[-2]}")
+    if not (q.dtype == k.dtype == v.dtype) or not q.dtype.is_floating_point:
+        raise KernelError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     return tuple(q.shape)  # type: ignore[return-value]
 
 

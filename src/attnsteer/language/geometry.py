@@ -14,12 +14,14 @@ token on the call's grid raises, rather than silently selecting nothing.
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Sequence
 
 import attrs
 import torch
 
 from ..errors import ConfigError
+from ..validation import real_number
 from .layout import TokenLayout
 from .selectors import FrameIndex, FrameSlice, SelectionContext, Selector, Video
 
@@ -71,8 +73,8 @@ def _frames_selector(value: object) -> Selector:
         return Video()
     if isinstance(value, slice):
         return FrameSlice(value.start, value.stop, value.step)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return FrameIndex(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return FrameIndex(int(value))
     if isinstance(value, Selector) and value.group_level:
         return value
     raise ConfigError(
@@ -82,9 +84,10 @@ def _frames_selector(value: object) -> Selector:
 
 
 def _fraction(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+    number = real_number(value, name)
+    if not 0.0 <= number <= 1.0:
         raise ConfigError(f"{name} must be a fraction of the frame in [0, 1], got {value!r}")
-    return float(value)
+    return number
 
 
 def _box(name: str, value: object) -> Box4:
@@ -234,7 +237,10 @@ class Point(_Spatial):
 
 
 def _pixel_mask(value: object) -> torch.Tensor:
-    mask = torch.as_tensor(value)
+    try:
+        mask = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"mask(pixels) must be a boolean [H, W] or [F, H, W] array, got {value!r} ({exc})") from None
     if mask.dtype != torch.bool or mask.dim() not in (2, 3) or mask.numel() == 0:
         raise ConfigError(
             f"mask must be a boolean [H, W] (every chosen frame) or [F, H, W] (one per latent frame) array, "

@@ -11,9 +11,11 @@ induce, so rules using them keep the fused grouped kernel. Others compare token 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import attrs
+import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -68,6 +70,23 @@ def _non_negative_int(name: str):
     return check
 
 
+def _as_bool(value: object) -> object:
+    return bool(value) if isinstance(value, np.bool_) else value
+
+
+def _as_int(value: object) -> object:
+    """A numpy (or other) integer as a Python int; anything else unchanged, for the validator to refuse."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+
+
+def _flag(name: str):
+    def check(instance: object, attribute: attrs.Attribute, value: object) -> None:
+        if not isinstance(value, (bool, np.bool_)):
+            raise ConfigError(f"{name}({attribute.name}=...) must be True or False, got {value!r}")
+
+    return check
+
+
 @attrs.frozen(repr=False)
 class SameRegion(Pairs):
     """Pairs whose query and key are both inside ``region`` or both outside it."""
@@ -89,7 +108,7 @@ class SameRegion(Pairs):
 class FrameDistance(Pairs):
     """Pairs of frame tokens at most ``max`` latent frames apart (a temporal window, e.g. FreeLong's band)."""
 
-    max: int = attrs.field(validator=_non_negative_int("frame_distance"))
+    max: int = attrs.field(converter=_as_int, validator=_non_negative_int("frame_distance"))
 
     def bind(self, ctx: SelectionContext, device: torch.device) -> PairFn:
         frame = token_geometry(ctx.layout).frame.to(device)
@@ -110,8 +129,8 @@ class FrameWindow(Pairs):
     frames ``[i - size // 2, i + size // 2]`` clipped to the video; with ``adjusted=True`` a window
     clipped at either end is shifted back to ``size`` frames (FreeLong's ``get_adjusted_local_mask``)."""
 
-    size: int = attrs.field(validator=_non_negative_int("frame_window"))
-    adjusted: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    size: int = attrs.field(converter=_as_int, validator=_non_negative_int("frame_window"))
+    adjusted: bool = attrs.field(default=False, validator=_flag("frame_window"), converter=_as_bool)
 
     def __attrs_post_init__(self) -> None:
         if self.size < 1:
@@ -165,7 +184,7 @@ class TokenDistance(Pairs):
     """Pairs more than ``min`` positions apart in the sequence (``|i - j| > min``; UltraViCo's window)."""
 
     elementwise = True
-    min: int = attrs.field(validator=_non_negative_int("token_distance"))
+    min: int = attrs.field(converter=_as_int, validator=_non_negative_int("token_distance"))
 
     def bind(self, ctx: SelectionContext, device: torch.device) -> PairFn:
         return lambda q, k: (q[:, None] - k[None, :]).abs() > self.min

@@ -34,7 +34,7 @@ from typing import Any
 
 import attrs
 
-from ..errors import ConfigError
+from ..errors import AttnsteerWarning, ConfigError
 from ..validation import integer, real_number
 from .rules import Recipe
 
@@ -202,15 +202,16 @@ def _register(spec: RecipeSpec) -> None:
 def _load_entry_points() -> None:
     """Import the third-party recipes once (``_load_entry_points.cache_clear()`` loads them again)."""
     import importlib.metadata
+    import warnings
 
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             loaded = ep.load()
-        except Exception as exc:
-            raise ConfigError(f"the {ENTRY_POINT_GROUP!r} entry point {ep.name} = {ep.value} failed to load: "
-                              f"{type(exc).__name__}: {exc}") from exc
-        if callable(loaded) and not isinstance(loaded, (RecipeSpec, types.ModuleType, type)):
-            recipe(loaded)  # an entry point may name a plain function: it is declared here
+            if callable(loaded) and not isinstance(loaded, (RecipeSpec, types.ModuleType, type)):
+                recipe(loaded)  # an entry point may name a plain function: it is declared here
+        except Exception as exc:  # a broken third-party recipe is reported once, by name; the rest keeps working
+            warnings.warn(f"the {ENTRY_POINT_GROUP!r} entry point {ep.name} = {ep.value} is left out: "
+                          f"{type(exc).__name__}: {exc}", AttnsteerWarning, stacklevel=2)
 
 
 def available_recipes() -> dict[str, RecipeSpec]:
@@ -224,5 +225,9 @@ def get_recipe(name: str) -> RecipeSpec:
     """The recipe called ``name``; ConfigError listing the others if there is none."""
     found = available_recipes()
     if name not in found:
-        raise ConfigError(f"unknown recipe {name!r}; available: {', '.join(found)}")
+        import difflib
+
+        close = difflib.get_close_matches(name, list(found), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown recipe {name!r}; {hint}available: {', '.join(found)}")
     return found[name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Iterable, Iterator
 from typing import Union as TypingUnion
@@ -66,11 +67,14 @@ def _layers(value: object) -> tuple[LayerSpec, ...] | None:
     """None, or a tuple of layer indices, exact names and compiled regexes (a string is tried as both)."""
     if value is None:
         return None
-    items = [value] if isinstance(value, (int, str, re.Pattern)) else list(value)  # type: ignore[arg-type]
+    items = _items(value, (numbers.Integral, str, re.Pattern), "Rule.layers",
+                   "layer indices, module names or regexes")
     out: list[LayerSpec] = []
     for item in items:
-        if isinstance(item, bool) or not isinstance(item, (int, str, re.Pattern)):
+        if isinstance(item, bool) or not isinstance(item, (numbers.Integral, str, re.Pattern)):
             raise ConfigError(f"Rule.layers items must be layer indices, module names or regexes, got {item!r}")
+        if isinstance(item, numbers.Integral):
+            item = int(item)
         if isinstance(item, int) and item < 0:
             raise ConfigError(f"Rule.layers indices must be >= 0, got {item}")
         if isinstance(item, str):
@@ -87,10 +91,20 @@ def _layers(value: object) -> tuple[LayerSpec, ...] | None:
 def _heads(value: object) -> tuple[int, ...] | None:
     if value is None:
         return None
-    items = [value] if isinstance(value, int) else list(value)  # type: ignore[arg-type]
-    if not items or any(isinstance(h, bool) or not isinstance(h, int) or h < 0 for h in items):
+    items = _items(value, numbers.Integral, "Rule.heads", "head indices >= 0")
+    if not items or any(isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 0 for h in items):
         raise ConfigError(f"Rule.heads must be None or non-empty head indices >= 0, got {value!r}")
-    return tuple(sorted(set(items)))
+    return tuple(sorted({int(h) for h in items}))
+
+
+def _items(value: object, single: type | tuple[type, ...], field: str, allowed: str) -> list:
+    """``value`` as a list: one item of the ``single`` types, or an iterable of items (else ConfigError)."""
+    if isinstance(value, single) and not isinstance(value, bool):
+        return [value]
+    try:
+        return list(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise ConfigError(f"{field} must be None, one or several {allowed}, got {value!r}") from None
 
 
 @attrs.frozen

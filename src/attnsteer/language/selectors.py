@@ -9,6 +9,7 @@ combine with ``|`` (union), ``&`` (intersection) and ``~`` (complement).
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import TYPE_CHECKING, ClassVar
 
 import attrs
@@ -93,7 +94,12 @@ def _frames_with_segments(layout: TokenLayout, frames: set[int]) -> frozenset[in
 
 
 def _is_index(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _as_index(value: object) -> object:
+    """A numpy (or other) integer as a Python int; anything else unchanged, for the validator to refuse."""
+    return int(value) if _is_index(value) else value
 
 
 def _optional_index(instance: object, attribute: attrs.Attribute, value: object) -> None:
@@ -105,7 +111,7 @@ def _optional_index(instance: object, attribute: attrs.Attribute, value: object)
 class FrameIndex(Selector):
     """One latent frame; negative indices count from the end."""
 
-    index: int
+    index: int = attrs.field(converter=_as_index)
 
     def __attrs_post_init__(self) -> None:
         if not _is_index(self.index):
@@ -127,9 +133,9 @@ class FrameIndex(Selector):
 class FrameSlice(Selector):
     """A slice of latent frames, with Python slice semantics (an empty slice selects nothing)."""
 
-    start: int | None = attrs.field(default=None, validator=_optional_index)
-    stop: int | None = attrs.field(default=None, validator=_optional_index)
-    step: int | None = attrs.field(default=None, validator=_optional_index)
+    start: int | None = attrs.field(default=None, converter=_as_index, validator=_optional_index)
+    stop: int | None = attrs.field(default=None, converter=_as_index, validator=_optional_index)
+    step: int | None = attrs.field(default=None, converter=_as_index, validator=_optional_index)
 
     def __attrs_post_init__(self) -> None:
         if self.step == 0:
@@ -202,6 +208,7 @@ class Audio(Selector):
             return AudioTokens(item.start, item.stop, item.step)
         if not _is_index(item):
             raise ConfigError(f"audio[...] index must be an int or a slice, got {item!r}")
+        item = int(item)
         return AudioTokens(item, None if item == -1 else item + 1, None, single=True)
 
 
@@ -210,9 +217,9 @@ class AudioTokens(Selector):
     """Some of the audio tokens, by position along the audio tokens of the call (all its "audio" segments in order)."""
 
     group_level: ClassVar[bool] = False
-    start: int | None = attrs.field(default=None, validator=_optional_index)
-    stop: int | None = attrs.field(default=None, validator=_optional_index)
-    step: int | None = attrs.field(default=None, validator=_optional_index)
+    start: int | None = attrs.field(default=None, converter=_as_index, validator=_optional_index)
+    stop: int | None = attrs.field(default=None, converter=_as_index, validator=_optional_index)
+    step: int | None = attrs.field(default=None, converter=_as_index, validator=_optional_index)
     single: bool = False
 
     def __attrs_post_init__(self) -> None:
@@ -340,7 +347,7 @@ def _group_ids(value: object) -> tuple[int, ...]:
     ids = tuple(value)  # type: ignore[arg-type]
     if not all(_is_index(i) and i >= 0 for i in ids):
         raise ConfigError(f"groups(...) takes group indices >= 0, got {value!r}")
-    return tuple(sorted(set(ids)))
+    return tuple(sorted({int(i) for i in ids}))
 
 
 @attrs.frozen(repr=False)

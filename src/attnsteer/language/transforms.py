@@ -56,6 +56,9 @@ class Transform:
     def identity(self) -> bool:
         """Whether this is identity attention (``kind == "identity"``; derived, never set)."""
         return self.kind == "identity"
+    # score() sees the logits of keys centred over the call (k - mean of k; SageAttention's smooth_k), which
+    # differ from the raw logits by a per-query constant: it matters only to rules that read the logits' sign
+    centred_keys: bool = False
 
     @property
     def logit_bias(self) -> float:
@@ -79,6 +82,9 @@ class Transform:
 
     def check_rule(self, rule: Any) -> None:
         """Raise ConfigError when ``rule``'s other fields cannot go with this transform (called by Rule)."""
+
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _number(name: str, field: str, value: object) -> float:
@@ -224,6 +230,9 @@ class Fill(Transform):
     def __attrs_post_init__(self) -> None:
         if self.value == math.inf:
             raise ConfigError("fill(value) must not be +inf")
+        if not math.isinf(self.value) and abs(self.value) > FLOAT32_MAX:
+            raise ConfigError(f"fill(value) must be -inf or a number of magnitude <= {FLOAT32_MAX:g} (float32 logits), "
+                              f"got {self.value!r}")
 
     def score(self, s, b, h, q_idx, kv_idx):
         return torch.full_like(s, self.value)
@@ -295,7 +304,13 @@ class ScoreMod(Transform):
         out = self.fn(s, b, h, q_idx, kv_idx)
         if not isinstance(out, torch.Tensor):
             raise ConfigError(f"{self!r} must return a tensor, got {type(out).__name__}")
-        return torch.broadcast_to(out, s.shape)
+        if out.dtype != s.dtype:
+            raise ConfigError(f"{self!r} must return scores of the dtype it was given ({s.dtype}), got {out.dtype}")
+        try:
+            return torch.broadcast_to(out, s.shape)
+        except RuntimeError:
+            raise ConfigError(f"{self!r} must return a tensor broadcastable to the scores' shape {tuple(s.shape)}, "
+                              f"got {tuple(out.shape)}") from None
 
     def __repr__(self) -> str:
         return f"score_mod({self.name or getattr(self.fn, '__name__', 'fn')})"

@@ -370,5 +370,8 @@ def controller_for(model: torch.nn.Module, component: str, adapter: Adapter) -> 
     one. The model holds it only while a session is attached, so a model left by every session can be freed."""
     controller = model.__dict__.get(CONTROLLER_ATTRIBUTE)
     if controller is None or controller.model is not model or not controller.clients:
+        for fn in [*model._forward_pre_hooks.values(), *model._forward_hooks.values()]:
+            if getattr(getattr(fn, "__self__", None), "_copied", False):  # a deep copy, steered before its first run
+                fn.__self__._remove_copied_hooks()
         controller = Controller(model, component, adapter)
     return controller

@@ -40,7 +40,8 @@ def run_plan(
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if plan.path == "scored" or (grad and (plan.path == "grouped" or want_mass)):
         out, mass = scored_attention(
-            q, k, v, _score_fn(plan.scored, q.shape[0], q.shape[1], layout.seq_len, device, plan.head_offset), scale,
+            q, k, v, _with_key_shift(plan, _score_fn(plan.scored, q.shape[0], q.shape[1], layout.seq_len, device,
+                                                     plan.head_offset), q, k, scale), scale,
             attn_mask,
             groups=layout.group_ids(device), num_groups=layout.num_groups, return_mass=want_mass,
         )
@@ -103,11 +104,15 @@ def _score_fn(selections: tuple[Selection, ...], batch: int, heads: int, num_key
     for s, (_, transform, _) in zip(selections, bound):
         _probe(s, transform, b_idx, h_idx, device)
 
-    def apply(scores: torch.Tensor, q_index: torch.Tensor) -> torch.Tensor:
+    def apply(scores: torch.Tensor, q_index: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
         q4, k4 = q_index[None, None, :, None], k_index[None, None, None, :]
         for pair_mask, transform, rows_heads in bound:
             where = rows_heads & pair_mask(q_index, k_index)[None, None]
-            scores = torch.where(where, transform.score(scores, b_idx, h_idx, q4, k4), scores)
+            if transform.centred_keys:  # the rule reads the centred-key logits s - shift; shift is added back after
+                new = transform.score(scores - shift, b_idx, h_idx, q4, k4) + shift
+            else:
+                new = transform.score(scores, b_idx, h_idx, q4, k4)
+            scores = torch.where(where, new, scores)
         return scores
 
     if not all(t.constant_bias is not None or t.per_query is not None for _, t, _ in bound):
@@ -149,6 +154,16 @@ def _probe(s: Selection, transform, b_idx: torch.Tensor, h_idx: torch.Tensor, de
                             "[-8, 8]), which would make the attention output NaN")
 
 
+def _with_key_shift(plan: CallPlan, fn, q: torch.Tensor, k: torch.Tensor, scale: float, start: int = 0):
+    """``fn`` given, per query row, the part of its logits that the mean key contributes
+    (``scale * q . mean(k)``, [B, H, rows, 1]) when a rule reads centred-key logits; else ``fn`` itself."""
+    if not any(s.rule.transform.centred_keys for s in plan.scored):
+        return fn
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    shift = (q.to(work) @ k.to(work).mean(-2, keepdim=True).transpose(-1, -2)) * scale  # [B, H, Nq, 1]
+    return lambda s, q_index: fn(s, q_index, shift[:, :, q_index - start])
+
+
 def cross_layout(video: TokenLayout, text_length: int) -> TokenLayout:
     """The joint layout ``[text, video]`` that a cross-attention call's rules resolve against."""
     if video.segments or video.video_start:
@@ -180,7 +195,8 @@ def run_span_plan(
         out = grouped_attention(q, k, v, cells[start:stop], cells[:num_keys], bias=bias, scale=scale,
                                 attn_mask=attn_mask, num_q_groups=plan.num_cells, num_k_groups=plan.num_cells)[0]
     elif plan.path == "scored":
-        fn = _score_fn(plan.scored, q.shape[0], q.shape[1], num_keys, q.device, plan.head_offset)
+        fn = _with_key_shift(plan, _score_fn(plan.scored, q.shape[0], q.shape[1], num_keys, q.device, plan.head_offset),
+                             q, k, scale, start)
         out = scored_attention(q, k, v, lambda s, q_index: fn(s, q_index + start), scale, attn_mask)[0]
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)

@@ -8,8 +8,9 @@ Three paths, chosen per call, all exact:
   ``[Gq, Gk]`` table (``[B, ...]`` when branches differ, ``[B, H, ...]`` when a rule filters heads)
   and the fused log-sum-exp kernel applies it. DyMoS, block masks, region biases and frame windows
   stay here.
-- **scored**: some rule is elementwise (a score function, a per-query bias, a position predicate):
-  the chunked exact kernel applies every rule in order, ``O(N x chunk)`` memory.
+- **scored**: some rule is elementwise (a score function, a position predicate), or the cells are
+  too many for a ``[C, C]`` table (per-token ``query_bias`` values: :func:`max_cell_pairs`): the
+  chunked exact kernel applies every rule in order, ``O(N x chunk)`` memory.
 
 Identity rules (output = V) are applied after the kernel; a uniform logit scale over every pair
 is folded into SDPA's ``scale``, keeping the rule order: the additive rules before it are scaled
@@ -193,7 +194,8 @@ def build_plan(
         return CallPlan("plain", tuple(applied), scale_factor, identity=identity, head_offset=head_offset)
     if all(_is_grouped(s) for s in logits):
         plan = _grouped_plan(logits, layout, tuple(applied), scale_factor, identity, batch_size, num_heads)
-        return attrs.evolve(plan, head_offset=head_offset)
+        if plan is not None:
+            return attrs.evolve(plan, head_offset=head_offset)
     return CallPlan("scored", tuple(applied), scale_factor, scored=tuple(logits), identity=identity,
                     head_offset=head_offset)
 
@@ -279,12 +281,26 @@ def _cell_bias(s: Selection, reps: torch.Tensor) -> torch.Tensor | float:
     return t.constant_bias if t.kind == "constant" else t.per_query[reps][:, None].float()
 
 
+def max_cell_pairs(seq_len: int) -> int:
+    """The most cell pairs a grouped plan's bias table may have for a call of ``seq_len`` tokens: O(N), so
+    a rule that splits the tokens into many cells (per-token ``query_bias`` values) never asks for N x N."""
+    return max(CELL_PAIRS_PER_TOKEN * seq_len, MIN_CELL_PAIRS)
+
+
+CELL_PAIRS_PER_TOKEN = 16  # a [C, C] table per (row, head) no larger than 16 floats per token ...
+MIN_CELL_PAIRS = 1 << 16  # ... or 256 x 256 cells, whichever is more
+
+
 def _grouped_plan(
     selections: list[Selection], layout: TokenLayout, applied: tuple[Rule, ...], scale_factor: float,
     identity: tuple[Selection, ...], batch: int, heads: int,
-) -> CallPlan:
+) -> CallPlan | None:
+    """The grouped plan of ``selections``, or None when their cells are too many for a bias table
+    (see :func:`max_cell_pairs`): then the score path runs them."""
     cells, reps = _cells(selections, layout)
     c = reps.numel()
+    if c * c > max_cell_pairs(layout.seq_len):
+        return None  # per-token values made a cell of (almost) every token: the score path stays O(N x chunk)
     bias = torch.zeros(batch, heads, c, c, dtype=torch.float32)
     for s in selections:
         where = s.rows[:, None, None, None] & s.heads[None, :, None, None] & s.pair_mask(reps, reps)[None, None]

@@ -100,11 +100,13 @@ def run_batched(
                 stack.enter_context(steer(pipe, *items, batch_item=(i, n)))
             try:
                 outputs = list(generate(n))
-            except AttnsteerError:
+            except (AttnsteerError, torch.OutOfMemoryError):
                 raise
-            except (ValueError, TypeError, IndexError) as exc:  # the pipeline refused the batched arguments
-                raise SteeringError(f"{type(pipe).__name__} could not run {n} items batched in one call ({exc}); "
-                                    "run the values sequentially") from exc
+            except (ValueError, TypeError, IndexError, RuntimeError) as exc:  # the pipeline cannot batch its inputs
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise SteeringError(f"{type(pipe).__name__} could not run {n} items batched in one call "
+                                    f"({type(exc).__name__}: {first}); run the values sequentially (batch=None; "
+                                    "the sweep command without --batch)") from exc
         if len(outputs) != n:
             raise SteeringError(f"a batched call of {n} items returned {len(outputs)} outputs; {type(pipe).__name__} "
                                 "did not batch the repeated prompt: run the values sequentially")
