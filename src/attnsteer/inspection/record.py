@@ -21,14 +21,16 @@ from ..language.layout import TokenLayout
 from ..language.rules import Rule
 from ..language.selectors import GeneratedFrames, Groups, SelectionContext, Selector, _check_selector
 from ..runtime.call_state import ForwardState, LayerInfo
+from ..runtime.stepping import LoopSteps
 from .files import read_npz
 
 BRANCH_NAMES = ("cond", "uncond", "perturbed", "unknown")
 FORMAT_VERSION = 1
 
 
-class Record:
-    """Frame-level attention aggregated while a pipeline runs (see ``at.inspect``)."""
+class Record(LoopSteps):
+    """Frame-level attention aggregated while a pipeline runs (see ``at.inspect``); ``.step()`` serves a user's own
+    sampling loop."""
 
     wants_mass = True
     rules: tuple[Rule, ...] = ()
