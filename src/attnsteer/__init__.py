@@ -50,6 +50,7 @@ from .language.transforms import (
     temperature,
 )
 from .language.words import prompt, words
+from .contract.registry import register_adapter
 from .plugins.generic import GenericAdapter
 from .session import inspect, steer
 
@@ -104,6 +105,7 @@ __all__ = [
     "query_bias",
     "readouts",
     "recipe",
+    "register_adapter",
     "same_location",
     "same_region",
     "scale",

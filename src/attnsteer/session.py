@@ -14,7 +14,7 @@ import attrs
 import torch
 
 from .contract.adapter import Adapter
-from .contract.registry import find_adapter, require_adapter, supported_families
+from .contract.registry import find_adapter, register_adapter, registered_adapter, require_adapter, supported_families
 from .errors import ConfigError, SteeringError, UnsupportedModelError
 from .inspection.map_specs import check_maps
 from .language.guidance import PerturbedGuidance
@@ -24,6 +24,7 @@ from .language.selectors import SelectionContext
 from .language.words import WordIndex, uses_words
 from .runtime import audit
 from .runtime.controller import Client, Controller, ForwardState, LayerInfo, controller_for
+from .runtime.stepping import LoopSteps
 
 PIPELINE_DENOISERS = ("transformer", "transformer_2", "unet")
 
@@ -75,7 +76,9 @@ class Session:
         if not isinstance(strict, bool):
             raise ConfigError(f"strict must be True or False, got {strict!r}")
         self.targets, self.pipeline = resolve_targets(target, adapter)
+        self.given_adapter = adapter
         self.client = client
+        self._remembered: list[torch.nn.Module] = []  # models whose adapter= this session lends to nested sessions
         self.num_steps = num_steps
         self.strict = strict
         self._attached: list[Controller] = []
@@ -93,6 +96,10 @@ class Session:
                 controller = controller_for(t.model, t.component, t.adapter)
                 controller.attach(self.client, pipeline=self.pipeline, num_steps=self.num_steps)
                 self._attached.append(controller)
+                if self.given_adapter is not None and registered_adapter(t.model) is None:
+                    register_adapter(t.model, t.adapter)  # a nested session without adapter= finds it
+                    self._remembered.append(t.model)
+            self.client._controllers = self._attached
             _check_maps_before_run(self._attached)
             audit.report(audit.unmatched_layers(self.client.rules, self._attached), self.strict, "will never apply")
         except BaseException:
@@ -107,11 +114,16 @@ class Session:
         elif exc_type is None:
             problems = audit.nothing_recorded(self.client, self._attached)
             missed = audit.unmatched_map_bins(self.client, self._attached)
+            if self.pipeline is None:  # a pipeline tells step and branch; a bare model in a user's loop may not
+                audit.report(audit.unknown_positions(self._attached), False, "has calls with")
         self._detach_all()
         audit.report(problems, self.strict, "never applied" if isinstance(self.client, Steering) else "is empty")
         audit.report(missed, self.strict, "kept no spatial maps for a bin")
 
     def _detach_all(self) -> None:
+        self.client._controllers = []
+        while self._remembered:
+            register_adapter(self._remembered.pop(), None)
         errors = []
         while self._attached:
             try:
@@ -134,8 +146,9 @@ def word_index(target: Any, rules: tuple[Rule, ...], prompt: str | None, tokeniz
     return WordIndex.from_tokenizer(tokenizer if tokenizer is not None else getattr(target, "tokenizer", None), prompt)
 
 
-class Steering:
-    """The client of ``at.steer``: its rules, and a log of where each rule was applied."""
+class Steering(LoopSteps):
+    """The client of ``at.steer``: its rules, and a log of where each rule was applied; ``.step()`` serves a user's
+    own sampling loop."""
 
     wants_mass = False
     batch_item: tuple[int, int] | None = None

@@ -164,12 +164,14 @@ class Adapter:
 
     def timestep(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> float | None:
         """The scalar timestep of one forward (the maximum of per-token timesteps; None if unknown)."""
-        t = inputs.get("timestep")
-        if t is None:
-            return None
-        if isinstance(t, torch.Tensor):
-            return float(t.detach().float().max()) if t.numel() else None
-        return float(t)
+        return scalar_timestep(inputs.get("timestep"))
+
+    def batch_size(self, inputs: Mapping[str, Any]) -> int:
+        """The batch rows of one forward: those of its first tensor argument."""
+        for value in inputs.values():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                return int(value.shape[0])
+        raise SteeringError("cannot tell the batch size: the model's forward got no tensor argument")
 
     def frame_timesteps(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> tuple[float, ...] | None:
         """Each latent frame's own timestep where a forward's frames sit at different noise levels (diffusion
@@ -232,6 +234,15 @@ def _describe(value: Any) -> str:
     if isinstance(value, tuple):
         return "a tuple (" + ", ".join(_describe(v) for v in value) + ")"
     return f"a {type(value).__name__}"
+
+
+def scalar_timestep(t: Any) -> float | None:
+    """A timestep argument as one number: the maximum of a tensor's values; None if absent or empty."""
+    if t is None:
+        return None
+    if isinstance(t, torch.Tensor):
+        return float(t.detach().float().max()) if t.numel() else None
+    return float(t)
 
 
 def bind_forward_inputs(model: torch.nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,9 @@ import importlib
 import importlib.metadata
 import pkgutil
 import warnings
+import weakref
 from types import ModuleType
+from typing import Any
 
 import pluggy
 import torch
@@ -128,8 +130,46 @@ def registered_adapters() -> list[type[Adapter]]:
     return [p.adapter_class for _, p in plugin_manager().list_name_plugin() if isinstance(p, AdapterPlugin)]
 
 
+_BY_INSTANCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> Adapter, from register_adapter
+_BY_CLASS: dict[type, Adapter] = {}  # model class -> Adapter, from register_adapter
+
+
+def register_adapter(model_or_class: torch.nn.Module | type, adapter: Adapter | None) -> None:
+    """Remember ``adapter`` for one model (held weakly) or for every instance of a model class (subclasses too), so
+    that later ``at.steer`` / ``at.inspect`` calls find it without ``adapter=``; ``adapter=None`` forgets it."""
+    if adapter is not None and not isinstance(adapter, Adapter):
+        raise ConfigError(f"register_adapter(adapter=...) must be an at.Adapter (e.g. at.GenericAdapter(...)) or None, "
+                          f"got {type(adapter).__name__}")
+    if isinstance(model_or_class, type) and issubclass(model_or_class, torch.nn.Module):
+        table: Any = _BY_CLASS
+    elif isinstance(model_or_class, torch.nn.Module):
+        table = _BY_INSTANCE
+    else:
+        raise ConfigError(f"register_adapter(model_or_class=...) must be a torch.nn.Module or a subclass of it, got "
+                          f"{model_or_class!r}")
+    if adapter is None:
+        table.pop(model_or_class, None)
+    else:
+        table[model_or_class] = adapter
+
+
+def registered_adapter(model: torch.nn.Module) -> Adapter | None:
+    """The adapter :func:`register_adapter` gave for ``model`` or for the nearest class of its MRO, else None."""
+    found = _BY_INSTANCE.get(model)
+    if found is not None:
+        return found
+    for cls in type(model).__mro__:
+        if cls in _BY_CLASS:
+            return _BY_CLASS[cls]
+    return None
+
+
 def find_adapter(model: torch.nn.Module) -> Adapter | None:
-    """The adapter of the first plugin that recognises ``model``, or None; a refused family raises with its reason."""
+    """The adapter registered for ``model`` (:func:`register_adapter`), else that of the first plugin that recognises
+    it, or None; a refused family raises with its reason."""
+    registered = registered_adapter(model)
+    if registered is not None:
+        return registered
     adapter = plugin_manager().hook.attnsteer_adapter(model=model)
     if adapter is not None and adapter.refusal:
         raise UnsupportedModelError(
@@ -153,6 +193,7 @@ def require_adapter(model: torch.nn.Module) -> Adapter:
         raise UnsupportedModelError(
             f"unsupported model: no adapter recognises {type(model).__name__}; supported families: "
             f"{', '.join(supported_families())}. Pass a diffusers pipeline or transformer of a supported family, "
-            "or give a layout with at.GenericAdapter."
+            "or describe it with at.GenericAdapter(...) and pass adapter= or at.register_adapter(model, adapter) "
+            "(docs/extending.md: 'Steering a model that is not a diffusers pipeline')."
         )
     return adapter

@@ -20,6 +20,7 @@ from ..language.layout import TokenLayout
 from ..language.rules import Rule
 from ..language.selectors import GeneratedFrames, Groups, SelectionContext, Selector, check_selector
 from ..runtime.call_state import ForwardState, LayerInfo
+from ..runtime.stepping import LoopSteps
 from .accumulator import Accumulator
 from .files import load_npz, write_npz
 
@@ -27,8 +28,9 @@ BRANCH_NAMES = ("cond", "uncond", "perturbed", "unknown")
 FORMAT_VERSION = 1
 
 
-class Record:
-    """Frame-level attention aggregated while a pipeline runs (see ``at.inspect``)."""
+class Record(LoopSteps):
+    """Frame-level attention aggregated while a pipeline runs (see ``at.inspect``); ``.step()`` serves a user's own
+    sampling loop."""
 
     wants_mass = True
     rules: tuple[Rule, ...] = ()

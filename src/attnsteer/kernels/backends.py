@@ -17,7 +17,7 @@ QUERY_CHUNK = 1024
 def attention_with_lse(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out [B, H, Nq, Dv] in q's dtype, lse [B, H, Nq] float32) of softmax(q k^T * scale + mask) v.
+    """(out [B, H, Nq, Dv] in q's dtype, lse [B, H, Nq] float32, float64 for float64 q) of softmax(q k^T * scale + mask) v.
 
     ``mask`` is additive in q's dtype, broadcastable to [B, H, Nq, Nk]. Rows whose keys are all
     masked come back with arbitrary output; the caller tells them from the mask.
@@ -37,7 +37,7 @@ def _cpu_flash(q, k, v, scale, mask):
     elif d < dv:
         q, k = (torch.nn.functional.pad(t, (0, dv - d)) for t in (q, k))
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask, scale=scale)
-    return out[..., :dv], lse.float()
+    return out[..., :dv], lse.to(torch.promote_types(lse.dtype, torch.float32))
 
 
 def _cuda_fused(q, k, v, scale, mask):

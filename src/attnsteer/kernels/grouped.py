@@ -138,18 +138,19 @@ def _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out) -> It
     Memory beyond ``out``: one class call's output for a chunk, plus a float32 accumulator for the
     chunk where ``out`` is not float32 (else the accumulator is ``out``'s rows themselves)."""
     b, h, nq, _ = q.shape
+    merge = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for float64 inputs
     step = query_chunk_rows(nq, b * h)
     for start in range(0, nq, step):
         rows = slice(start, min(start + step, nq))
         q_rows, groups_rows = q[:, :, rows], q_groups[rows]
         mask_rows = None if mask is None else (mask[..., rows, :] if mask.shape[-2] > 1 else mask)
         r = q_rows.shape[-2]
-        if out is not None and out.dtype == torch.float32:
+        if out is not None and out.dtype == merge:
             acc = out[:, :, rows].zero_()
         else:
-            acc = torch.zeros(b, h, r, v.shape[-1], dtype=torch.float32, device=q.device)
-        running_max = q.new_full((b, h, r), float("-inf"), dtype=torch.float32)
-        running_sum = torch.zeros(b, h, r, dtype=torch.float32, device=q.device)
+            acc = torch.zeros(b, h, r, v.shape[-1], dtype=merge, device=q.device)
+        running_max = q.new_full((b, h, r), float("-inf"), dtype=merge)
+        running_sum = torch.zeros(b, h, r, dtype=merge, device=q.device)
         class_logits = []
         for groups, keys in classes:
             class_mask = None if mask_rows is None else mask_rows[..., keys]
@@ -163,7 +164,7 @@ def _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out) -> It
             new_max = torch.maximum(running_max, logit)
             anchor = torch.where(torch.isneginf(new_max), torch.zeros_like(new_max), new_max)
             keep, add = torch.exp(running_max - anchor), torch.exp(logit - anchor)
-            acc.mul_(keep[..., None]).add_(out_c.float().mul_(add[..., None]))  # out_c is ours to overwrite
+            acc.mul_(keep[..., None]).add_(out_c.to(merge).mul_(add[..., None]))  # out_c is ours to overwrite
             del out_c  # before the next class call allocates its own
             running_sum.mul_(keep).add_(add)
             running_max = new_max
@@ -303,7 +304,7 @@ def _key_classes(
 def _add_mass(mass: torch.Tensor, class_logits, total: torch.Tensor, q_groups: torch.Tensor) -> None:
     """Add to ``mass`` [B, H, Gq, Gk] the weight each query of a chunk puts on each key group, summed per query group."""
     for (group,), logit in class_logits:
-        mass[..., group].index_add_(-1, q_groups, torch.exp(logit - total))
+        mass[..., group].index_add_(-1, q_groups, torch.exp(logit - total).float())
 
 
 class QueryMass(NamedTuple):
@@ -317,5 +318,5 @@ def _query_mass(class_logits, total: torch.Tensor, gk: int) -> tuple[torch.Tenso
     """(weights [B, H, r, Gk], lse [B, H, r]) of a chunk: each query's weight on each key group (0 on groups without keys)."""
     weights = torch.zeros(*total.shape, gk, dtype=torch.float32, device=total.device)
     for (group,), logit in class_logits:
-        weights[..., group] = torch.exp(logit - total)
+        weights[..., group] = torch.exp(logit - total).float()
     return weights, total

@@ -38,6 +38,10 @@ class StepInfo:
         return StepInfo(step=step, num_steps=self.num_steps, timestep=self.frame_timesteps[index])
 
 
+_HOW_TO_TELL_THE_STEP = ("steer the pipeline (not its transformer), or, in a loop of your own, run each forward "
+                         "inside `with session.step(i):` on the object at.steer / at.inspect yields")
+
+
 class MissingStepInfo(ConfigError):
     """A schedule needs a step fact (index, count or timestep) that this call does not provide."""
 
@@ -95,7 +99,8 @@ class Steps(Schedule):
 
     def active(self, info: StepInfo) -> bool:
         if info.step is None:
-            raise MissingStepInfo(f"{self!r} needs the denoising step index, which is unknown for this call")
+            raise MissingStepInfo(f"{self!r} needs the denoising step index, which is unknown for this call: "
+                                  f"{_HOW_TO_TELL_THE_STEP}")
         return info.step >= self.start and (self.stop is None or info.step < self.stop)
 
     def __repr__(self) -> str:
@@ -118,8 +123,10 @@ class Progress(Schedule):
     def active(self, info: StepInfo) -> bool:
         if info.step is None or info.num_steps is None:
             raise MissingStepInfo(
-                f"{self!r} needs the step index and the number of steps; steer the pipeline (not its transformer) "
-                "or pass num_steps= to at.steer"
+                f"{self!r} needs the step index and the number of steps"
+                + ("; pass num_steps= to at.steer / at.inspect" if info.step is not None and info.num_steps is None
+                   else f" ({'index' if info.step is None else 'count'} unknown for this call): "
+                   f"{_HOW_TO_TELL_THE_STEP}, and pass num_steps= for a bare model")
             )
         fraction = info.step / info.num_steps
         return self.start <= fraction and (fraction <= self.stop if self.include_stop else fraction < self.stop)
@@ -142,7 +149,9 @@ class Timesteps(Schedule):
 
     def active(self, info: StepInfo) -> bool:
         if info.timestep is None:
-            raise MissingStepInfo(f"{self!r} needs the timestep, which is unknown for this call")
+            raise MissingStepInfo(f"{self!r} needs the timestep, which is unknown for this call: pass it to the model "
+                                  "as the argument the adapter reads (GenericAdapter(timestep='t')) or state it with "
+                                  ".step(i, timestep=t)")
         return self.low <= info.timestep <= self.high
 
     def __repr__(self) -> str:

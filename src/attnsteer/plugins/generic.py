@@ -1,12 +1,15 @@
-"""``GenericAdapter``: steer or inspect any module whose forward calls F.scaled_dot_product_attention.
+"""``GenericAdapter``: steer or inspect any module whose attention modules call F.scaled_dot_product_attention
+(or flash-attn's functions), such as the authors' own Wan or HunyuanVideo code.
 
-The user states the facts a built-in adapter knows for its family: the token layout (a
-:class:`TokenLayout`, or a function of the model and its bound forward inputs), which submodules
-are self-attention (a regex on module names, or a function returning (name, module) pairs) and,
-optionally, the guidance branch of each batch row. Pass it as
-``at.steer(model, rules, adapter=GenericAdapter(...))`` or ``at.inspect(model, adapter=...)``.
-Without ``branches``, rows follow the pipeline's cache context as for built-in adapters; a bare
-module has none, so rules with ``branch="cond"`` or ``"uncond"`` then raise.
+The user states the facts a built-in adapter knows for its family: which submodules are self-attention (a regex
+on module names, or a function returning (name, module) pairs), the token layout (a :class:`TokenLayout`, a
+function of the model and its bound forward inputs, or ``frames=`` and ``grid=``), and optionally the names of
+the forward's timestep and hidden-state arguments and the guidance branch of each batch row. Pass it as
+``at.steer(model, rules, adapter=GenericAdapter(...))``, or once with ``at.register_adapter(model, adapter)``.
+
+Where the step and the branch come from: the timestep argument (``timestep=``, default ``"timestep"``) gives
+the step by counting decreasing timesteps; the rows' branches follow the pipeline's cache context. A user's own
+loop says both with ``.step(i, branch=...)`` on the object the session yields (see docs/extending.md).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from typing import Any
 
 import torch
 
-from ..contract.adapter import Adapter
+from ..contract.adapter import Adapter, scalar_timestep
 from ..contract.branches import branches_from_context
 from ..errors import ConfigError
 from ..language.layout import TokenLayout
+from ..validation import integer
 
 LayoutSpec = TokenLayout | Callable[[torch.nn.Module, Mapping[str, Any]], TokenLayout]
 AttentionSpec = str | Callable[[torch.nn.Module], list[tuple[str, torch.nn.Module]]]
@@ -48,9 +52,35 @@ class GenericAdapter(Adapter):
               "function picking the rows, frame maps against dense, clean exit, attention computed without SDPA "
               "raises, bad arguments raise")
 
-    def __init__(self, layout: LayoutSpec, attention: AttentionSpec, branches: BranchSpec | None = None) -> None:
+    def __init__(
+        self,
+        layout: LayoutSpec | None = None,
+        attention: AttentionSpec | None = None,
+        branches: BranchSpec | None = None,
+        *,
+        frames: int | None = None,
+        grid: tuple[int, int] | None = None,
+        reference_frames: tuple[int, ...] = (0,),
+        timestep: str = "timestep",
+        hidden_states: str = "hidden_states",
+    ) -> None:
+        """``attention`` is required; the layout is ``layout`` or, for a video-only sequence, ``frames`` x ``grid``
+        (rows, cols) tokens with ``reference_frames``. ``timestep`` and ``hidden_states`` name the forward's
+        arguments that hold the timestep and the tokens (the batch size is read from the latter)."""
+        if attention is None:
+            raise ConfigError("GenericAdapter(attention=...) is required: a regex on module names "
+                              "(e.g. r'blocks\\.\\d+\\.self_attn') or a function model -> [(name, module), ...]")
+        if layout is None:
+            layout = _frames_layout(frames, grid, reference_frames)
+        elif frames is not None or grid is not None:
+            raise ConfigError("GenericAdapter: give layout=... or frames= and grid=, not both")
         if not isinstance(layout, TokenLayout) and not callable(layout):
             raise ConfigError(f"GenericAdapter(layout=...) must be a TokenLayout or a function, got {layout!r}")
+        for field, name in (("timestep", timestep), ("hidden_states", hidden_states)):
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ConfigError(f"GenericAdapter({field}=...) must name an argument of the model's forward, got "
+                                  f"{name!r}")
+        self.timestep_argument, self.hidden_states_argument = timestep, hidden_states
         if isinstance(attention, str):
             try:
                 re.compile(attention)
@@ -75,6 +105,17 @@ class GenericAdapter(Adapter):
             raise ConfigError(f"GenericAdapter's attention function must return (name, module) pairs, got {found!r}")
         return found
 
+    def timestep(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> float | None:
+        """The forward's argument named by ``timestep=`` (the maximum where it is a tensor; None if absent)."""
+        return scalar_timestep(inputs.get(self.timestep_argument))
+
+    def batch_size(self, inputs: Mapping[str, Any]) -> int:
+        """Rows of the forward's argument named by ``hidden_states=``, else of its first tensor argument."""
+        tokens = inputs.get(self.hidden_states_argument)
+        if isinstance(tokens, torch.Tensor) and tokens.dim() > 0:
+            return int(tokens.shape[0])
+        return super().batch_size(inputs)
+
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
         """As the user states it: a TokenLayout, or a function of the forward's inputs."""
         layout = self._layout if isinstance(self._layout, TokenLayout) else self._layout(model, inputs)
@@ -98,6 +139,20 @@ class GenericAdapter(Adapter):
                 f"({batch_size} rows), got {found!r}"
             )
         return found
+
+
+def _frames_layout(frames: object, grid: object, reference_frames: tuple[int, ...]) -> TokenLayout:
+    """The video-only layout of ``frames`` latent frames of ``grid`` (rows, cols) tokens each."""
+    if frames is None or grid is None:
+        raise ConfigError("GenericAdapter needs layout=... (a TokenLayout or a function of the forward's inputs) or "
+                          "both frames= (latent frames) and grid= ((rows, cols) tokens per frame)")
+    frames = integer(frames, "GenericAdapter(frames=...)", minimum=1)
+    try:
+        rows, cols = (integer(n, "GenericAdapter(grid=...)", minimum=1) for n in grid)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ConfigError(f"GenericAdapter(grid=...) must be (rows, cols) of positive ints, got {grid!r}") from None
+    return TokenLayout(num_frames=frames, tokens_per_frame=rows * cols, grid=(rows, cols),
+                       reference_frames=tuple(reference_frames))
 
 
 def _is_named_module(item: object) -> bool:

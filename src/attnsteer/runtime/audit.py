@@ -69,6 +69,19 @@ def unmatched_map_bins(record: object, controllers: Sequence[Controller]) -> lis
     return [(record, reason) for reason in maps.unmatched_bins(steps, layers)]
 
 
+def unknown_positions(controllers: Sequence[Controller]) -> list[tuple[object, str]]:
+    """A recording whose calls ran at an unknown step or branch (a bare model in a loop that did not say where it
+    is): they are recorded as step -1 / branch "unknown"."""
+    steps = any(info.step is None for c in controllers for info in c.seen_steps)
+    branches = any("unknown" in c.seen_branches for c in controllers)
+    if not (steps or branches):
+        return []
+    what = " and ".join(w for w, on in (("an unknown step (recorded as step -1)", steps),
+                                         ("an unknown branch (recorded as 'unknown')", branches)) if on)
+    return [("at.inspect", f"{what}: the adapter cannot tell them on this model; in a loop of your own, run each "
+                           "forward inside `with rec.step(i, branch='cond'):`")]
+
+
 def _ever_on(rule: Rule, steps: set) -> bool:
     for info in steps:
         try:
@@ -82,7 +95,8 @@ def _ever_on(rule: Rule, steps: set) -> bool:
 def report(problems: list[tuple[object, str]], strict: bool, when: str) -> None:
     """Warn (or raise with ``strict``) once per problem, naming the rule (or recording) and the reason."""
     for subject, reason in problems:
-        name = describe_rule(subject, None) if isinstance(subject, Rule) else f"recording {subject!r}"
+        name = (describe_rule(subject, None) if isinstance(subject, Rule)
+                else subject if isinstance(subject, str) else f"recording {subject!r}")
         message = f"{name} {when}: {reason}"
         if strict:
             raise SteeringError(message)

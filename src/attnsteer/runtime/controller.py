@@ -20,7 +20,7 @@ from ..errors import ConfigError, SteeringError, describe_rule
 from ..language.guidance import PerturbedGuidance
 from ..language.rules import Rule
 from ..language.schedules import StepInfo
-from . import compiled_call
+from . import compiled_call, flash_routing
 from .call_state import Client, ForwardState, LayerInfo
 from .context_parallel import context_parallel_config, head_slice
 from .execute import clear_rule_caches
@@ -28,7 +28,7 @@ from .guidance import BlockSkipHook, GuidanceShift, in_perturbed_forward, pertur
 from .hooks import CONTROLLER_ATTRIBUTE, HOOK_NAME, AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
 from .module_call import ModuleCall, subject
 from .outputs import OutputStage, split_output_rules
-from .stepping import StepTracker
+from .stepping import LoopPosition, StepTracker
 
 __all__ = ["Client", "Controller", "ForwardState", "LayerInfo", "controller_for"]
 
@@ -47,6 +47,7 @@ class Controller:
         self._installed: list[InstalledHook] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._copied = False
+        self._routes_flash = False
         self.layers: list[tuple[str, LayerInfo]] = []  # (attention kind, layer) of every hooked module
         self.seen_steps: set[StepInfo] = set()
         self.seen_branches: set[str] = set()
@@ -54,14 +55,16 @@ class Controller:
         self.perturbing_client: Client | None = None  # the session whose perturbed forward runs
         self._skip_hooks: set[int] = set()
         self.guidance_shift = GuidanceShift()  # cond - perturbed of this step, for the rows of every branch
+        self.position: LoopPosition | None = None  # set by a user's loop through .step() (stepping.LoopSteps)
 
     # --- attaching -----------------------------------------------------------------------
     def attach(self, client: Client, pipeline: Any = None, num_steps: int | None = None) -> None:
         cross = [r for r in client.rules if r.attention == "cross"]
         if cross and not self.adapter.cross_attention_modules(self.model):
             raise SteeringError(
-                f"{describe_rule(cross[0], None)}: {type(self.model).__name__} has no separate cross-attention "
-                "(its text, if any, sits in the self-attention sequence): use attention='self' with at.text / at.words"
+                f"{describe_rule(cross[0], None)}: the adapter {type(self.adapter).__name__} declares no cross-attention "
+                f"modules of {type(self.model).__name__} (Adapter.cross_attention, a regex on module names); where the "
+                "text sits in the self-attention sequence, use attention='self' with at.text / at.words"
             )
         check_attention_kinds(client.rules, self.adapter, self.model)
         if pipeline is not None:
@@ -113,6 +116,8 @@ class Controller:
             self._handles.append(self.model.register_forward_hook(self._perturb_after, with_kwargs=True))
             self._handles.append(self.model.register_forward_hook(self._forward_end, always_call=True))
             self.model.__dict__[CONTROLLER_ATTRIBUTE] = self
+            flash_routing.ROUTING.acquire()  # flash-attn called directly reaches the hooked modules' handlers
+            self._routes_flash = True
         except BaseException:
             self._uninstall()
             raise
@@ -154,6 +159,9 @@ class Controller:
                 errors.append(exc)
         for handle in self._handles:
             handle.remove()
+        if self._routes_flash:
+            flash_routing.ROUTING.release()
+            self._routes_flash = False
         self._installed.clear()
         self._handles.clear()
         self._skip_hooks.clear()
@@ -219,9 +227,16 @@ class Controller:
         inputs = bind_forward_inputs(model, args, kwargs)
         layout = self.adapter.layout(model, inputs)
         timestep = self.adapter.timestep(model, inputs)
-        batch = _batch_size(inputs)
-        branches = self.adapter.branches(model, inputs, self.context, batch, self.steps.pipeline)
-        step = self.steps.info(timestep, self.adapter.frame_timesteps(model, inputs))
+        batch = self.adapter.batch_size(inputs)
+        position = self.position
+        if position is not None and position.branch is not None:
+            branches: tuple[str, ...] | None = (position.branch,) * batch
+        else:
+            branches = self.adapter.branches(model, inputs, self.context, batch, self.steps.pipeline)
+        if position is not None:
+            step = self.steps.at_position(position, timestep)
+        else:
+            step = self.steps.info(timestep, self.adapter.frame_timesteps(model, inputs))
         self.state = ForwardState(layout=layout, step=step, branches=branches, context=self.context,
                                   text_length=self.adapter.text_length(model, inputs),
                                   streams=self.adapter.stream_views(model, inputs, layout) or None)
@@ -263,7 +278,7 @@ class Controller:
         call = self.begin_attention(layer, attention, module)
         if call is None:
             return forward(*args, **kwargs)
-        with SDPAInterceptor(call):
+        with SDPAInterceptor(call), flash_routing.steered_forward(call.subject):
             output = forward(*args, **kwargs)
         return self.end_attention(call, module, output)
 
@@ -355,14 +370,9 @@ def _why_no_attention(module: torch.nn.Module, attention: str) -> str:
                 f"nothing to steer (attention backend: {backend or 'unknown'})")
     return ("the module computed attention without calling torch.nn.functional.scaled_dot_product_attention "
             f"(attention backend: {backend or 'unknown'}), so it cannot be steered or recorded. Non-native backends "
-            "(flash, sage, xformers, flex) bypass it: call transformer.set_attention_backend('native') first")
-
-
-def _batch_size(inputs: dict) -> int:
-    for value in inputs.values():
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return int(value.shape[0])
-    raise SteeringError("cannot tell the batch size: the model's forward got no tensor argument")
+            "(flash, sage, xformers, flex) bypass it: call transformer.set_attention_backend('native') first on a diffusers "
+            "model; a model of your own must call torch.nn.functional.scaled_dot_product_attention or flash-attn's "
+            "flash_attn_func / flash_attn_varlen_func inside the hooked module")
 
 
 def controller_for(model: torch.nn.Module, component: str, adapter: Adapter) -> Controller:

@@ -19,6 +19,7 @@ from ..errors import ConfigError, KernelError, SteeringError, describe_rule
 from ..language.layout import TokenLayout
 from ..language.rules import Rule
 from ..language.selectors import SelectionContext
+from . import flash_routing
 from .call_maps import record_cross_maps, record_maps
 from .call_state import Client, ForwardState, LayerInfo, client_rows, notify, sdpa_arguments
 from .context_parallel import gather_heads, head_slice
@@ -109,7 +110,7 @@ class ModuleCall:
             raise type(exc)(f"in self-attention module {layer.qualified!r}: {exc}") from exc
         if plan.path == "plain" and not recorders and not plan.identity and plan.scale_factor == 1.0:
             if not outputs and not plan.applied:
-                return F.scaled_dot_product_attention(*args, **kwargs)
+                return flash_routing.unsteered(args, kwargs)
             out, mass = F.scaled_dot_product_attention(*args, **kwargs), None  # e.g. a logit scale of 1 applied
         else:
             try:

@@ -40,7 +40,9 @@ def rule_rows(rule: Rule, branches: Sequence[str] | None, batch_size: int) -> li
     if branches is None:
         raise ConfigError(
             f"branch={rule.branch!r} needs the guidance branch of each batch row, which is unknown for this call "
-            "(no cache_context from a pipeline); steer the pipeline, or use branch='all'"
+            "(no cache_context from a pipeline); steer the pipeline, state it in a loop of your own with "
+            "`with session.step(i, branch='cond'):`, give the adapter a branches hook (GenericAdapter(branches=...) or "
+            "Adapter.branches), or use branch='all'"
         )
     return [row for row, b in enumerate(branches) if b == rule.branch]
 

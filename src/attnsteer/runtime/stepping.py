@@ -25,13 +25,69 @@ evaluated per frame on these (``Schedule.active_frames``).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
 import torch
 
+from ..errors import ConfigError
 from ..language.schedules import StepInfo
+from ..validation import integer, real_number
+
+LOOP_BRANCHES = ("cond", "uncond")
+
+
+@attrs.frozen
+class LoopPosition:
+    """Where a user's own denoising loop is, as ``.step()`` states it: the step index, the guidance branch of every
+    row of the forwards inside it (None: the adapter's answer), and the timestep (None: the adapter's answer)."""
+
+    index: int
+    branch: str | None = None
+    timestep: float | None = None
+
+
+class LoopSteps:
+    """``.step(index, branch=None)`` on the objects ``at.steer`` and ``at.inspect`` yield: a user's own sampling
+    loop says which step (and branch) its forwards belong to, so schedules, branch filters and recordings work on a
+    bare model whose adapter cannot tell."""
+
+    _controllers: list[Any] = []  # the controllers of the active session (set by it, emptied on exit)
+
+    @contextlib.contextmanager
+    def step(self, index: int, branch: str | None = None, *, timestep: float | None = None) -> Iterator[Any]:
+        """Forwards inside the block belong to step ``index`` (0-based) and, if given, to guidance ``branch``
+        (``"cond"`` or ``"uncond"``) and ``timestep``. Blocks nest; the outer position returns on exit."""
+        position = LoopPosition(
+            integer(index, ".step(index)", minimum=0),
+            _branch(branch),
+            None if timestep is None else real_number(timestep, ".step(timestep=...)"),
+        )
+        controllers = list(self._controllers)
+        if not controllers:
+            raise ConfigError(".step() works inside the session's with block: `with at.steer(model, ...) as s: "
+                              "with s.step(i, branch='cond'): model(...)`")
+        for controller in controllers:
+            limit = controller.steps.num_steps
+            if limit is not None and position.index >= limit:
+                raise ConfigError(f".step(index) must be < num_steps={limit} given to the session, got {index!r}")
+        previous = [(c, c.position) for c in controllers]
+        for controller in controllers:
+            controller.position = position
+        try:
+            yield self
+        finally:
+            for controller, before in previous:
+                controller.position = before
+
+
+def _branch(branch: object) -> str | None:
+    if branch is not None and branch not in LOOP_BRANCHES:
+        raise ConfigError(f".step(branch=...) must be one of {LOOP_BRANCHES} or None, got {branch!r}")
+    return branch  # type: ignore[return-value]
 
 
 class StepTracker:
@@ -54,6 +110,11 @@ class StepTracker:
         """The running pipeline (inside its denoising loop), else the one added last, else None."""
         running = [p for p in self.pipelines if getattr(p, "_current_timestep", None) is not None]
         return running[-1] if running else (self.pipelines[-1] if self.pipelines else None)
+
+    def at_position(self, position: LoopPosition, timestep: float | None) -> StepInfo:
+        """The step facts of a forward inside a user's ``.step()`` block (its timestep, else the adapter's)."""
+        return StepInfo(step=position.index, num_steps=self.num_steps,
+                        timestep=position.timestep if position.timestep is not None else timestep)
 
     def info(self, timestep: float | None, frame_timesteps: tuple[float, ...] | None = None) -> StepInfo:
         """The step facts of one forward; ``frame_timesteps``: each latent frame's own timestep (diffusion forcing)."""
