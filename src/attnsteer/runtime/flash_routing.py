@@ -21,7 +21,8 @@ import contextlib
 import contextvars
 import functools
 import sys
-from collections.abc import Callable, Iterator
+import types
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -29,8 +30,8 @@ import torch.nn.functional as F
 
 from ..errors import SteeringError
 
-# module -> function -> its leading positional parameters (FlashAttention-3 has no dropout_p)
-FLASH_SIGNATURES: dict[str, dict[str, tuple[str, ...]]] = {
+# module -> function -> its leading positional parameters (FlashAttention-3 has no dropout_p); read-only
+FLASH_SIGNATURES: Mapping[str, Mapping[str, tuple[str, ...]]] = types.MappingProxyType({
     "flash_attn": {
         "flash_attn_func": ("q", "k", "v", "dropout_p", "softmax_scale", "causal"),
         "flash_attn_varlen_func": ("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k",
@@ -41,7 +42,7 @@ FLASH_SIGNATURES: dict[str, dict[str, tuple[str, ...]]] = {
         "flash_attn_varlen_func": ("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k",
                                    "seqused_q", "seqused_k", "softmax_scale", "causal"),
     },
-}
+})
 
 _INSIDE_STEERED_CALL: contextvars.ContextVar[str | None] = contextvars.ContextVar("attnsteer_flash", default=None)
 _UNSTEERED: contextvars.ContextVar[Callable[[], torch.Tensor] | None] = contextvars.ContextVar(
