@@ -15,7 +15,7 @@ import argparse
 import torch
 
 import attnsteer as at
-from attnsteer.scale.batched import batch_call_kwargs, run_batched
+from attnsteer.sweeps.batched import batch_call_kwargs, run_batched
 from attnsteer.testing.tiny import build_tiny, test_image
 from benchmarks.common import machine, time_interleaved
 

@@ -300,7 +300,7 @@ def test_perturbed_guidance_matches_the_authors_combination(tiny, mode):
 def test_a_batched_sweep_equals_sequential_runs(tiny):
     """Image-to-video with one image per batch row (the pipeline encodes one image per prompt): two DyMoS values as
     the rows of one call equal two sequential runs, video and audio latents and recordings."""
-    from attnsteer.scale.batched import batch_call_kwargs, run_batched
+    from attnsteer.sweeps.batched import batch_call_kwargs, run_batched
 
     pipe, call_kwargs = tiny
     kwargs = call_kwargs(output_type="latent", num_inference_steps=2, image=test_image(64))

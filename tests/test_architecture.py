@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("inspection: recordings and maps", ("attnsteer.inspection",)),
     ("sessions: steer and inspect", ("attnsteer.session",)),
     ("figures and video files", ("attnsteer.figures",)),
-    ("scale: batched, torchrun, sweeps", ("attnsteer.scale",)),
+    ("sweeps: batched, torchrun, the gamma sweep", ("attnsteer.sweeps",)),
     ("the toy model", ("attnsteer.toy",)),
     ("test support", ("attnsteer.testing",)),
     ("the public names", ("attnsteer",)),
@@ -170,3 +170,14 @@ def test_every_subpackage_says_what_it_holds_and_may_import():
     for init in PACKAGE_ROOT.glob("*/__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and len(doc.split()) >= 15, f"{init.parent.name}/__init__.py needs a paragraph saying what it holds"
+
+
+def test_no_subpackage_shadows_a_public_name():
+    """Importing a subpackage sets an attribute of the package: ``attnsteer.scale`` would replace ``at.scale``."""
+    import importlib
+
+    before = {name: getattr(attnsteer, name) for name in attnsteer.__all__}
+    for name in sorted(all_modules()):
+        importlib.import_module(name)
+    changed = [name for name, value in before.items() if getattr(attnsteer, name) is not value]
+    assert not changed, f"importing the package's modules replaced the public names {changed}"

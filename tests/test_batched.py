@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import attnsteer as at
-from attnsteer.scale.batched import batch_call_kwargs, chunks, run_batched
+from attnsteer.sweeps.batched import batch_call_kwargs, chunks, run_batched
 from attnsteer.cli import main
 from attnsteer.errors import ConfigError, SteeringError
 from attnsteer.contract.branches import item_of_rows

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import attnsteer as at
-from attnsteer.scale.torchrun import shard, sharded
+from attnsteer.sweeps.torchrun import shard, sharded
 from attnsteer.errors import ConfigError
 from attnsteer.runtime.plan import rule_heads
 from attnsteer.cli.models import load_model
-from attnsteer.scale.sweep import gamma_label, steer_sweep
+from attnsteer.sweeps.sweep import gamma_label, steer_sweep
 from attnsteer.testing.tiny import test_image
 
 SWEEP = ["sweep", "--model", "tiny-wan", "--gamma", "1,0", "--steps", "2", "--format", "gif"]

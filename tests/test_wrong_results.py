@@ -167,7 +167,7 @@ def _ltx_condition_kwargs():
 
 
 def test_batched_runs_on_ltx_condition_pipelines_are_refused_before_generating():
-    from attnsteer.scale.batched import batch_call_kwargs, run_batched
+    from attnsteer.sweeps.batched import batch_call_kwargs, run_batched
 
     pipe, kwargs = _ltx_condition_kwargs()
     calls = []
@@ -187,7 +187,7 @@ def test_batched_runs_on_ltx_condition_pipelines_are_refused_before_generating()
 
 
 def test_ltx_condition_items_one_per_call_equal_their_sequential_runs():
-    from attnsteer.scale.batched import batch_call_kwargs, run_batched
+    from attnsteer.sweeps.batched import batch_call_kwargs, run_batched
 
     pipe, kwargs = _ltx_condition_kwargs()
     recipes = [at.recipes.dymos(gamma=g, stop=0.5) for g in (0.0, 1.0)]

@@ -205,7 +205,7 @@ class Steering(LoopSteps):
 
 def check_batch_item(batch_item: Any) -> tuple[int, int] | None:
     """``batch_item=(index, count)``: this session applies to the index-th of ``count`` items batched in one
-    pipeline call (see :mod:`attnsteer.scale.batched`); validated, or None."""
+    pipeline call (see :mod:`attnsteer.sweeps.batched`); validated, or None."""
     if batch_item is None:
         return None
     ok = (isinstance(batch_item, tuple) and len(batch_item) == 2

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..figures import viz
 from ..figures.videoio import save_video
-from ..scale.sweep import gamma_label
+from ..sweeps.sweep import gamma_label
 from ..toy import evaluate
 
 UPSCALE = 4

@@ -143,7 +143,7 @@ def write_record_figures(rec, out: Path, label: str = "", run_name: str = "vanil
     """The standard figures of one recording: frame map, maps by step, reference mass by step and by layer;
     titles name the branch, steps and layers each covers, legends the run (``run_name``)."""
     from ..figures import viz
-    from ..scale.sweep import branch_of
+    from ..sweeps.sweep import branch_of
 
     ref = rec.layout.reference_frames
     prefix = f"{label}_" if label else ""
@@ -167,7 +167,7 @@ def write_record_figures(rec, out: Path, label: str = "", run_name: str = "vanil
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ..figures import viz
     from ..figures.videoio import save_video
-    from ..scale.sweep import branch_of
+    from ..sweeps.sweep import branch_of
 
     recipe = recipe_from_args(args)
     prepare_output_folder("--out", args.out)
@@ -195,8 +195,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..scale.sweep import steer_sweep, write_sweep
-    from ..scale.torchrun import init_process_group, local_device, sharded
+    from ..sweeps.sweep import steer_sweep, write_sweep
+    from ..sweeps.torchrun import init_process_group, local_device, sharded
 
     prepare_output_folder("--out", args.out)
     args.device = local_device(args.device)

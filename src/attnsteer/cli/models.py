@@ -65,7 +65,7 @@ class VideoModel:
         return {**self._image(image), **kwargs}
 
     def __call__(self, image: Image.Image | None, prompt: str, seed: int = 0, **overrides: Any) -> np.ndarray:
-        from ..scale.batched import seeded_generator
+        from ..sweeps.batched import seeded_generator
 
         output = self.pipe(generator=seeded_generator(self.pipe, seed), **self._arguments(image, prompt, overrides))
         frames = output.frames[0]
@@ -73,8 +73,8 @@ class VideoModel:
 
     def batch(self, image: Image.Image | None, prompt: str, n: int, seed: int = 0, **overrides: Any) -> list[np.ndarray]:
         """The videos of ``n`` items of this call batched in one pipeline call (same seed each; see
-        :func:`attnsteer.scale.batched.batch_call_kwargs`)."""
-        from ..scale.batched import batch_call_kwargs
+        :func:`attnsteer.sweeps.batched.batch_call_kwargs`)."""
+        from ..sweeps.batched import batch_call_kwargs
 
         output = self.pipe(**batch_call_kwargs(self.pipe, self._arguments(image, prompt, overrides), n, seed))
         return [np.asarray(frames, dtype=np.float32) for frames in output.frames]

@@ -134,8 +134,8 @@ def generate(pipe: Any, clips: Sequence[Clip], steps: int, seed: int = 0, guidan
 
 def run_experiment(pipe: Any, clips: Sequence[Clip], steps: int, gammas: Sequence[float] = GAMMAS, seed: int = 0,
                    guidance_scale: float | None = None) -> dict[float, Any]:
-    """The DyMoS sweep on ``clips``: per gamma a :class:`attnsteer.scale.sweep.SweepResult` (videos, recording)."""
-    from ..scale.sweep import steer_sweep
+    """The DyMoS sweep on ``clips``: per gamma a :class:`attnsteer.sweeps.sweep.SweepResult` (videos, recording)."""
+    from ..sweeps.sweep import steer_sweep
 
     return steer_sweep(pipe, lambda: generate(pipe, clips, steps, seed, guidance_scale), gammas, stop=STOP,
                        desc="DyMoS sweep")

@@ -64,7 +64,7 @@ def sharded(run: Callable[[list[T]], dict[T, Any]], values: Sequence[T]) -> dict
         return run(list(values))
     if not dist.is_initialized():
         raise ConfigError(f"launched by torchrun as rank {rank} of {world} without a process group: call "
-                          "attnsteer.scale.torchrun.init_process_group() first, or every rank would run every value")
+                          "attnsteer.sweeps.torchrun.init_process_group() first, or every rank would run every value")
     mine = shard(values, rank, world)
     results = run(mine) if mine else {}
     gathered: list[dict[T, Any] | None] = [None] * world if rank == 0 else None  # type: ignore[assignment]

@@ -43,7 +43,7 @@ def steer_sweep(
     """Run ``generate()`` (which calls ``pipe`` and returns its videos) once per gamma under
     ``at.recipes.dymos(gamma, stop)`` and ``at.inspect``; the same seeds inside ``generate`` make the
     gammas comparable. ``batch=N`` runs up to N gammas as the rows of one call of ``generate_batch(n)``
-    (which returns the n items' videos; see :mod:`attnsteer.scale.batched`), with the same results."""
+    (which returns the n items' videos; see :mod:`attnsteer.sweeps.batched`), with the same results."""
     if not gammas:
         raise ConfigError("gammas must hold at least one value")
     if batch is not None:
