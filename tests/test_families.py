@@ -28,7 +28,7 @@ import attnsteer as at
 from attnsteer.contract.registry import find_adapter, registered_adapters
 from attnsteer.testing import assert_close, tolerance
 from attnsteer.testing.tiny import TINY_MODELS, build_tiny, test_image
-from dense_reference import DenseAttention, frame_bias, hook_state
+from dense_reference import DenseAttention, frame_bias, hook_state, to_dtype
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS, GAMMA, UNTIL = 2, 2.0, 1  # DyMoS below biases step 0 only
@@ -310,18 +310,6 @@ def test_every_tiny_model_has_a_case_and_an_adapter_declaring_it():
     for cls in registered_adapters():
         assert cls.tiny_models or cls.refusal or cls.family in OWN_TESTS_ONLY, \
             f"{cls.__name__} declares no tiny pipeline for the battery"
-
-
-def to_dtype(pipe: Any, dtype: torch.dtype) -> None:
-    """Casts every component to ``dtype`` except the modules a model keeps in float32 (diffusers'
-    ``_keep_in_fp32_modules``: Kandinsky 5's time embeddings make float32 inputs for them)."""
-    pipe.to(dtype)
-    for component in pipe.components.values():
-        keep = getattr(component, "_keep_in_fp32_modules", None) or []
-        if isinstance(component, torch.nn.Module) and keep:
-            for name, module in component.named_modules():
-                if name.split(".")[0] in keep:
-                    module.to(torch.float32)
 
 
 class ForwardLog:
