@@ -10,6 +10,8 @@ import torch
 from attnsteer.errors import ConfigError
 from attnsteer.testing import assert_close, tolerance
 
+pytestmark = pytest.mark.exactness
+
 
 def test_tolerance_grows_with_epsilon_magnitude_and_the_square_root_of_the_roundings():
     base = tolerance(torch.float32)
