@@ -6,7 +6,8 @@
 ``seq_len`` limits it to calls of that length (a pipeline's image encoder uses SDPA too).
 It also keeps, per call, the dense per-group mass when ``groups`` is given, so frame maps can
 be checked against it. ``ForwardCounter`` counts a model's forwards with a plain torch hook;
-``hook_state`` lists what a hook system could leave behind on a model's modules.
+``hook_state`` lists what a hook system could leave behind on a model's modules; ``to_dtype`` casts a
+pipeline to float64 (both sides of an exactness check) keeping the modules a model keeps in float32.
 """
 
 from __future__ import annotations
@@ -127,3 +128,15 @@ def frame_bias(num_tokens: int, video_start: int, num_frames: int, tokens_per_fr
     for b in batch_rows:
         bias[b, 0] = (rows & cols).double() * value
     return bias
+
+
+def to_dtype(pipe, dtype: torch.dtype) -> None:
+    """Casts every component to ``dtype`` except the modules a model keeps in float32 (diffusers'
+    ``_keep_in_fp32_modules``: Kandinsky 5's time embeddings make float32 inputs for them)."""
+    pipe.to(dtype)
+    for component in pipe.components.values():
+        keep = getattr(component, "_keep_in_fp32_modules", None) or []
+        if isinstance(component, torch.nn.Module) and keep:
+            for name, module in component.named_modules():
+                if name.split(".")[0] in keep:
+                    module.to(torch.float32)

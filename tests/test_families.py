@@ -26,8 +26,9 @@ import torch
 
 import attnsteer as at
 from attnsteer.contract.registry import find_adapter, registered_adapters
+from attnsteer.testing import assert_close, tolerance
 from attnsteer.testing.tiny import TINY_MODELS, build_tiny, test_image
-from dense_reference import DenseAttention, frame_bias, hook_state
+from dense_reference import DenseAttention, frame_bias, hook_state, to_dtype
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS, GAMMA, UNTIL = 2, 2.0, 1  # DyMoS below biases step 0 only
@@ -78,6 +79,7 @@ class Case:
     extra: Callable[[], dict] = dict  # call arguments beyond the tiny model's defaults
     atol: float = 1e-4  # on outputs, for float32 rounding of attention (the kernel's order of sums) through the run
     image_arg: str = "image"  # the call argument that takes the conditioning image
+    maps_dtype: torch.dtype = torch.float64  # the frame-map check runs both sides in this dtype (see that test)
 
 
 def latent_frames(pipe, kwargs) -> int:
@@ -275,7 +277,8 @@ CASES = {
     "tiny-consisid": Case(consisid, "batched", image_size=32),
     "tiny-latte": Case(latte, "batched"),
     "tiny-animatediff": Case(animatediff, "batched", denoisers=("unet",)),
-    "tiny-motif-video": Case(motif_video, "cond-then-uncond"),
+    # float32 for the frame-map check: the pipeline feeds float32 inputs to float64 layers
+    "tiny-motif-video": Case(motif_video, "cond-then-uncond", maps_dtype=torch.float32),
     "tiny-i2vgen-xl": Case(i2vgen_xl, "batched", image_size=16, denoisers=("unet",)),
     "tiny-anyflow": Case(anyflow, "batched"),
     "tiny-cosmos2": Case(cosmos, "cond-then-uncond", image_size=32),
@@ -283,12 +286,14 @@ CASES = {
     "tiny-wan-vace": Case(wan_vace, "cond-then-uncond", image_arg="reference_images"),
     "tiny-chronoedit": Case(chronoedit, "cond-then-uncond"),
     "tiny-skyreels-v2-df": Case(wan, "cond-then-uncond"),
-    "tiny-framepack": Case(framepack, "cond-then-uncond"),
+    # float32 for the frame-map check: in float64 the step-0 maps are 2.8e-3 off the dense ones (not yet explained)
+    "tiny-framepack": Case(framepack, "cond-then-uncond", maps_dtype=torch.float32),
     "tiny-ltx2": Case(ltx2, "batched", image_size=32),
     "tiny-wan-animate": Case(wan_animate, "cond-then-uncond"),
     "tiny-kandinsky6": Case(kandinsky6, "cond-then-uncond", image_size=None),
     "tiny-helios": Case(helios, "cond-then-uncond"),
-    "tiny-lucy-edit": Case(wan, "cond-then-uncond", image_size=None, denoisers=("transformer", "transformer_2")),
+    "tiny-lucy-edit": Case(wan, "cond-then-uncond", image_size=None, denoisers=("transformer", "transformer_2"),
+                           maps_dtype=torch.float32),  # float32: its video input reaches the VAE as float32
     "tiny-easyanimate-control": Case(easyanimate, "batched", image_size=None),  # control video + ref_image
     "tiny-kandinsky5-t2v": Case(kandinsky5, "cond-then-uncond", image_size=None),
 }
@@ -340,10 +345,14 @@ class DenseByForward(DenseAttention):
 class Family:
     """One tiny pipeline with its case: runs it and computes the dense references."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, dtype: torch.dtype = torch.float32) -> None:
         self.name, self.case = name, CASES[name]
         self.pipe, self.call_kwargs = build_tiny(name)
         self.kwargs = self.call_kwargs(output_type="latent", num_inference_steps=STEPS, **self.case.extra())
+        if dtype != torch.float32:
+            to_dtype(self.pipe, dtype)
+            self.kwargs = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+                           for k, v in self.kwargs.items()}
         self.geometry = self.case.geometry(self.pipe, self.kwargs)
         self.denoisers = {d: getattr(self.pipe, d) for d in self.case.denoisers}
         self.per_step = 2 if self.case.forwards == "cond-then-uncond" else 1
@@ -439,7 +448,12 @@ def test_dymos_matches_dense_in_the_conditional_rows_only(family):
     assert np.abs(steered - family.dense_dymos("uncond")).max() > 1e-3, "biasing the other branch would have matched"
 
 
+@pytest.mark.exactness
 def test_frame_maps_and_text_mass_match_dense(family):
+    """Both runs in float64 (the case's ``maps_dtype``), so that the recording run and the dense run see the
+    same inputs to float64 precision on any CPU (in float32 they drift apart through the layers and steps, by
+    as much as 3e-4 on some CPUs); the maps themselves are float32 sums over the keys of one call."""
+    family = Family(family.name, dtype=family.case.maps_dtype)
     vanilla = family.run()
     with at.inspect(family.pipe) as rec:  # recording computes attention through the grouped kernel
         np.testing.assert_allclose(family.run(), vanilla, atol=family.case.atol)
@@ -448,18 +462,20 @@ def test_frame_maps_and_text_mass_match_dense(family):
     assert {(step, branch) for step, _, _, branch, _ in expected} == {(s, b) for s in range(STEPS) for b in BRANCHES}
     assert len(rec.layers) == len({(denoiser, layer) for _, denoiser, layer, _, _ in expected})
     layers = {name: [n for n in rec.layers if n.startswith(name + ".")] for name in family.case.denoisers}
+    close = dict(dtype=torch.float32, magnitude=1.0, ops=g.seq)  # weights (at most 1) summed over g.seq keys
+    if family.case.maps_dtype == torch.float32:  # the float32 runs drift apart: the former fixed bound
+        close = dict(dtype=torch.float32, magnitude=1e-5 / tolerance(torch.float32))
     for step, denoiser, layer, branch, mass in expected:
         selection = dict(steps=[step], layers=[layers[denoiser][layer]], branch=branch)
-        torch.testing.assert_close(rec.frame_map(**selection).double(), mass[: g.frames, : g.frames], atol=1e-5, rtol=0)
+        assert_close(rec.frame_map(**selection), mass[: g.frames, : g.frames], **close, msg=str(selection))
         if g.text:
-            torch.testing.assert_close(rec.text_mass(**selection).double(), mass[: g.frames, g.frames], atol=1e-5,
-                                       rtol=0)
+            assert_close(rec.text_mass(**selection), mass[: g.frames, g.frames], **close, msg=str(selection))
     rows = rec.frame_map().sum(-1) + (rec.text_mass() if g.text else 0)
     if g.before:  # the mass on the condition tokens completes the rows
         layout = rec.layout
         condition = [layout.num_frames + i for i, s in enumerate(layout.untied_segments()) if s.kind == "condition"]
         rows = rows + rec.frame_level_mass()[: g.frames, condition].sum(-1)
-    torch.testing.assert_close(rows, torch.ones(g.frames), atol=1e-5, rtol=0)
+    assert_close(rows, torch.ones(g.frames), **close)
     if not g.text:
         with pytest.raises(at.ConfigError, match="no text tokens"):  # video-only self-attention: no silent zeros
             rec.text_mass()
