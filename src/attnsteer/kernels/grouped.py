@@ -23,7 +23,9 @@ from .backends import attention_with_lse
 
 WHOLE_BYTES = 32 * 2**20  # a call whose merge buffers stay under this runs unchunked; larger ones ...
 QUERY_CHUNKS = 12  # ... run the queries in up to this many chunks ...
-BLOCKS_PER_THREAD = 8  # ... each holding enough query blocks per head to keep every thread busy
+MIN_CHUNK_BLOCKS = 4  # ... of at least this many query blocks (the CPU flash kernel takes smaller blocks, and
+# runs slower, on calls of fewer than 768 query rows) ...
+BLOCKS_PER_THREAD = 8  # ... and enough query blocks per head to keep every thread busy
 QUERY_BLOCK = 256  # queries per block of the CPU flash kernel (its unit of parallel work)
 
 
@@ -137,17 +139,19 @@ def grouped_attention_chunks(
 def query_chunk_rows(n: int, rows_times_heads: int, row_bytes: int | None = None) -> int:
     """Query rows per chunk of a call with ``n`` queries per batch row and head.
 
-    A call whose per-query buffers (``row_bytes`` per query row: see :func:`_row_bytes`) come to at most
-    ``WHOLE_BYTES`` runs in one chunk: chunks only cost time there (each is a fused call per class, and a
-    chunk of few query blocks leaves threads idle). Larger calls, and callers that give no ``row_bytes``
-    (they chunk for memory), run in ``QUERY_CHUNKS`` chunks (a chunk's buffers then hold that share of the
-    output's memory) unless that leaves the fused kernel too few query blocks to share among the threads
-    (it splits queries in blocks of ``QUERY_BLOCK`` per batch row and head)."""
+    A call whose merge buffers (``row_bytes`` per query row: see :func:`_row_bytes`) come to at most
+    ``WHOLE_BYTES`` runs in one chunk: chunks only cost time there. Larger calls, and callers that give no
+    ``row_bytes`` (they chunk for memory), run in up to ``QUERY_CHUNKS`` chunks (a chunk's buffers then hold
+    that share of the output's memory), each of at least ``MIN_CHUNK_BLOCKS`` query blocks (the CPU flash
+    kernel takes smaller blocks, and runs slower, on calls of fewer than 768 query rows) and of enough query
+    blocks to keep every thread busy (the kernel splits queries in blocks of ``QUERY_BLOCK`` per batch row and head); a chunk is a
+    whole number of blocks."""
     if row_bytes is not None and n * row_bytes <= WHOLE_BYTES:
         return max(n, 1)
-    min_rows = QUERY_BLOCK * -(-BLOCKS_PER_THREAD * torch.get_num_threads() // max(1, rows_times_heads))
-    chunks = max(1, min(QUERY_CHUNKS, n // min_rows))
-    return max(-(-n // chunks), 1)
+    blocks = max(MIN_CHUNK_BLOCKS, -(-BLOCKS_PER_THREAD * torch.get_num_threads() // max(1, rows_times_heads)))
+    chunks = max(1, min(QUERY_CHUNKS, n // (blocks * QUERY_BLOCK)))
+    step = -(-n // chunks)
+    return max(1, min(n, -(-step // QUERY_BLOCK) * QUERY_BLOCK))
 
 
 def _row_bytes(q: torch.Tensor, v: torch.Tensor, logits: int, weights: int) -> int:
