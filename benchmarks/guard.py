@@ -30,6 +30,7 @@ What it measures (CPU, float32 unless named; ``--quick`` and ``--dry-run`` shrin
     python -m benchmarks.guard --quick       # smaller shapes (maps at 3 frames), fewer rounds: about 40 s
     python -m benchmarks.guard --dry-run     # tiny shapes, one round each: proves the script runs (no verdicts)
     python -m benchmarks.guard --markdown    # the table as markdown (docs/performance.md)
+    python -m benchmarks.guard --only grouped --only maps    # some sections (grouped, maps, tiny, medium, score)
 """
 
 from __future__ import annotations
@@ -304,10 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller shapes and fewer rounds (about 40 s)")
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes, one round: check that it runs")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is steadier on a shared machine)")
     parser.add_argument("--only", choices=("grouped", "maps", "tiny", "medium", "score"), action="append",
                         help="run only these sections (repeatable)")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     plan = plans("dry" if args.dry_run else "quick" if args.quick else "full")
     started, load_before = time.perf_counter(), load()
