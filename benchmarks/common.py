@@ -23,8 +23,16 @@ from attnsteer.testing.profiling import peak_memory_growth_mb, peak_tensor_memor
 
 def time_interleaved(methods: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
     """Median seconds per method; each round runs every method once, in turn (after one warm-up round)."""
-    for fn in methods.values():
-        fn()
+    return {name: statistics.median(s) for name, s in time_samples(methods, repeats).items()}
+
+
+def time_samples(methods: dict[str, Callable[[], object]], repeats: int, warmup: bool = True) -> dict[str, list[float]]:
+    """Seconds of every run of every method: ``repeats`` rounds, each running every method once, in turn
+    (after one untimed warm-up round unless ``warmup`` is False). Sample i of every method comes from round i,
+    so ratios can be taken round by round."""
+    if warmup:
+        for fn in methods.values():
+            fn()
     samples: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(repeats):
         for name, fn in methods.items():
@@ -35,7 +43,7 @@ def time_interleaved(methods: dict[str, Callable[[], object]], repeats: int) -> 
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return samples
 
 
 def peak_memory(module: str, method: str, config: dict) -> dict[str, float] | None:

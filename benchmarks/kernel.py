@@ -30,10 +30,10 @@ GPU_FULL = [dict(frames=21, tokens=1560, heads=12, dim=128), dict(frames=21, tok
             dict(frames=21, tokens=3600, heads=40, dim=128)]
 
 
-def make_inputs(frames: int, tokens: int, heads: int, dim: int, device: str = "cpu"):
+def make_inputs(frames: int, tokens: int, heads: int, dim: int, device: str = "cpu", dtype: str | None = None):
     g = torch.Generator().manual_seed(0)
     n = frames * tokens
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
     q, k, v = (torch.randn(1, heads, n, dim, generator=g).to(device, dtype) for _ in range(3))
     groups = torch.arange(frames, device=device).repeat_interleave(tokens)
     return q, k, v, groups

@@ -31,15 +31,16 @@ SCORE_RULES = {
 }
 
 
-def qkv(heads: int, n: int, dim: int, device: str):
+def qkv(heads: int, n: int, dim: int, device: str, dtype: torch.dtype | None = None):
     g = torch.Generator().manual_seed(0)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
     return [torch.randn(1, heads, n, dim, generator=g).to(device, dtype) for _ in range(3)]
 
 
-def grouped_case(groups: int, heads: int, frames: int, tokens: int, dim: int, device: str):
+def grouped_case(groups: int, heads: int, frames: int, tokens: int, dim: int, device: str,
+                 dtype: torch.dtype | None = None):
     """grouped_attention with ``groups`` contiguous key groups and a bias whose columns all differ."""
-    q, k, v = qkv(heads, frames * tokens, dim, device)
+    q, k, v = qkv(heads, frames * tokens, dim, device, dtype)
     ids = torch.arange(frames * tokens, device=device) * groups // (frames * tokens)
     bias = torch.randn(groups, groups, generator=torch.Generator().manual_seed(1)).to(device)
     return lambda: grouped_attention(q, k, v, ids, ids, bias=bias)
@@ -76,8 +77,8 @@ def flex_case(heads: int, n: int, dim: int, device: str):
     return fn
 
 
-def sdpa_case(heads: int, n: int, dim: int, device: str):
-    q, k, v = qkv(heads, n, dim, device)
+def sdpa_case(heads: int, n: int, dim: int, device: str, dtype: torch.dtype | None = None):
+    q, k, v = qkv(heads, n, dim, device, dtype)
     return lambda: F.scaled_dot_product_attention(q, k, v)
 
 

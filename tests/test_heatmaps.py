@@ -111,6 +111,7 @@ def small_chunks(monkeypatch):
 
     monkeypatch.setattr(grouped, "QUERY_BLOCK", 4)
     monkeypatch.setattr(grouped, "BLOCKS_PER_THREAD", 1)
+    monkeypatch.setattr(grouped, "WHOLE_BYTES", 0)  # however small the call
 
 
 @pytest.mark.parametrize("chunked", [False, True])

@@ -71,7 +71,7 @@ def fully_blocked(p) -> bool:
 
 def small_query_chunks():
     """The kernel's query chunks down to 2 rows (large calls run in chunks; these tiny ones otherwise would not)."""
-    return patch.multiple(grouped, QUERY_BLOCK=2, BLOCKS_PER_THREAD=1)
+    return patch.multiple(grouped, QUERY_BLOCK=2, BLOCKS_PER_THREAD=1, WHOLE_BYTES=0)
 
 
 @pytest.mark.exactness

@@ -11,6 +11,7 @@ O(N * (D + G)). The ``w_c`` are the attention mass per key class, so frame maps 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -20,8 +21,11 @@ import torch.nn.functional as F
 from ..errors import KernelError
 from .backends import attention_with_lse
 
-QUERY_CHUNKS = 12  # the merge runs the queries in up to this many chunks ...
-BLOCKS_PER_THREAD = 8  # ... each holding enough query blocks per head to keep every thread busy
+WHOLE_BYTES = 32 * 2**20  # a call whose merge buffers stay under this runs unchunked; larger ones ...
+QUERY_CHUNKS = 12  # ... run the queries in up to this many chunks ...
+MIN_CHUNK_BLOCKS = 4  # ... of at least this many query blocks (the CPU flash kernel takes smaller blocks, and
+# runs slower, on calls of fewer than 768 query rows) ...
+BLOCKS_PER_THREAD = 8  # ... and enough query blocks per head to keep every thread busy
 QUERY_BLOCK = 256  # queries per block of the CPU flash kernel (its unit of parallel work)
 
 
@@ -63,7 +67,7 @@ def grouped_attention(
         return q.new_zeros(b, h, nq, v.shape[-1]), empty_mass
     bias4 = _bias4(bias, b, h, gq, gk)
     scale = d**-0.5 if scale is None else float(scale)
-    mask = additive_mask(attn_mask, q.dtype, (b, h, nq, nk))
+    mask = _additive_mask(attn_mask, q.dtype, (b, h, nq, nk))
     if not return_mass and (bias4 is None or not bool(bias4.any())):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         if mask is not None:
@@ -71,21 +75,29 @@ def grouped_attention(
         return out, None
 
     classes = _key_classes(k_groups, gk, bias4, split_all=return_mass)
-    out = torch.empty(b, h, nq, v.shape[-1], dtype=q.dtype, device=q.device)
-    chunks = _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out)
-    if not return_mass:
-        for _ in chunks:
-            pass
-        return out, None
+    row_bytes = _row_bytes(q, v, len(classes) if return_mass else 0, gk if per_query else 0)
+    step = query_chunk_rows(nq, b * h, row_bytes)
+    whole = step >= nq  # one chunk: its merged rows become the output (no copy into a separate tensor)
+    out = None if whole else torch.empty(b, h, nq, v.shape[-1], dtype=q.dtype, device=q.device)
+    chunks = _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out, step)
+    weights = lse = mass = None
     if per_query:
         weights = torch.zeros(b, h, nq, gk, dtype=torch.float32, device=q.device)
         lse = torch.empty(b, h, nq, dtype=torch.float32, device=q.device)
-        for rows, class_logits, total in chunks:
+    elif return_mass:
+        mass = torch.zeros(b, h, gq, gk, dtype=torch.float32, device=q.device)
+    for rows, class_logits, total, merged in chunks:
+        if whole:
+            out = merged if merged.dtype == q.dtype else merged.to(q.dtype)
+        del merged
+        if per_query:
             weights[:, :, rows], lse[:, :, rows] = _query_mass(class_logits, total, gk)
+        elif return_mass:
+            _add_mass(mass, class_logits, total, q_groups[rows])
+    if per_query:
         return out, QueryMass(weights, lse)
-    mass = torch.zeros(b, h, gq, gk, dtype=torch.float32, device=q.device)
-    for rows, class_logits, total in chunks:
-        _add_mass(mass, class_logits, total, q_groups[rows])
+    if not return_mass:
+        return out, None
     counts = torch.bincount(q_groups, minlength=gq).clamp_min(1).float()
     return out, mass / counts[:, None]
 
@@ -116,41 +128,66 @@ def grouped_attention_chunks(
         return
     bias4 = _bias4(bias, b, h, gq, gk)
     scale = d**-0.5 if scale is None else float(scale)
-    mask = additive_mask(attn_mask, q.dtype, (b, h, nq, k.shape[-2]))
+    mask = _additive_mask(attn_mask, q.dtype, (b, h, nq, k.shape[-2]))
     classes = _key_classes(k_groups, gk, bias4, split_all=True)
-    for rows, class_logits, total in _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out):
+    step = query_chunk_rows(nq, b * h, _row_bytes(q, v, len(classes), gk))
+    chunks = _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out, step, merge=out is not None)
+    for rows, class_logits, total, _ in chunks:
         yield rows, QueryMass(*_query_mass(class_logits, total, gk))
 
 
-def query_chunk_rows(n: int, rows_times_heads: int) -> int:
-    """Query rows per chunk: 1/``QUERY_CHUNKS`` of the call (a chunk's buffers then hold that share of
-    the output's memory) unless that leaves the fused kernel too few query blocks to share among the
-    threads (it splits queries in blocks of ``QUERY_BLOCK`` per batch row and head)."""
-    min_rows = QUERY_BLOCK * -(-BLOCKS_PER_THREAD * torch.get_num_threads() // max(1, rows_times_heads))
-    chunks = max(1, min(QUERY_CHUNKS, n // min_rows))
-    return -(-n // chunks)
+def query_chunk_rows(n: int, rows_times_heads: int, row_bytes: int | None = None) -> int:
+    """Query rows per chunk of a call with ``n`` queries per batch row and head.
+
+    A call whose merge buffers (``row_bytes`` per query row: see :func:`_row_bytes`) come to at most
+    ``WHOLE_BYTES`` runs in one chunk: chunks only cost time there. Larger calls, and callers that give no
+    ``row_bytes`` (they chunk for memory), run in up to ``QUERY_CHUNKS`` chunks (a chunk's buffers then hold
+    that share of the output's memory), each of at least ``MIN_CHUNK_BLOCKS`` query blocks (the CPU flash
+    kernel takes smaller blocks, and runs slower, on calls of fewer than 768 query rows) and of enough query
+    blocks to keep every thread busy (the kernel splits queries in blocks of ``QUERY_BLOCK`` per batch row and head); a chunk is a
+    whole number of blocks."""
+    if row_bytes is not None and n * row_bytes <= WHOLE_BYTES:
+        return max(n, 1)
+    blocks = max(MIN_CHUNK_BLOCKS, -(-BLOCKS_PER_THREAD * torch.get_num_threads() // max(1, rows_times_heads)))
+    chunks = max(1, min(QUERY_CHUNKS, n // (blocks * QUERY_BLOCK)))
+    step = -(-n // chunks)
+    return max(1, min(n, -(-step // QUERY_BLOCK) * QUERY_BLOCK))
 
 
-def _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out) -> Iterator[tuple[slice, list, torch.Tensor]]:
-    """The merge of the class calls, chunk by chunk of the query rows, written into ``out`` (if any); yields
-    (rows, [(class groups, biased class log-sum-exp [B, H, r])], total log-sum-exp [B, H, r]).
+def _row_bytes(q: torch.Tensor, v: torch.Tensor, logits: int, weights: int) -> int:
+    """Bytes per query row (over batch and heads) of the buffers a grouped call holds beyond its output while
+    it merges: one class call's output, a float32 accumulator where q is not float32, ``logits`` float32 class
+    log-sum-exps (kept for the mass) and ``weights`` float32 per-query weights (the per-query mass)."""
+    dv = v.shape[-1]
+    per_head = dv * q.element_size() + (0 if q.dtype == torch.float32 else 4 * dv) + 4 * (logits + weights)
+    return q.shape[0] * q.shape[1] * per_head
 
-    Memory beyond ``out``: one class call's output for a chunk, plus a float32 accumulator for the
-    chunk where ``out`` is not float32 (else the accumulator is ``out``'s rows themselves)."""
+
+def _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out, step: int, merge: bool = True
+                      ) -> Iterator[tuple[slice, list, torch.Tensor, torch.Tensor | None]]:
+    """The merge of the class calls, ``step`` query rows at a time; yields (rows, [(class groups, biased class
+    log-sum-exp [B, H, r])], total log-sum-exp [B, H, r], the chunk's output rows). The output rows are written
+    into ``out`` where it is given (and are then its view); else they are the chunk's own tensor, float32 or in
+    q's dtype; None with ``merge=False`` (the output is not wanted: only the log-sum-exps are computed).
+
+    The merge keeps the accumulator normalised: after each class it is the attention over the classes so far,
+    and ``total`` their log-sum-exp; each further class rescales it by ``exp(total - new total)`` and adds its
+    own output times ``exp(its logit - new total)`` (two passes over the chunk's output per class after the
+    first, whose output becomes the accumulator).
+
+    Memory beyond ``out``: one class call's output for a chunk, plus a float32 accumulator for the chunk
+    where ``out`` is not float32 (else the accumulator is ``out``'s rows themselves; without ``out``, the
+    first class call's output, or its float32 copy)."""
     b, h, nq, _ = q.shape
-    merge = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for float64 inputs
-    step = query_chunk_rows(nq, b * h)
+    acc_dtype = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for float64 inputs
+    may_block = mask is not None or (bias4 is not None and bool(torch.isneginf(bias4).any()))
     for start in range(0, nq, step):
         rows = slice(start, min(start + step, nq))
         q_rows, groups_rows = q[:, :, rows], q_groups[rows]
         mask_rows = None if mask is None else (mask[..., rows, :] if mask.shape[-2] > 1 else mask)
         r = q_rows.shape[-2]
-        if out is not None and out.dtype == merge:
-            acc = out[:, :, rows].zero_()
-        else:
-            acc = torch.zeros(b, h, r, v.shape[-1], dtype=merge, device=q.device)
-        running_max = q.new_full((b, h, r), float("-inf"), dtype=merge)
-        running_sum = torch.zeros(b, h, r, dtype=merge, device=q.device)
+        dest = None if out is None else out[:, :, rows]
+        acc = total = None
         class_logits = []
         for groups, keys in classes:
             class_mask = None if mask_rows is None else mask_rows[..., keys]
@@ -159,31 +196,43 @@ def _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out) -> It
             if class_mask is not None:
                 hidden = torch.isneginf(class_mask).all(-1)
                 logit = logit.masked_fill(hidden, float("-inf"))
-                out_c = out_c.masked_fill(hidden[..., None], 0)
+                out_c.masked_fill_(hidden[..., None], 0)  # out_c is ours to overwrite
             logit = logit.expand(b, h, r)
-            new_max = torch.maximum(running_max, logit)
-            anchor = torch.where(torch.isneginf(new_max), torch.zeros_like(new_max), new_max)
-            keep, add = torch.exp(running_max - anchor), torch.exp(logit - anchor)
-            acc.mul_(keep[..., None]).add_(out_c.to(merge).mul_(add[..., None]))  # out_c is ours to overwrite
+            if total is None:  # the first class: its output is the accumulator
+                total = logit
+                if merge:
+                    if dest is not None and dest.dtype == acc_dtype:
+                        acc = dest.copy_(out_c)
+                    else:
+                        acc = out_c if out_c.dtype == acc_dtype else out_c.to(acc_dtype)
+                    if may_block:  # rows that see no key of this class (bias -inf): weight 0
+                        acc.masked_fill_(torch.isneginf(logit)[..., None], 0)
+            else:
+                new_total = torch.logaddexp(total, logit)
+                if merge:
+                    keep, add = torch.exp(total - new_total), torch.exp(logit - new_total)
+                    if may_block:  # rows that see no key so far: -inf - -inf
+                        keep, add = keep.nan_to_num_(0.0), add.nan_to_num_(0.0)
+                    acc.mul_(keep[..., None]).addcmul_(out_c, add[..., None])
+                total = new_total
             del out_c  # before the next class call allocates its own
-            running_sum.mul_(keep).add_(add)
-            running_max = new_max
             class_logits.append((groups, logit))
-        blocked = running_sum == 0
-        if bool(blocked.any()):
-            by_bias = blocked & ~_hidden_by_mask(mask_rows, blocked.shape)
-            if bool(by_bias.any()):
-                raise KernelError(
-                    f"{int(by_bias.sum())} query rows have every key blocked (bias -inf, with attn_mask); "
-                    "each query must be able to attend to at least one key"
-                )
-            running_sum = running_sum.masked_fill(blocked, 1.0)  # rows the mask alone hides: output 0, as SDPA gives
-        acc.div_(running_sum[..., None])
-        if out is not None and acc.dtype != out.dtype:
-            out[:, :, rows] = acc
+        blocked = None
+        if may_block:
+            blocked = torch.isneginf(total)
+            if bool(blocked.any()):
+                by_bias = blocked & ~_hidden_by_mask(mask_rows, blocked.shape)
+                if bool(by_bias.any()):
+                    raise KernelError(
+                        f"{int(by_bias.sum())} query rows have every key blocked (bias -inf, with attn_mask); "
+                        "each query must be able to attend to at least one key"
+                    )  # the other blocked rows: the mask alone hides them, output 0 as SDPA gives
+                total = total.masked_fill(blocked, 0.0)  # hidden rows: every weight 0
+        if dest is not None and acc is not None and acc is not dest:
+            dest.copy_(acc)
+        merged = acc if dest is None else dest
         del acc
-        total = (running_max + torch.log(running_sum)).masked_fill(blocked, 0.0)  # hidden rows: every weight 0
-        yield rows, class_logits, total
+        yield rows, class_logits, total, merged
 
 
 def _checked_inputs(q, k, v, q_groups, k_groups, bias, num_q_groups, num_k_groups) -> tuple[int, ...]:
@@ -210,8 +259,6 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, 
         raise KernelError(f"k's head dim must equal q's ({q.shape[-1]}), got {k.shape[-1]}")
     if v.shape[-2] != k.shape[-2]:
         raise KernelError(f"v must have as many keys as k ({k.shape[-2]}), got {v.shape[-2]}")
-    if not (q.dtype == k.dtype == v.dtype) or not q.dtype.is_floating_point:
-        raise KernelError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     return tuple(q.shape)  # type: ignore[return-value]
 
 
@@ -222,9 +269,14 @@ def _group_counts(q_groups, k_groups, nq, nk, bias, num_q_groups, num_k_groups) 
             raise KernelError(f"{name} must be a LongTensor of shape [{n}], got {shape}")
     gq = num_q_groups or (bias.shape[-2] if bias is not None else _count(q_groups))
     gk = num_k_groups or (bias.shape[-1] if bias is not None else _count(k_groups))
-    for name, g, count in (("q_groups", q_groups, gq), ("k_groups", k_groups, gk)):
-        if g.numel() and (int(g.min()) < 0 or int(g.max()) >= count):
-            raise KernelError(f"{name} must hold group ids in [0, {count}), got range [{int(g.min())}, {int(g.max())}]")
+    checks = [("q_groups", q_groups, gq)]
+    if k_groups is not q_groups or gk != gq:  # self-attention passes one id tensor twice: check it once
+        checks.append(("k_groups", k_groups, gk))
+    for name, g, count in checks:
+        if g.numel():
+            low, high = (int(x) for x in torch.aminmax(g))
+            if low < 0 or high >= count:
+                raise KernelError(f"{name} must hold group ids in [0, {count}), got range [{low}, {high}]")
     return gq, gk
 
 
@@ -241,7 +293,7 @@ def _bias4(bias: torch.Tensor | None, b: int, h: int, gq: int, gk: int) -> torch
     if bias.dim() not in forms or tuple(bias.shape) != forms[bias.dim()]:
         raise KernelError(f"bias must have shape [Gq, Gk], [B, Gq, Gk] or [B, H, Gq, Gk] = {list(forms.values())}, "
                          f"got {tuple(bias.shape)}")
-    if bool(torch.isnan(bias).any()) or bool((bias == float("inf")).any()):
+    if bias.numel() and not float(bias.max()) < float("inf"):  # the maximum is NaN where any element is
         raise KernelError("bias must not contain NaN or +inf")
     bias = bias.float()
     if bias.dim() == 2:
@@ -249,7 +301,7 @@ def _bias4(bias: torch.Tensor | None, b: int, h: int, gq: int, gk: int) -> torch
     return bias[:, None] if bias.dim() == 3 else bias
 
 
-def additive_mask(mask: torch.Tensor | None, dtype: torch.dtype, full: tuple[int, ...]) -> torch.Tensor | None:
+def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype, full: tuple[int, ...]) -> torch.Tensor | None:
     """The mask as an additive tensor in the query dtype, with its key dim expanded to Nk."""
     if mask is None:
         return None
@@ -292,11 +344,18 @@ def _key_classes(
         for g, column in zip(present, columns):
             by_column.setdefault(column.numpy().tobytes(), []).append(g)
         members = list(by_column.values())
+    ends = list(itertools.accumulate(counts))
+    ordered = k_groups.numel() < 2 or bool((k_groups[1:] >= k_groups[:-1]).all())  # each group's keys contiguous
     classes = []
     for groups in members:
-        index = torch.nonzero(torch.isin(k_groups, torch.tensor(groups, device=k_groups.device))).flatten()
-        first, last = int(index[0]), int(index[-1])
-        keys = slice(first, last + 1) if last - first + 1 == index.numel() else index
+        if len(members) == 1:  # one class: every key
+            keys = slice(0, k_groups.numel())
+        elif ordered and groups == present[present.index(groups[0]):present.index(groups[-1]) + 1]:
+            keys = slice(ends[groups[0]] - counts[groups[0]], ends[groups[-1]])  # consecutive groups: one span
+        else:
+            index = torch.nonzero(torch.isin(k_groups, torch.tensor(groups, device=k_groups.device))).flatten()
+            first, last = int(index[0]), int(index[-1])
+            keys = slice(first, last + 1) if last - first + 1 == index.numel() else index
         classes.append((groups, keys))
     return classes
 
@@ -319,4 +378,4 @@ def _query_mass(class_logits, total: torch.Tensor, gk: int) -> tuple[torch.Tenso
     weights = torch.zeros(*total.shape, gk, dtype=torch.float32, device=total.device)
     for (group,), logit in class_logits:
         weights[..., group] = torch.exp(logit - total).float()
-    return weights, total
+    return weights, total.float()
