@@ -67,7 +67,7 @@ def grouped_attention(
         return q.new_zeros(b, h, nq, v.shape[-1]), empty_mass
     bias4 = _bias4(bias, b, h, gq, gk)
     scale = d**-0.5 if scale is None else float(scale)
-    mask = _additive_mask(attn_mask, q.dtype, (b, h, nq, nk))
+    mask = additive_mask(attn_mask, q.dtype, (b, h, nq, nk))
     if not return_mass and (bias4 is None or not bool(bias4.any())):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         if mask is not None:
@@ -128,7 +128,7 @@ def grouped_attention_chunks(
         return
     bias4 = _bias4(bias, b, h, gq, gk)
     scale = d**-0.5 if scale is None else float(scale)
-    mask = _additive_mask(attn_mask, q.dtype, (b, h, nq, k.shape[-2]))
+    mask = additive_mask(attn_mask, q.dtype, (b, h, nq, k.shape[-2]))
     classes = _key_classes(k_groups, gk, bias4, split_all=True)
     step = query_chunk_rows(nq, b * h, _row_bytes(q, v, len(classes), gk))
     chunks = _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out, step, merge=out is not None)
@@ -259,6 +259,8 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, 
         raise KernelError(f"k's head dim must equal q's ({q.shape[-1]}), got {k.shape[-1]}")
     if v.shape[-2] != k.shape[-2]:
         raise KernelError(f"v must have as many keys as k ({k.shape[-2]}), got {v.shape[-2]}")
+    if not (q.dtype == k.dtype == v.dtype) or not q.dtype.is_floating_point:
+        raise KernelError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     return tuple(q.shape)  # type: ignore[return-value]
 
 
@@ -301,7 +303,7 @@ def _bias4(bias: torch.Tensor | None, b: int, h: int, gq: int, gk: int) -> torch
     return bias[:, None] if bias.dim() == 3 else bias
 
 
-def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype, full: tuple[int, ...]) -> torch.Tensor | None:
+def additive_mask(mask: torch.Tensor | None, dtype: torch.dtype, full: tuple[int, ...]) -> torch.Tensor | None:
     """The mask as an additive tensor in the query dtype, with its key dim expanded to Nk."""
     if mask is None:
         return None
