@@ -26,8 +26,10 @@ from benchmarks.common import benchmark_arguments, format_row, machine, peak_mem
 
 WAN_480P = dict(frames=21, tokens=1560, dim=128)
 SCORE_RULES = {
-    "scale_if_positive": lambda: at.Rule(at.video, at.video, at.scale_if_positive(0.9), pairs=at.token_distance(1024)),
-    "score_mod": lambda: at.Rule(at.video, at.video, at.score_mod(lambda s, b, h, q, k: s - 0.01 * (q - k).abs(), "dist")),
+    # the token-distance radius is a quarter of the call (1024 at 4,096 tokens), so that every size has far pairs
+    "scale_if_positive": lambda n: at.Rule(at.video, at.video, at.scale_if_positive(0.9),
+                                           pairs=at.token_distance(max(1, n // 4))),
+    "score_mod": lambda n: at.Rule(at.video, at.video, at.score_mod(lambda s, b, h, q, k: s - 0.01 * (q - k).abs(), "dist")),
 }
 
 
@@ -52,7 +54,7 @@ def score_case(rule: str, heads: int, n: int, dim: int, device: str, eager: bool
     q, k, v = qkv(heads, n, dim, device)
     layout = at.TokenLayout(num_frames=n // 256, tokens_per_frame=256, grid=(16, 16))
     ctx = SelectionContext(layout)
-    plan = build_plan(((SCORE_RULES[rule](), ctx),), layout, None, 1, heads)
+    plan = build_plan(((SCORE_RULES[rule](n), ctx),), layout, None, 1, heads)
     assert plan.path == "scored"
     if eager:
         fn = _score_fn(plan.scored, 1, heads, n, torch.device(device))
