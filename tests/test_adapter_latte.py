@@ -64,7 +64,7 @@ def test_a_frame_to_frame_rule_matches_dense_on_temporal_calls_and_leaves_spatia
 
 def test_cross_attention_rules_raise(tiny):
     pipe, run = tiny
-    with pytest.raises(at.SteeringError, match="no separate cross-attention"):
+    with pytest.raises(at.SteeringError, match="declares no cross-attention modules"):
         with at.steer(pipe, at.Rule(at.frames[1:], at.text, at.bias(1.0), attention="cross")):
             run()
 

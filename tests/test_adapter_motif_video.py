@@ -19,6 +19,6 @@ def test_the_decoder_blocks_are_not_hooked_and_cannot_be_skipped():
     assert [n for n, _ in adapter.attention_modules(pipe.transformer)] == [
         "transformer_blocks.0.attn", "single_transformer_blocks.0.attn"]
     assert [n for n, _ in adapter.blocks(pipe.transformer)] == ["transformer_blocks.0", "single_transformer_blocks.0"]
-    with pytest.raises(at.SteeringError, match="no separate cross-attention"):
+    with pytest.raises(at.SteeringError, match="declares no cross-attention modules"):
         with at.steer(pipe, at.Rule(at.frames[1:], at.text, at.bias(1.0), attention="cross")):
             pass

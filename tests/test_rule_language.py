@@ -333,7 +333,7 @@ def test_cross_attention_rules_steer_wans_text_calls_exactly(wan_pipe, image):
         got = run()
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
     assert steering.summary()["rules"][0]["layers"] == ["transformer.blocks.0.attn2", "transformer.blocks.1.attn2"]
-    with pytest.raises(at.SteeringError, match="no separate cross-attention"):
+    with pytest.raises(at.SteeringError, match="declares no cross-attention modules"):
         from attnsteer.testing.tiny import tiny_cogvideox
 
         with at.steer(tiny_cogvideox(), at.Rule(at.video, at.text, at.bias(1.0), attention="cross")):
