@@ -4,6 +4,7 @@ every recipe steers on every tiny pipeline of a family it supports; explicit ``l
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import numpy as np
@@ -22,12 +23,22 @@ from test_families import CASES
 pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS = 2  # Mochi's schedule needs two
 EAV_FAMILIES = set(AUTHORS_WEIGHTS)
+NO_BLOCKS, UNKNOWN_BLOCK = "finds no blocks", r"cannot skip a \w+ block"
+STG_R_REFUSED = {  # the families whose blocks STG-R cannot skip today (no blocks, or a block of unknown signature)
+    "tiny-svd": NO_BLOCKS,
+    **{name: UNKNOWN_BLOCK for name in ("tiny-allegro", "tiny-anyflow", "tiny-chronoedit", "tiny-consisid",
+                                        "tiny-cosmos2", "tiny-easyanimate", "tiny-easyanimate-control",
+                                        "tiny-easyanimate-inpaint", "tiny-helios", "tiny-hunyuan15", "tiny-ltx2",
+                                        "tiny-skyreels-v2-df", "tiny-wan-animate")},
+}
 
 
 def _run(pipe, name: str, *items, **extra) -> tuple[np.ndarray, dict]:
     case = CASES[name]
     image = {} if case.image_size is None else {case.image_arg: test_image(case.image_size)}
     kwargs = TINY_MODELS[name][1](output_type="latent", num_inference_steps=STEPS, **case.extra())
+    if "guidance_rescale" in inspect.signature(pipe.__call__).parameters:  # perturbed guidance refuses a rescale
+        kwargs["guidance_rescale"] = 0.0  # (LTX-2's pipeline default is 0.7), as not the published formula
     with warnings.catch_warnings():
         warnings.simplefilter("error", at.AttnsteerWarning)  # a default matching no module would warn: fail on it
         with at.steer(pipe, *items, **extra) as steering:
@@ -46,13 +57,12 @@ def test_every_model_dependent_recipe_default_steers_on_every_tiny_pipeline(name
     for recipe in (recipes.pag(), recipes.stg(mode="A"), recipes.ultravico(), recipes.proportional_attention()):
         _, summary = _run(pipe, name, recipe)
         assert summary["attention_calls_steered"] > 0, f"{recipe!r} steered nothing on {name}"
-    blocks = find_adapter(getattr(pipe, CASES[name].denoisers[0])).blocks(getattr(pipe, CASES[name].denoisers[0]))
-    if blocks:
+    if name in STG_R_REFUSED:  # STG-R skips whole blocks: where attnsteer cannot, it is refused, naming why
+        with pytest.raises(SteeringError, match=STG_R_REFUSED[name]):
+            _run(pipe, name, recipes.stg(mode="R"))
+    else:
         _, summary = _run(pipe, name, recipes.stg(mode="R"))
         assert summary["blocks_skipped"], f"stg(mode='R') skipped no block on {name}"
-    else:  # STG-R skips transformer blocks: a model without them is refused, naming why
-        with pytest.raises(SteeringError, match="finds no blocks"):
-            _run(pipe, name, recipes.stg(mode="R"))
     if family in EAV_FAMILIES:
         _, summary = _run(pipe, name, recipes.enhance_a_video())
         assert summary["attention_calls_steered"] > 0
