@@ -1,6 +1,7 @@
 """Recipes read the model: defaults that depend on the model (pag's and stg's layers and scale, enhance_a_video's
 weight) are resolved from the adapter's family and the model's depth when the session attaches, so the default of
-every recipe steers on every tiny pipeline of a family it supports; explicit ``layers=`` still wins."""
+every recipe steers on every tiny pipeline of a family it supports (dymos too, whose defaults are model-free);
+explicit ``layers=`` still wins."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def _family(pipe, name: str) -> str:
 def test_every_model_dependent_recipe_default_steers_on_every_tiny_pipeline(name):
     pipe, _ = build_tiny(name)
     family = _family(pipe, name)
-    for recipe in (recipes.pag(), recipes.stg(mode="A"), recipes.ultravico(), recipes.proportional_attention()):
+    for recipe in (recipes.pag(), recipes.stg(mode="A"), recipes.ultravico(), recipes.proportional_attention(),
+                   recipes.dymos()):
         _, summary = _run(pipe, name, recipe)
         assert summary["attention_calls_steered"] > 0, f"{recipe!r} steered nothing on {name}"
     if name in STG_R_REFUSED:  # STG-R skips whole blocks: where attnsteer cannot, it is refused, naming why
