@@ -21,16 +21,16 @@ COG = ["--model", "tiny-cogvideox", "--steps", "1", "--format", "gif"]
 
 
 def test_a_recipe_without_rules_is_true():
-    made = stg(mode="R", layers="1", family="cogvideox")
+    made = stg(mode="R", layers="1")
     assert len(made) == 0 and bool(made)
 
 
 def test_cli_run_applies_stg_r_which_has_no_rules(tmp_path):
     assert main(["run", *COG, "--out", str(tmp_path / "vanilla")]) == 0
-    assert main(["run", *COG, "--recipe", "stg", "--mode", "R", "--layers", "1", "--family", "cogvideox",
+    assert main(["run", *COG, "--recipe", "stg", "--mode", "R", "--layers", "1",
                  "--out", str(tmp_path / "stg")]) == 0
     record = json.loads((tmp_path / "stg" / "run.json").read_text())
-    assert record["recipe"] == "stg(mode='R', scale=1.0, layers='1')"
+    assert record["recipe"] == "stg(mode='R', layers='1')"  # the scale is read from the model (CogVideoX: 1.0)
     assert record["applied"]["given"] == [record["recipe"]]
     vanilla, steered = (load_video(tmp_path / name / "video.gif") for name in ("vanilla", "stg"))
     assert vanilla.shape == steered.shape and not np.array_equal(vanilla, steered)
@@ -40,7 +40,7 @@ def test_cli_run_applies_stg_r_which_has_no_rules(tmp_path):
 @pytest.mark.parametrize("recipe", ["stg", "pag"])
 def test_cli_recipe_whose_layers_match_no_module_exits_2_before_generating(tmp_path, capsys, command, recipe):
     out = tmp_path / "out"
-    assert main([command, *COG, "--recipe", recipe, "--layers", "9", "--family", "cogvideox", "--out", str(out)]) == 2
+    assert main([command, *COG, "--recipe", recipe, "--layers", "9", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "9" in err and ("out of range" in err or "matches none" in err)
     assert not list(out.glob("video.*"))

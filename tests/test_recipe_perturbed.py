@@ -129,7 +129,7 @@ def test_pag_on_wan_matches_the_authors_combination(wan):
 def test_stg_r_on_batched_cogvideox_skips_the_block(cog):
     pipe, run = cog
     expected = reference(pipe, run, 1.0, 6.0, skip_blocks=[pipe.transformer.transformer_blocks[1]], batched=True)
-    with at.steer(pipe, recipes.stg(mode="R", layers="1", family="cogvideox")):
+    with at.steer(pipe, recipes.stg(mode="R", layers="1")):
         got = run()
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
 
@@ -138,7 +138,7 @@ def test_stg_a_on_batched_cogvideox_uses_identity_attention(cog):
     pipe, run = cog
     expected = reference(pipe, run, 1.0, 6.0, perturb_modules=[pipe.transformer.transformer_blocks[0].attn1],
                          batched=True)
-    with at.steer(pipe, recipes.stg(mode="A", layers="0", family="cogvideox")):
+    with at.steer(pipe, recipes.stg(mode="A", layers="0")):
         got = run()
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
 
@@ -173,7 +173,7 @@ def test_stg_r_on_hunyuan_with_embedded_guidance(hunyuan):
     pipe, run = hunyuan
     expected = reference(pipe, lambda: run(true_cfg_scale=1.0, guidance_scale=6.0), 1.0, None,
                          skip_blocks=[pipe.transformer.transformer_blocks[0]])
-    with at.steer(pipe, recipes.stg(mode="R", layers="0", family="hunyuanvideo")):
+    with at.steer(pipe, recipes.stg(mode="R", layers="0")):
         got = run(true_cfg_scale=1.0, guidance_scale=6.0)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
 
@@ -182,8 +182,6 @@ def test_bad_parameters_are_refused(wan):
     pipe, _ = wan
     with pytest.raises(at.ConfigError, match="mode"):
         recipes.stg(mode="B")
-    with pytest.raises(at.ConfigError, match="family"):
-        recipes.pag(family="sd15")
     with pytest.raises(at.ConfigError, match="scale"):
         recipes.pag(scale=-1)
     with pytest.raises(at.SteeringError, match=r"skip_blocks \[9\] out of range"):
@@ -199,7 +197,7 @@ def test_ltx_guidance_rescale_is_refused_not_approximated():
     kwargs = call_kwargs(output_type="latent", num_inference_steps=2, guidance_rescale=0.7)
     before = hook_state(pipe.transformer)
     with pytest.raises(at.SteeringError, match=r"guidance_rescale=0.7.*guidance_rescale=0"):
-        with at.steer(pipe, recipes.stg(mode="A", layers="0", family="ltx")):
+        with at.steer(pipe, recipes.stg(mode="A", layers="0")):
             pipe(image=test_image(32), generator=torch.Generator().manual_seed(0), **kwargs)
     after = hook_state(pipe.transformer)  # the root gains diffusers' own cache-context registry in a run
     assert after[1:] == before[1:] and after[0][2:] == before[0][2:]

@@ -28,6 +28,7 @@ from .language import readouts
 from .language.geometry import box, mask, point, trajectory
 from .language.guidance import PerturbedGuidance
 from .language.layout import Segment, TokenLayout
+from .language.model_layers import ModelDepth, ModelLayers, family_layers, layer_fraction
 from .language.outputs import OutputTransform, output_scale
 from .language.pairs import Pairs, frame_distance, frame_window, same_location, same_region, token_distance
 from .language.readouts import Readout, ReadoutCall
@@ -63,6 +64,8 @@ __all__ = [
     "ConfigError",
     "GenericAdapter",
     "KernelError",
+    "ModelDepth",
+    "ModelLayers",
     "OutputTransform",
     "Pairs",
     "PerturbedGuidance",
@@ -86,6 +89,7 @@ __all__ = [
     "bias",
     "block",
     "box",
+    "family_layers",
     "fill",
     "frame_distance",
     "frame_window",
@@ -94,6 +98,7 @@ __all__ = [
     "identity",
     "inspect",
     "kernels",
+    "layer_fraction",
     "logit_scale",
     "output_scale",
     "maps",

@@ -162,10 +162,15 @@ class Steering(LoopSteps):
         self._index = {id(rule): i for i, rule in enumerate(rules)}
         self._hits: dict[int, dict[str, set]] = {}
         self.calls = 0
+        self.skipped_blocks: set[str] = set()
 
     def reset(self) -> None:
         """Forget where the rules applied (each ``with`` block of a session reports its own run)."""
-        self._hits, self.calls = {}, 0
+        self._hits, self.calls, self.skipped_blocks = {}, 0, set()
+
+    def on_block_skip(self, block: str) -> None:
+        """The perturbed forward of this session's guidance skipped ``block`` (STG-R)."""
+        self.skipped_blocks.add(block)
 
     def selection_context(self, layout: TokenLayout) -> SelectionContext:
         return SelectionContext(layout, self.words)
@@ -197,6 +202,7 @@ class Steering(LoopSteps):
                 for i, rule in enumerate(self.rules)
             ],
             "attention_calls_steered": self.calls,
+            "blocks_skipped": sorted(self.skipped_blocks),
         }
 
     def __repr__(self) -> str:
@@ -318,7 +324,7 @@ def _check_maps_before_run(controllers: list[Controller]) -> None:
                       and any(spec.attention == "self" for spec in m.specs)]
         rules = [r for c in controller.clients if isinstance(c, Steering) for r in c.rules if scored(r)]
         for rule in rules:
-            hit = [layer for layer in layers if rule.matches_layer(layer.index, layer.names)
+            hit = [layer for layer in layers if rule.matches_layer(layer.index, layer.names, layer.model)
                    and any(m.layer_bins.label(layer.index, layer.qualified) is not None for m in every_step)]
             if hit:
                 raise SteeringError(

@@ -9,8 +9,9 @@ from typing import Union as TypingUnion
 
 import attrs
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SteeringError
 from .guidance import PerturbedGuidance
+from .model_layers import ModelDepth, ModelLayers
 from .pairs import Pairs, check_pairs
 from .schedules import Schedule, always
 from .selectors import AllTokens, Selector, check_selector
@@ -19,7 +20,7 @@ from .transforms import Transform
 BRANCHES = ("cond", "uncond", "perturbed", "all")
 ATTENTION_KINDS = ("self", "cross", "audio", "a2v", "v2a")  # the last three: attention streams (attnsteer.contract.streams)
 
-LayerSpec = TypingUnion[int, str, "re.Pattern[str]"]
+LayerSpec = TypingUnion[int, str, "re.Pattern[str]", ModelLayers]
 
 
 def _selector(field: str):
@@ -64,15 +65,17 @@ def _branch(value: object) -> str:
 
 
 def _layers(value: object) -> tuple[LayerSpec, ...] | None:
-    """None, or a tuple of layer indices, exact names and compiled regexes (a string is tried as both)."""
+    """None, or a tuple of layer indices, exact names, compiled regexes (a string is tried as both) and
+    model-relative filters (``at.layer_fraction``, ``at.family_layers``)."""
     if value is None:
         return None
-    items = _items(value, (numbers.Integral, str, re.Pattern), "Rule.layers",
-                   "layer indices, module names or regexes")
+    kinds = (numbers.Integral, str, re.Pattern, ModelLayers)
+    items = _items(value, kinds, "Rule.layers", "layer indices, module names, regexes or at.layer_fraction(...)")
     out: list[LayerSpec] = []
     for item in items:
-        if isinstance(item, bool) or not isinstance(item, (numbers.Integral, str, re.Pattern)):
-            raise ConfigError(f"Rule.layers items must be layer indices, module names or regexes, got {item!r}")
+        if isinstance(item, bool) or not isinstance(item, kinds):
+            raise ConfigError("Rule.layers items must be layer indices, module names, regexes, at.layer_fraction(...) "
+                              f"or at.family_layers(...), got {item!r}")
         if isinstance(item, numbers.Integral):
             item = int(item)
         if isinstance(item, int) and item < 0:
@@ -138,13 +141,20 @@ class Rule:
             raise ConfigError("at.identity() needs self-attention (a query attending to itself); got "
                               f"attention={self.attention!r}")
 
-    def matches_layer(self, index: int, names: Iterable[str]) -> bool:
-        """Whether this rule covers the self-attention layer ``index`` known under ``names``."""
+    def matches_layer(self, index: int, names: Iterable[str], model: ModelDepth | None = None) -> bool:
+        """Whether this rule covers the layer ``index`` known under ``names``; ``model`` (the family and module
+        count) resolves model-relative filters (without it they raise: they cannot be resolved)."""
         if self.layers is None:
             return True
         names = list(names)
         for spec in self.layers:
-            if isinstance(spec, int):
+            if isinstance(spec, ModelLayers):
+                if model is None:
+                    raise SteeringError(f"Rule.layers {spec!r} is relative to the model: it is resolved with the model's "
+                                        "family and module count, which this layer match was not given")
+                if index in spec.indices(model):
+                    return True
+            elif isinstance(spec, int):
                 if spec == index:
                     return True
             elif isinstance(spec, re.Pattern):

@@ -22,7 +22,7 @@ def unmatched_layers(rules: Iterable[Rule], controllers: Sequence[Controller]) -
     problems = []
     for rule in rules:
         layers = [layer for c in controllers for kind, layer in c.layers if kind == rule.attention]
-        if rule.layers is not None and not any(rule.matches_layer(layer.index, layer.names) for layer in layers):
+        if rule.layers is not None and not any(rule.matches_layer(layer.index, layer.names, layer.model) for layer in layers):
             example = f" (names look like {layers[0].qualified!r}; a regex must match the whole name)" if layers else ""
             problems.append((rule, f"its layers filter {list(rule.layers)} matches none of the {len(layers)} "
                                    f"{rule.attention}-attention modules{example}"))

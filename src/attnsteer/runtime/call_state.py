@@ -11,6 +11,7 @@ import torch
 
 from ..contract.branches import item_of_rows
 from ..language.layout import TokenLayout
+from ..language.model_layers import ModelDepth
 from ..language.rules import Rule
 from ..language.schedules import StepInfo
 from ..language.selectors import SelectionContext
@@ -18,11 +19,13 @@ from ..language.selectors import SelectionContext
 
 @attrs.frozen
 class LayerInfo:
-    """One self-attention module: its index among the model's self-attention layers and its names."""
+    """One attention module: its index among the model's modules of its kind, its names, and (``model``) the
+    family and module count that model-relative layer filters read."""
 
     index: int
     name: str
     component: str
+    model: ModelDepth | None = None
 
     @property
     def names(self) -> tuple[str, ...]:

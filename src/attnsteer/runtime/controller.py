@@ -18,6 +18,7 @@ from ..contract.adapter import Adapter, bind_forward_inputs
 from ..contract.streams import STREAM_KINDS, check_attention_kinds, stream_modules
 from ..errors import ConfigError, SteeringError, describe_rule
 from ..language.guidance import PerturbedGuidance
+from ..language.model_layers import ModelDepth
 from ..language.rules import Rule
 from ..language.schedules import StepInfo
 from . import compiled_call, flash_routing
@@ -54,6 +55,7 @@ class Controller:
         self.perturbing: PerturbedGuidance | None = None  # set during the perturbed forward
         self.perturbing_client: Client | None = None  # the session whose perturbed forward runs
         self._skip_hooks: set[int] = set()
+        self._skipped: dict[PerturbedGuidance, frozenset[int]] = {}  # the blocks each guidance skips here, resolved
         self.guidance_shift = GuidanceShift()  # cond - perturbed of this step, for the rows of every branch
         self.position: LoopPosition | None = None  # set by a user's loop through .step() (stepping.LoopSteps)
 
@@ -107,8 +109,9 @@ class Controller:
             streams = stream_modules(self.adapter, self.model)
             for attention, found in (("self", modules), ("cross", self.adapter.cross_attention_modules(self.model)),
                                      *streams):
+                depth = ModelDepth(self.adapter.family, len(found))
                 for index, (name, module) in enumerate(found):
-                    layer = LayerInfo(index=index, name=name, component=self.component)
+                    layer = LayerInfo(index=index, name=name, component=self.component, model=depth)
                     self.layers.append((attention, layer))
                     hook = AttentionHook(self, layer, attention)
                     self._installed.append(InstalledHook(module, hook))
@@ -128,18 +131,23 @@ class Controller:
         if guidance is None or not guidance.skip_blocks:
             return
         blocks = self.adapter.blocks(self.model)
-        bad = [i for i in guidance.skip_blocks if i >= len(blocks)]
+        if not blocks:
+            raise SteeringError(f"perturbed guidance {guidance!r} skips blocks, but {self.adapter!r} finds no blocks in "
+                                f"{type(self.model).__name__} ({self.adapter.block_pattern!r})")
+        chosen = guidance.blocks_in(ModelDepth(self.adapter.family, len(blocks)))
+        bad = [i for i in chosen if i >= len(blocks)]
         if bad:
             raise SteeringError(f"perturbed guidance skip_blocks {bad} out of range: {type(self.model).__name__} has "
                                 f"{len(blocks)} blocks ({self.adapter.block_pattern!r}); allowed 0..{len(blocks) - 1}")
-        for i in guidance.skip_blocks:
+        self._skipped[guidance] = frozenset(chosen)
+        for i in chosen:
             if i not in self._skip_hooks:
-                self._installed.append(InstalledHook(blocks[i][1], BlockSkipHook(self, i)))
+                self._installed.append(InstalledHook(blocks[i][1], BlockSkipHook(self, i, blocks[i][0])))
                 self._skip_hooks.add(i)
 
     def skips_block(self, index: int) -> bool:
         """Whether block ``index`` returns its input in this forward (the perturbed forward of STG-R)."""
-        return self.perturbing is not None and index in self.perturbing.skip_blocks
+        return self.perturbing is not None and index in self._skipped.get(self.perturbing, ())
 
     @torch.compiler.disable  # under torch.compile: run eagerly, one graph break per forward
     def _perturb_after(self, model: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
@@ -165,6 +173,7 @@ class Controller:
         self._installed.clear()
         self._handles.clear()
         self._skip_hooks.clear()
+        self._skipped.clear()
         self.guidance_shift.clear()
         self.layers.clear()
         self.state = None
@@ -189,7 +198,7 @@ class Controller:
                 continue
             layer = hook.layer
             rules = [r for c in self.clients for r in c.rules
-                     if r.attention == hook.attention and r.matches_layer(layer.index, layer.names)]
+                     if r.attention == hook.attention and r.matches_layer(layer.index, layer.names, layer.model)]
             if rules or (recording and hook.attention == "self"):
                 who = describe_rule(rules[0], layer.qualified) if rules else f"recording in module {layer.qualified!r}"
                 raise SteeringError(
@@ -256,7 +265,7 @@ class Controller:
         active, frame_limits = [], {}
         for client in self.clients:
             for rule in client.rules:
-                if rule.attention != attention or not rule.matches_layer(layer.index, layer.names):
+                if rule.attention != attention or not rule.matches_layer(layer.index, layer.names, layer.model):
                     continue
                 if rule.branch == "perturbed" and not in_perturbed_forward(self.perturbing_client, client):
                     continue

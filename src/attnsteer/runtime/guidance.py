@@ -97,7 +97,7 @@ def perturb(controller: Any, forward: Callable, args: tuple, kwargs: dict, outpu
         return output
     clients = [c for c in controller.clients if getattr(c, "guidance", None) is not None]
     controller.guidance_shift.keep({id(c) for c in clients})
-    strengths = [(c, s) for c, s in ((c, c.guidance.scale_at(state.step)) for c in clients) if s != 0]
+    strengths = [(c, s) for c, s in ((c, c.guidance.scale_at(state.step, controller.adapter.family)) for c in clients) if s != 0]
     if not strengths:
         return output
     rescale = getattr(controller.steps.pipeline, "_guidance_rescale", 0.0) or 0.0
@@ -134,12 +134,16 @@ def in_perturbed_forward(perturbing_client: Any, client: Any) -> bool:
 class BlockSkipHook(ModelHook):
     """On one transformer block: during the perturbed forward, the block returns its input (STG-R)."""
 
-    def __init__(self, controller: Any, index: int) -> None:
+    def __init__(self, controller: Any, index: int, name: str = "") -> None:
         super().__init__()
-        self.controller, self.index = controller, index
+        self.controller, self.index, self.name = controller, index, name
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if self.controller.skips_block(self.index):
+            log = getattr(self.controller.perturbing_client, "on_block_skip", None)
+            if log is not None:  # the session's summary lists the blocks its perturbed forward skipped
+                component = self.controller.component
+                log(f"{component}.{self.name}" if component else self.name)
             return self.controller.adapter.skipped_block_output(module, args, kwargs)
         return self.fn_ref.original_forward(*args, **kwargs)
 
