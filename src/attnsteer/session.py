@@ -22,7 +22,7 @@ from .language.layout import TokenLayout
 from .language.rules import Recipe, Rule, flatten_rules, guidance_of
 from .language.selectors import SelectionContext
 from .language.words import WordIndex, uses_words
-from .runtime import audit
+from .runtime import audit, dispatch_routing
 from .runtime.controller import Client, Controller, ForwardState, LayerInfo, controller_for
 from .runtime.stepping import LoopSteps
 
@@ -162,10 +162,11 @@ class Steering(LoopSteps):
         self._index = {id(rule): i for i, rule in enumerate(rules)}
         self._hits: dict[int, dict[str, set]] = {}
         self.calls = 0
+        self.backends: dict[str, int] = {}  # attention backend the steered calls came from -> how many
 
     def reset(self) -> None:
         """Forget where the rules applied (each ``with`` block of a session reports its own run)."""
-        self._hits, self.calls = {}, 0
+        self._hits, self.calls, self.backends = {}, 0, {}
 
     def selection_context(self, layout: TokenLayout) -> SelectionContext:
         return SelectionContext(layout, self.words)
@@ -176,6 +177,8 @@ class Steering(LoopSteps):
 
     def on_call(self, state: ForwardState, layer: LayerInfo, applied: list[Rule], mass: torch.Tensor | None) -> None:
         self.calls += 1
+        backend = dispatch_routing.current_backend()
+        self.backends[backend] = self.backends.get(backend, 0) + 1
         for rule in applied:
             hits = self._hits.setdefault(self._index[id(rule)], {"steps": set(), "layers": set(), "branches": set()})
             if state.step.step is not None:
@@ -197,6 +200,7 @@ class Steering(LoopSteps):
                 for i, rule in enumerate(self.rules)
             ],
             "attention_calls_steered": self.calls,
+            "steered_calls_by_backend": dict(sorted(self.backends.items())),  # "sdpa": calls made without the dispatcher
         }
 
     def __repr__(self) -> str:
