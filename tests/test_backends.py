@@ -258,3 +258,51 @@ def test_no_module_keeps_the_router_after_the_session(wan):
                  and any(getattr(value, "_attnsteer_router", False) is True for value in list(vars(module).values())
                          if callable(value) and not isinstance(value, type))]
     assert leftovers == []
+
+
+# --- other families: HunyuanVideo (dispatcher, padded text masked as keys), CogVideoX (calls SDPA directly) ------
+
+
+@contextlib.contextmanager
+def on_backend(transformer: torch.nn.Module, backend: str) -> Iterator[None]:
+    """``transformer``'s processors on ``backend`` (``flex``, or the registered float64 stand-in) inside the block."""
+    with registered_backend() if backend == TEST_BACKEND else contextlib.nullcontext():
+        use_backend(transformer, backend)
+        try:
+            yield
+        finally:
+            use_backend(transformer, "native")
+
+
+@pytest.fixture(scope="module", params=["tiny-hunyuan", "tiny-cogvideox"])
+def family(request):
+    pipe, call_kwargs = build_tiny(request.param)
+    kwargs = call_kwargs(output_type="latent", num_inference_steps=STEPS, image=test_image())
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            return pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
+
+    with at.steer(pipe, RULES["dymos"]()):
+        native = run()
+    with at.inspect(pipe) as rec:
+        run()
+    return request.param, pipe, run, native, rec.frame_map()
+
+
+@pytest.mark.parametrize("backend", ["flex", TEST_BACKEND])
+def test_other_families_are_steered_and_recorded_like_native(family, backend):
+    name, pipe, run, native, frame_map = family
+    with on_backend(pipe.transformer, backend):
+        plain = run()
+        out, summary = steered(pipe, run, RULES["dymos"]())
+        zero, _ = steered(pipe, run, at.recipes.dymos(gamma=0.0, stop=1.0))
+        with at.inspect(pipe) as rec:
+            run()
+    torch.testing.assert_close(out, native, **TOL)
+    torch.testing.assert_close(rec.frame_map(), frame_map, **TOL)
+    assert torch.equal(zero, plain)
+    # CogVideoX's processor calls SDPA itself, whatever the backend set: its steered calls bypass the dispatcher
+    expected = dispatch_routing.DIRECT if name == "tiny-cogvideox" else backend
+    assert set(summary["steered_calls_by_backend"]) == {expected}
+    assert_dispatcher_restored()
