@@ -40,15 +40,16 @@ NATIVE_FAMILY = frozenset({"native", "_native_math", "_native_flash", "_native_e
 DIRECT = "sdpa"  # the backend name of a steered call that did not come through the dispatcher
 
 _BACKEND: contextvars.ContextVar[str | None] = contextvars.ContextVar("attnsteer_dispatch_backend", default=None)
-_ROUTERS: dict[int, tuple[Callable, Callable]] = {}  # id(dispatcher) -> (dispatcher, its router), built once
 
 
 class DispatchRouting:
-    """The dispatcher's router, installed while at least one controller is attached."""
+    """The dispatcher's router, installed while at least one controller is attached (built once per dispatcher
+    function and kept, so that dynamo's guards on it hold across sessions)."""
 
     def __init__(self) -> None:
         self.users = 0
         self._patched: list[tuple[dict, str, Callable]] = []  # (namespace, name, original)
+        self.routers: dict[int, tuple[Callable, Callable]] = {}  # id(dispatcher) -> (dispatcher, its router)
 
     def acquire(self) -> None:
         """A controller attaches: install the router on the first."""
@@ -94,7 +95,7 @@ def current_backend() -> str:
 
 def router_of(original: Callable) -> Callable:
     """The router of the dispatcher ``original`` (one per function, so dynamo's guards on it hold across sessions)."""
-    known = _ROUTERS.get(id(original))
+    known = ROUTING.routers.get(id(original))
     if known is not None and known[0] is original:
         return known[1]
     signature = inspect.signature(original)
@@ -119,7 +120,7 @@ def router_of(original: Callable) -> Callable:
             _BACKEND.reset(token)
 
     route._attnsteer_router = True  # type: ignore[attr-defined]
-    _ROUTERS[id(original)] = (original, route)
+    ROUTING.routers[id(original)] = (original, route)
     return route
 
 
