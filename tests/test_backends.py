@@ -88,6 +88,15 @@ def use_backend(transformer: torch.nn.Module, name: str) -> None:
             processor._attention_backend = member
 
 
+@pytest.fixture(autouse=True)
+def active_backend_restored():
+    """``set_attention_backend`` also sets diffusers' process-wide active backend: put it back after each test."""
+    registry = dispatch._AttentionBackendRegistry
+    before = registry._active_backend
+    yield
+    registry.set_active_backend(before)
+
+
 @pytest.fixture(scope="module")
 def wan():
     pipe, call_kwargs = build_tiny("tiny-wan")
