@@ -74,14 +74,17 @@ def assert_clean(pipe):
                    for name, m in pipe.transformer.named_modules() if name)
 
 
-def test_flex_backend_makes_active_rules_raise(pipe):
+def test_flex_backend_is_steered_like_native(pipe):
+    with at.steer(pipe, at.recipes.dymos(gamma=2.0, until_step=1)):
+        native = run_i2v(pipe, num_inference_steps=1)
     pipe.transformer.set_attention_backend("flex")
     try:
-        with pytest.raises(at.SteeringError, match="flex"):
-            with at.steer(pipe, at.recipes.dymos(gamma=2.0, until_step=1)):
-                run_i2v(pipe, num_inference_steps=1)
+        with at.steer(pipe, at.recipes.dymos(gamma=2.0, until_step=1)) as steering:
+            flex = run_i2v(pipe, num_inference_steps=1)
     finally:
         pipe.transformer.set_attention_backend("native")
+    np.testing.assert_allclose(flex, native, atol=1e-5)
+    assert set(steering.summary()["steered_calls_by_backend"]) == {"flex"}
     assert_clean(pipe)
 
 

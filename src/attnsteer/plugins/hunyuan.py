@@ -56,7 +56,7 @@ class HunyuanVideoAdapter(Adapter):
     branches = "forward-order"
     tiny_models = ("tiny-hunyuan", "tiny-hunyuan-token-replace")
     tested = ("true CFG on and off (two forwards per step or one), the swapped forward would not match; "
-              "the flex backend raises")
+              "the flex backend is steered like native")
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
         """Video tokens first (frame-major, patch ``patch_size_t`` x 2 x 2), then all text tokens (padding masked as keys)."""
@@ -71,7 +71,7 @@ class HunyuanVideo15Adapter(Adapter):
     text = "joint-after"
     branches = "separate-forwards"
     tiny_models = ("tiny-hunyuan15",)
-    tested = "padded conditioning tokens (hidden as keys and as queries); the flex backend raises"
+    tested = "padded conditioning tokens (hidden as keys and as queries); the flex backend is steered like native"
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
         """Video tokens first, then SigLIP image, byT5 and text tokens as one "text" segment ``image+byt5+text``."""

@@ -51,7 +51,7 @@ class LTXAdapter(Adapter):
     tested = ("LTXConditionPipeline with an image condition at a later frame: DyMoS and a frame-to-frame rule "
               "against dense (leaving the condition tokens out of their frame would not match), group masses and "
               "frame maps against dense; video_coords parsing (two-frame video conditions, two images at one frame, "
-              "ambiguous windows raise); the flex backend raises")
+              "ambiguous windows raise); the flex backend is steered like native")
 
     def layout(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> TokenLayout:
         """Video tokens only, pre-packed frame-major; condition tokens prepended for frames k > 0 join their frame."""

@@ -21,13 +21,14 @@ from ..language.guidance import PerturbedGuidance
 from ..language.model_layers import ModelDepth
 from ..language.rules import Rule
 from ..language.schedules import StepInfo
-from . import compiled_call, flash_routing
+from . import compiled_call, dispatch_routing, flash_routing
 from .call_state import Client, ForwardState, LayerInfo
 from .context_parallel import context_parallel_config, head_slice
 from .execute import clear_rule_caches
 from .guidance import BlockSkipHook, GuidanceShift, in_perturbed_forward, perturb
-from .hooks import CONTROLLER_ATTRIBUTE, HOOK_NAME, AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
+from .hooks import CONTROLLER_ATTRIBUTE, AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
 from .module_call import ModuleCall, subject
+from .no_attention import why_no_attention
 from .outputs import OutputStage, split_output_rules
 from .stepping import LoopPosition, StepTracker
 
@@ -49,6 +50,7 @@ class Controller:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._copied = False
         self._routes_flash = False
+        self._routes_dispatch = False
         self.layers: list[tuple[str, LayerInfo]] = []  # (attention kind, layer) of every hooked module
         self.seen_steps: set[StepInfo] = set()
         self.seen_branches: set[str] = set()
@@ -121,6 +123,8 @@ class Controller:
             self.model.__dict__[CONTROLLER_ATTRIBUTE] = self
             flash_routing.ROUTING.acquire()  # flash-attn called directly reaches the hooked modules' handlers
             self._routes_flash = True
+            dispatch_routing.ROUTING.acquire()  # so does diffusers' dispatch_attention_fn, whatever its backend
+            self._routes_dispatch = True
         except BaseException:
             self._uninstall()
             raise
@@ -170,6 +174,9 @@ class Controller:
         if self._routes_flash:
             flash_routing.ROUTING.release()
             self._routes_flash = False
+        if self._routes_dispatch:
+            dispatch_routing.ROUTING.release()
+            self._routes_dispatch = False
         self._installed.clear()
         self._handles.clear()
         self._skip_hooks.clear()
@@ -315,7 +322,7 @@ class Controller:
     def end_attention(self, call: ModuleCall, module: torch.nn.Module, output: Any) -> Any:
         """The module's output once its forward has run under ``call``: checked, then output rules applied."""
         if not call.calls:
-            raise SteeringError(f"{call.subject}: {_why_no_attention(module, call.attention)}")
+            raise SteeringError(f"{call.subject}: {why_no_attention(module, call.attention)}")
         return output if call.stage is None else call.stage.apply(output, call.state.layout)
 
     @property
@@ -363,25 +370,6 @@ def _cross_recorders(clients: list[Client]) -> list[Client]:
     """The clients whose spatial maps read the text cross-attention (``at.maps.onto(..., attention="cross")``)."""
     return [c for c in clients
             if getattr(c, "maps", None) is not None and any(s.attention == "cross" for s in c.maps.specs)]
-
-
-def _why_no_attention(module: torch.nn.Module, attention: str) -> str:
-    """Why a hooked module ran without the SDPA call attnsteer needed, naming the actual cause."""
-    registry = getattr(module, "_diffusers_hook", None)
-    others = [name for name in getattr(registry, "hooks", {}) if name != HOOK_NAME]
-    if others:
-        return (f"the module ran without computing {attention}-attention through SDPA; the diffusers hooks {others} "
-                "on it (a cache or a skipped layer) returned first, so the rule cannot apply there: disable them or "
-                "filter this layer out with Rule(layers=...)")
-    backend = getattr(getattr(module, "processor", None), "_attention_backend", None)
-    if attention == "cross":
-        return ("no SDPA call of the module had the forward's text tokens as keys, so the cross-attention rule found "
-                f"nothing to steer (attention backend: {backend or 'unknown'})")
-    return ("the module computed attention without calling torch.nn.functional.scaled_dot_product_attention "
-            f"(attention backend: {backend or 'unknown'}), so it cannot be steered or recorded. Non-native backends "
-            "(flash, sage, xformers, flex) bypass it: call transformer.set_attention_backend('native') first on a diffusers "
-            "model; a model of your own must call torch.nn.functional.scaled_dot_product_attention or flash-attn's "
-            "flash_attn_func / flash_attn_varlen_func inside the hooked module")
 
 
 def controller_for(model: torch.nn.Module, component: str, adapter: Adapter) -> Controller:

@@ -129,10 +129,26 @@ def _router(original: Callable, parameters: tuple[str, ...], varlen: bool) -> Ca
 
 
 def unsteered(args: tuple, kwargs: dict) -> torch.Tensor:
-    """An SDPA call that no rule changes: flash-attn itself when the call came from flash-attn (bit-identical to an
-    unsteered run), else SDPA."""
-    flash = _UNSTEERED.get()
-    return flash() if flash is not None else F.scaled_dot_product_attention(*args, **kwargs)
+    """An SDPA call that no rule changes: the routed kernel itself when the call came from a router (flash-attn, a
+    diffusers attention backend: bit-identical to an unsteered run), else SDPA."""
+    routed_call = _UNSTEERED.get()
+    return routed_call() if routed_call is not None else F.scaled_dot_product_attention(*args, **kwargs)
+
+
+def steered_subject() -> str | None:
+    """Who an error is about while the running code is inside a steered module forward, else None."""
+    return _INSIDE_STEERED_CALL.get()
+
+
+@contextlib.contextmanager
+def routed(call: Callable[[], torch.Tensor] | None) -> Iterator[None]:
+    """While a router answers a call through SDPA: ``call`` computes it with the user's own kernel ([B, H, L, D]),
+    which :func:`unsteered` runs when no rule changes the call."""
+    token = _UNSTEERED.set(call)
+    try:
+        yield
+    finally:
+        _UNSTEERED.reset(token)
 
 
 def _arguments(names: tuple[str, ...], args: tuple, kwargs: dict, where: str) -> dict[str, Any]:

@@ -68,7 +68,7 @@ class ModuleCall:
     def _self_call(self, args: tuple, kwargs: dict) -> torch.Tensor:
         q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = sdpa_arguments(args, kwargs)
         if q.shape[-2] != k.shape[-2]:  # cross-attention inside a self-attention module: leave it
-            return F.scaled_dot_product_attention(*args, **kwargs)
+            return flash_routing.unsteered(args, kwargs)
         call = self.calls  # this call's index within the module's forward
         self.calls += 1
         where, layer, active, recorders, state = self.subject, self.layer, self.active, self.recorders, self.state
@@ -108,10 +108,10 @@ class ModuleCall:
             )
         except ConfigError as exc:
             raise type(exc)(f"in self-attention module {layer.qualified!r}: {exc}") from exc
-        if plan.path == "plain" and not recorders and not plan.identity and plan.scale_factor == 1.0:
+        if _changes_no_logit(plan) and not recorders and not plan.identity and plan.scale_factor == 1.0:
             if not outputs and not plan.applied:
                 return flash_routing.unsteered(args, kwargs)
-            out, mass = F.scaled_dot_product_attention(*args, **kwargs), None  # e.g. a logit scale of 1 applied
+            out, mass = flash_routing.unsteered(args, kwargs), None  # e.g. a zero bias applied: the user's kernel
         else:
             try:
                 with_maps = _record_spatial_maps(recorders, plan, q, k, v, state, layer, scale, attn_mask)
@@ -132,7 +132,7 @@ class ModuleCall:
         q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa = sdpa_arguments(args, kwargs)
         state, active = self.state, self.active
         if k.shape[-2] != state.text_length:
-            return F.scaled_dot_product_attention(*args, **kwargs)
+            return flash_routing.unsteered(args, kwargs)
         self.calls += 1
         where = self.subject
         layout = cross_layout(state.layout, state.text_length)
@@ -166,6 +166,12 @@ def _record_spatial_maps(recorders: list[Client], plan, q, k, v, state, layer, s
     if not spatial:
         return None
     return record_maps(spatial, plan, q, k, v, state, layer, scale, attn_mask)
+
+
+def _changes_no_logit(plan) -> bool:
+    """Whether a plan leaves every logit as it is (no logit rule, or constant biases that are all zero): the call's
+    output is then the user's own kernel's, bit for bit."""
+    return plan.path == "plain" or (plan.path == "grouped" and plan.bias is not None and not bool(plan.bias.any()))
 
 
 def subject(active: list[tuple[Client, Rule]], layer: LayerInfo) -> str:
