@@ -316,7 +316,7 @@ def test_cross_frame_intensity_matches_dense(seed):
     per_frame, start = layout.tokens_per_frame, layout.video_start
     first = int(rng.integers(0, layout.num_frames - 1))  # keep >= 2 frames
     selector = at.frames[first:]
-    tokens = selector.token_mask(at.selectors.SelectionContext(layout))
+    tokens = selector.token_mask(at.SelectionContext(layout))
     positions = [[start + t * per_frame + s for s in range(per_frame)] for t in range(first, layout.num_frames)]
     scale = d**-0.5 * float(rng.uniform(0.5, 2))
     call = ReadoutCall(layout, tokens, scale, "wan")

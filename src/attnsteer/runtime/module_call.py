@@ -11,7 +11,6 @@ from typing import Any
 
 import attrs
 import torch
-import torch.nn.functional as F
 
 from ..contract.adapter import Adapter
 from ..contract.streams import STREAM_KINDS
