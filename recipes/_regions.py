@@ -4,6 +4,7 @@ optionally moving to an end box over the video."""
 from __future__ import annotations
 
 import attnsteer as at
+from attnsteer.language.geometry import Trajectory
 from attnsteer.errors import ConfigError
 
 
@@ -19,7 +20,7 @@ def parse_box(value: object, field: str) -> tuple[float, float, float, float]:
     return tuple(value)  # type: ignore[return-value]
 
 
-def region(box: object, end_box: object = None) -> at.geometry.Trajectory:
+def region(box: object, end_box: object = None) -> Trajectory:
     """The object's region: ``box`` in every frame, or moving linearly from ``box`` to ``end_box``."""
     start = parse_box(box, "box")
     end = start if end_box is None else parse_box(end_box, "end_box")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 import attnsteer as at
+from attnsteer.language.geometry import Trajectory
 from attnsteer.errors import ConfigError
 from attnsteer.validation import real_number
 
@@ -24,7 +25,7 @@ from ._regions import region
 MAX_STRENGTH = 1e4  # a logit bias: far above any useful value (the authors' 25), far below float32 overflow
 
 
-def _size_regulariser(trajectory: at.geometry.Trajectory, strength: float):
+def _size_regulariser(trajectory: Trajectory, strength: float):
     """values(layout) -> [seq_len]: ``strength * (1 - area of the frame's box)`` on each frame's tokens."""
 
     def values(layout: at.TokenLayout) -> torch.Tensor:
