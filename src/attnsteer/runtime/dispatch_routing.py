@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ..errors import SteeringError
 from . import flash_routing
+from .rebinding import Rebinding
 
 DISPATCH_MODULE = "diffusers.models.attention_dispatch"
 FUNCTION = "dispatch_attention_fn"
@@ -42,47 +43,19 @@ DIRECT = "sdpa"  # the backend name of a steered call that did not come through 
 _BACKEND: contextvars.ContextVar[str | None] = contextvars.ContextVar("attnsteer_dispatch_backend", default=None)
 
 
-class DispatchRouting:
+class DispatchRouting(Rebinding):
     """The dispatcher's router, installed while at least one controller is attached (built once per dispatcher
     function and kept, so that dynamo's guards on it hold across sessions)."""
 
     def __init__(self) -> None:
-        self.users = 0
-        self._patched: list[tuple[dict, str, Callable]] = []  # (namespace, name, original)
-        self.routers: dict[int, tuple[Callable, Callable]] = {}  # id(dispatcher) -> (dispatcher, its router)
+        super().__init__()
+        self.known: dict[int, tuple[Callable, Callable]] = {}  # id(dispatcher) -> (dispatcher, its router)
 
-    def acquire(self) -> None:
-        """A controller attaches: install the router on the first."""
-        if self.users == 0:
-            self._install()
-        self.users += 1
-
-    def release(self) -> None:
-        """A controller detaches: put the dispatcher back after the last."""
-        self.users = max(0, self.users - 1)
-        if self.users == 0:
-            self._restore()
-
-    def _install(self) -> None:
-        dispatch = sys.modules.get(DISPATCH_MODULE)
-        original = getattr(dispatch, FUNCTION, None)
+    def routers(self) -> dict[int, tuple[Callable, Callable]]:
+        original = getattr(sys.modules.get(DISPATCH_MODULE), FUNCTION, None)
         if not callable(original) or getattr(original, "_attnsteer_router", False):
-            return
-        router = router_of(original)
-        for module in list(sys.modules.values()):
-            namespace = getattr(module, "__dict__", None)
-            if not isinstance(namespace, dict):
-                continue
-            for name, value in list(namespace.items()):
-                if value is original:
-                    self._patched.append((namespace, name, value))
-                    namespace[name] = router
-
-    def _restore(self) -> None:
-        while self._patched:
-            namespace, name, original = self._patched.pop()
-            if getattr(namespace.get(name), "_attnsteer_router", False):
-                namespace[name] = original
+            return {}
+        return {id(original): (original, router_of(original))}
 
 
 ROUTING = DispatchRouting()
@@ -95,7 +68,7 @@ def current_backend() -> str:
 
 def router_of(original: Callable) -> Callable:
     """The router of the dispatcher ``original`` (one per function, so dynamo's guards on it hold across sessions)."""
-    known = ROUTING.routers.get(id(original))
+    known = ROUTING.known.get(id(original))
     if known is not None and known[0] is original:
         return known[1]
     signature = inspect.signature(original)
@@ -120,7 +93,7 @@ def router_of(original: Callable) -> Callable:
             _BACKEND.reset(token)
 
     route._attnsteer_router = True  # type: ignore[attr-defined]
-    ROUTING.routers[id(original)] = (original, route)
+    ROUTING.known[id(original)] = (original, route)
     return route
 
 

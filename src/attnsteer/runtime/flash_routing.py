@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SteeringError
+from .rebinding import Rebinding
 
 # module -> function -> its leading positional parameters (FlashAttention-3 has no dropout_p); read-only
 FLASH_SIGNATURES: Mapping[str, Mapping[str, tuple[str, ...]]] = types.MappingProxyType({
@@ -49,51 +50,18 @@ _UNSTEERED: contextvars.ContextVar[Callable[[], torch.Tensor] | None] = contextv
     "attnsteer_flash_unsteered", default=None)  # the routed flash call itself, [B, H, L, D], while it is routed
 
 
-class FlashRouting:
+class FlashRouting(Rebinding):
     """The routers of the loaded flash-attn modules while at least one controller is attached."""
 
-    def __init__(self) -> None:
-        self.users = 0
-        self._patched: list[tuple[dict, str, Callable]] = []  # (namespace, name, original)
-
-    def acquire(self) -> None:
-        """A controller attaches: install the routers on the first."""
-        if self.users == 0:
-            self._install()
-        self.users += 1
-
-    def release(self) -> None:
-        """A controller detaches: put flash-attn back after the last."""
-        self.users = max(0, self.users - 1)
-        if self.users == 0:
-            self._restore()
-
-    def _install(self) -> None:
-        originals: dict[int, Callable] = {}
-        routers: dict[int, Callable] = {}
+    def routers(self) -> dict[int, tuple[Callable, Callable]]:
+        found: dict[int, tuple[Callable, Callable]] = {}
         for module_name, signatures in FLASH_SIGNATURES.items():
             module = sys.modules.get(module_name)
             for name, parameters in signatures.items():
                 function = getattr(module, name, None) if module is not None else None
                 if callable(function) and not getattr(function, "_attnsteer_router", False):
-                    originals[id(function)] = function
-                    routers[id(function)] = _router(function, parameters, varlen="varlen" in name)
-        if not originals:
-            return
-        for module in list(sys.modules.values()):
-            namespace = getattr(module, "__dict__", None)
-            if not isinstance(namespace, dict):
-                continue
-            for name, value in list(namespace.items()):
-                if id(value) in originals and value is originals[id(value)]:
-                    self._patched.append((namespace, name, value))
-                    namespace[name] = routers[id(value)]
-
-    def _restore(self) -> None:
-        while self._patched:
-            namespace, name, original = self._patched.pop()
-            if getattr(namespace.get(name), "_attnsteer_router", False):
-                namespace[name] = original
+                    found[id(function)] = (function, _router(function, parameters, varlen="varlen" in name))
+        return found
 
 
 ROUTING = FlashRouting()
