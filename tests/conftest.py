@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
+
+# Inductor's kernel cache per CPU capability: a kernel compiled by a run at this CPU's own level, loaded by a run
+# under ATEN_CPU_CAPABILITY=avx2, aborted the process (seen with the compiled score path).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / (
+    f"torchinductor_attnsteer_{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}")))
 
 import numpy as np
 import pytest
