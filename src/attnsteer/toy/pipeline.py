@@ -106,15 +106,15 @@ class ToyI2VPipeline(DiffusionPipeline):
         images = _per_video(image, len(prompts), "image", single=lambda x: x is None or not isinstance(x, list))
         generators = _per_video(generator, len(prompts), "generator", single=lambda x: not isinstance(x, list))
         self._guidance_scale = guidance_scale
-        device = self.transformer.device
+        device, dtype = self.transformer.device, self.transformer.dtype  # float64 components run in float64
         shape = (1, self.transformer.config.out_channels, FRAMES, SIZE // 4, SIZE // 4)
         # drawn on the CPU, one clip at a time: the same noise on any device and in any batch
-        latents = torch.cat([torch.randn(shape, generator=g) for g in generators]).to(device)
+        latents = torch.cat([torch.randn(shape, generator=g) for g in generators]).to(device, dtype)
         references = [self._reference(im) for im in images]
         has_image = [r is not None for r in references]
         if any(has_image) and not all(has_image):
             raise ConfigError("image must be given for every video of a batch or for none")
-        reference = torch.cat(references).to(device) if all(has_image) else None
+        reference = torch.cat(references).to(device, dtype) if all(has_image) else None
         cond_channels = condition(reference, latents, has_frame_ramp(self.transformer))
         text = self.prompts(prompts)
         null = self.prompts([None] * len(prompts))
