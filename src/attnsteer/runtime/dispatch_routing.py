@@ -80,13 +80,13 @@ def router_of(original: Callable) -> Callable:
         where = flash_routing.steered_subject()
         if where is None:
             return original(*args, **kwargs)
-        values = signature.bind(*args, **kwargs)
-        values.apply_defaults()
-        name = backend_name(original, values.arguments["backend"])
+        name = backend_name(original, kwargs.get("backend"))  # keyword-only in diffusers' signature
         token = _BACKEND.set(name)
         try:
             if name in NATIVE_FAMILY:
                 return original(*args, **kwargs)
+            values = signature.bind(*args, **kwargs)  # only here: binding costs more than a tiny call
+            values.apply_defaults()
             with flash_routing.routed(lambda: original(*args, **kwargs).transpose(1, 2)):
                 return _as_sdpa(where, name, values.arguments)
         finally:

@@ -16,6 +16,9 @@ class Rebinding:
     def __init__(self) -> None:
         self.users = 0
         self._patched: list[tuple[dict, str, Callable]] = []  # (namespace, name, original)
+        self._scanned: dict[str, int] = {}  # module name -> id of the module object whose namespace was read
+        self._sites: dict[int, list[tuple[dict, str]]] = {}  # id(original) -> where loaded modules bound it
+        self._known: set[int] = set()  # the originals the scans looked for
 
     def routers(self) -> dict[int, tuple[Callable, Callable]]:
         """The functions to route now, by id: (original, router)."""
@@ -37,15 +40,32 @@ class Rebinding:
         routed = self.routers()
         if not routed:
             return
-        for module in list(sys.modules.values()):
+        self._scan_new_modules(routed)
+        for key, (original, router) in routed.items():
+            for namespace, name in self._sites.get(key, ()):
+                if namespace.get(name) is original:
+                    self._patched.append((namespace, name, original))
+                    namespace[name] = router
+
+    def _scan_new_modules(self, routed: dict[int, tuple[Callable, Callable]]) -> None:
+        """Find the bindings of the originals in modules loaded since the last scan (a session's start then
+        reads only what is new: reading every loaded module each time cost more than a tiny model's run). A new
+        original (a flash-attn module loaded later) makes every module be read again."""
+        if not set(routed) <= self._known:
+            self._scanned.clear()
+            self._sites.clear()
+            self._known = set(routed)
+        for module_name, module in list(sys.modules.items()):
+            if self._scanned.get(module_name) == id(module):
+                continue
+            self._scanned[module_name] = id(module)
             namespace = getattr(module, "__dict__", None)
             if not isinstance(namespace, dict):
                 continue
             for name, value in list(namespace.items()):
                 pair = routed.get(id(value))
                 if pair is not None and value is pair[0]:
-                    self._patched.append((namespace, name, value))
-                    namespace[name] = pair[1]
+                    self._sites.setdefault(id(value), []).append((namespace, name))
 
     def _restore(self) -> None:
         while self._patched:
