@@ -34,15 +34,9 @@ class PassThroughSafetyChecker(torch.nn.Module):
         return frames
 
 
-def tiny_cosmos2(seed: int = 0) -> Any:
-    """A Cosmos 2 video-to-world pipeline (image -> conditioning latent frame 0; video-only self-attention, text
-    cross-attention; conditional then unconditional forward per step), random weights."""
-    from diffusers import (
-        AutoencoderKLWan,
-        Cosmos2VideoToWorldPipeline,
-        CosmosTransformer3DModel,
-        FlowMatchEulerDiscreteScheduler,
-    )
+def _cosmos_models(seed: int) -> tuple[Any, Any]:
+    """The tiny Cosmos transformer and Wan VAE both Cosmos pipelines share, random weights from ``seed``."""
+    from diffusers import AutoencoderKLWan, CosmosTransformer3DModel
 
     torch.manual_seed(seed)
     transformer = CosmosTransformer3DModel(  # no padding-mask channel: diffusers resizes it with torchvision
@@ -52,6 +46,15 @@ def tiny_cosmos2(seed: int = 0) -> Any:
     )
     vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True])
+    return transformer, vae
+
+
+def tiny_cosmos2(seed: int = 0) -> Any:
+    """A Cosmos 2 video-to-world pipeline (image -> conditioning latent frame 0; video-only self-attention, text
+    cross-attention; conditional then unconditional forward per step), random weights."""
+    from diffusers import Cosmos2VideoToWorldPipeline, FlowMatchEulerDiscreteScheduler
+
+    transformer, vae = _cosmos_models(seed)
     return no_progress_bar(Cosmos2VideoToWorldPipeline(
         text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
         scheduler=FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True), safety_checker=PassThroughSafetyChecker(),
@@ -74,21 +77,9 @@ def tiny_cosmos25(seed: int = 0) -> Any:
     """A Cosmos Predict 2.5 pipeline (one latent input for the conditional and the unconditional forward of a step;
     the model is fed sigma), random weights. Not a CLI model: diffusers converts its ``image`` with torchvision, which
     attnsteer does not require; call it with :func:`cosmos25_call_kwargs` (a still video as a tensor)."""
-    from diffusers import (
-        AutoencoderKLWan,
-        Cosmos2_5_PredictBasePipeline,
-        CosmosTransformer3DModel,
-        UniPCMultistepScheduler,
-    )
+    from diffusers import Cosmos2_5_PredictBasePipeline, UniPCMultistepScheduler
 
-    torch.manual_seed(seed)
-    transformer = CosmosTransformer3DModel(  # no padding-mask channel: diffusers resizes it with torchvision
-        in_channels=16 + 1, out_channels=16, num_attention_heads=2, attention_head_dim=16, num_layers=2, mlp_ratio=2,
-        text_embed_dim=32, adaln_lora_dim=4, max_size=(4, 32, 32), patch_size=(1, 2, 2), rope_scale=(2.0, 1.0, 1.0),
-        concat_padding_mask=False, extra_pos_embed_type="learnable",
-    )
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
+    transformer, vae = _cosmos_models(seed)
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
     return no_progress_bar(Cosmos2_5_PredictBasePipeline(
         text_encoder=None, tokenizer=None, transformer=transformer, vae=vae, scheduler=scheduler,
