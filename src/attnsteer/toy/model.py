@@ -31,8 +31,8 @@ def input_channels(frame_ramp: bool) -> int:
 
 
 TRANSFORMER_CONFIG = dict(
-    patch_size=(1, 1, 1), num_attention_heads=2, attention_head_dim=32, in_channels=input_channels(frame_ramp=True),
-    out_channels=LATENT_CHANNELS, text_dim=TEXT_DIM, freq_dim=64, ffn_dim=256, num_layers=4, cross_attn_norm=True,
+    patch_size=(1, 1, 1), num_attention_heads=4, attention_head_dim=32, in_channels=input_channels(frame_ramp=True),
+    out_channels=LATENT_CHANNELS, text_dim=TEXT_DIM, freq_dim=64, ffn_dim=512, num_layers=4, cross_attn_norm=True,
     qk_norm="rms_norm_across_heads", rope_max_seq_len=64,
 )
 WEIGHTS = Path(__file__).parent / "weights" / "toy_i2v.safetensors"
