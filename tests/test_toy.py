@@ -114,3 +114,25 @@ def test_training_and_evaluation_flags_reject_non_positive_numbers(capsys):
     with pytest.raises(SystemExit):
         evaluate.main(["weights.safetensors", "--prompt-following", "-3"])
     assert "--prompt-following" in capsys.readouterr().err
+
+
+def test_gallery_quick_run_shows_every_built_in_recipe(tmp_path):
+    """`python -m attnsteer.toy.gallery --quick` writes a section per built-in recipe and a figure per hosted one."""
+    from attnsteer.language.recipe import available_recipes
+    from attnsteer.toy.gallery import EXHIBITS, main
+
+    main(["--quick", "--out", str(tmp_path)])
+    page = (tmp_path / "gallery.md").read_text()
+    built_in = [name for name, spec in available_recipes().items() if spec.source == "built-in"]
+    for name in built_in:
+        assert f"## {name}\n" in page, name
+    for exhibit in EXHIBITS:
+        assert (tmp_path / "img" / "gallery" / f"{exhibit.recipe}.png").is_file() == (exhibit.not_hosted is None)
+
+
+def test_gallery_refuses_a_recipe_list_that_leaves_one_out():
+    from attnsteer.errors import ConfigError
+    from attnsteer.toy.gallery import EXHIBITS, check_exhibits
+
+    with pytest.raises(ConfigError, match="missing \\['dymos'\\]"):
+        check_exhibits([e for e in EXHIBITS if e.recipe != "dymos"])

@@ -60,12 +60,16 @@ def _generate(model, image, args: argparse.Namespace):
                  guidance_scale=args.guidance)
 
 
-def _enter_steering(stack: contextlib.ExitStack, pipe: Any, recipe: Any) -> Any:
-    """``at.steer(pipe, recipe)`` entered on ``stack`` (no recipe: vanilla); a recipe that can apply to no module
-    of the model (its layers match none) is refused before anything is generated, not run as vanilla."""
+def _enter_steering(stack: contextlib.ExitStack, model: Any, recipe: Any, prompt: str | None) -> Any:
+    """``at.steer(pipe, recipe)`` entered on ``stack`` (no recipe: vanilla), given the prompt and tokenizer for
+    rules on prompt words; a recipe that can apply to no module of the model (its layers match none) is refused
+    before anything is generated, not run as vanilla."""
     import attnsteer as at
 
-    session = at.steer(pipe, *(() if recipe is None else (recipe,)))
+    from .heatmaps import _tokenizer
+
+    session = at.steer(model.pipe, *(() if recipe is None else (recipe,)), prompt=model.prompt(prompt),
+                       tokenizer=_tokenizer(model))
     with warnings.catch_warnings():
         warnings.simplefilter("error", AttnsteerWarning)
         try:
@@ -107,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     image = _image(args, model)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        steering = _enter_steering(stack, model.pipe, recipe)
+        steering = _enter_steering(stack, model, recipe, args.prompt)
         frames = _generate(model, image, args)
     elapsed = time.perf_counter() - started
     video_path = save_video(frames, args.out / f"video.{args.format}", fps=args.fps)
@@ -133,7 +137,7 @@ def _record_run(model, image, args, recipe):
     options = inspect_options(args, model)
     with contextlib.ExitStack() as stack:
         rec = stack.enter_context(at.inspect(model.pipe, **options))
-        steering = _enter_steering(stack, model.pipe, recipe)
+        steering = _enter_steering(stack, model, recipe, args.prompt)
         frames = _generate(model, image, args)
     rec.metadata["rules"] = steering.summary()
     return frames, rec

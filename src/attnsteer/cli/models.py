@@ -27,6 +27,10 @@ class VideoModel:
         self._call_kwargs = call_kwargs
         self.image_size = image_size  # (height, width) the image is resized to, None: the pipeline decides
 
+    def prompt(self, prompt: str | None) -> str | None:
+        """The prompt a call with ``prompt`` gives the pipeline (the model's default where it fills an empty one)."""
+        return self._call_kwargs(prompt=prompt or "").get("prompt") or None
+
     @property
     def image_argument(self) -> str:
         """The name the pipeline takes its conditioning image under ("image"; VACE: "reference_images")."""

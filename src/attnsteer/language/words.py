@@ -22,6 +22,18 @@ from .selectors import SelectionContext, Selector
 WORD = re.compile(r"\w+")
 
 
+def word_level_tokenizer(vocabulary: str) -> Any:
+    """A word-level fast tokenizer built offline (one token per word of ``vocabulary``, ``[UNK]`` otherwise),
+    with character offsets, for pipelines whose text encoder embeds whole words (the toy, the tiny models)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, **{word: i + 1 for i, word in enumerate(dict.fromkeys(vocabulary.split()))}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]")
+
+
 @attrs.frozen
 class WordIndex:
     """The prompt and the character span of every text token position ((0, 0) for special tokens)."""

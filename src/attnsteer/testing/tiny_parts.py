@@ -86,15 +86,10 @@ def clip_image_encoder() -> tuple[Any, Any]:
 
 
 def word_tokenizer(vocabulary: str = "a an the cat dog red blue ball grass runs jumps on in left right") -> Any:
-    """A tiny word-level fast tokenizer built offline (one token per known word, ``[UNK]`` otherwise),
-    with character offsets, so ``at.words(...)`` works on the tiny pipelines' prompts."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """The tiny pipelines' word-level tokenizer, so ``at.words(...)`` works on their prompts."""
+    from ..language.words import word_level_tokenizer
 
-    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(dict.fromkeys(vocabulary.split()))}}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]")
+    return word_level_tokenizer(vocabulary)
 
 
 def no_progress_bar(pipe: Any) -> Any:

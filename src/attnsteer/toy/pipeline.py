@@ -18,8 +18,9 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from ..errors import ConfigError
+from ..language.words import word_level_tokenizer
 from .model import WEIGHTS, PromptTable, condition, from_latents, has_frame_ramp, load_modules, read_info, to_latents
-from .world import FRAMES, SIZE
+from .world import FRAMES, SIZE, VOCABULARY
 
 SCHEDULER_SHIFT = 2.0
 
@@ -37,6 +38,8 @@ class ToyI2VPipeline(DiffusionPipeline):
         self.register_modules(transformer=transformer, prompts=prompts, scheduler=scheduler)
         # Weights of the "clean-reference" training recipe expect latent frame 0 to hold the clean reference.
         self.clean_reference = clean_reference
+        # One token per prompt word, as the prompt table embeds them, so ``at.words("fast")`` selects a word.
+        self.tokenizer = word_level_tokenizer(" ".join(VOCABULARY[1:]))
 
     @classmethod
     def from_shipped(cls) -> ToyI2VPipeline:
