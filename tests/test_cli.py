@@ -21,6 +21,17 @@ def test_recipes_lists_parameters(capsys):
     assert "reference_queries" in out
 
 
+def test_a_closed_pipe_ends_the_listing_quietly():
+    """`attnsteer recipes | head`: the reader leaves early (here: before anything is written); no "unexpected
+    error" line, no traceback."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(["bash", "-c", f"{sys.executable} -m attnsteer.cli recipes | true"], capture_output=True,
+                          text=True, timeout=120)
+    assert "error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
 def test_run_writes_video_and_record(tmp_path, image):
     image_path = tmp_path / "in.png"
     image.save(image_path)

@@ -60,7 +60,7 @@ def inspect_options(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     if args.word:
         if not args.prompt:
             raise ConfigError("--word needs --prompt (the words are found in the prompt)")
-        options.update(prompt=args.prompt, tokenizer=_tokenizer(model))
+        options.update(prompt=args.prompt, tokenizer=model.tokenizer())
     return options
 
 
@@ -72,13 +72,6 @@ def _text_attention(model: Any) -> str:
     targets, _ = resolve_targets(model.pipe)
     return "cross" if any(t.adapter.cross_attention_modules(t.model) for t in targets) else "self"
 
-
-def _tokenizer(model: Any) -> Any:
-    """The pipeline's tokenizer; the built-in tiny models have none, so they get the tiny word tokenizer."""
-    from ..testing.tiny import TINY_MODELS, word_tokenizer
-
-    tokenizer = getattr(model.pipe, "tokenizer", None)
-    return word_tokenizer() if tokenizer is None and model.name in TINY_MODELS else tokenizer
 
 
 def write_heatmap_figures(rec: Any, video: Any, out: Path, fmt: str = "gif", fps: int = 8) -> list[Path]:

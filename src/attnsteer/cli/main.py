@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import functools
 import json
+import os
 import re
 import sys
 import time
@@ -66,10 +67,8 @@ def _enter_steering(stack: contextlib.ExitStack, model: Any, recipe: Any, prompt
     before anything is generated, not run as vanilla."""
     import attnsteer as at
 
-    from .heatmaps import _tokenizer
-
     session = at.steer(model.pipe, *(() if recipe is None else (recipe,)), prompt=model.prompt(prompt),
-                       tokenizer=_tokenizer(model))
+                       tokenizer=model.tokenizer())
     with warnings.catch_warnings():
         warnings.simplefilter("error", AttnsteerWarning)
         try:
@@ -311,6 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"attnsteer: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`attnsteer recipes | head`): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush cannot fail again
+        return 1  # as Python's own docs advise for SIGPIPE
     except Exception as exc:  # an unexpected failure: one line, the traceback with --debug
         if debug:
             raise

@@ -31,6 +31,14 @@ class VideoModel:
         """The prompt a call with ``prompt`` gives the pipeline (the model's default where it fills an empty one)."""
         return self._call_kwargs(prompt=prompt or "").get("prompt") or None
 
+    def tokenizer(self) -> Any:
+        """The tokenizer that finds prompt words: the pipeline's; the built-in tiny models have none, so they get
+        the tiny word tokenizer."""
+        from ..testing.tiny import TINY_MODELS, word_tokenizer
+
+        tokenizer = getattr(self.pipe, "tokenizer", None)
+        return word_tokenizer() if tokenizer is None and self.name in TINY_MODELS else tokenizer
+
     @property
     def image_argument(self) -> str:
         """The name the pipeline takes its conditioning image under ("image"; VACE: "reference_images")."""
