@@ -74,9 +74,14 @@ def _text_attention(model: Any) -> str:
 
 
 def _tokenizer(model: Any) -> Any:
-    """The pipeline's tokenizer; the built-in tiny models have none, so they get the tiny word tokenizer."""
+    """The pipeline's tokenizer; the built-in tiny models have none, so they get the tiny word tokenizer, and
+    the toy one over its vocabulary (one text token per prompt word, as its prompt table embeds them)."""
     from ..testing.tiny import TINY_MODELS, word_tokenizer
 
+    if model.name == "toy":
+        from ..toy.world import DIRECTIONS, SPEEDS
+
+        return word_tokenizer(" ".join((*DIRECTIONS, *SPEEDS)))
     tokenizer = getattr(model.pipe, "tokenizer", None)
     return word_tokenizer() if tokenizer is None and model.name in TINY_MODELS else tokenizer
 
