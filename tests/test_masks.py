@@ -160,7 +160,7 @@ def test_subject_motion_biases_exactly_the_masked_generated_tokens(toy, recorded
 def test_mask_from_a_saved_maps_file_drives_the_recipe_and_errors_name_the_field(recorded, tmp_path):
     rec, _ = recorded
     path = rec.maps.save(tmp_path / "maps.npz")
-    from_file = at.recipes.subject_motion(mask=str(path), word="right", threshold=0.85)
+    from_file = at.recipes.subject_motion(mask=str(path), subject_word="right", threshold=0.85)
     direct = at.masks.from_attention(rec, word="right", threshold=0.85)
     (rule,) = from_file.rules
     assert torch.equal(rule.query.right.tokens, direct.tokens)
@@ -176,7 +176,7 @@ def test_mask_from_a_saved_maps_file_drives_the_recipe_and_errors_name_the_field
         at.masks.from_attention(rec)
     with pytest.raises(at.ConfigError, match="keeps no spatial maps"):
         at.masks.from_attention(at.Record(), word="right")
-    with pytest.raises(at.ConfigError, match=r"subject_motion\(mask=.*\) is not a mask file.*give word="):
+    with pytest.raises(at.ConfigError, match=r"subject_motion\(mask=.*\) is not a mask file.*give subject_word="):
         at.recipes.subject_motion(mask=str(path))
     with pytest.raises(at.ConfigError, match=r"subject_motion\(mask=...\) must be a string"):
         at.recipes.subject_motion(mask=at.masks.load(at.masks.save(direct, tmp_path / "m.npz")))
@@ -199,3 +199,20 @@ def test_token_mask_selects_its_tokens_and_refuses_another_frame_count():
         mask.token_mask(at.SelectionContext(at.TokenLayout(num_frames=3, tokens_per_frame=4, grid=(2, 2))))
     with pytest.raises(at.ConfigError, match="marks no token"):
         at.masks.TokenMask(torch.zeros(1, 2, 2, dtype=torch.bool))
+
+
+def test_cli_inspects_the_toy_word_map_then_runs_subject_motion_on_it(tmp_path, capsys):
+    import json
+
+    from attnsteer.cli.main import main
+
+    common = ["--model", "toy", "--prompt", PROMPT, "--steps", "2"]
+    assert main(["inspect", *common, "--word", "right", "--out", str(tmp_path / "inspect")]) == 0
+    maps = tmp_path / "inspect" / "maps.npz"
+    assert main(["run", *common, "--recipe", "subject_motion", "--mask", str(maps), "--subject-word", "right",
+                 "--threshold", "0.85", "--background", "-1", "--until-step", "1", "--out", str(tmp_path / "run")]) == 0
+    applied = json.loads((tmp_path / "run" / "run.json").read_text())["applied"]
+    assert [r["steps"] for r in applied["rules"]] == [[0], [0]] and applied["attention_calls_steered"] == 4
+    capsys.readouterr()
+    assert main(["run", *common, "--recipe", "subject_motion", "--out", str(tmp_path / "bare")]) == 2
+    assert "missing a required argument: 'mask'" in capsys.readouterr().err
