@@ -13,7 +13,7 @@ import attrs
 import torch
 
 from ..errors import ConfigError
-from .geometry import _require_grid
+from .layout import TokenLayout
 from .selectors import SelectionContext, Selector
 
 
@@ -29,6 +29,14 @@ def _token_grid(value: object) -> torch.Tensor:
     if not bool(tokens.any()):
         raise ConfigError("TokenMask(tokens) marks no token: a rule on it would apply nowhere")
     return tokens.detach().cpu().clone()
+
+
+def _grid(selector: Selector, layout: TokenLayout) -> tuple[int, int]:
+    """The call's token grid, or ConfigError: a per-token mask needs it."""
+    if layout.grid is None:
+        raise ConfigError(f"{selector!r} needs the token grid of a frame, which this model's adapter does not report "
+                          f"(layout {layout.describe()})")
+    return layout.grid
 
 
 @attrs.frozen(repr=False, eq=False)
@@ -47,7 +55,7 @@ class TokenMask(Selector):
 
     def frame_region(self, frame: int, ctx: SelectionContext) -> torch.Tensor:
         """The [rows, cols] mask of latent frame ``frame`` on the call's token grid."""
-        grid = _require_grid(self, ctx.layout)
+        grid = _grid(self, ctx.layout)
         region = self.tokens[frame]
         if tuple(region.shape) == tuple(grid):
             return region
@@ -60,7 +68,7 @@ class TokenMask(Selector):
         if layout.num_frames != frames:
             raise ConfigError(f"{self!r} holds {frames} latent frames but this call has {layout.num_frames}; draw "
                               "the mask from a recording of the same video length")
-        grid = _require_grid(self, layout)
+        grid = _grid(self, layout)
         mask = torch.zeros(layout.seq_len, dtype=torch.bool)
         for f in range(frames):
             start = layout.video_start + f * layout.tokens_per_frame
