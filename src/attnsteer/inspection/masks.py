@@ -53,7 +53,8 @@ def _word_label(maps: MapRecording, word: object) -> str:
     if not found:
         names = [WORD_LABEL.fullmatch(label).group(1) for label in recorded]  # type: ignore[union-attr]
         raise ConfigError(f"from_attention(word={word!r}): the recording keeps no map of that word; its word maps "
-                          f"are {names or 'none'} (record one with at.inspect(maps=[at.maps.onto(at.words({word!r}))]))")
+                          f"are {names or 'none'} (record one with "
+                          f"at.inspect(maps=[at.maps.onto(at.words({word!r}))]))")
     return found[0]
 
 
@@ -68,7 +69,8 @@ def _checked_steps(maps: MapRecording, steps: Any) -> list[int] | None:
     recorded = sorted(set().union(*maps.bin_steps.values()))
     bad = [s for s in items if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s not in recorded]
     if bad or not items:
-        raise ConfigError(f"from_attention(steps=...) must be recorded step indices, allowed: {recorded}; got {steps!r}")
+        raise ConfigError(f"from_attention(steps=...) must be recorded step indices, allowed: {recorded}; "
+                          f"got {steps!r}")
     return [int(s) for s in items]
 
 
