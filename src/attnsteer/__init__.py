@@ -22,7 +22,7 @@ from .errors import (
     SteeringError,
     UnsupportedModelError,
 )
-from .inspection import maps
+from .inspection import maps, masks
 from .inspection.record import Record
 from .language import readouts
 from .language.geometry import box, mask, point, trajectory
@@ -103,6 +103,7 @@ __all__ = [
     "output_scale",
     "maps",
     "mask",
+    "masks",
     "point",
     "progress",
     "prompt",

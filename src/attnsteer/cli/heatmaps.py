@@ -73,7 +73,6 @@ def _text_attention(model: Any) -> str:
     return "cross" if any(t.adapter.cross_attention_modules(t.model) for t in targets) else "self"
 
 
-
 def write_heatmap_figures(rec: Any, video: Any, out: Path, fmt: str = "gif", fps: int = 8) -> list[Path]:
     """``maps.npz``, per-map grids over the decoded video (rows: step ranges; words side by side) and an
     animation of the reference-frame map; [] when the recording keeps no maps."""
