@@ -17,9 +17,11 @@ from .local_window import local_window
 from .peekaboo import peekaboo
 from .perturbed import pag, stg
 from .temperature import proportional_attention, ultravico
+from .nag import nag
 
 RECIPES: dict[str, RecipeSpec] = {r.name: r for r in (dymos, direct_a_video, enhance_a_video, peekaboo, local_window,
                                                       proportional_attention, ultravico, pag, stg)}
+RECIPES[nag.name] = nag
 
 def __getattr__(name: str) -> RecipeSpec:
     """``at.recipes.<name>`` of a third-party recipe; an unknown name raises AttributeError with a did-you-mean."""
@@ -37,5 +39,5 @@ def __getattr__(name: str) -> RecipeSpec:
     raise AttributeError(f"attnsteer.recipes has no recipe {name!r}{hint} (`attnsteer recipes` lists them)")
 
 
-__all__ = ["RECIPES", "direct_a_video", "dymos", "enhance_a_video", "local_window", "pag", "peekaboo",
+__all__ = ["RECIPES", "direct_a_video", "dymos", "enhance_a_video", "local_window", "nag", "pag", "peekaboo",
            "proportional_attention", "stg", "ultravico"]
