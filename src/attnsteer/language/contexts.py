@@ -103,7 +103,9 @@ def _embeds(value: object) -> torch.Tensor | None:
 
 
 def _describe(value: object) -> str:
-    return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}" if isinstance(value, torch.Tensor) else repr(value)
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return repr(value)
 
 
 def _prompt(value: object) -> str | None:

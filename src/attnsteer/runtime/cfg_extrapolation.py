@@ -72,9 +72,10 @@ def _guidance_scale(controller: Any) -> float:
     if controller.component == "transformer_2" and second is not None:
         w = second
     if w is None:
+        owner = type(pipeline).__name__ if pipeline is not None else "a bare model"
         raise SteeringError("stg(formula='authors-wan') extrapolates from the CFG result, so it reads the pipeline's "
-                            f"guidance scale, which {type(pipeline).__name__ if pipeline is not None else 'a bare model'}"
-                            " does not keep (_guidance_scale); steer the pipeline, or use formula='generic'")
+                            f"guidance scale, which {owner} does not keep (_guidance_scale); steer the pipeline, or "
+                            "use formula='generic'")
     if float(w) <= 1.0:
         raise SteeringError(f"stg(formula='authors-wan') needs classifier-free guidance (guidance_scale > 1), got {w}; "
                             "its perturbed forward runs on the negative prompt")

@@ -64,6 +64,7 @@ class Controller:
     # --- attaching -----------------------------------------------------------------------
     def attach(self, client: Client, pipeline: Any = None, num_steps: int | None = None) -> None:
         cross = [r for r in client.rules if r.attention == "cross"]
+        second_context.check_host(cross, self.adapter, self.model)
         if cross and not self.adapter.cross_attention_modules(self.model):
             raise SteeringError(
                 f"{describe_rule(cross[0], None)}: the adapter {type(self.adapter).__name__} declares no cross-attention "

@@ -35,15 +35,26 @@ def has_second_context(active: list[tuple[Any, Any]]) -> bool:
     return any(rule.transform.kind == "context" for _, rule in active)
 
 
+def check_host(rules: list[Any], adapter: Any, model: torch.nn.Module) -> None:
+    """At attach: a second-context rule needs separate cross-attention modules (text in a joint sequence is refused)."""
+    found = [r for r in rules if r.transform.kind == "context"]
+    if found and not adapter.cross_attention_modules(model):
+        raise SteeringError(
+            f"{describe_rule(found[0], None)}: {type(model).__name__} ({adapter.family}) has no separate text "
+            "cross-attention modules (its text sits in the joint self-attention sequence), so there is no context to "
+            "replace; NAG's joint variant (SD3-style: the negative prompt's own text stream through every block) is "
+            "not supported")
+
+
 def run(controller: Any, call: Any, module: torch.nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
-    """One forward of a cross-attention module under ``call`` (a ModuleCall) whose active rules hold a second context."""
+    """One forward of a cross-attention module under ``call`` (a ModuleCall) with a second-context rule on."""
     (client, rule), *others = call.active
     where = describe_rule(rule, call.layer.qualified)
     if others or call.recorders:
         raise SteeringError(f"{where}: a second context cannot be combined with other cross-attention rules or maps "
                             "in the same module call (they would act on one of its two attention calls only)")
     transform: SecondContext = rule.transform
-    bound = inspect.signature(type(module).forward).bind(module, *args, **kwargs)  # the class's: hooks wrap module.forward
+    bound = inspect.signature(type(module).forward).bind(module, *args, **kwargs)  # hooks wrap module.forward
     del bound.arguments[next(iter(bound.arguments))]
     names = list(bound.arguments)
     if len(names) < 2 or not isinstance(bound.arguments[names[1]], torch.Tensor):
@@ -102,7 +113,8 @@ def run(controller: Any, call: Any, module: torch.nn.Module, forward: Callable, 
 class _Calls:
     """The SDPA handler of the module forward(s): text-key calls combined, the rest as they are."""
 
-    def __init__(self, combine: Callable, rows: list[int], batch: int, text: int, negative_text: int, where: str) -> None:
+    def __init__(self, combine: Callable, rows: list[int], batch: int, text: int, negative_text: int,
+                 where: str) -> None:
         self.combine, self.rows, self.batch, self.where = combine, rows, batch, where
         self.text, self.negative_text = text, negative_text
         self.mode = "batched"
@@ -122,7 +134,7 @@ class _Calls:
             positive, negative = out[self.rows], out[self.batch:]
         else:
             if self.combined >= len(self.captured):
-                raise SteeringError(f"{self.where}: the module made more text-attention calls than in its negative pass")
+                raise SteeringError(f"{self.where}: the module made more text-attention calls than its negative pass")
             positive, negative = out[self.rows], self.captured[self.combined]
         self.combined += 1
         merged = self.combine(_merge(positive), _merge(negative))
