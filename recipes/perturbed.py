@@ -23,6 +23,7 @@ import warnings
 
 import attnsteer as at
 from attnsteer.errors import ConfigError
+from attnsteer.language.guidance import FORMULAS
 from attnsteer.validation import integer, real_number
 
 STG_DEFAULTS = {"cogvideox": (11, 1.0), "ltx": (19, 1.0), "hunyuanvideo": (2, 1.0), "wan": (2, 2.0), "mochi": (34, 1.0)}
@@ -80,11 +81,16 @@ def pag(scale: float = 3.0, layers: str | None = None, family: str | None = None
     return at.Recipe("pag", _identity_rules(chosen), params, guidance=guidance)
 
 
-@at.recipe
-def stg(mode: str = "R", scale: float | None = None, layers: str | None = None, family: str | None = None) -> at.Recipe:
+@at.recipe(choices={"formula": FORMULAS})
+def stg(mode: str = "R", scale: float | None = None, layers: str | None = None, family: str | None = None,
+        formula: str = "generic") -> at.Recipe:
     """Spatiotemporal skip guidance: mode "R" skips blocks ``layers`` in the perturbed forward, mode
     "A" gives them identity attention; ``layers`` and ``scale`` default to the STG authors' per model family
-    (read from the model; elsewhere the middle block and scale 1.0)."""
+    (read from the model; elsewhere the middle block and scale 1.0).
+
+    ``formula="generic"``: ``uncond + w (cond - uncond) + s (cond - perturbed)`` (the STG authors' CogVideoX and LTX
+    pipelines); ``formula="authors-wan"``: their Wan 2.1 pipeline's ``cfg + s (cfg - perturbed)``, the perturbed
+    forward on the negative prompt (needs CFG)."""
     if mode not in MODES:
         raise ConfigError(f"stg(mode=...) must be one of {MODES}, got {mode!r}")
     _deprecated_family("stg", family)
@@ -97,6 +103,9 @@ def stg(mode: str = "R", scale: float | None = None, layers: str | None = None, 
     else:
         scale = real_number(scale, "stg(scale=...)")
     rules = _identity_rules(chosen) if mode == "A" else ()
-    guidance = at.PerturbedGuidance(scale, skip_blocks=chosen if mode == "R" else (), family_scales=family_scales)
+    guidance = at.PerturbedGuidance(scale, skip_blocks=chosen if mode == "R" else (), family_scales=family_scales,
+                                    formula=formula)
     params = {"mode": mode, **({} if family_scales else {"scale": scale}), **_shown(chosen)}
+    if formula != "generic":
+        params["formula"] = formula
     return at.Recipe("stg", rules, params, guidance=guidance)

@@ -26,6 +26,7 @@ from .inspection import maps, masks
 from .inspection.record import Record
 from .language import readouts
 from .language.geometry import box, mask, point, trajectory
+from .language.contexts import nag_combine, second_context
 from .language.guidance import PerturbedGuidance
 from .language.layout import Segment, TokenLayout
 from .language.model_layers import ModelDepth, ModelLayers, family_layers, layer_fraction
@@ -104,6 +105,7 @@ __all__ = [
     "maps",
     "mask",
     "masks",
+    "nag_combine",
     "point",
     "progress",
     "prompt",
@@ -117,6 +119,7 @@ __all__ = [
     "scale",
     "scale_if_positive",
     "score_mod",
+    "second_context",
     "steer",
     "steps",
     "temperature",

@@ -135,6 +135,12 @@ class Adapter:
             return None
         return int(inputs["encoder_hidden_states"].shape[1])
 
+    def context_states(self, model: torch.nn.Module, embeds: torch.Tensor) -> torch.Tensor:
+        """A second text context (``at.second_context``: the text encoder's output ``[B, L, D]``) as the cross-attention
+        modules receive their text: through the model's own text projection (the base class refuses: no such path)."""
+        raise SteeringError(f"{type(self).__name__} ({self.family}) gives no second text context to the cross-attention "
+                            f"of {type(model).__name__} (Adapter.context_states); at.second_context / nag need it")
+
     block_pattern: str = r"(transformer_blocks|blocks)\.\d+"
 
     def blocks(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:

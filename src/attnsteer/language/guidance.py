@@ -34,6 +34,15 @@ def _blocks(value: object) -> tuple[int, ...] | ModelLayers:
     return tuple(integer(i, "PerturbedGuidance(skip_blocks=...)", minimum=0) for i in items)
 
 
+FORMULAS = ("generic", "authors-wan")
+
+
+def _formula(value: object) -> str:
+    if value not in FORMULAS:
+        raise ConfigError(f"PerturbedGuidance(formula=...) must be one of {FORMULAS}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
 @attrs.frozen
 class PerturbedGuidance:
     """The perturbed branch of a recipe: its scale ``s``, when it is on, the adaptive decay
@@ -46,6 +55,10 @@ class PerturbedGuidance:
     skip_blocks: tuple[int, ...] | ModelLayers = attrs.field(default=(), converter=_blocks)
     family_scales: tuple[tuple[str, float], ...] = attrs.field(default=(), converter=_family_scales)
     """``{family: s}``: the scale on models of those adapter families (a recipe's authors' values); ``scale`` elsewhere."""
+    formula: str = attrs.field(default="generic", converter=_formula)
+    """``"generic"``: ``uncond + w (cond - uncond) + s (cond - perturbed)``, the perturbed forward after the conditional
+    one; ``"authors-wan"``: the STG authors' Wan 2.1 pipeline, ``cfg + s (cfg - perturbed)`` with the perturbed forward
+    after the unconditional one (the negative prompt)."""
 
     def blocks_in(self, model: ModelDepth) -> tuple[int, ...]:
         """The block indices the perturbed forward skips in ``model`` (its family and block count)."""

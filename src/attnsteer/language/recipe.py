@@ -10,7 +10,8 @@ with typed, validated parameters and a one-line description.
         # docstring summary: the description, e.g. "DyMoS: weaken generated frames' attention to the reference"
         ...
 
-- Every parameter is annotated ``float``, ``int``, ``bool`` or ``str``, optionally ``| None``; one
+- Every parameter is annotated ``float``, ``int``, ``bool``, ``str`` or ``torch.Tensor`` (Python only),
+  optionally ``| None``; one
   without a default is required. Other annotations raise ``ConfigError`` at decoration.
 - Calling the recipe checks each argument's type (and ``choices``) before the function runs, so a
   bad value raises ``ConfigError`` naming ``recipe(param=...)``; range checks stay in the function.
@@ -33,13 +34,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+import torch
 
 from ..errors import AttnsteerWarning, ConfigError
 from ..validation import integer, real_number
 from .rules import Recipe
 
 ENTRY_POINT_GROUP = "attnsteer.recipes"
-KINDS: dict[type, str] = {float: "a real number", int: "an int", bool: "true or false", str: "a string"}
+KINDS: dict[type, str] = {float: "a real number", int: "an int", bool: "true or false", str: "a string",
+                          torch.Tensor: "a tensor (from Python only)"}
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 REQUIRED = inspect.Parameter.empty
 
@@ -84,6 +87,8 @@ class RecipeParameter:
         lowered = text.strip().lower()
         if self.optional and self.kind is not str and lowered == "none":
             return None
+        if self.kind is torch.Tensor:
+            raise ConfigError(f"{field} is a tensor: give it from Python, not on the command line")
         try:
             if self.kind is bool:
                 if lowered not in TRUE + FALSE:
@@ -184,7 +189,7 @@ def _kind(annotation: Any, field: str) -> tuple[type, bool]:
         return _kind(kind, field)[0], True
     if annotation in KINDS:
         return annotation, False
-    raise ConfigError(f"@recipe {field} must be annotated float, int, bool or str (optionally | None), "
+    raise ConfigError(f"@recipe {field} must be annotated float, int, bool, str or torch.Tensor (optionally | None), "
                       f"got {annotation!r}")
 
 

@@ -35,7 +35,7 @@ from .layout import TokenLayout
 MAX_BIAS = 1e30  # larger finite biases overflow float32 logits once added up
 
 
-TRANSFORM_KINDS = ("constant", "per_query", "score", "identity", "output")
+TRANSFORM_KINDS = ("constant", "per_query", "score", "identity", "output", "context")
 
 
 class Transform:

@@ -46,3 +46,9 @@ class WanAdapter(Adapter):
         _, _, frames, height, width = inputs["hidden_states"].shape
         p_t, p_h, p_w = model.config.patch_size
         return self.token_layout(frames // p_t, (height // p_h, width // p_w))
+
+    def context_states(self, model: torch.nn.Module, embeds: torch.Tensor) -> torch.Tensor:
+        """The text encoder's output through the model's own ``condition_embedder.text_embedder`` (what ``attn2``'s
+        text keys and values are projected from)."""
+        parameter = next(model.condition_embedder.text_embedder.parameters())
+        return model.condition_embedder.text_embedder(embeds.to(parameter.device, parameter.dtype))

@@ -21,7 +21,7 @@ from ..language.guidance import PerturbedGuidance
 from ..language.model_layers import ModelDepth
 from ..language.rules import Rule
 from ..language.schedules import StepInfo
-from . import compiled_call, dispatch_routing, flash_routing
+from . import compiled_call, dispatch_routing, flash_routing, second_context
 from .call_state import Client, ForwardState, LayerInfo
 from .context_parallel import context_parallel_config, head_slice
 from .execute import clear_rule_caches
@@ -64,6 +64,7 @@ class Controller:
     # --- attaching -----------------------------------------------------------------------
     def attach(self, client: Client, pipeline: Any = None, num_steps: int | None = None) -> None:
         cross = [r for r in client.rules if r.attention == "cross"]
+        second_context.check_host(cross, self.adapter, self.model)
         if cross and not self.adapter.cross_attention_modules(self.model):
             raise SteeringError(
                 f"{describe_rule(cross[0], None)}: the adapter {type(self.adapter).__name__} declares no cross-attention "
@@ -294,6 +295,8 @@ class Controller:
         call = self.begin_attention(layer, attention, module)
         if call is None:
             return forward(*args, **kwargs)
+        if second_context.has_second_context(call.active):
+            return second_context.run(self, call, module, forward, args, kwargs)
         with SDPAInterceptor(call), flash_routing.steered_forward(call.subject):
             output = forward(*args, **kwargs)
         return self.end_attention(call, module, output)
@@ -327,9 +330,10 @@ class Controller:
 
     @property
     def traceable(self) -> bool:
-        """Whether dynamo may trace the hooked modules (:mod:`attnsteer.runtime.compiled_call`): no client has output rules,
-        which act on a module's output, outside its SDPA calls."""
-        return not any(split_output_rules([(c, r) for r in c.rules])[1] for c in self.clients)
+        """Whether dynamo may trace the hooked modules (:mod:`attnsteer.runtime.compiled_call`): no client has output rules
+        or second contexts, which act on a module's output or inputs, outside its SDPA calls."""
+        return not any(split_output_rules([(c, r) for r in c.rules])[1] or second_context.has_second_context(
+            [(c, r) for r in c.rules]) for c in self.clients)
 
 
 def _frame_limit(rule: Rule, layer: LayerInfo, attention: str, frames: tuple[bool, ...]) -> frozenset[int]:

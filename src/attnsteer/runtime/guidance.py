@@ -16,6 +16,9 @@ the single conditional forward gives ``cond + s (cond - perturbed)``. attnsteer 
 after the forward (CogVideoX's dynamic CFG) or uses another per expert (Wan 2.2's
 ``guidance_scale_2``). The model is not modified: the hooks are removed with the session.
 
+``PerturbedGuidance(formula="authors-wan")`` is the STG authors' Wan 2.1 formula instead, ``cfg + s (cfg - perturbed)``
+with the perturbed forward on the negative prompt: :mod:`attnsteer.runtime.cfg_extrapolation`.
+
 Nested sessions with perturbed guidance each keep their own perturbed branch: one perturbed forward per
 session, with that session's ``"perturbed"`` rules and skipped blocks (plus the ``"perturbed"`` rules of
 sessions without guidance of their own), and ``sum_i s_i (cond - perturbed_i)`` added.
@@ -35,6 +38,7 @@ from diffusers.hooks.hooks import StateManager
 
 from ..errors import SteeringError
 from ..language.schedules import StepInfo
+from .cfg_extrapolation import authors_wan_shift
 from .hooks import ContextListener
 
 
@@ -111,18 +115,28 @@ def perturb(controller: Any, forward: Callable, args: tuple, kwargs: dict, outpu
     prediction = first_tensor(output)
     total = None
     for client, strength in strengths:
-        perturbed = None
-        if "cond" in state.branches:
-            controller.state = attrs.evolve(state, branches=("perturbed",) * len(state.branches))
-            controller.perturbing, controller.perturbing_client = client.guidance, client
-            try:
-                with own_cache_context(controller.model):  # not the conditional forward's cached blocks
-                    perturbed = first_tensor(forward(*args, **kwargs))
-            finally:
-                controller.state, controller.perturbing, controller.perturbing_client = state, None, None
-        part = strength * controller.guidance_shift.shift(state, prediction, perturbed, key=id(client))
+        if client.guidance.formula == "authors-wan":  # the STG authors' Wan formula
+            part = authors_wan_shift(controller, client, strength, state, prediction,
+                                     lambda c=client: perturbed_forward(controller, c, state, forward, args, kwargs))
+        else:
+            perturbed = perturbed_forward(controller, client, state, forward, args, kwargs) \
+                if "cond" in state.branches else None
+            part = strength * controller.guidance_shift.shift(state, prediction, perturbed, key=id(client))
         total = part if total is None else total + part
     return replace_first_tensor(output, prediction + total)
+
+
+def perturbed_forward(controller: Any, client: Any, state: Any, forward: Callable, args: tuple,
+                      kwargs: dict) -> torch.Tensor:
+    """The prediction of ``forward(*args, **kwargs)`` rerun as ``client``'s perturbed forward (its rules of branch
+    ``"perturbed"`` on, its blocks skipped), under cache contexts of its own."""
+    controller.state = attrs.evolve(state, branches=("perturbed",) * len(state.branches))
+    controller.perturbing, controller.perturbing_client = client.guidance, client
+    try:
+        with own_cache_context(controller.model):  # not the conditional forward's cached blocks
+            return first_tensor(forward(*args, **kwargs))
+    finally:
+        controller.state, controller.perturbing, controller.perturbing_client = state, None, None
 
 
 def in_perturbed_forward(perturbing_client: Any, client: Any) -> bool:

@@ -72,6 +72,12 @@ class ToyI2VPipeline(DiffusionPipeline):
     def interrupt(self) -> bool:
         return getattr(self, "_interrupt", False)
 
+    def encode_prompt(self, prompt: str | list[str], **_ignored: Any) -> tuple[torch.Tensor, None]:
+        """(prompt embeddings [B, 2, 32], None) from the prompt table, the toy's text encoder, as diffusers
+        pipelines' ``encode_prompt`` returns them; "" is the empty prompt (the unconditional branch's)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        return self.prompts([p or None for p in prompts]), None
+
     def _reference(self, image: Any) -> torch.Tensor | None:
         """Reference latents [1, 48, h, w] of one image (None for text-to-video)."""
         if image is None:
