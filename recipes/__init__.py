@@ -16,10 +16,11 @@ from .enhance_a_video import enhance_a_video
 from .local_window import local_window
 from .peekaboo import peekaboo
 from .perturbed import pag, stg
+from .seg import seg
 from .temperature import proportional_attention, ultravico
 
 RECIPES: dict[str, RecipeSpec] = {r.name: r for r in (dymos, direct_a_video, enhance_a_video, peekaboo, local_window,
-                                                      proportional_attention, ultravico, pag, stg)}
+                                                      proportional_attention, ultravico, pag, stg, seg)}
 
 def __getattr__(name: str) -> RecipeSpec:
     """``at.recipes.<name>`` of a third-party recipe; an unknown name raises AttributeError with a did-you-mean."""
@@ -38,4 +39,4 @@ def __getattr__(name: str) -> RecipeSpec:
 
 
 __all__ = ["RECIPES", "direct_a_video", "dymos", "enhance_a_video", "local_window", "pag", "peekaboo",
-           "proportional_attention", "stg", "ultravico"]
+           "proportional_attention", "seg", "stg", "ultravico"]

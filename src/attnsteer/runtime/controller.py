@@ -30,6 +30,7 @@ from .hooks import CONTROLLER_ATTRIBUTE, AttentionHook, InstalledHook, SDPAInter
 from .module_call import ModuleCall, subject
 from .no_attention import why_no_attention
 from .outputs import OutputStage, split_output_rules
+from .query_call import acts_outside_sdpa, to_q_hooks
 from .stepping import LoopPosition, StepTracker
 
 __all__ = ["Client", "Controller", "ForwardState", "LayerInfo", "controller_for"]
@@ -294,7 +295,7 @@ class Controller:
         call = self.begin_attention(layer, attention, module)
         if call is None:
             return forward(*args, **kwargs)
-        with SDPAInterceptor(call), flash_routing.steered_forward(call.subject):
+        with SDPAInterceptor(call), flash_routing.steered_forward(call.subject), to_q_hooks(call, module):
             output = forward(*args, **kwargs)
         return self.end_attention(call, module, output)
 
@@ -328,8 +329,9 @@ class Controller:
     @property
     def traceable(self) -> bool:
         """Whether dynamo may trace the hooked modules (:mod:`attnsteer.runtime.compiled_call`): no client has output rules,
-        which act on a module's output, outside its SDPA calls."""
-        return not any(split_output_rules([(c, r) for r in c.rules])[1] for c in self.clients)
+        which act on a module's output, outside its SDPA calls, nor query rules on to_q's output."""
+        return not any(split_output_rules([(c, r) for r in c.rules])[1] or any(map(acts_outside_sdpa, c.rules))
+                       for c in self.clients)
 
 
 def _frame_limit(rule: Rule, layer: LayerInfo, attention: str, frames: tuple[bool, ...]) -> frozenset[int]:
