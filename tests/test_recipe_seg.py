@@ -310,3 +310,11 @@ def test_bad_input_is_refused_naming_the_field(cog):
     with pytest.raises(at.ConfigError, match=r"query_transform\(narrow\) must return a tensor of its input's shape"):
         with at.steer(pipe, at.Rule(at.video, at.tokens, wrong, layers=[0])):
             run()
+
+
+def test_cli_runs_seg_on_the_toy_model(tmp_path):
+    from attnsteer.cli import main
+
+    assert main(["run", "--model", "toy", "--recipe", "seg", "--sigma", "1.0", "--steps", "2",
+                 "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "run.json").exists()
