@@ -318,3 +318,17 @@ def test_cli_runs_seg_on_the_toy_model(tmp_path):
     assert main(["run", "--model", "toy", "--recipe", "seg", "--sigma", "1.0", "--steps", "2",
                  "--out", str(tmp_path)]) == 0
     assert (tmp_path / "run.json").exists()
+
+
+def test_query_transforms_declare_their_kind_and_subclass_the_public_base():
+    for transform in (at.query_blur(1.0), at.query_mean(), at.query_transform(lambda q: q, placement="to_q")):
+        assert transform.kind == "query" and isinstance(transform, at.QueryTransform)
+
+
+def test_temporal_self_attention_has_no_frame_grid_and_is_refused_by_name():
+    from attnsteer.testing.tiny import build_tiny
+
+    pipe, call_kwargs = build_tiny("tiny-latte")
+    with pytest.raises(at.SteeringError, match=r"temporal_transformer_blocks.*no per-frame token grid"):
+        with at.steer(pipe, recipes.seg(sigma=1.0)):
+            pipe(generator=torch.Generator().manual_seed(0), **call_kwargs(num_inference_steps=1, output_type="latent"))
