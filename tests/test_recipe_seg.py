@@ -279,9 +279,12 @@ def test_fused_projections_refuse_the_to_q_placement_by_name(wan):
     pipe, run = wan
     pipe.transformer.fuse_qkv_projections()
     try:
+        before = hook_state(pipe.transformer)
         with pytest.raises(at.SteeringError, match=r"never called its to_q projection.*placement='attention'"):
             with at.steer(pipe, recipes.seg(sigma=1.0, layers="1", placement="to_q")):
                 run()
+        after = hook_state(pipe.transformer)  # the to_q hook and the session's hooks are gone
+        assert after[1:] == before[1:] and after[0][2:] == before[0][2:]
         with at.steer(pipe, recipes.seg(sigma=1.0, layers="1")) as steering:  # after q-norm and RoPE: reached
             run()
         assert steering.summary()["attention_calls_steered"] > 0
