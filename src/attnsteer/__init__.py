@@ -32,6 +32,7 @@ from .language.layout import Segment, TokenLayout
 from .language.model_layers import ModelDepth, ModelLayers, family_layers, layer_fraction
 from .language.outputs import OutputTransform, output_scale
 from .language.pairs import Pairs, frame_distance, frame_window, same_location, same_region, token_distance
+from .language.query_transforms import QueryTransform, query_blur, query_mean, query_transform
 from .language.readouts import Readout, ReadoutCall
 from .language.recipe import recipe
 from .language.rules import Recipe, Rule
@@ -71,6 +72,7 @@ __all__ = [
     "Pairs",
     "PerturbedGuidance",
     "Readout",
+    "QueryTransform",
     "ReadoutCall",
     "Recipe",
     "RecordingError",
@@ -111,6 +113,9 @@ __all__ = [
     "prompt",
     "proportional",
     "query_bias",
+    "query_blur",
+    "query_mean",
+    "query_transform",
     "readouts",
     "recipe",
     "register_adapter",

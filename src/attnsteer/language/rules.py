@@ -35,7 +35,8 @@ def _transform(value: object) -> Transform:
         raise ConfigError(
             "Rule.transform must be a transform: at.bias(x), at.scale(f), at.block(), at.logit_scale(f), "
             "at.temperature(t), at.proportional(n), at.scale_if_positive(a), at.fill(v), at.query_bias(values), "
-            f"at.score_mod(fn), at.identity() or at.output_scale(x); got {value!r}"
+            f"at.score_mod(fn), at.identity(), at.output_scale(x) or a query transform (at.query_blur(sigma), "
+            f"at.query_mean(), at.query_transform(fn)); got {value!r}"
         )
     return value
 

@@ -30,6 +30,7 @@ from .hooks import CONTROLLER_ATTRIBUTE, AttentionHook, InstalledHook, SDPAInter
 from .module_call import ModuleCall, subject
 from .no_attention import why_no_attention
 from .outputs import OutputStage, split_output_rules
+from .query_call import acts_outside_sdpa, to_q_hooks
 from .stepping import LoopPosition, StepTracker
 
 __all__ = ["Client", "Controller", "ForwardState", "LayerInfo", "controller_for"]
@@ -297,7 +298,7 @@ class Controller:
             return forward(*args, **kwargs)
         if second_context.has_second_context(call.active):
             return second_context.run(self, call, module, forward, args, kwargs)
-        with SDPAInterceptor(call), flash_routing.steered_forward(call.subject):
+        with SDPAInterceptor(call), flash_routing.steered_forward(call.subject), to_q_hooks(call, module):
             output = forward(*args, **kwargs)
         return self.end_attention(call, module, output)
 
@@ -330,10 +331,11 @@ class Controller:
 
     @property
     def traceable(self) -> bool:
-        """Whether dynamo may trace the hooked modules (:mod:`attnsteer.runtime.compiled_call`): no client has output rules
-        or second contexts, which act on a module's output or inputs, outside its SDPA calls."""
-        return not any(split_output_rules([(c, r) for r in c.rules])[1] or second_context.has_second_context(
-            [(c, r) for r in c.rules]) for c in self.clients)
+        """Whether dynamo may trace the hooked modules (:mod:`attnsteer.runtime.compiled_call`): no client has output
+        rules or second contexts, which act on a module's output or inputs, nor query rules on to_q's output, all
+        outside its SDPA calls."""
+        return not any(split_output_rules([(c, r) for r in c.rules])[1] or any(map(acts_outside_sdpa, c.rules))
+                       or second_context.has_second_context([(c, r) for r in c.rules]) for c in self.clients)
 
 
 def _frame_limit(rule: Rule, layer: LayerInfo, attention: str, frames: tuple[bool, ...]) -> frozenset[int]:

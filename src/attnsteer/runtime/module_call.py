@@ -25,6 +25,7 @@ from .context_parallel import gather_heads, head_slice
 from .execute import cross_layout, run_cross_plan, run_plan
 from .outputs import OutputStage, split_output_rules
 from .plan import build_plan
+from .query_call import split_query_rules, transform_queries
 from .stream_call import stream_call
 
 
@@ -43,6 +44,7 @@ class ModuleCall:
     stage: OutputStage | None = None
     module: torch.nn.Module | None = None
     calls: int = 0  # SDPA calls answered so far (steered or recorded)
+    queried: list[tuple[Client, Rule]] = attrs.field(factory=list)  # query rules applied on to_q's output (query_call)
 
     @property
     def subject(self) -> str:
@@ -97,18 +99,24 @@ class ModuleCall:
         outputs = stage.read(q, k, scale, layout, state.branches) if stage is not None else []
         rows = {id(c): client_rows(c, state.branches, q.shape[0]) for c in self.clients}
         heads = None if self.module is None else head_slice(self.module, q.shape[1], where)
+        logit_rules, query_rules = split_query_rules(split_output_rules(active)[0])
         try:
             plan = build_plan(
-                tuple((rule, self._context(client, rule, layout, rows[id(client)]))
-                      for client, rule in split_output_rules(active)[0]),
+                tuple((rule, self._context(client, rule, layout, rows[id(client)])) for client, rule in logit_rules),
                 layout, state.branches,
                 q.shape[0], q.shape[1], want_mass=bool(recorders),
                 head_offset=0 if heads is None else heads.offset, total_heads=None if heads is None else heads.total,
             )
         except ConfigError as exc:
             raise type(exc)(f"in self-attention module {layer.qualified!r}: {exc}") from exc
-        if _changes_no_logit(plan) and not recorders and not plan.identity and plan.scale_factor == 1.0:
-            if not outputs and not plan.applied:
+        given = q
+        q, queried = transform_queries(q, query_rules, layout, state.branches,
+                                       lambda c, r: self._context(c, r, layout, rows[id(c)]), layer.qualified,
+                                       *((0, None) if heads is None else (heads.offset, heads.total)))
+        queried += self.queried
+        if (_changes_no_logit(plan) and not recorders and not plan.identity and plan.scale_factor == 1.0
+                and q is given):  # the user's own kernel answers (a router's call reads the given q)
+            if not outputs and not plan.applied and not queried:
                 return flash_routing.unsteered(args, kwargs)
             out, mass = flash_routing.unsteered(args, kwargs), None  # e.g. a zero bias applied: the user's kernel
         else:
@@ -120,7 +128,8 @@ class ModuleCall:
         if heads is not None and recorders and mass is not None:
             mass = gather_heads(mass, heads)  # every rank records all heads, as one process would
         for client in self.clients:
-            mine = [rule for c, rule in active if c is client and (rule in plan.applied or (c, rule) in outputs)]
+            mine = [rule for c, rule in active
+                    if c is client and (rule in plan.applied or (c, rule) in outputs or (c, rule) in queried)]
             if mine or client.wants_mass:
                 notify(client, recorded, layer, mine, mass, rows[id(client)])
         return out
