@@ -16,6 +16,8 @@ FlexAttention separates ``score_mod`` from ``mask_mod``); the runtime reads noth
 - ``"identity"``: not a logit edit; selected queries attend only to themselves (output = V).
 - ``"output"``: not a logit edit; ``factor(...)`` scales the module's output rows
   (:class:`~attnsteer.language.outputs.OutputTransform`).
+- ``"passes"``: not a logit edit; the call runs once per pass and the outputs are combined
+  (:class:`~attnsteer.language.passes.MultiPass`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from .layout import TokenLayout
 MAX_BIAS = 1e30  # larger finite biases overflow float32 logits once added up
 
 
-TRANSFORM_KINDS = ("constant", "per_query", "score", "identity", "output")
+TRANSFORM_KINDS = ("constant", "per_query", "score", "identity", "output", "passes")
 
 
 class Transform:
