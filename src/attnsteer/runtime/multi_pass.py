@@ -47,7 +47,7 @@ def pass_call(layout: TokenLayout, batch: int, latent: tuple[int, int, int] | No
 
 def run_multi_pass(
     multi: list[tuple[Any, Any]],
-    base: tuple[tuple[Any, Any], ...],
+    base_pairs: tuple[tuple[Any, Any], ...],
     context_of: Callable[[Any, Any], Any],
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     layout: TokenLayout,
@@ -59,8 +59,9 @@ def run_multi_pass(
 ) -> tuple[torch.Tensor | None, list[tuple[Any, Any]]]:
     """(the call's output, the multi-pass pairs applied), or (None, []) where the rule selects no row or query.
 
-    ``base`` holds the call's other ``(rule, context)`` logit pairs; ``base_output()`` the call's output under them
-    (for the rows and queries the multi-pass rule leaves)."""
+    ``base_pairs`` holds the call's other ``(rule, context)`` logit pairs; ``base_output()`` the call's output under them
+    (the user's own kernel where they change no logit: a pass without rules or frames, and the rows and queries
+    the multi-pass rule leaves)."""
     if len(multi) > 1:
         raise SteeringError(f"{len(multi)} multi-pass rules are on in one call ({multi[0][1]!r}, {multi[1][1]!r}); "
                             "their combinations do not compose: put the passes in one rule")
@@ -70,11 +71,20 @@ def run_multi_pass(
         return None, []
     call = pass_call(layout, q.shape[0], latent)
     passes = rule.transform.passes_for(call)
-    outputs = [_run_pass(p, client, base, context_of, q, k, v, layout, branches, scale, attn_mask) for p in passes]
+    plain: list[torch.Tensor] = []  # the call under the other rules alone: a pass without rules or frames is it
+
+    def base() -> torch.Tensor:
+        if not plain:
+            plain.append(base_output())
+        return plain[0]
+
+    outputs = [base() if p.frames is None and not p.rules else
+               _run_pass(p, client, base_pairs, context_of, q, k, v, layout, branches, scale, attn_mask)
+               for p in passes]
     combined = outputs[0] if len(outputs) == 1 else rule.transform.combine(outputs, passes, call)
     if not bool(s.rows.all() and s.query.all()):
         where = s.rows.to(q.device)[:, None, None, None] & s.query.to(q.device)[None, None, :, None]
-        combined = torch.where(where, combined, base_output())
+        combined = torch.where(where, combined, base())
     return combined, [(client, rule)]
 
 
