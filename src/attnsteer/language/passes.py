@@ -135,7 +135,8 @@ def gaussian_low_pass(frames: int, rows: int, cols: int, d_s: float, d_t: float)
     """FreeLong's (FreeInit's) Gaussian low-pass filter [F, rows, cols] (float64), centred like ``fftshift``:
     ``exp(-((t'/d_t)^2 + (y'/d_s)^2 + (x'/d_s)^2) / 2)`` with coordinates ``2 i / n - 1`` per axis."""
     t, y, x = ((2 * torch.arange(n, dtype=torch.float64) / n - 1) for n in (frames, rows, cols))
-    return torch.exp(-0.5 * ((t / d_t)[:, None, None] ** 2 + (y / d_s)[None, :, None] ** 2 + (x / d_s)[None, None, :] ** 2))
+    squared = (t / d_t)[:, None, None] ** 2 + (y / d_s)[None, :, None] ** 2 + (x / d_s)[None, None, :] ** 2
+    return torch.exp(-0.5 * squared)
 
 
 @attrs.frozen

@@ -50,7 +50,8 @@ class NoiseHook:
             raise SteeringError(
                 f"{noise!r} transforms the initial latents through the pipeline's prepare_latents (where diffusers "
                 f"pipelines draw them or take latents=), which {type(pipeline).__name__} does not have; run the "
-                "recipe without its noise part, or draw the latents yourself and pass latents=")
+                "recipe without its initial-noise transform (at.recipes.freenoise(noise=False); on the command line "
+                "--param noise=false), or draw the latents yourself and pass latents=")
         self.pipeline, self.noise, self.calls = pipeline, noise, 0
         self._previous = pipeline.__dict__.get("prepare_latents", _MISSING)
         signature = inspect.signature(original)

@@ -59,8 +59,8 @@ def run_multi_pass(
 ) -> tuple[torch.Tensor | None, list[tuple[Any, Any]]]:
     """(the call's output, the multi-pass pairs applied), or (None, []) where the rule selects no row or query.
 
-    ``base_pairs`` holds the call's other ``(rule, context)`` logit pairs; ``base_output()`` the call's output under them
-    (the user's own kernel where they change no logit: a pass without rules or frames, and the rows and queries
+    ``base_pairs`` holds the call's other ``(rule, context)`` logit pairs; ``base_output()`` the call's output under
+    them (the user's own kernel where they change no logit: a pass without rules or frames, and the rows and queries
     the multi-pass rule leaves)."""
     if len(multi) > 1:
         raise SteeringError(f"{len(multi)} multi-pass rules are on in one call ({multi[0][1]!r}, {multi[1][1]!r}); "
