@@ -13,6 +13,8 @@ from attnsteer.language.recipe import RecipeSpec
 from .dymos import dymos  # noqa: I001  (first: @recipe registers in import order, which `attnsteer recipes` lists)
 from .direct_a_video import direct_a_video
 from .enhance_a_video import enhance_a_video
+from .freelong import freelong
+from .freenoise import freenoise
 from .local_window import local_window
 from .nag import nag
 from .peekaboo import peekaboo
@@ -23,7 +25,7 @@ from .temperature import proportional_attention, ultravico
 
 RECIPES: dict[str, RecipeSpec] = {r.name: r for r in (dymos, direct_a_video, enhance_a_video, peekaboo, local_window,
                                                       proportional_attention, ultravico, pag, stg, subject_motion, nag,
-                                                      seg)}
+                                                      seg, freelong, freenoise)}
 
 def __getattr__(name: str) -> RecipeSpec:
     """``at.recipes.<name>`` of a third-party recipe; an unknown name raises AttributeError with a did-you-mean."""
@@ -41,5 +43,5 @@ def __getattr__(name: str) -> RecipeSpec:
     raise AttributeError(f"attnsteer.recipes has no recipe {name!r}{hint} (`attnsteer recipes` lists them)")
 
 
-__all__ = ["RECIPES", "direct_a_video", "dymos", "enhance_a_video", "local_window", "nag", "pag", "peekaboo",
-           "proportional_attention", "seg", "stg", "subject_motion", "ultravico"]
+__all__ = ["RECIPES", "direct_a_video", "dymos", "enhance_a_video", "freelong", "freenoise", "local_window", "nag",
+           "pag", "peekaboo", "proportional_attention", "seg", "stg", "subject_motion", "ultravico"]

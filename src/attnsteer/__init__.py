@@ -30,8 +30,10 @@ from .language.contexts import nag_combine, second_context
 from .language.guidance import PerturbedGuidance
 from .language.layout import Segment, TokenLayout
 from .language.model_layers import ModelDepth, ModelLayers, family_layers, layer_fraction
+from .language.noise import InitialNoise, shuffled_noise
 from .language.outputs import OutputTransform, output_scale
 from .language.pairs import Pairs, frame_distance, frame_window, same_location, same_region, token_distance
+from .language.passes import Pass, PassCall, combine_with, frame_windows, multi_pass, spectral_blend, weighted_mean
 from .language.query_transforms import QueryTransform, query_blur, query_mean, query_transform
 from .language.readouts import Readout, ReadoutCall
 from .language.recipe import recipe
@@ -135,6 +137,16 @@ __all__ = [
     "trajectory",
     "video",
     "words",
+    # multi-pass attention and the initial-noise hook (attnsteer.language.passes, attnsteer.language.noise)
+    "InitialNoise",
+    "Pass",
+    "PassCall",
+    "combine_with",
+    "frame_windows",
+    "multi_pass",
+    "shuffled_noise",
+    "spectral_blend",
+    "weighted_mean",
 ]
 
 

@@ -19,10 +19,10 @@ from .errors import ConfigError, SteeringError, UnsupportedModelError
 from .inspection.map_specs import check_maps
 from .language.guidance import PerturbedGuidance
 from .language.layout import TokenLayout
-from .language.rules import Recipe, Rule, flatten_rules, guidance_of
+from .language.rules import Recipe, Rule, flatten_rules, guidance_of, initial_noise_of
 from .language.selectors import SelectionContext
 from .language.words import WordIndex, uses_words
-from .runtime import audit, dispatch_routing
+from .runtime import audit, dispatch_routing, initial_noise
 from .runtime.controller import Client, Controller, ForwardState, LayerInfo, controller_for
 from .runtime.stepping import LoopSteps
 
@@ -82,6 +82,7 @@ class Session:
         self.num_steps = num_steps
         self.strict = strict
         self._attached: list[Controller] = []
+        self._noise: initial_noise.NoiseHook | None = None
 
     def __enter__(self) -> Any:
         if self._attached:
@@ -100,6 +101,7 @@ class Session:
                     register_adapter(t.model, t.adapter)  # a nested session without adapter= finds it
                     self._remembered.append(t.model)
             self.client._controllers = self._attached
+            self._noise = initial_noise.install(self.pipeline, getattr(self.client, "initial_noise", None))
             _check_maps_before_run(self._attached)
             audit.report(audit.unmatched_layers(self.client.rules, self._attached), self.strict, "will never apply")
         except BaseException:
@@ -122,6 +124,9 @@ class Session:
 
     def _detach_all(self) -> None:
         self.client._controllers = []
+        if self._noise is not None:
+            self._noise.remove()
+            self._noise = None
         while self._remembered:
             register_adapter(self._remembered.pop(), None)
         errors = []
@@ -152,6 +157,7 @@ class Steering(LoopSteps):
 
     wants_mass = False
     batch_item: tuple[int, int] | None = None
+    initial_noise = None  # a recipe's transform of the pipeline's initial latents (attnsteer.runtime.initial_noise)
 
     def __init__(self, rules: tuple[Rule, ...], sources: tuple[Rule | Recipe, ...], words: WordIndex | None = None,
                  guidance: PerturbedGuidance | None = None) -> None:
@@ -248,8 +254,12 @@ def steer(
     rules = flatten_rules(sources)
     client = Steering(rules, sources, word_index(target, rules, prompt, tokenizer), guidance_of(sources))
     client.batch_item = check_batch_item(batch_item)
+    client.initial_noise = initial_noise_of(sources)
     if client.batch_item is not None:
         _refuse_unbatchable(rules, client.guidance)
+        if client.initial_noise is not None:
+            raise SteeringError(f"at.steer(batch_item=...): {client.initial_noise!r} changes the whole batch's initial "
+                                "latents; run it sequentially")
     return Session(target, client, adapter=adapter, num_steps=num_steps, strict=strict)
 
 

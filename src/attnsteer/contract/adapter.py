@@ -172,6 +172,15 @@ class Adapter:
         """The scalar timestep of one forward (the maximum of per-token timesteps; None if unknown)."""
         return scalar_timestep(inputs.get("timestep"))
 
+    def latent_grid(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> tuple[int, int] | None:
+        """(height, width) of one forward's video latent: the last two dims of a 5-D ``sample`` or ``hidden_states``
+        input (None if neither is 5-D). Multi-pass blends read a temporal call's folded spatial grid from it."""
+        for name in ("sample", "hidden_states"):
+            value = inputs.get(name)
+            if isinstance(value, torch.Tensor) and value.dim() == 5:
+                return int(value.shape[-2]), int(value.shape[-1])
+        return None
+
     def batch_size(self, inputs: Mapping[str, Any]) -> int:
         """The batch rows of one forward: those of its first tensor argument."""
         for value in inputs.values():

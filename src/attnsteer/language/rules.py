@@ -12,6 +12,7 @@ import attrs
 from ..errors import ConfigError, SteeringError
 from .guidance import PerturbedGuidance
 from .model_layers import ModelDepth, ModelLayers
+from .noise import InitialNoise
 from .pairs import Pairs, check_pairs
 from .schedules import Schedule, always
 from .selectors import AllTokens, Selector, check_selector
@@ -178,6 +179,7 @@ class Recipe:
     rules: tuple[Rule, ...] = attrs.field(converter=tuple)
     params: tuple[tuple[str, object], ...] = attrs.field(default=(), converter=_params)
     guidance: PerturbedGuidance | None = None  # an extra perturbed prediction (PAG, STG)
+    initial_noise: InitialNoise | None = None  # a transform of the pipeline's initial latents (FreeNoise)
 
     def __attrs_post_init__(self) -> None:
         for r in self.rules:
@@ -185,6 +187,9 @@ class Recipe:
                 raise ConfigError(f"Recipe {self.name!r} rules must be at.Rule objects, got {r!r}")
         if self.guidance is not None and not isinstance(self.guidance, PerturbedGuidance):
             raise ConfigError(f"Recipe {self.name!r} guidance must be a PerturbedGuidance, got {self.guidance!r}")
+        if self.initial_noise is not None and not isinstance(self.initial_noise, InitialNoise):
+            raise ConfigError(f"Recipe {self.name!r} initial_noise must be an InitialNoise (at.shuffled_noise(...)), "
+                              f"got {self.initial_noise!r}")
 
     def __iter__(self) -> Iterator[Rule]:
         return iter(self.rules)
@@ -206,6 +211,14 @@ def guidance_of(items: Iterable[object]) -> PerturbedGuidance | None:
     found = [item.guidance for item in items if isinstance(item, Recipe) and item.guidance is not None]
     if len(found) > 1:
         raise ConfigError(f"at.steer takes at most one recipe with perturbed guidance, got {len(found)}")
+    return found[0] if found else None
+
+
+def initial_noise_of(items: Iterable[object]) -> InitialNoise | None:
+    """The initial-noise transform among the recipes given to at.steer (at most one)."""
+    found = [item.initial_noise for item in items if isinstance(item, Recipe) and item.initial_noise is not None]
+    if len(found) > 1:
+        raise ConfigError(f"at.steer takes at most one recipe with an initial-noise transform, got {len(found)}")
     return found[0] if found else None
 
 

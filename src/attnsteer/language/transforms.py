@@ -18,6 +18,8 @@ FlexAttention separates ``score_mod`` from ``mask_mod``); the runtime reads noth
   (:class:`~attnsteer.language.outputs.OutputTransform`).
 - ``"query"``: not a logit edit; ``apply(q)`` transforms the selected queries before the logits
   (:class:`~attnsteer.language.query_transforms.QueryTransform`).
+- ``"passes"``: not a logit edit; the call runs once per pass and the outputs are combined
+  (:class:`~attnsteer.language.passes.MultiPass`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .layout import TokenLayout
 MAX_BIAS = 1e30  # larger finite biases overflow float32 logits once added up
 
 
-TRANSFORM_KINDS = ("constant", "per_query", "score", "identity", "output", "context", "query")
+TRANSFORM_KINDS = ("constant", "per_query", "score", "identity", "output", "context", "query", "passes")
 
 
 class Transform:

@@ -47,6 +47,7 @@ class ForwardState:
     context: str | None
     text_length: int | None = None  # text keys of the separate cross-attention calls, if the model has them
     streams: Mapping[str, Any] | None = None  # kind -> streams.StreamView of the forward's audio/cross-modal calls
+    latent: tuple[int, int, int] | None = None  # (videos, height, width) of the forward's video latent input
 
 
 class Client(Protocol):

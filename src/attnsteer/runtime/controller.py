@@ -257,7 +257,8 @@ class Controller:
             step = self.steps.info(timestep, self.adapter.frame_timesteps(model, inputs))
         self.state = ForwardState(layout=layout, step=step, branches=branches, context=self.context,
                                   text_length=self.adapter.text_length(model, inputs),
-                                  streams=self.adapter.stream_views(model, inputs, layout) or None)
+                                  streams=self.adapter.stream_views(model, inputs, layout) or None,
+                                  latent=_latent(batch, self.adapter.latent_grid(model, inputs)))
         self.seen_steps.add(self.state.step)
         self.seen_branches.update(branches or ("unknown",))
 
@@ -336,6 +337,10 @@ class Controller:
         outside its SDPA calls."""
         return not any(split_output_rules([(c, r) for r in c.rules])[1] or any(map(acts_outside_sdpa, c.rules))
                        or second_context.has_second_context([(c, r) for r in c.rules]) for c in self.clients)
+
+
+def _latent(batch: int, grid: tuple[int, int] | None) -> tuple[int, int, int] | None:
+    return None if grid is None else (batch, *grid)
 
 
 def _frame_limit(rule: Rule, layer: LayerInfo, attention: str, frames: tuple[bool, ...]) -> frozenset[int]:

@@ -23,6 +23,7 @@ from .call_maps import record_cross_maps, record_maps
 from .call_state import Client, ForwardState, LayerInfo, client_rows, notify, sdpa_arguments
 from .context_parallel import gather_heads, head_slice
 from .execute import cross_layout, run_cross_plan, run_plan
+from .multi_pass import passes_of, run_multi_pass
 from .outputs import OutputStage, split_output_rules
 from .plan import build_plan
 from .query_call import split_query_rules, transform_queries
@@ -100,10 +101,10 @@ class ModuleCall:
         rows = {id(c): client_rows(c, state.branches, q.shape[0]) for c in self.clients}
         heads = None if self.module is None else head_slice(self.module, q.shape[1], where)
         logit_rules, query_rules = split_query_rules(split_output_rules(active)[0])
+        base = tuple((rule, self._context(client, rule, layout, rows[id(client)])) for client, rule in logit_rules)
         try:
             plan = build_plan(
-                tuple((rule, self._context(client, rule, layout, rows[id(client)])) for client, rule in logit_rules),
-                layout, state.branches,
+                base, layout, state.branches,
                 q.shape[0], q.shape[1], want_mass=bool(recorders),
                 head_offset=0 if heads is None else heads.offset, total_heads=None if heads is None else heads.total,
             )
@@ -114,7 +115,11 @@ class ModuleCall:
                                        lambda c, r: self._context(c, r, layout, rows[id(c)]), layer.qualified,
                                        *((0, None) if heads is None else (heads.offset, heads.total)))
         queried += self.queried
-        if (_changes_no_logit(plan) and not recorders and not plan.identity and plan.scale_factor == 1.0
+        out, ran = self._multi_pass(passes_of(active), base, plan, q, k, v, layout, state, scale, attn_mask, rows,
+                                    args, kwargs) if passes_of(active) else (None, [])
+        if ran:
+            mass = None
+        elif (_changes_no_logit(plan) and not recorders and not plan.identity and plan.scale_factor == 1.0
                 and q is given):  # the user's own kernel answers (a router's call reads the given q)
             if not outputs and not plan.applied and not queried:
                 return flash_routing.unsteered(args, kwargs)
@@ -129,10 +134,29 @@ class ModuleCall:
             mass = gather_heads(mass, heads)  # every rank records all heads, as one process would
         for client in self.clients:
             mine = [rule for c, rule in active
-                    if c is client and (rule in plan.applied or (c, rule) in outputs or (c, rule) in queried)]
+                    if c is client and (rule in plan.applied or (c, rule) in outputs or (c, rule) in queried
+                                        or (c, rule) in ran)]
             if mine or client.wants_mass:
                 notify(client, recorded, layer, mine, mass, rows[id(client)])
         return out
+
+    def _multi_pass(self, multi: list, base: tuple, plan, q, k, v, layout: TokenLayout, state: ForwardState,
+                    scale, attn_mask, rows: dict, args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, list]:
+        """(output, applied pairs) of a call with a multi-pass rule on (:mod:`attnsteer.runtime.multi_pass`)."""
+        if self.recorders:
+            raise SteeringError(f"{describe_rule(multi[0][1], self.layer.qualified)}: a multi-pass call has no single "
+                                "attention map to record; record in a run without it")
+
+        def base_output() -> torch.Tensor:
+            if _changes_no_logit(plan) and not plan.identity and plan.scale_factor == 1.0:
+                return flash_routing.unsteered(args, kwargs)
+            return run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=False)[0]
+
+        try:
+            return run_multi_pass(multi, base, lambda c, r: self._context(c, r, layout, rows[id(c)]), q, k, v, layout,
+                                  state.branches, scale, attn_mask, state.latent, base_output)
+        except (ConfigError, KernelError, SteeringError) as exc:
+            raise type(exc)(f"{describe_rule(multi[0][1], self.layer.qualified)}: {exc}") from exc
 
     def _cross_call(self, args: tuple, kwargs: dict) -> torch.Tensor:
         """A cross-attention SDPA call: steered when its keys are the forward's text tokens (image-key

@@ -16,8 +16,9 @@ from .plan import Selection, select
 
 
 def split_output_rules(active: Sequence[tuple[Any, Any]]) -> tuple[list[tuple[Any, Any]], list[tuple[Any, Any]]]:
-    """(logit rules, output rules) of a module call's active ``(client, rule)`` pairs."""
-    logits = [pair for pair in active if pair[1].transform.kind != "output"]
+    """(logit rules, output rules) of a module call's active ``(client, rule)`` pairs (multi-pass rules are neither:
+    :mod:`attnsteer.runtime.multi_pass`)."""
+    logits = [pair for pair in active if pair[1].transform.kind not in ("output", "passes")]
     outputs = [pair for pair in active if pair[1].transform.kind == "output"]
     return logits, outputs
 
