@@ -9,6 +9,7 @@ import torch
 
 import attnsteer as at
 from attnsteer.runtime import execute
+from attnsteer.runtime.hooks import CONTROLLER_ATTRIBUTE
 from attnsteer.runtime.plan import build_plan
 from attnsteer.language.selectors import SelectionContext
 from attnsteer.testing.tiny import tiny_wan
@@ -90,6 +91,7 @@ def test_cached_runs_equal_uncached_runs_exactly(recipe):
                 if clear:
                     for cached in (build_plan, execute._on_device, execute._score_fn):
                         cached.cache_clear()
+                    model.__dict__[CONTROLLER_ATTRIBUTE].call_cache.clear()  # the prepared calls (runtime.call_cache)
                 outs.append(model(timestep=t[None], **inputs)[0])
             hits.append(build_plan.cache_info().hits)
         return outs

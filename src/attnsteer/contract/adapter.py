@@ -22,6 +22,7 @@ class, the field and the allowed values).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Mapping
@@ -260,9 +261,15 @@ def scalar_timestep(t: Any) -> float | None:
     return float(t)
 
 
+@functools.lru_cache(maxsize=64)
+def _signature(forward: Any) -> inspect.Signature:
+    """The signature of a model class's ``forward``, read once per class rather than at every forward."""
+    return inspect.signature(forward)
+
+
 def bind_forward_inputs(model: torch.nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The arguments of one ``model.forward`` call by parameter name (defaults left out)."""
-    signature = inspect.signature(type(model).forward)
+    signature = _signature(type(model).forward)
     bound = signature.bind_partial(model, *args, **kwargs)
     arguments = dict(bound.arguments)
     arguments.pop(next(iter(signature.parameters)), None)  # self

@@ -163,8 +163,8 @@ def _row_bytes(q: torch.Tensor, v: torch.Tensor, logits: int, weights: int) -> i
     return q.shape[0] * q.shape[1] * per_head
 
 
-def _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out, step: int, merge: bool = True
-                      ) -> Iterator[tuple[slice, list, torch.Tensor, torch.Tensor | None]]:
+def _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out, step: int, merge: bool = True,
+                      may_block: bool | None = None) -> Iterator[tuple[slice, list, torch.Tensor, torch.Tensor | None]]:
     """The merge of the class calls, ``step`` query rows at a time; yields (rows, [(class groups, biased class
     log-sum-exp [B, H, r])], total log-sum-exp [B, H, r], the chunk's output rows). The output rows are written
     into ``out`` where it is given (and are then its view); else they are the chunk's own tensor, float32 or in
@@ -180,7 +180,8 @@ def _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out, step:
     first class call's output, or its float32 copy)."""
     b, h, nq, _ = q.shape
     acc_dtype = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for float64 inputs
-    may_block = mask is not None or (bias4 is not None and bool(torch.isneginf(bias4).any()))
+    if may_block is None:  # a mask or a -inf bias: given by a prepared call (kernels.prepared), which knows it
+        may_block = mask is not None or (bias4 is not None and bool(torch.isneginf(bias4).any()))
     for start in range(0, nq, step):
         rows = slice(start, min(start + step, nq))
         q_rows, groups_rows = q[:, :, rows], q_groups[rows]

@@ -85,9 +85,17 @@ def notify(client: Client, state: ForwardState, layer: LayerInfo, applied: list[
 
 def sdpa_arguments(args: tuple, kwargs: dict) -> tuple:
     """F.scaled_dot_product_attention's arguments by name, with its defaults."""
-    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-    defaults = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
-    values = dict(defaults)
-    values.update(zip(names, args))
+    if (len(args) == 3 and not kwargs.keys() - _DEFAULTS.keys()) or (not args and kwargs.keys() >= _QKV):  # usual calls
+        get = kwargs.get
+        q, k, v = args or (kwargs["query"], kwargs["key"], kwargs["value"])
+        return (q, k, v, get("attn_mask"), get("dropout_p", 0.0), get("is_causal", False), get("scale"),
+                get("enable_gqa", False))
+    values = dict(_DEFAULTS)
+    values.update(zip(_NAMES, args))
     values.update(kwargs)
-    return tuple(values[n] for n in names)
+    return tuple(values[n] for n in _NAMES)
+
+
+_NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+_QKV = {"query", "key", "value"}
+_DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}

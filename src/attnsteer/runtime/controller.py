@@ -22,6 +22,7 @@ from ..language.model_layers import ModelDepth
 from ..language.rules import Rule
 from ..language.schedules import StepInfo
 from . import compiled_call, dispatch_routing, flash_routing, second_context
+from .call_cache import CallCache, class_key
 from .call_state import Client, ForwardState, LayerInfo
 from .context_parallel import context_parallel_config, head_slice
 from .execute import clear_rule_caches
@@ -61,6 +62,7 @@ class Controller:
         self._skipped: dict[PerturbedGuidance, frozenset[int]] = {}  # the blocks each guidance skips here, resolved
         self.guidance_shift = GuidanceShift()  # cond - perturbed of this step, for the rows of every branch
         self.position: LoopPosition | None = None  # set by a user's loop through .step() (stepping.LoopSteps)
+        self.call_cache = CallCache()  # what calls derive once per step class (runtime.call_cache); per client set
 
     # --- attaching -----------------------------------------------------------------------
     def attach(self, client: Client, pipeline: Any = None, num_steps: int | None = None) -> None:
@@ -86,10 +88,12 @@ class Controller:
                 self._uninstall()
             raise
         self.clients.append(client)
+        self.call_cache.clear()
         compiled_call.refresh(self)
 
     def detach(self, client: Client) -> None:
         self.clients.remove(client)
+        self.call_cache.clear()
         compiled_call.refresh(self)
         if not self.clients:
             self._uninstall()
@@ -318,11 +322,12 @@ class Controller:
                      else _cross_recorders(self.clients) if attention == "cross" else [])  # streams: not recorded
         if not active and not recorders:
             return None
-        outputs = split_output_rules(active)[1]
-        stage = OutputStage(outputs, layer.qualified, self.adapter) if outputs else None
+        key = class_key(layer.index, attention, active, frame_limits, recorders)
+        kind = self.call_cache.call_class(key, lambda: subject(active, layer), active)
+        stage = OutputStage(list(kind.output_rules), layer.qualified, self.adapter) if kind.output_rules else None
         _check_context_parallel(module, attention, layer, active, recorders, stage)
         return ModuleCall(self.adapter, self.clients, layer, attention, state, active, recorders, frame_limits,
-                          stage, module)
+                          stage, module, kind=kind, cache=self.call_cache)
 
     def end_attention(self, call: ModuleCall, module: torch.nn.Module, output: Any) -> Any:
         """The module's output once its forward has run under ``call``: checked, then output rules applied."""

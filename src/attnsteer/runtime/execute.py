@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import SteeringError, describe_rule
 from ..kernels import grouped_attention, scored_attention
+from ..kernels.prepared import PreparedGroups, prepared_attention
 from ..language.layout import Segment, TokenLayout
 from ..language.selectors import clear_mask_cache
 from .plan import CallPlan, Selection, build_plan
@@ -29,11 +30,13 @@ def run_plan(
     scale: float | None,
     attn_mask: torch.Tensor | None,
     want_mass: bool,
+    prepared: PreparedGroups | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(output [B, H, N, Dv], mass [B, H, G, G] over layout groups or None).
 
     Under autograd the grouped kernel (no backward) is replaced by the score path, which applies
-    the same rules elementwise and is differentiable."""
+    the same rules elementwise and is differentiable. ``prepared``: the grouped plan's cells and bias already
+    checked on the device (:mod:`attnsteer.kernels.prepared`), for calls without mass."""
     scale = plan.logit_scale(q.shape[-1], scale)
     device = q.device
     mass = None
@@ -45,6 +48,8 @@ def run_plan(
             attn_mask,
             groups=layout.group_ids(device), num_groups=layout.num_groups, return_mass=want_mass,
         )
+    elif plan.path == "grouped" and prepared is not None and not want_mass:
+        out = prepared_attention(q, k, v, prepared, scale, attn_mask)
     elif plan.path == "grouped":
         cells, bias = _on_device(plan, device)
         out, mass = grouped_attention(

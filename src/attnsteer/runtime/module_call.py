@@ -19,14 +19,16 @@ from ..language.layout import TokenLayout
 from ..language.rules import Rule
 from ..language.selectors import SelectionContext
 from . import flash_routing
+from ..kernels.prepared import prepare_groups
+from .call_cache import CallCache, CallClass, PreparedCall
 from .call_maps import record_cross_maps, record_maps
 from .call_state import Client, ForwardState, LayerInfo, client_rows, notify, sdpa_arguments
 from .context_parallel import gather_heads, head_slice
 from .execute import cross_layout, run_cross_plan, run_plan
-from .multi_pass import passes_of, run_multi_pass
-from .outputs import OutputStage, split_output_rules
-from .plan import build_plan
-from .query_call import split_query_rules, transform_queries
+from .multi_pass import run_multi_pass
+from .outputs import OutputStage
+from .plan import CallPlan, build_plan
+from .query_call import transform_queries
 from .stream_call import stream_call
 
 
@@ -46,11 +48,13 @@ class ModuleCall:
     module: torch.nn.Module | None = None
     calls: int = 0  # SDPA calls answered so far (steered or recorded)
     queried: list[tuple[Client, Rule]] = attrs.field(factory=list)  # query rules applied on to_q's output (query_call)
+    kind: CallClass | None = None  # what this module's calls share while these rules are on (runtime.call_cache)
+    cache: CallCache | None = None  # the controller's prepared calls
 
     @property
     def subject(self) -> str:
         """Who an error is about: the first active rule in this module, or the recording."""
-        return subject(self.active, self.layer)
+        return self.kind.subject if self.kind is not None else subject(self.active, self.layer)
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.attention == "cross":
@@ -86,7 +90,7 @@ class ModuleCall:
                 f"{where}: unsupported SDPA arguments (dropout_p={dropout_p}, is_causal={is_causal}, "
                 f"enable_gqa={enable_gqa}); attnsteer supports inference-mode bidirectional attention"
             )
-        if layout.num_groups != forward_layout.num_groups and recorders:
+        if recorders and layout.num_groups != forward_layout.num_groups:
             raise SteeringError(
                 f"{where}: this call's layout {layout.describe()} has other token groups than its forward's "
                 f"{forward_layout.describe()}, so its attention mass cannot join the recording"
@@ -98,49 +102,45 @@ class ModuleCall:
             state = attrs.evolve(state, layout=layout)
         stage = self.stage
         outputs = stage.read(q, k, scale, layout, state.branches) if stage is not None else []
-        rows = {id(c): client_rows(c, state.branches, q.shape[0]) for c in self.clients}
         heads = None if self.module is None else head_slice(self.module, q.shape[1], where)
-        logit_rules, query_rules = split_query_rules(split_output_rules(active)[0])
-        base = tuple((rule, self._context(client, rule, layout, rows[id(client)])) for client, rule in logit_rules)
-        try:
-            plan = build_plan(
-                base, layout, state.branches,
-                q.shape[0], q.shape[1], want_mass=bool(recorders),
-                head_offset=0 if heads is None else heads.offset, total_heads=None if heads is None else heads.total,
-            )
-        except ConfigError as exc:
-            raise type(exc)(f"in self-attention module {layer.qualified!r}: {exc}") from exc
-        given = q
-        q, queried = transform_queries(q, query_rules, layout, state.branches,
-                                       lambda c, r: self._context(c, r, layout, rows[id(c)]), layer.qualified,
-                                       *((0, None) if heads is None else (heads.offset, heads.total)))
-        queried += self.queried
-        out, ran = self._multi_pass(passes_of(active), base, plan, q, k, v, layout, state, scale, attn_mask, rows,
-                                    args, kwargs) if passes_of(active) else (None, [])
+        key = (self.kind.key, layout, state.branches, q.shape, None if heads is None else (heads.offset, heads.total),
+               q.dtype, q.device)
+        prepared = self.cache.calls.get(key)
+        if prepared is None:  # the first call of this step class, layout, branches, shape, dtype and device
+            prepared = self.cache.prepared(key, lambda: self._prepare(q, layout, state.branches, heads))
+        plan, rows = prepared.plan, prepared.rows
+        given, queried = q, self.queried
+        if self.kind.query_rules:  # query transforms placed at the attention call (after q-norm and RoPE)
+            q, queried = transform_queries(q, self.kind.query_rules, layout, state.branches,
+                                           lambda c, r: self._context(c, r, layout, rows[id(c)]), layer.qualified,
+                                           *((0, None) if heads is None else (heads.offset, heads.total)))
+            queried = [*queried, *self.queried]
+        out, ran = self._multi_pass(self.kind.passes, plan, q, k, v, layout, state, scale, attn_mask, rows, args,
+                                    kwargs) if self.kind.passes else (None, [])
         if ran:
             mass = None
-        elif (_changes_no_logit(plan) and not recorders and not plan.identity and plan.scale_factor == 1.0
-                and q is given):  # the user's own kernel answers (a router's call reads the given q)
+        elif prepared.unchanged and q is given:  # the user's own kernel answers (a router's call reads the given q)
             if not outputs and not plan.applied and not queried:
                 return flash_routing.unsteered(args, kwargs)
             out, mass = flash_routing.unsteered(args, kwargs), None  # e.g. a zero bias applied: the user's kernel
         else:
             try:
                 with_maps = _record_spatial_maps(recorders, plan, q, k, v, state, layer, scale, attn_mask)
-                out, mass = with_maps or run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders))
+                out, mass = with_maps or run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders),
+                                                  prepared=prepared.groups)
             except (KernelError, SteeringError) as exc:
                 raise type(exc)(f"{where}: {exc}") from exc
         if heads is not None and recorders and mass is not None:
             mass = gather_heads(mass, heads)  # every rank records all heads, as one process would
         for client in self.clients:
-            mine = [rule for c, rule in active
-                    if c is client and (rule in plan.applied or (c, rule) in outputs or (c, rule) in queried
-                                        or (c, rule) in ran)]
+            mine = list(prepared.applied[id(client)])
+            if outputs or queried or ran:
+                mine += [rule for c, rule in (*outputs, *queried, *ran) if c is client]
             if mine or client.wants_mass:
                 notify(client, recorded, layer, mine, mass, rows[id(client)])
         return out
 
-    def _multi_pass(self, multi: list, base: tuple, plan, q, k, v, layout: TokenLayout, state: ForwardState,
+    def _multi_pass(self, multi: tuple, plan: CallPlan, q, k, v, layout: TokenLayout, state: ForwardState,
                     scale, attn_mask, rows: dict, args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, list]:
         """(output, applied pairs) of a call with a multi-pass rule on (:mod:`attnsteer.runtime.multi_pass`)."""
         if self.recorders:
@@ -152,11 +152,35 @@ class ModuleCall:
                 return flash_routing.unsteered(args, kwargs)
             return run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=False)[0]
 
+        base = tuple((rule, self._context(client, rule, layout, rows[id(client)]))
+                     for client, rule in self.kind.logit_rules)
         try:
             return run_multi_pass(multi, base, lambda c, r: self._context(c, r, layout, rows[id(c)]), q, k, v, layout,
                                   state.branches, scale, attn_mask, state.latent, base_output)
         except (ConfigError, KernelError, SteeringError) as exc:
             raise type(exc)(f"{describe_rule(multi[0][1], self.layer.qualified)}: {exc}") from exc
+
+    def _prepare(self, q: torch.Tensor, layout: TokenLayout, branches: tuple[str, ...] | None, heads: Any
+                 ) -> PreparedCall:
+        """What every call of this step class with ``q``'s shape, dtype and device on ``layout`` and ``branches``
+        derives once: the plan, the batch rows, the rules applied, and the grouped kernel's checked groups."""
+        rows = {id(c): client_rows(c, branches, q.shape[0]) for c in self.clients}
+        logit_rules = self.kind.logit_rules
+        try:
+            plan = build_plan(
+                tuple((rule, self._context(client, rule, layout, rows[id(client)])) for client, rule in logit_rules),
+                layout, branches,
+                q.shape[0], q.shape[1], want_mass=bool(self.recorders),
+                head_offset=0 if heads is None else heads.offset, total_heads=None if heads is None else heads.total,
+            )
+        except ConfigError as exc:
+            raise type(exc)(f"in self-attention module {self.layer.qualified!r}: {exc}") from exc
+        applied = {id(client): tuple(rule for c, rule in logit_rules if c is client and rule in plan.applied)
+                   for client in self.clients}
+        unchanged = (_changes_no_logit(plan) and not self.recorders and not plan.identity
+                     and plan.scale_factor == 1.0)
+        groups = None if unchanged or self.recorders else _groups_of(plan, q, self.subject)
+        return PreparedCall(plan, rows, applied, unchanged, groups)
 
     def _cross_call(self, args: tuple, kwargs: dict) -> torch.Tensor:
         """A cross-attention SDPA call: steered when its keys are the forward's text tokens (image-key
@@ -198,6 +222,17 @@ def _record_spatial_maps(recorders: list[Client], plan, q, k, v, state, layer, s
     if not spatial:
         return None
     return record_maps(spatial, plan, q, k, v, state, layer, scale, attn_mask)
+
+
+def _groups_of(plan: CallPlan, q: torch.Tensor, where: str):
+    """A grouped plan's cells and bias checked and on ``q``'s device, once per prepared call; None on other paths."""
+    if plan.path != "grouped":
+        return None
+    try:
+        return prepare_groups(plan.cells.to(q.device), plan.cells.to(q.device), plan.bias.to(q.device), q.shape[0],
+                              q.shape[1], num_q_groups=plan.num_cells, num_k_groups=plan.num_cells)
+    except KernelError as exc:
+        raise type(exc)(f"{where}: {exc}") from exc
 
 
 def _changes_no_logit(plan) -> bool:
