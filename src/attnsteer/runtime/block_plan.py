@@ -1,0 +1,155 @@
+"""The block decomposition of a plan: which blocks of query rows x keys the fused kernel can run, and which
+keys of a block need the elementwise score function.
+
+Most pair predicates are piecewise constant on blocks (frame windows, boxes, same-region, token distance
+beyond a radius): over a block of query rows, a key is then either selected by a rule for every row (*in*),
+for none (*out*), or for some (*mixed*). Where every rule is in or out and each rule that is in adds a constant
+(``bias``, ``block``, ``query_bias``), the block's logits are the plain logits plus a constant per key class,
+which :func:`attnsteer.kernels.blocked.blocked_attention` runs fused; keys blocked for every row cost nothing.
+Only mixed keys, and keys a score function (``scale_if_positive``, ``score_mod``, ...) selects, run
+elementwise. The classification evaluates each rule's own pair mask over the block, so it is exact for any
+predicate (a user's combination included); it is done once per cached plan, in blocks, O(N x block) memory.
+
+Query blocks follow the layout's groups (frames, text spans), cut every :data:`BLOCK_ROWS` rows, so that
+frame-level predicates give no mixed keys at all.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import attrs
+import torch
+
+from ..kernels.blocked import KeyClass, QueryBlock
+from ..language.layout import TokenLayout
+from .plan import CallPlan, Selection
+
+BLOCK_ROWS = 256  # query rows per block at most (the CPU flash kernel's own query block)
+MAX_MIXED_SHARE = 0.25  # a scored plan takes the block path when at most this share of the logits is elementwise
+MIN_SKIPPED_SHARE = 0.5  # a grouped plan takes it when its blocked blocks hold at least this share of the logits ...
+MAX_GROUPED_MIXED_SHARE = 0.05  # ... and at most this share is elementwise (rows of a block in different cells)
+
+
+@attrs.frozen(eq=False)
+class Decomposition:
+    """A plan's query blocks, and the shares of the ``N x N`` logits that run elementwise and that are skipped."""
+
+    blocks: tuple[QueryBlock, ...]
+    mixed_share: float
+    skipped_share: float
+
+    def worth_it(self, path: str) -> bool:
+        """Whether the block path beats the plan's own path: few elementwise logits for a scored plan, many
+        skipped (blocked) logits for a grouped plan."""
+        if path == "scored":
+            return self.mixed_share <= MAX_MIXED_SHARE
+        return (path == "grouped" and self.mixed_share <= MAX_GROUPED_MIXED_SHARE
+                and self.skipped_share >= MIN_SKIPPED_SHARE)
+
+
+@functools.lru_cache(maxsize=32)
+def decompose(plan: CallPlan, layout: TokenLayout, batch: int, heads: int, device: torch.device) -> Decomposition:
+    """The block decomposition of ``plan``'s logit rules for a self-attention call of ``layout`` (cached per plan)."""
+    n = layout.seq_len
+    keys = torch.arange(n)
+    selections = plan.scored
+    additive = [_additive_value(s) is not None for s in selections]
+    rows_heads = [(s.rows[:, None] & s.heads[None, :])[:, :, None] for s in selections]  # [B, H, 1]
+    blocks, mixed_logits, skipped_logits = [], 0, 0
+    for start, stop in query_blocks(layout):
+        q_index = torch.arange(start, stop)
+        inside, elementwise = [], torch.zeros(n, dtype=torch.bool)
+        for s, add in zip(selections, additive):
+            m = s.pair_mask(q_index, keys)
+            all_in, any_in = m.all(0), m.any(0)
+            elementwise |= (any_in & ~all_in) if add else any_in
+            inside.append(all_in)
+        classes, constant = [], ~elementwise
+        if bool(constant.any()):
+            pattern = torch.stack(inside)[:, constant] if inside else torch.zeros(0, int(constant.sum()), dtype=torch.bool)
+            codes, which = torch.unique(pattern, dim=1, return_inverse=True)
+            positions = constant.nonzero()[:, 0]
+            for c in range(codes.shape[1]):
+                class_keys = positions[which == c]
+                bias = _class_bias(selections, codes[:, c], rows_heads, start, stop)
+                if bias is not None and bool(torch.isneginf(bias).all()):
+                    skipped_logits += class_keys.numel() * (stop - start)
+                    continue
+                classes.append(KeyClass(_as_slice(class_keys), None if bias is None else bias.to(device)))
+        mixed = None
+        if bool(elementwise.any()):
+            mixed = elementwise.nonzero()[:, 0]
+            mixed_logits += mixed.numel() * (stop - start)
+            mixed = mixed.to(device)
+        blocks.append(QueryBlock(slice(start, stop), tuple(classes), mixed))
+    total = max(1, n * n)
+    return Decomposition(tuple(blocks), mixed_logits / total, skipped_logits / total)
+
+
+def query_blocks(layout: TokenLayout) -> list[tuple[int, int]]:
+    """[start, stop) of each query block: the runs of one layout group, cut every ``BLOCK_ROWS`` rows."""
+    groups = layout.group_ids()
+    n = groups.numel()
+    cuts = [0] + (torch.nonzero(groups[1:] != groups[:-1])[:, 0] + 1).tolist() + [n]
+    out = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        out.extend((s, min(s + BLOCK_ROWS, b)) for s in range(a, b, BLOCK_ROWS))
+    return out
+
+
+def _additive_value(s: Selection) -> float | torch.Tensor | None:
+    """The constant or per-query values an additive selection adds; None for a score function."""
+    t = s.transform
+    if t.kind == "constant":
+        return t.constant_bias
+    return t.per_query if t.kind == "per_query" else None
+
+
+def _class_bias(selections, inside: torch.Tensor, rows_heads, start: int, stop: int) -> torch.Tensor | None:
+    """float64 [B|1, H|1, rows|1] (cast to the call's work dtype by the kernel): the sum of the values of the additive selections that are in for a key class."""
+    bias = None
+    for s, is_in, where in zip(selections, inside.tolist(), rows_heads):
+        if not is_in:
+            continue
+        value = _additive_value(s)
+        if isinstance(value, torch.Tensor):
+            value = value[start:stop].double()[None, None, :]
+        term = torch.where(where, torch.as_tensor(value, dtype=torch.float64), 0.0)
+        bias = term if bias is None else bias + term
+    return None if bias is None or not bool(bias.any()) else bias
+
+
+def _as_slice(index: torch.Tensor) -> slice | torch.Tensor:
+    """A slice for contiguous positions (the fused call reads k and v without a copy), else the positions."""
+    first, last = int(index[0]), int(index[-1])
+    return slice(first, last + 1) if last - first + 1 == index.numel() else index
+
+
+def block_score_fn(plan: CallPlan, batch: int, heads: int, device: torch.device,
+                   shift: torch.Tensor | None = None) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``fn(scores [B, H, r, m], q_index [r], k_index [m])``: every logit rule of the plan, in rule order, on its own
+    pairs among these rows and keys (the mixed keys of a block). ``shift`` [B, H, Nq, 1]: each row's logit part
+    from the mean key, for rules that read centred-key logits."""
+    b_idx = torch.arange(batch, device=device)[:, None, None, None]
+    h_idx = torch.arange(plan.head_offset, plan.head_offset + heads, device=device)[None, :, None, None]
+    bound = [(s.bind(device), s.transform, (s.rows.to(device)[:, None] & s.heads.to(device)[None, :])[:, :, None, None])
+             for s in plan.scored]
+
+    def fn(scores: torch.Tensor, q_index: torch.Tensor, k_index: torch.Tensor) -> torch.Tensor:
+        q4, k4 = q_index[None, None, :, None], k_index[None, None, None, :]
+        for pair_mask, transform, rows_heads in bound:
+            where = rows_heads & pair_mask(q_index, k_index)[None, None]
+            if transform.centred_keys:
+                row_shift = shift[:, :, q_index]
+                new = transform.score(scores - row_shift, b_idx, h_idx, q4, k4) + row_shift
+            else:
+                new = transform.score(scores, b_idx, h_idx, q4, k4)
+            scores = torch.where(where, new, scores)
+        return scores
+
+    return fn
+
+
+__all__ = ["BLOCK_ROWS", "Decomposition", "block_score_fn", "decompose", "query_blocks"]
