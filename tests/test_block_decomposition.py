@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import attnsteer as at
 from attnsteer.kernels.blocked import KeyClass, QueryBlock, blocked_attention
+from attnsteer.language.blocks import block_states
 from attnsteer.language.selectors import SelectionContext
 from attnsteer.runtime import block_plan
 from attnsteer.runtime.block_plan import block_score_fn, decompose
@@ -216,3 +217,28 @@ def test_token_distance_blocks_hold_only_the_band_of_mixed_keys():
                     and not all(abs(i - j) > 100 for i in range(a, b))]
         assert block.mixed.tolist() == expected
     assert parts.mixed_share == pytest.approx(sum(b.mixed.numel() * 64 for b in parts.blocks) / 256**2)
+
+
+@given(seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=30, deadline=None)
+def test_block_states_of_predicates_are_exact_for_leaves_and_conservative_for_combinations(seed):
+    rng = random.Random(seed)
+    frames, rows, cols = rng.randint(1, 4), rng.randint(1, 3), rng.randint(1, 4)
+    lay = at.TokenLayout(num_frames=frames, tokens_per_frame=rows * cols, video_start=2,
+                         segments=[at.Segment("text", 0, 2)], grid=(rows, cols))
+    ctx = SelectionContext(lay)
+    leaves = [at.token_distance(rng.randint(0, 6)), at.frame_window(rng.randint(1, 4), rng.random() < 0.5),
+              at.frame_distance(rng.randint(0, 2)), at.same_region(at.box(0, 0, 0.6, 0.6)), at.same_location()]
+    pairs = rng.choice(leaves)
+    for _ in range(rng.randint(0, 2)):
+        other = rng.choice(leaves)
+        pairs = rng.choice([lambda a, b: a & b, lambda a, b: a | b, lambda a, b: ~a])(pairs, other)
+    start = rng.randint(0, lay.seq_len - 1)
+    block = torch.arange(start, rng.randint(start + 1, lay.seq_len))
+    keys = torch.arange(lay.seq_len)
+    truth = pairs.evaluate(ctx, block, keys)
+    all_in, any_in = block_states(pairs, ctx, block, keys)
+    assert not bool((all_in & ~truth.all(0)).any()), f"{pairs!r}: a key claimed in for every row is not"
+    assert not bool((truth.any(0) & ~any_in).any()), f"{pairs!r}: a key in for some row is missed"
+    if pairs in leaves:  # a single predicate: exact
+        assert torch.equal(all_in, truth.all(0)) and torch.equal(any_in, truth.any(0))

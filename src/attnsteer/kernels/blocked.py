@@ -117,11 +117,13 @@ def _mixed_part(q_rows, k, v, rows: slice, keys: torch.Tensor, score_fn: BlockSc
 
 
 def _merge(parts, shape: tuple[int, int, int, int], work: torch.dtype, mask_rows, device) -> torch.Tensor:
-    """The block's output rows [B, H, r, Dv] (in ``work``) from its parts' (output, logit) by log-sum-exp."""
+    """The block's output rows [B, H, r, Dv] (in ``work``, or the single part's own dtype) from its parts' (output,
+    logit) by log-sum-exp."""
     b, h, r, dv = shape
-    acc = torch.zeros(shape, dtype=work, device=device)
-    if parts:
+    if len(parts) > 1:
         total = torch.logsumexp(torch.stack([logit for _, logit in parts]), dim=0)
+    elif parts:
+        total = parts[0][1]
     else:
         total = torch.full((b, h, r), float("-inf"), dtype=work, device=device)
     blocked = torch.isneginf(total)
@@ -134,6 +136,9 @@ def _merge(parts, shape: tuple[int, int, int, int], work: torch.dtype, mask_rows
                 "must be able to attend to at least one key"
             )  # the others: the mask alone hides them, output 0 as SDPA gives
         total = total.masked_fill(blocked, 0.0)
+    if len(parts) == 1:  # one part: its output rows are the result (0 where the mask hides a row)
+        return parts[0][0].to(work).masked_fill(blocked[..., None], 0.0) if bool(blocked.any()) else parts[0][0]
+    acc = torch.zeros(shape, dtype=work, device=device)
     for out_p, logit in parts:
         weight = torch.exp(logit - total)  # exp(-inf) = 0 for rows that see none of this part's keys
         acc.addcmul_(out_p.to(work), weight[..., None])

@@ -7,8 +7,8 @@ for none (*out*), or for some (*mixed*). Where every rule is in or out and each 
 (``bias``, ``block``, ``query_bias``), the block's logits are the plain logits plus a constant per key class,
 which :func:`attnsteer.kernels.blocked.blocked_attention` runs fused; keys blocked for every row cost nothing.
 Only mixed keys, and keys a score function (``scale_if_positive``, ``score_mod``, ...) selects, run
-elementwise. The classification evaluates each rule's own pair mask over the block, so it is exact for any
-predicate (a user's combination included); it is done once per cached plan, in blocks, O(N x block) memory.
+elementwise. The classification (:mod:`attnsteer.language.blocks`) is exact or conservative for any predicate
+(a key in doubt runs elementwise); it is done once per cached plan, in blocks, O(N x block) memory.
 
 Query blocks follow the layout's groups (frames, text spans), cut every :data:`BLOCK_ROWS` rows, so that
 frame-level predicates give no mixed keys at all.
@@ -23,12 +23,14 @@ import attrs
 import torch
 
 from ..kernels.blocked import KeyClass, QueryBlock
+from ..language.blocks import block_states
 from ..language.layout import TokenLayout
 from .plan import CallPlan, Selection
 
 BLOCK_ROWS = 256  # query rows per block at most (the CPU flash kernel's own query block)
 MAX_MIXED_SHARE = 0.25  # a scored plan takes the block path when at most this share of the logits is elementwise
 MIN_SKIPPED_SHARE = 0.5  # a grouped plan takes it when its blocked blocks hold at least this share of the logits ...
+MAX_RUNS = 4  # a key class of up to this many contiguous runs runs one fused call per run (no gather copy)
 MAX_GROUPED_MIXED_SHARE = 0.05  # ... and at most this share is elementwise (rows of a block in different cells)
 
 
@@ -62,22 +64,21 @@ def decompose(plan: CallPlan, layout: TokenLayout, batch: int, heads: int, devic
         q_index = torch.arange(start, stop)
         inside, elementwise = [], torch.zeros(n, dtype=torch.bool)
         for s, add in zip(selections, additive):
-            m = s.pair_mask(q_index, keys)
-            all_in, any_in = m.all(0), m.any(0)
+            all_in, any_in = selection_states(s, q_index, keys)
             elementwise |= (any_in & ~all_in) if add else any_in
             inside.append(all_in)
         classes, constant = [], ~elementwise
         if bool(constant.any()):
-            pattern = torch.stack(inside)[:, constant] if inside else torch.zeros(0, int(constant.sum()), dtype=torch.bool)
-            codes, which = torch.unique(pattern, dim=1, return_inverse=True)
             positions = constant.nonzero()[:, 0]
+            codes, which = _patterns(torch.stack(inside)[:, positions])
             for c in range(codes.shape[1]):
                 class_keys = positions[which == c]
                 bias = _class_bias(selections, codes[:, c], rows_heads, start, stop)
                 if bias is not None and bool(torch.isneginf(bias).all()):
                     skipped_logits += class_keys.numel() * (stop - start)
                     continue
-                classes.append(KeyClass(_as_slice(class_keys), None if bias is None else bias.to(device)))
+                bias = None if bias is None else bias.to(device)
+                classes.extend(KeyClass(keys, bias) for keys in _key_runs(class_keys))
         mixed = None
         if bool(elementwise.any()):
             mixed = elementwise.nonzero()[:, 0]
@@ -86,6 +87,23 @@ def decompose(plan: CallPlan, layout: TokenLayout, batch: int, heads: int, devic
         blocks.append(QueryBlock(slice(start, stop), tuple(classes), mixed))
     total = max(1, n * n)
     return Decomposition(tuple(blocks), mixed_logits / total, skipped_logits / total)
+
+
+def selection_states(s: Selection, rows: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(all_in, any_in) [len(keys)]: the keys a selection (query x key masks x pair predicate) selects for every /
+    some row of ``rows``; exact or conservative (:func:`attnsteer.language.blocks.block_states`)."""
+    chosen = s.query[rows]
+    key = s.key[keys]
+    if not bool(chosen.any()):
+        return torch.zeros_like(key), torch.zeros_like(key)
+    some = not bool(chosen.all())  # some rows unselected: no key is in for every row
+    rows = rows[chosen] if some else rows
+    if s.rule.pairs is None:
+        all_in, any_in = key, key
+    else:
+        all_in, any_in = block_states(s.rule.pairs, s.ctx, rows, keys)
+        all_in, any_in = all_in & key, any_in & key
+    return (torch.zeros_like(key) if some else all_in), any_in
 
 
 def query_blocks(layout: TokenLayout) -> list[tuple[int, int]]:
@@ -97,6 +115,15 @@ def query_blocks(layout: TokenLayout) -> list[tuple[int, int]]:
     for a, b in zip(cuts[:-1], cuts[1:]):
         out.extend((s, min(s + BLOCK_ROWS, b)) for s in range(a, b, BLOCK_ROWS))
     return out
+
+
+def _patterns(inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distinct columns [S, C] of the bool ``inside`` [S, M], the column index of each of the M keys)."""
+    if inside.shape[0] > 62:  # too many rules for one int64 code per key
+        return torch.unique(inside, dim=1, return_inverse=True)
+    weights = 2 ** torch.arange(inside.shape[0], dtype=torch.long)
+    values, which = torch.unique((inside.long() * weights[:, None]).sum(0), return_inverse=True)
+    return (values[None, :] & weights[:, None]) != 0, which
 
 
 def _additive_value(s: Selection) -> float | torch.Tensor | None:
@@ -121,10 +148,14 @@ def _class_bias(selections, inside: torch.Tensor, rows_heads, start: int, stop: 
     return None if bias is None or not bool(bias.any()) else bias
 
 
-def _as_slice(index: torch.Tensor) -> slice | torch.Tensor:
-    """A slice for contiguous positions (the fused call reads k and v without a copy), else the positions."""
-    first, last = int(index[0]), int(index[-1])
-    return slice(first, last + 1) if last - first + 1 == index.numel() else index
+def _key_runs(index: torch.Tensor) -> list[slice | torch.Tensor]:
+    """The sorted positions ``index`` as slices of contiguous runs (fused calls then read k and v without a copy),
+    or as one index tensor where they make more than ``MAX_RUNS`` runs."""
+    breaks = (torch.nonzero(index[1:] != index[:-1] + 1)[:, 0] + 1).tolist()
+    if len(breaks) >= MAX_RUNS:
+        return [index]
+    bounds = [0, *breaks, index.numel()]
+    return [slice(int(index[a]), int(index[b - 1]) + 1) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def block_score_fn(plan: CallPlan, batch: int, heads: int, device: torch.device,
