@@ -242,3 +242,15 @@ def test_block_states_of_predicates_are_exact_for_leaves_and_conservative_for_co
     assert not bool((truth.any(0) & ~any_in).any()), f"{pairs!r}: a key in for some row is missed"
     if pairs in leaves:  # a single predicate: exact
         assert torch.equal(all_in, truth.all(0)) and torch.equal(any_in, truth.any(0))
+
+
+def test_grouped_plans_that_block_little_keep_the_grouped_kernel_without_decomposing():
+    lay = _video(8, 16)
+    q = torch.randn(1, 2, lay.seq_len, 8)
+    ctx = SelectionContext(lay)
+    decompose.cache_clear()
+    dymos = build_plan(((at.Rule(at.frames[1:], at.frames[0], at.bias(-0.6)), ctx),), lay, None, 1, 2)
+    wide = build_plan(((at.Rule(at.video, at.video, at.block(), pairs=~at.frame_window(9)), ctx),), lay, None, 1, 2)
+    assert dymos.path == "grouped" and _decomposition(dymos, q, q, lay) is None
+    assert wide.path == "grouped" and _decomposition(wide, q, q, lay) is None  # blocks 12 of 64 frame pairs
+    assert decompose.cache_info().misses == 0

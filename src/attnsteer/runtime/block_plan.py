@@ -30,8 +30,8 @@ from .plan import CallPlan, Selection
 BLOCK_ROWS = 256  # query rows per block at most (the CPU flash kernel's own query block)
 MAX_MIXED_SHARE = 0.25  # a scored plan takes the block path when at most this share of the logits is elementwise
 MIN_SKIPPED_SHARE = 0.5  # a grouped plan takes it when its blocked blocks hold at least this share of the logits ...
-MAX_RUNS = 4  # a key class of up to this many contiguous runs runs one fused call per run (no gather copy)
 MAX_GROUPED_MIXED_SHARE = 0.05  # ... and at most this share is elementwise (rows of a block in different cells)
+MAX_RUNS = 4  # a key class of up to this many contiguous runs runs one fused call per run (no gather copy)
 
 
 @attrs.frozen(eq=False)
@@ -49,6 +49,29 @@ class Decomposition:
             return self.mixed_share <= MAX_MIXED_SHARE
         return (path == "grouped" and self.mixed_share <= MAX_GROUPED_MIXED_SHARE
                 and self.skipped_share >= MIN_SKIPPED_SHARE)
+
+
+@functools.lru_cache(maxsize=64)
+def block_path(plan: CallPlan, layout: TokenLayout, batch: int, heads: int, device: torch.device
+               ) -> Decomposition | None:
+    """The decomposition of a scored or grouped self-attention plan where it beats the plan's own path, else None
+    (cached: one lookup per call). A grouped plan is decomposed only when its bias blocks enough cell pairs."""
+    if plan.path == "grouped" and _blocked_cell_share(plan) < MIN_SKIPPED_SHARE:
+        return None
+    if plan.path not in ("scored", "grouped"):
+        return None
+    decomposition = decompose(plan, layout, batch, heads, device)
+    return decomposition if decomposition.worth_it(plan.path) else None
+
+
+def _blocked_cell_share(plan: CallPlan) -> float:
+    """The share of the N x N logits whose cell pair the grouped plan's bias blocks in every batch row and head."""
+    blocked = torch.isneginf(plan.bias)
+    while blocked.dim() > 2:
+        blocked = blocked.all(0)
+    sizes = plan.cell_sizes.double()
+    total = float(sizes.sum()) ** 2
+    return float(sizes @ blocked.double() @ sizes) / max(1.0, total)
 
 
 @functools.lru_cache(maxsize=32)
@@ -78,7 +101,8 @@ def decompose(plan: CallPlan, layout: TokenLayout, batch: int, heads: int, devic
                     skipped_logits += class_keys.numel() * (stop - start)
                     continue
                 bias = None if bias is None else bias.to(device)
-                classes.extend(KeyClass(keys, bias) for keys in _key_runs(class_keys))
+                classes.extend(KeyClass(run if isinstance(run, slice) else run.to(device), bias)
+                               for run in _key_runs(class_keys))
         mixed = None
         if bool(elementwise.any()):
             mixed = elementwise.nonzero()[:, 0]
@@ -183,4 +207,4 @@ def block_score_fn(plan: CallPlan, batch: int, heads: int, device: torch.device,
     return fn
 
 
-__all__ = ["BLOCK_ROWS", "Decomposition", "block_score_fn", "decompose", "query_blocks"]
+__all__ = ["BLOCK_ROWS", "Decomposition", "block_path", "block_score_fn", "decompose", "query_blocks"]

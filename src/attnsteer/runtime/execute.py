@@ -18,7 +18,7 @@ from ..kernels import grouped_attention, scored_attention
 from ..kernels.blocked import blocked_attention
 from ..language.layout import Segment, TokenLayout
 from ..language.selectors import clear_mask_cache
-from .block_plan import block_score_fn, decompose
+from .block_plan import block_path, block_score_fn, decompose
 from .plan import CallPlan, Selection, build_plan
 
 
@@ -84,7 +84,7 @@ def clear_rule_caches() -> None:
     """Drop every cached plan, score function and token mask. They hold rules, and through a rule's ``score_mod``,
     ``query_bias`` or selector whatever those reference (a model, a tensor): cleared when a model's last session
     ends, so nothing a session was given outlives it."""
-    for cached in (build_plan, _on_device, _score_fn, decompose):
+    for cached in (build_plan, _on_device, _score_fn, block_path, decompose):
         cached.cache_clear()
     clear_mask_cache()
 
@@ -94,8 +94,7 @@ def _decomposition(plan: CallPlan, q: torch.Tensor, k: torch.Tensor, layout: Tok
     (:mod:`attnsteer.runtime.block_plan`), else None."""
     if plan.path not in ("scored", "grouped") or not q.shape[-2] == k.shape[-2] == layout.seq_len:
         return None
-    decomposition = decompose(plan, layout, q.shape[0], q.shape[1], q.device)
-    return decomposition if decomposition.worth_it(plan.path) else None
+    return block_path(plan, layout, q.shape[0], q.shape[1], q.device)
 
 
 def _block_fn(plan: CallPlan, q: torch.Tensor, k: torch.Tensor, scale: float):
