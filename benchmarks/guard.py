@@ -22,9 +22,11 @@ What it measures (CPU, float32 unless named; ``--quick`` and ``--dry-run`` shrin
   every step, one inference step per run) against the plain step, bound 1.10x.
 - one steered forward of the medium Wan config of ``benchmarks.compile`` (2 blocks, 8 heads x 64, 1536
   tokens; a -1 bias on the reference frame) against the plain forward, bound 1.02x.
-- the score path (``benchmarks.rules``' score rules at 4,096 tokens, 4 heads, head dim 64: the chunk step
-  compiles at this size, outside the timed rounds): ``scale_if_positive`` with ``token_distance`` (bound 2x)
-  and a user ``score_mod`` (informative).
+- the score path at 4,096 tokens (16 frames of 256), 12 heads, head dim 64 (``benchmarks.rules``; the chunk
+  step compiles outside the timed rounds): the block decomposition's rules, FreeLong's local window of 3
+  frames and a ``scale_if_positive`` boost inside a box (bound 1.3x), a bias beyond a token distance (2x);
+  UltraViCo's ``scale_if_positive`` beyond a token distance (2x) and a user ``score_mod`` (informative); and
+  compiled FlexAttention with the same rules as ``score_mod`` in the same rounds (informative; full mode only).
 
     python -m benchmarks.guard               # the full table: about 3 minutes on 2 quiet cores (estimated)
     python -m benchmarks.guard --quick       # smaller shapes (maps at 3 frames), fewer rounds: about a minute
@@ -52,7 +54,7 @@ from attnsteer.testing.profiling import peak_tensor_memory_mb
 from benchmarks.common import machine, time_samples
 
 GROUPED_BOUND, MAPS_TIME_BOUND, MAPS_MEMORY_BOUND = 1.05, 1.10, 1.2
-TINY_BOUND, MEDIUM_BOUND, SCORE_BOUND = 1.10, 1.02, 2.0
+TINY_BOUND, MEDIUM_BOUND, SCORE_BOUND, SCORE_WINDOW_BOUND = 1.10, 1.02, 2.0, 1.3
 
 
 @dataclass
@@ -90,6 +92,7 @@ class Plan:
     score: dict
     score_rounds: int
     judge: bool = True
+    flex: bool = True  # compiled FlexAttention beside the score path (about 30 s of compiling per rule on CPU)
     rows: list[Row] = field(default_factory=list)
 
 
@@ -99,7 +102,7 @@ def plans(mode: str) -> Plan:
             grouped=[("1x1x256x16 float32", dict(heads=1, n=256, dim=16, dtype="float32"),
                       ["dymos", "groups:16"], 1, False)],
             maps_frames=1, maps_heads=1, maps_rounds=1, pipeline_rounds=1, medium_config="tiny",
-            score=dict(n=512, heads=1, dim=16), score_rounds=1, judge=False,
+            score=dict(n=1024, heads=1, dim=16), score_rounds=1, judge=False, flex=False,
         )
     if mode == "quick":
         return Plan(
@@ -110,7 +113,7 @@ def plans(mode: str) -> Plan:
                  ["dymos", "groups:16"], 7, True),
             ],
             maps_frames=3, maps_heads=4, maps_rounds=3, pipeline_rounds=5, medium_config="medium",
-            score=dict(n=2048, heads=4, dim=64), score_rounds=3,
+            score=dict(n=2048, heads=4, dim=64), score_rounds=3, flex=False,
         )
     return Plan(
         grouped=[
@@ -125,7 +128,7 @@ def plans(mode: str) -> Plan:
              False),
         ],
         maps_frames=21, maps_heads=4, maps_rounds=2, pipeline_rounds=7, medium_config="medium",
-        score=dict(n=4096, heads=4, dim=64), score_rounds=3,
+        score=dict(n=4096, heads=12, dim=64), score_rounds=3,
     )
 
 
@@ -244,11 +247,33 @@ def measure_score(plan: Plan, device: str, log: Callable[[str], None]) -> None:
     log(f"score path at {shape} (compiles once) ...")
     methods = {"sdpa": rules.build("sdpa", config, device)}
     methods.update({rule: rules.build(f"score:{rule}", config, device) for rule in rules.SCORE_RULES})
+    methods.update({rule: rules.build(f"score:{rule}", config, device) for rule in rules.BLOCK_RULES})
+    notes = {}
+    if plan.flex:  # compiled FlexAttention with the same rules, beside them in the same rounds (informative)
+        cases = {f"flex {rule}": (rules.flex_block_case, rule) for rule in rules.BLOCK_RULES}
+        cases["flex scale_if_positive"] = (lambda _, *a: rules.flex_case(*a), None)
+        for name, (make, rule) in cases.items():
+            try:
+                methods[name] = make(rule, config["heads"], config["n"], config["dim"], device)
+            except Exception as exc:  # report and go on: FlexAttention may not compile on this machine
+                notes[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
     samples = time_samples(methods, plan.score_rounds, warmup=True)  # the warm-up round compiles
     ratios = ratios_to(samples, "sdpa")
-    plan.rows.append(Row("score path, token-distance rule", shape, "time / SDPA", ratios["scale_if_positive"],
-                         SCORE_BOUND))
-    plan.rows.append(Row("score path, user score_mod", shape, "time / SDPA", ratios["score_mod"], None))
+    labels = [
+        ("frame_window", "score path, frame-window rule", SCORE_WINDOW_BOUND),
+        ("box", "score path, box rule", SCORE_WINDOW_BOUND),
+        ("token_distance", "score path, token-distance bias", SCORE_BOUND),
+        ("scale_if_positive", "score path, token-distance rule", SCORE_BOUND),
+        ("score_mod", "score path, user score_mod", None),
+    ]
+    for name, label, bound in labels:
+        plan.rows.append(Row(label, shape, "time / SDPA", ratios[name], bound))
+    for rule in [*rules.BLOCK_RULES, "scale_if_positive"]:
+        label = f"compiled FlexAttention, {rule.replace('_', '-')}"
+        if f"flex {rule}" in ratios:
+            plan.rows.append(Row(label, shape, "time / SDPA", ratios[f"flex {rule}"], None))
+        elif f"flex {rule}" in notes:
+            log(f"{label} skipped: {notes[f'flex {rule}']}")
 
 
 # --- report ----------------------------------------------------------------------------------------------

@@ -31,6 +31,14 @@ SCORE_RULES = {
                                            pairs=at.token_distance(max(1, n // 4))),
     "score_mod": lambda n: at.Rule(at.video, at.video, at.score_mod(lambda s, b, h, q, k: s - 0.01 * (q - k).abs(), "dist")),
 }
+# Piecewise-constant rules that the block decomposition serves (runtime/block_plan.py), on the layout of
+# ``score_case`` (frames of 256 tokens, a 16 x 16 grid): FreeLong's local window of 3 frames (block outside it),
+# a sign-conditional boost inside a box (a quarter of the frame's width and height), a far-pair bias.
+BLOCK_RULES = {
+    "frame_window": lambda n: at.Rule(at.video, at.video, at.block(), pairs=~at.frame_window(3)),
+    "box": lambda n: at.Rule(at.box(0, 0, 0.25, 0.25), at.box(0, 0, 0.25, 0.25), at.scale_if_positive(1.5)),
+    "token_distance": lambda n: at.Rule(at.video, at.video, at.bias(-1.0), pairs=at.token_distance(max(1, n // 4))),
+}
 
 
 def qkv(heads: int, n: int, dim: int, device: str, dtype: torch.dtype | None = None):
@@ -54,8 +62,8 @@ def score_case(rule: str, heads: int, n: int, dim: int, device: str, eager: bool
     q, k, v = qkv(heads, n, dim, device)
     layout = at.TokenLayout(num_frames=n // 256, tokens_per_frame=256, grid=(16, 16))
     ctx = SelectionContext(layout)
-    plan = build_plan(((SCORE_RULES[rule](n), ctx),), layout, None, 1, heads)
-    assert plan.path == "scored"
+    plan = build_plan((({**SCORE_RULES, **BLOCK_RULES}[rule](n), ctx),), layout, None, 1, heads)
+    assert plan.path in ("scored", "grouped")  # the frame window is grouped (its block path skips the blocked blocks)
     if eager:
         fn = _score_fn(plan.scored, 1, heads, n, torch.device(device))
         return lambda: scored_attention(q, k, v, fn, compile=False)
@@ -75,6 +83,31 @@ def flex_case(heads: int, n: int, dim: int, device: str):
 
     compiled = torch.compile(flex_attention, dynamic=False)
     fn = lambda: compiled(q, k, v, score_mod=score_mod)  # noqa: E731
+    fn()  # compile outside the timed rounds
+    return fn
+
+
+def flex_block_case(rule: str, heads: int, n: int, dim: int, device: str):
+    """Compiled FlexAttention with a ``score_mod`` equal to ``BLOCK_RULES[rule]`` on ``score_case``'s layout."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    q, k, v = qkv(heads, n, dim, device)
+    neg, one, boost = (torch.tensor(x, device=device) for x in (float("-inf"), 1.0, 1.5))  # no Python floats (inductor)
+    radius = max(1, n // 4)
+
+    def in_box(idx):
+        return ((idx % 256) // 16 < 4) & (idx % 16 < 4)
+
+    mods = {
+        "frame_window": lambda score, b, h, q_idx, kv_idx: torch.where((q_idx // 256 - kv_idx // 256).abs() > 1, neg,
+                                                                       score),
+        "box": lambda score, b, h, q_idx, kv_idx: torch.where(in_box(q_idx) & in_box(kv_idx) & (score > 0),
+                                                              score * boost, score),
+        "token_distance": lambda score, b, h, q_idx, kv_idx: torch.where((q_idx - kv_idx).abs() > radius, score - one,
+                                                                         score),
+    }
+    compiled = torch.compile(flex_attention, dynamic=False)
+    fn = lambda: compiled(q, k, v, score_mod=mods[rule])  # noqa: E731
     fn()  # compile outside the timed rounds
     return fn
 

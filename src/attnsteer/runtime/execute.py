@@ -15,9 +15,11 @@ import torch.nn.functional as F
 
 from ..errors import SteeringError, describe_rule
 from ..kernels import grouped_attention, scored_attention
+from ..kernels.blocked import blocked_attention
 from ..kernels.prepared import PreparedGroups, prepared_attention
 from ..language.layout import Segment, TokenLayout
 from ..language.selectors import clear_mask_cache
+from .block_plan import block_path, block_score_fn, decompose
 from .plan import CallPlan, Selection, build_plan
 
 
@@ -41,7 +43,10 @@ def run_plan(
     device = q.device
     mass = None
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if plan.path == "scored" or (grad and (plan.path == "grouped" or want_mass)):
+    decomposition = None if grad or want_mass else _decomposition(plan, q, k, layout)
+    if decomposition is not None:  # fused calls on the blocks where every rule is constant, the rest elementwise
+        out = blocked_attention(q, k, v, decomposition.blocks, _block_fn(plan, q, k, scale), scale, attn_mask)
+    elif plan.path == "scored" or (grad and (plan.path == "grouped" or want_mass)):
         out, mass = scored_attention(
             q, k, v, _with_key_shift(plan, _score_fn(plan.scored, q.shape[0], q.shape[1], layout.seq_len, device,
                                                      plan.head_offset), q, k, scale), scale,
@@ -84,9 +89,28 @@ def clear_rule_caches() -> None:
     """Drop every cached plan, score function and token mask. They hold rules, and through a rule's ``score_mod``,
     ``query_bias`` or selector whatever those reference (a model, a tensor): cleared when a model's last session
     ends, so nothing a session was given outlives it."""
-    for cached in (build_plan, _on_device, _score_fn):
+    for cached in (build_plan, _on_device, _score_fn, block_path, decompose):
         cached.cache_clear()
     clear_mask_cache()
+
+
+def _decomposition(plan: CallPlan, q: torch.Tensor, k: torch.Tensor, layout: TokenLayout):
+    """The block decomposition of a scored or grouped self-attention plan where it beats the plan's own path
+    (:mod:`attnsteer.runtime.block_plan`), else None."""
+    if plan.path not in ("scored", "grouped") or not q.shape[-2] == k.shape[-2] == layout.seq_len:
+        return None
+    return block_path(plan, layout, q.shape[0], q.shape[1], q.device)
+
+
+def _block_fn(plan: CallPlan, q: torch.Tensor, k: torch.Tensor, scale: float):
+    """The block path's score function for the mixed keys (the rules probed once, as the score path does)."""
+    if plan.path == "scored":
+        _score_fn(plan.scored, q.shape[0], q.shape[1], k.shape[-2], q.device, plan.head_offset)
+    shift = None
+    if any(s.rule.transform.centred_keys for s in plan.scored):
+        work = torch.float64 if q.dtype == torch.float64 else torch.float32
+        shift = (q.to(work) @ k.to(work).mean(-2, keepdim=True).transpose(-1, -2)) * scale
+    return block_score_fn(plan, q.shape[0], q.shape[1], q.device, shift)
 
 
 def _covers_all_queries(s: Selection) -> bool:
