@@ -150,6 +150,10 @@ def test_flex_backend_is_steered_like_native_on_wan(wan, native, rule):
     torch.testing.assert_close(out, native[rule], **TOL)
     assert set(summary["steered_calls_by_backend"]) == {"flex"}
     assert sum(summary["steered_calls_by_backend"].values()) == summary["attention_calls_steered"] > 0
+    # flex computed every steered call itself (per key class with its log-sum-exp); PAG's perturbed forward has every
+    # query attend only to itself, which needs no attention kernel (attnsteer returns V)
+    route = "attnsteer" if rule == "pag" else "backend"
+    assert summary["steered_calls_by_route"] == {"flex": {route: summary["attention_calls_steered"]}}
     assert_dispatcher_restored()
 
 
