@@ -275,3 +275,60 @@ def test_identity_attention_keeps_the_users_backend_for_the_attention_it_keeps(w
     torch.testing.assert_close(out, expected, **TOL)
     assert summary["steered_calls_by_route"] == {"flash": {"backend": summary["attention_calls_steered"]}}
     assert True not in log
+
+
+# --- real GPU backends (skipped without CUDA and the package): flash-attn, SageAttention, cuDNN ----------------------
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
+
+
+def gpu_inputs(frames: int = 4, tokens: int = 256, heads: int = 4, dim: int = 64):
+    """bf16 q, k, v [B, H, N, D] on CUDA (keys off zero mean, as Sage's smoothing expects of real models), frame
+    groups and a DyMoS-like bias (-2 from later frames to frame 0, +1 to frame 1)."""
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, heads, frames * tokens, dim, generator=gen) for _ in range(3))
+    k = k + 0.5 * torch.randn(1, heads, 1, dim, generator=gen)
+    groups = torch.arange(frames).repeat_interleave(tokens).cuda()
+    bias = torch.zeros(frames, frames)
+    bias[1:, 0], bias[1:, 1] = -2.0, 1.0
+    return (*(t.cuda().to(torch.bfloat16) for t in (q, k, v)), groups, bias.cuda())
+
+
+def error_to_dense(out, q, k, v, groups, bias) -> float:
+    expected, _ = dense_grouped(q.double(), k.double(), v.double(), groups, bias.double(), q.shape[-1] ** -0.5)
+    return float((out.double() - expected).abs().max())
+
+
+@CUDA
+@pytest.mark.parametrize("name, package", [("flash", "flash_attn"), ("sage", "sageattention")])
+def test_gpu_backend_runs_key_classes_as_exactly_as_its_own_plain_call(name, package):
+    """Exact relative to the backend: the steered result is as far from the dense float64 oracle as the backend's
+    own unsteered call is (flash: bf16 rounding; Sage: its 8-bit quantisation), while the bias moves it far more."""
+    pytest.importorskip(package)
+    q, k, v, groups, bias = gpu_inputs()
+    key = k.transpose(1, 2)
+    call = backend_calls.for_dispatch(dispatch.dispatch_attention_fn, name, name, key, None, lse_args=True)
+    assert call.lse is not None
+    plain = dispatch.dispatch_attention_fn(q.transpose(1, 2), key, v.transpose(1, 2), backend=name).transpose(1, 2)
+    with class_kernel(call.lse):
+        out, _ = grouped_attention(q, k, v, groups, groups, bias=bias)
+    plain_error = error_to_dense(plain, q, k, v, groups, torch.zeros_like(bias))
+    effect = float((out.double() - plain.double()).abs().max())
+    assert call.ran == "backend"
+    assert error_to_dense(out, q, k, v, groups, bias) <= 3 * plain_error + 1e-3 < effect / 10
+
+
+@CUDA
+def test_cudnn_sdpa_runs_key_classes_as_exactly_as_its_own_plain_call():
+    """``_native_cudnn`` is in the native family: attnsteer's kernel runs on SDPA's cuDNN kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v, groups, bias = gpu_inputs()
+    try:
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            plain = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            out, _ = grouped_attention(q, k, v, groups, groups, bias=bias)
+    except RuntimeError as exc:  # no cuDNN attention on this GPU / build
+        pytest.skip(f"cuDNN attention unavailable: {exc}")
+    plain_error = error_to_dense(plain, q, k, v, groups, torch.zeros_like(bias))
+    assert error_to_dense(out, q, k, v, groups, bias) <= 3 * plain_error + 1e-3
