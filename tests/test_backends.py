@@ -31,6 +31,7 @@ RULES = {
     "pag": lambda: at.recipes.pag(scale=2.0, layers="1"),
 }
 TEST_BACKEND = "xformers"  # an enum member whose package is absent here: the float64 stand-in takes its place
+LSE_BACKEND = "flash"  # the same stand-in where attnsteer uses the log-sum-exp (xformers is known to have none)
 
 
 def float64_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
@@ -150,6 +151,10 @@ def test_flex_backend_is_steered_like_native_on_wan(wan, native, rule):
     torch.testing.assert_close(out, native[rule], **TOL)
     assert set(summary["steered_calls_by_backend"]) == {"flex"}
     assert sum(summary["steered_calls_by_backend"].values()) == summary["attention_calls_steered"] > 0
+    # flex computed every steered call itself (per key class with its log-sum-exp); PAG's perturbed forward has every
+    # query attend only to itself, which needs no attention kernel (attnsteer returns V)
+    route = "attnsteer" if rule == "pag" else "backend"
+    assert summary["steered_calls_by_route"] == {"flex": {route: summary["attention_calls_steered"]}}
     assert_dispatcher_restored()
 
 
@@ -275,7 +280,7 @@ def test_no_module_keeps_the_router_after_the_session(wan):
 @contextlib.contextmanager
 def on_backend(transformer: torch.nn.Module, backend: str) -> Iterator[None]:
     """``transformer``'s processors on ``backend`` (``flex``, or the registered float64 stand-in) inside the block."""
-    with registered_backend() if backend == TEST_BACKEND else contextlib.nullcontext():
+    with registered_backend(backend) if backend in (TEST_BACKEND, LSE_BACKEND) else contextlib.nullcontext():
         use_backend(transformer, backend)
         try:
             yield
@@ -299,7 +304,7 @@ def family(request):
     return request.param, pipe, run, native, rec.frame_map()
 
 
-@pytest.mark.parametrize("backend", ["flex", TEST_BACKEND])
+@pytest.mark.parametrize("backend", ["flex", TEST_BACKEND, LSE_BACKEND])
 def test_other_families_are_steered_and_recorded_like_native(family, backend):
     name, pipe, run, native, frame_map = family
     with on_backend(pipe.transformer, backend):
@@ -314,4 +319,8 @@ def test_other_families_are_steered_and_recorded_like_native(family, backend):
     # CogVideoX's processor calls SDPA itself, whatever the backend set: its steered calls bypass the dispatcher
     expected = dispatch_routing.DIRECT if name == "tiny-cogvideox" else backend
     assert set(summary["steered_calls_by_backend"]) == {expected}
+    # flash refuses masks: HunyuanVideo's masked calls (padded text) run attnsteer's kernel on it
+    lse_here = backend == "flex" or (backend == LSE_BACKEND and name != "tiny-hunyuan")
+    route = "backend" if lse_here and expected == backend else "attnsteer"
+    assert summary["steered_calls_by_route"] == {expected: {route: summary["attention_calls_steered"]}}
     assert_dispatcher_restored()

@@ -22,7 +22,7 @@ from .language.layout import TokenLayout
 from .language.rules import Recipe, Rule, flatten_rules, guidance_of, initial_noise_of
 from .language.selectors import SelectionContext
 from .language.words import WordIndex, uses_words
-from .runtime import audit, dispatch_routing, initial_noise
+from .runtime import audit, backend_calls, dispatch_routing, initial_noise
 from .runtime.controller import Client, Controller, ForwardState, LayerInfo, controller_for
 from .runtime.stepping import LoopSteps
 
@@ -170,10 +170,11 @@ class Steering(LoopSteps):
         self.calls = 0
         self.skipped_blocks: set[str] = set()
         self.backends: dict[str, int] = {}  # attention backend the steered calls came from -> how many
+        self.routes: dict[str, dict[str, int]] = {}  # backend -> {"backend" | "attnsteer": steered calls each computed}
 
     def reset(self) -> None:
         """Forget where the rules applied (each ``with`` block of a session reports its own run)."""
-        self._hits, self.calls, self.skipped_blocks, self.backends = {}, 0, set(), {}
+        self._hits, self.calls, self.skipped_blocks, self.backends, self.routes = {}, 0, set(), {}, {}
 
     def on_block_skip(self, block: str) -> None:
         """The perturbed forward of this session's guidance skipped ``block`` (STG-R)."""
@@ -190,6 +191,9 @@ class Steering(LoopSteps):
         self.calls += 1
         backend = dispatch_routing.current_backend()
         self.backends[backend] = self.backends.get(backend, 0) + 1
+        ran = self.routes.setdefault(backend, {})
+        how = backend_calls.how()
+        ran[how] = ran.get(how, 0) + 1
         for rule in applied:
             hits = self._hits.setdefault(self._index[id(rule)], {"steps": set(), "layers": set(), "branches": set()})
             if state.step.step is not None:
@@ -213,6 +217,8 @@ class Steering(LoopSteps):
             "attention_calls_steered": self.calls,
             "blocks_skipped": sorted(self.skipped_blocks),
             "steered_calls_by_backend": dict(sorted(self.backends.items())),  # "sdpa": calls made without the dispatcher
+            # per backend, how many of its steered calls its own kernel ("backend") or attnsteer's ("attnsteer") computed
+            "steered_calls_by_route": {b: dict(sorted(r.items())) for b, r in sorted(self.routes.items())},
         }
 
     def __repr__(self) -> str:

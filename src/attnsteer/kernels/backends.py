@@ -4,14 +4,43 @@
 supports the inputs: the flash kernel on CPU; on CUDA the kernel plain SDPA would choose (flash,
 memory-efficient or cuDNN); anything else falls back to a math path chunked over queries (memory
 O(chunk x Nk), never Nq x Nk).
+
+``class_attention`` is what the grouped kernel calls per key class: ``attention_with_lse``, or the kernel a
+caller put in place for the duration of a block with :func:`class_kernel` (the runtime puts the user's own
+attention backend there, so that a steered call runs on it).
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.nn.attention import SDPBackend
 
 QUERY_CHUNK = 1024
+
+LseKernel = Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (q, k, v, scale, mask) -> (out, lse), as attention_with_lse
+_CLASS_KERNEL: contextvars.ContextVar[LseKernel | None] = contextvars.ContextVar("attnsteer_class_kernel", default=None)
+
+
+@contextlib.contextmanager
+def class_kernel(kernel: LseKernel | None) -> Iterator[None]:
+    """Inside the block, :func:`class_attention` runs ``kernel`` (None: attnsteer's own choice)."""
+    token = _CLASS_KERNEL.set(kernel)
+    try:
+        yield
+    finally:
+        _CLASS_KERNEL.reset(token)
+
+
+def class_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attention_with_lse`, or the kernel :func:`class_kernel` put in place (same contract)."""
+    kernel = _CLASS_KERNEL.get()
+    return attention_with_lse(q, k, v, scale, mask) if kernel is None else kernel(q, k, v, scale, mask)
 
 
 def attention_with_lse(

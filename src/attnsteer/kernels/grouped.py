@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import KernelError
-from .backends import attention_with_lse
+from .backends import class_attention
 
 WHOLE_BYTES = 32 * 2**20  # a call whose merge buffers stay under this runs unchunked; larger ones ...
 QUERY_CHUNKS = 12  # ... run the queries in up to this many chunks ...
@@ -192,7 +192,7 @@ def _attend_in_chunks(q, k, v, q_groups, classes, bias4, scale, mask, out, step:
         class_logits = []
         for groups, keys in classes:
             class_mask = None if mask_rows is None else mask_rows[..., keys]
-            out_c, lse_c = attention_with_lse(q_rows, k[:, :, keys], v[:, :, keys], scale, class_mask)
+            out_c, lse_c = class_attention(q_rows, k[:, :, keys], v[:, :, keys], scale, class_mask)
             logit = lse_c if bias4 is None else lse_c + bias4[:, :, groups_rows, groups[0]]
             if class_mask is not None:
                 hidden = torch.isneginf(class_mask).all(-1)

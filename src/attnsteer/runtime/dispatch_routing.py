@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SteeringError
-from . import flash_routing
+from ..kernels.backends import class_kernel
+from . import backend_calls, flash_routing
 from .rebinding import Rebinding
 
 DISPATCH_MODULE = "diffusers.models.attention_dispatch"
@@ -84,10 +85,13 @@ def router_of(original: Callable) -> Callable:
         token = _BACKEND.set(name)
         try:
             if name in NATIVE_FAMILY:
-                return original(*args, **kwargs)
+                with backend_calls.answering(backend_calls.BackendCall(name, None, native=True)):
+                    return original(*args, **kwargs)
             values = signature.bind(*args, **kwargs)  # only here: binding costs more than a tiny call
             values.apply_defaults()
-            with flash_routing.routed(lambda: original(*args, **kwargs).transpose(1, 2)):
+            call = _backend_call(original, name, values.arguments)
+            with backend_calls.answering(call), class_kernel(call.lse), \
+                    flash_routing.routed(lambda: original(*args, **kwargs).transpose(1, 2)):
                 return _as_sdpa(where, name, values.arguments)
         finally:
             _BACKEND.reset(token)
@@ -103,6 +107,19 @@ def backend_name(dispatcher: Callable, backend: Any) -> str:
         registry = dispatcher.__globals__["_AttentionBackendRegistry"]
         backend = registry.get_active_backend()[0]
     return str(getattr(backend, "value", backend))
+
+
+def _backend_call(dispatcher: Callable, name: str, values: dict[str, Any]) -> backend_calls.BackendCall:
+    """How attnsteer may use backend ``name`` for this call (see :mod:`attnsteer.runtime.backend_calls`)."""
+    registry = dispatcher.__globals__["_AttentionBackendRegistry"]
+    member = next((m for m in registry._supported_arg_names if str(getattr(m, "value", m)) == name), None)
+    lse_args = member is not None and "return_lse" in registry._supported_arg_names[member]
+    key, mask = values["key"], values["attn_mask"]
+    groups = values["query"].shape[2] // key.shape[2]
+    if groups > 1 and name.startswith(backend_calls.SAGE):
+        key = key.repeat_interleave(groups, dim=2)
+    return backend_calls.for_dispatch(dispatcher, name, values.get("backend") or name, key,
+                                      mask if isinstance(mask, torch.Tensor) else None, lse_args)
 
 
 def _as_sdpa(where: str, backend: str, values: dict[str, Any]) -> torch.Tensor:

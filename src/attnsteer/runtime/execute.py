@@ -19,6 +19,7 @@ from ..kernels.blocked import blocked_attention
 from ..kernels.prepared import PreparedGroups, prepared_attention
 from ..language.layout import Segment, TokenLayout
 from ..language.selectors import clear_mask_cache
+from . import backend_calls, flash_routing
 from .block_plan import block_path, block_score_fn, decompose
 from .plan import CallPlan, Selection, build_plan
 
@@ -43,8 +44,13 @@ def run_plan(
     device = q.device
     mass = None
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    decomposition = None if grad or want_mass else _decomposition(plan, q, k, layout)
-    if decomposition is not None:  # fused calls on the blocks where every rule is constant, the rest elementwise
+    on_flex = None
+    if plan.path == "scored" and not (grad or want_mass):  # flex takes the rules as its score_mod
+        on_flex = backend_calls.flex_scored(plan.scored, plan.head_offset, q, k, v, scale, attn_mask)
+    decomposition = None if grad or want_mass or on_flex is not None else _decomposition(plan, q, k, layout)
+    if on_flex is not None:
+        out = on_flex
+    elif decomposition is not None:  # fused calls on the blocks where every rule is constant, the rest elementwise
         out = blocked_attention(q, k, v, decomposition.blocks, _block_fn(plan, q, k, scale), scale, attn_mask)
     elif plan.path == "scored" or (grad and (plan.path == "grouped" or want_mass)):
         out, mass = scored_attention(
@@ -71,8 +77,10 @@ def run_plan(
         )
     elif any(_covers_all_queries(s) for s in plan.identity):
         return v.clone(), None  # every query attends only to itself: no attention to compute
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    else:  # identity rules alone: the user's backend computes the attention they keep, where a router answers
+        out = flash_routing.routed_output() if plan.scale_factor == 1.0 and not grad else None
+        if out is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
     for s in plan.identity:
         rows = s.rows.to(device)[:, None, None, None] & s.heads.to(device)[None, :, None, None]
         out = torch.where(rows & s.query.to(device)[None, None, :, None], v.to(out.dtype), out)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SteeringError
+from . import backend_calls
 from .rebinding import Rebinding
 
 # module -> function -> its leading positional parameters (FlashAttention-3 has no dropout_p); read-only
@@ -99,8 +100,21 @@ def _router(original: Callable, parameters: tuple[str, ...], varlen: bool) -> Ca
 def unsteered(args: tuple, kwargs: dict) -> torch.Tensor:
     """An SDPA call that no rule changes: the routed kernel itself when the call came from a router (flash-attn, a
     diffusers attention backend: bit-identical to an unsteered run), else SDPA."""
+    out = routed_output()
+    if out is not None:
+        return out
+    backend_calls.ran_on_backend()  # a native-family dispatcher backend: SDPA is the user's backend
+    return F.scaled_dot_product_attention(*args, **kwargs)
+
+
+def routed_output() -> torch.Tensor | None:
+    """The call being routed, computed by the user's own kernel as it was made ([B, H, L, D]); None where no router
+    answers it (a model that calls SDPA, a varlen flash-attn call)."""
     routed_call = _UNSTEERED.get()
-    return routed_call() if routed_call is not None else F.scaled_dot_product_attention(*args, **kwargs)
+    if routed_call is None:
+        return None
+    backend_calls.ran_on_backend()
+    return routed_call()
 
 
 def steered_subject() -> str | None:

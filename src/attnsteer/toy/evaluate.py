@@ -278,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=positive_int, default=20)
     parser.add_argument("--guidance", type=guidance, help="guidance scale (default: the pipeline's, 3; 1: no "
                                                           "unconditional branch)")
+    parser.add_argument("--gammas", type=float, nargs="+", default=list(GAMMAS), metavar="G",
+                        help=f"DyMoS strengths to compare (default: {' '.join(map(str, GAMMAS))})")
     parser.add_argument("--prompt-following", type=positive_int, metavar="N",
                         help="instead of the sweep: direction accuracy of N vanilla videos")
     args = parser.parse_args(argv)
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"direction right in {correct} of {args.prompt_following} (chance {args.prompt_following / 4:g}); "
                   f"motion error {error:.3f} px/frame", flush=True)
         else:
-            results = run_experiment(pipe, clips, args.steps, guidance_scale=args.guidance)
+            results = run_experiment(pipe, clips, args.steps, gammas=args.gammas, guidance_scale=args.guidance)
             print(table(summarise(results, clips, args.steps)), flush=True)
         del pipe
         if torch.cuda.is_available():
