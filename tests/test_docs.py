@@ -1,11 +1,11 @@
 """Every documented command and Python example runs as written, so docs that rot fail CI.
 
 Every ```bash block line that calls ``attnsteer`` and every ```python block of README.md and
-docs/*.md is run, in a temporary folder (relative ``--out`` paths land there). The only
-substitution: ``attnsteer demo`` runs with ``--quick`` (the full demo is what the README's first
-set-up command runs). Not run: the README's two set-up commands (CI runs the second one itself)
-and blocks marked ``<!-- not-run: reason -->`` right before them (signatures, real checkpoints).
-The Python blocks of one file run in order in one namespace, as a reader would paste them.
+docs/*.md is run, in a temporary folder (relative ``--out`` paths land there). The substitutions:
+``attnsteer demo`` runs with ``--quick`` (the full demo is what the README's first set-up command
+runs) and ``attnsteer study`` with 2 seeds of 2 steps. Not run: the README's two set-up commands
+(CI runs the second one itself) and blocks marked ``<!-- not-run: reason -->`` right before them
+(signatures, real checkpoints). The Python blocks of one file run in order in one namespace, as a reader would paste them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(?P<marker><!--\s*not-run:[^>]*-->\s*\n)?```(?P<lang>\w*)\n(?P<body>.*?)```", re.S)
 SET_UP = ("python3 -m venv",)
-QUICK = {"demo": ["--quick"]}
+QUICK = {"demo": ["--quick"], "study": ["--seeds", "2", "--steps", "2"]}  # later flags win in argparse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

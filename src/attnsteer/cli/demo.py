@@ -1,10 +1,11 @@
 """``attnsteer demo``: DyMoS on the shipped toy image-to-video model, end to end.
 
-Runs the toy experiment (:mod:`attnsteer.toy.evaluate`: fixed clips and seeds, one batch per gamma
-in {-2, -1, 0, 0.6, 1}, attention recorded) and writes: a video per gamma (the clips tiled), the
-recordings, a contact sheet, frame maps, reference mass against step, the image-to-video minus
-text-to-video frame map (the paper's Figure 2 analysis), motion and identity against gamma, and a
-summary table with a legend of its columns (also printed).
+Runs the toy experiment as a study with fixed settings (:mod:`attnsteer.sweeps.study` on
+:mod:`attnsteer.toy.study`: fixed clips and seeds, one batch per gamma in {-2, -1, 0, 0.6, 1}, attention
+recorded) and writes the study's files (``study.json``, ``study.md``, its plot and median clips) and: a
+video per gamma (the clips tiled), the recordings, a contact sheet, frame maps, reference mass against
+step, the image-to-video minus text-to-video frame map (the paper's Figure 2 analysis), motion and
+identity against gamma, and a summary table with a legend of its columns (also printed).
 """
 
 from __future__ import annotations
@@ -52,8 +53,13 @@ def one_thread() -> Iterator[None]:
 
 
 def run_demo(out: Path, quick: bool = False) -> list[dict[str, Any]]:
-    """Run the toy experiment (``quick``: 1 clip, 6 steps) and write its files to ``out``; returns the summary rows."""
+    """Run the toy experiment (``quick``: 1 clip, 6 steps) as a study with fixed settings and write its files to
+    ``out`` (the study's files too); returns the summary rows."""
+    from ..sweeps.study import run_study, write_study
+    from ..sweeps.sweep import SweepResult
     from ..toy import load_toy_pipeline
+    from ..toy.model import WEIGHTS
+    from ..toy.study import ToyStudySubject
 
     settings = QUICK if quick else FULL
     steps = settings["steps"]
@@ -61,8 +67,11 @@ def run_demo(out: Path, quick: bool = False) -> list[dict[str, Any]]:
     started = time.perf_counter()
     with one_thread():
         pipe = load_toy_pipeline()
-        clips = evaluate.evaluation_clips(settings["clips"])
-        results = evaluate.run_experiment(pipe, clips, steps)
+        subject = ToyStudySubject(pipe, steps=steps, weights=WEIGHTS)
+        study = run_study(pipe, subject, "dymos", "gamma", evaluate.GAMMAS, settings["clips"], out,
+                          fixed={"stop": evaluate.STOP}, batch=settings["clips"], resume=False, record=True)
+        clips = [subject.clip(i) for i in range(settings["clips"])]
+        results = {g: SweepResult(g, [c.video for c in study.clips[g]], study.records[g]) for g in study.values}
         t2v = evaluate.record_t2v(pipe, clips, steps)
     generated = time.perf_counter() - started
     for gamma, result in results.items():
@@ -71,6 +80,7 @@ def run_demo(out: Path, quick: bool = False) -> list[dict[str, Any]]:
     t2v.save(out / "t2v.npz")
     rows = evaluate.summarise(results, clips, steps)
     write_figures(results, t2v, clips, rows, steps, out)
+    write_study(study, subject, out, command=f"attnsteer demo{' --quick' if quick else ''} --out {out}")
     table = evaluate.table(rows)
     (out / "summary.txt").write_text(table + "\n")
     seconds = time.perf_counter() - started
@@ -78,7 +88,8 @@ def run_demo(out: Path, quick: bool = False) -> list[dict[str, Any]]:
                "seconds_generating": round(generated, 1), "columns": evaluate.COLUMNS, "rows": rows}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(table)
-    print(f"demo written to {out} in {seconds:.0f} s ({len(clips)} clips, {steps} steps, {len(results)} gammas)")
+    print(f"demo written to {out} in {seconds:.0f} s ({len(clips)} clips, {steps} steps, {len(results)} gammas; "
+          "study.md: the same clips with bootstrap intervals)")
     return rows
 
 

@@ -1,4 +1,4 @@
-"""The ``attnsteer`` command: run, inspect, sweep, recipes, models, demo."""
+"""The ``attnsteer`` command: run, inspect, sweep, study, recipes, models, demo."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from .arguments import (
     recipes,
 )
 from .heatmaps import add_heatmap_arguments, inspect_options, write_heatmap_figures
+from .study import add_study_arguments, cmd_study
 
 
 def _load(args: argparse.Namespace):
@@ -268,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="N", help="run up to N gammas as the batch rows of one pipeline call (same outputs as one "
                    "call per gamma; refused where the model cannot batch exactly); default: one call per gamma")
     p.set_defaults(func=cmd_sweep)
+
+    p = add("study", help="a recipe parameter's values over N seeds: per-clip metrics, means with bootstrap "
+            "intervals, resumable; writes study.json and study.md",
+            description="Every value of one recipe parameter over N seeds, one file per finished clip under --out "
+                        "(a rerun with the same settings resumes; other settings are refused). Under torchrun the "
+                        "values are shared over the processes and rank 0 writes the report.")
+    add_study_arguments(p)
+    p.set_defaults(func=cmd_study)
 
     p = add("recipes", help="list recipes (built-in and third-party) and their parameters")
     p.set_defaults(func=cmd_recipes)
