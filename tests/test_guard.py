@@ -19,13 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def counting_class_calls(monkeypatch) -> list[int]:
     """Patch the kernel's fused call to record the query rows of every call."""
     rows: list[int] = []
-    inner = grouped.attention_with_lse
+    inner = grouped.class_attention
 
     def counted(q, *args, **kwargs):
         rows.append(q.shape[-2])
         return inner(q, *args, **kwargs)
 
-    monkeypatch.setattr(grouped, "attention_with_lse", counted)
+    monkeypatch.setattr(grouped, "class_attention", counted)
     return rows
 
 

@@ -3,6 +3,7 @@ clients (sessions) it answers to. Shared by the controller, the per-call steerin
 
 from __future__ import annotations
 
+import types
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -97,5 +98,6 @@ def sdpa_arguments(args: tuple, kwargs: dict) -> tuple:
 
 
 _NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-_QKV = {"query", "key", "value"}
-_DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
+_QKV = frozenset(("query", "key", "value"))
+_DEFAULTS = types.MappingProxyType({"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None,
+                                     "enable_gqa": False})

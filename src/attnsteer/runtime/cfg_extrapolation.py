@@ -12,16 +12,12 @@ the pipeline (``_guidance_scale``; for Wan 2.2's second expert ``_guidance_scale
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ..errors import SteeringError
-
-_CONDITIONAL: weakref.WeakKeyDictionary[Any, dict[int, tuple[Any, torch.Tensor]]] = weakref.WeakKeyDictionary()
-
 
 def authors_wan_shift(controller: Any, client: Any, strength: float, state: Any, prediction: torch.Tensor,
                       perturbed: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -34,7 +30,7 @@ def authors_wan_shift(controller: Any, client: Any, strength: float, state: Any,
         raise SteeringError(f"stg(formula='authors-wan'): a forward with rows of branches {branches} (only cond and "
                             "uncond rows can be guided)")
     w = _guidance_scale(controller)
-    kept = _CONDITIONAL.setdefault(controller, {})
+    kept = controller.kept_conditional
     shift = torch.zeros_like(prediction)
     if not uncond:
         stale = kept.get(id(client))

@@ -14,7 +14,6 @@ whose text-call outputs the second, real forward combines with). The model's own
 from __future__ import annotations
 
 import inspect
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -26,9 +25,6 @@ from . import flash_routing
 from .call_state import client_rows, notify, sdpa_arguments
 from .hooks import SDPAInterceptor
 from .plan import rule_rows
-
-_ENCODED: weakref.WeakKeyDictionary[Any, dict[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()  # per controller
-
 
 def has_second_context(active: list[tuple[Any, Any]]) -> bool:
     """Whether one of a module call's active rules has a second context."""
@@ -173,7 +169,7 @@ def _first_rows(output: Any, batch: int, where: str) -> Any:
 
 def _negative_context(controller: Any, transform: SecondContext, length: int, where: str) -> torch.Tensor:
     """The alternative context as the module receives it, encoded and projected once per session and model."""
-    cache = _ENCODED.setdefault(controller, {})
+    cache = controller.encoded_contexts
     key = (id(transform), length)
     if key not in cache:
         embeds = transform.negative_prompt_embeds

@@ -68,12 +68,19 @@ class Exhibit:
     metric: str = attrs.field(validator=attrs.validators.in_(METRICS))
     idle_reason: str = "the toy model has no feature this method acts on"
     not_hosted: str | None = None  # why the toy cannot run it at all (the gallery then says so instead of a figure)
+    mask_word: bool = False  # needs a mask (subject_motion): each clip's direction-word map from its unsteered run
+    map_recipe: tuple[str, dict[str, Any], str] | None = None  # multi-pass recipes have no single attention map:
+    # (recipe, params, what it shows) of a run whose frame map change explains theirs
+    note: str = ""  # what else was measured, where the figure alone would mislead
 
 
 EXHIBITS: tuple[Exhibit, ...] = (
     Exhibit("dymos", {"gamma": 1.0, "stop": 0.3},
             "More motion in image-to-video: a -gamma logit bias from generated frames to the reference frame, "
-            "cond branch, first 30% of the steps.", "speed"),
+            "cond branch, first 30% of the steps.", "speed",
+            note="This toy moves its sprite at the prompt's speed without leaning on the reference frame for it, "
+                 "so less attention to that frame does not speed it up; what DyMoS changes here is in "
+                 "[toy.md](toy.md#what-it-shows-shipped-weights-attnsteer-demo)."),
     Exhibit("direct_a_video", {"phrase": "fast", "box": BOX, "end_box": END_BOX, "attention": "cross"},
             "Move an object along a box path: amplify the object's phrase inside the box, block it outside.",
             "box_distance", not_hosted=(
@@ -99,6 +106,29 @@ EXHIBITS: tuple[Exhibit, ...] = (
     Exhibit("ultravico", {"train_frames": 5},
             "Length extrapolation: damp attention beyond the trained frame span (here as if trained on 5 frames).",
             "ssim_later"),
+    Exhibit("subject_motion", {"gamma": 1.0, "background": -1.0, "threshold": 0.85, "stop": 0.3},
+            "Motion for the subject only: DyMoS's bias on the tokens of a mask drawn from attention (here each "
+            "clip's map of its direction word, from its unsteered run), the background held to the reference.",
+            "speed", "DyMoS itself does not change this toy's speed (see dymos above), so neither does its masked "
+            "form", mask_word=True),
+    Exhibit("nag", {"scale": 5.0, "negative_prompt": "still slow"},
+            "Guidance in few-step or guidance-free sampling: the text cross-attention output pushed away from a "
+            "negative prompt's (here 'still slow') and renormalised.", "speed"),
+    Exhibit("seg", {"scale": 3.0},
+            "Quality guidance: a third branch whose self-attention queries are blurred (here: infinitely, to their "
+            "mean per frame), pushed away from.", "bg_psnr",
+            note="Every setting tried lowers the toy's background PSNR (4 clips: scale 0.5: 34 → 26 dB; 1: 20 dB; "
+                 "1 with sigma 2: 22 dB): trained on one clean world, the toy has no blur for the guidance to take "
+                 "away, and the push over-saturates the colours."),
+    Exhibit("freelong", {"window": 4},
+            "Long videos: each temporal attention run globally and within a window of frames (here 4 of 9), "
+            "blended in 3-D frequency space (low from global, high from local).", "frame_diff",
+            map_recipe=("local_window", {"window": 4}, "FreeLong's local pass alone (local_window, window 4)")),
+    Exhibit("freenoise", {"window": 5, "stride": 2, "noise": False},
+            "Long videos: attention in overlapping windows of frames (here 5, every 2) fused with pyramid weights; "
+            "its initial-noise shuffle is off (the toy pipeline has no prepare_latents).", "frame_diff",
+            map_recipe=("local_window", {"window": 5}, "a 5-frame window about each frame (local_window, window 5), "
+                        "the span of one FreeNoise window")),
 )
 
 
@@ -127,16 +157,55 @@ def run_exhibit(pipe: Any, exhibit: Exhibit, clips: Sequence[Clip], steps: int, 
     from ..language.recipe import get_recipe
     from ..session import inspect, steer
 
-    recipe = get_recipe(exhibit.recipe)(**exhibit.params)
-    with inspect(pipe) as record, steer(pipe, recipe, prompt=clips[0].prompt):
-        videos = evaluate.generate(pipe, clips, steps)
     base_videos, base_record = vanilla
+    if exhibit.mask_word:
+        base_videos, videos, steered_map, base_map = _masked_runs(pipe, exhibit, clips, steps)
+    else:
+        recipe = get_recipe(exhibit.recipe)(**exhibit.params)
+        if exhibit.map_recipe is None:
+            with inspect(pipe) as record, steer(pipe, recipe, prompt=clips[0].prompt):
+                videos = evaluate.generate(pipe, clips, steps)
+        else:  # a multi-pass call records no map: the explaining recipe's run gives the frame map
+            with steer(pipe, recipe):
+                videos = evaluate.generate(pipe, clips, steps)
+            name, params, _ = exhibit.map_recipe
+            with inspect(pipe) as record, steer(pipe, get_recipe(name)(**params)):
+                evaluate.generate(pipe, clips, steps)
+        steered_map, base_map = record.frame_map(branch="cond"), base_record.frame_map(branch="cond")
     before = metric_values(exhibit.metric, base_videos, clips)
     after = metric_values(exhibit.metric, videos, clips)
     change = float(np.mean([np.abs(a.astype(np.float64) - b).mean() for a, b in zip(videos, base_videos)]))
-    diff = (record.frame_map(branch="cond") - base_record.frame_map(branch="cond")).numpy()
-    return {"exhibit": exhibit, "videos": videos, "diff": diff, "before": float(np.nanmean(before)),
-            "after": float(np.nanmean(after)), "pixel_change": change}
+    diff = (steered_map - base_map).numpy()
+    return {"exhibit": exhibit, "videos": videos, "base_videos": base_videos, "diff": diff,
+            "before": float(np.nanmean(before)), "after": float(np.nanmean(after)), "pixel_change": change}
+
+
+def _masked_runs(pipe: Any, exhibit: Exhibit, clips: Sequence[Clip], steps: int) -> tuple[list, list, Any, Any]:
+    """(unsteered videos, steered videos, steered and unsteered mean frame maps) of a recipe that takes a mask:
+    clip by clip, the unsteered run records the map of the clip's direction word (the first of its prompt), its
+    mask (``at.masks.from_attention``) goes to the recipe through a file, as on the command line."""
+    import tempfile
+
+    from ..inspection import maps, masks
+    from ..language.recipe import get_recipe
+    from ..language.words import words
+    from ..session import inspect, steer
+
+    base_videos, videos, base_maps, steered_maps = [], [], [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for i, clip in enumerate(clips):
+            word = clip.prompt.split()[0]
+            spec = maps.onto(words(word), attention="cross")
+            with inspect(pipe, maps=[spec], prompt=clip.prompt, tokenizer=pipe.tokenizer) as base:
+                base_videos += evaluate.generate(pipe, [clip], steps, seed=i)
+            path = masks.save(masks.from_attention(base, word=word, threshold=exhibit.params["threshold"]),
+                              Path(folder) / f"mask_{i}.npz")
+            recipe = get_recipe(exhibit.recipe)(mask=str(path), **exhibit.params)
+            with inspect(pipe) as record, steer(pipe, recipe):
+                videos += evaluate.generate(pipe, [clip], steps, seed=i)
+            base_maps.append(base.frame_map(branch="cond"))
+            steered_maps.append(record.frame_map(branch="cond"))
+    return base_videos, videos, sum(steered_maps) / len(clips), sum(base_maps) / len(clips)
 
 
 def caption(result: dict[str, Any], clips: int) -> str:
@@ -147,6 +216,8 @@ def caption(result: dict[str, Any], clips: int) -> str:
                 f"(mean over {clips} clip{'s' * (clips > 1)}); mean pixel change {result['pixel_change']:.3f}.")
     if result["pixel_change"] < VISIBLE:
         measured += f" Nothing visible changes on the toy: {exhibit.idle_reason}."
+    if exhibit.note:
+        measured += f" {exhibit.note}"
     return f"**For:** {exhibit.purpose}  \n{measured}"
 
 
@@ -176,12 +247,14 @@ def write_gallery(out: Path, quick: bool = False, exhibits: Sequence[Exhibit] = 
                 continue
             result = run_exhibit(pipe, exhibit, clips, steps, (base_videos, base_record))
             settings_text = ", ".join(f"{k}={v!r}" for k, v in exhibit.params.items())
-            plot_side_by_side({"unsteered": base_videos[0], "steered": result["videos"][0]}, result["diff"],
+            map_title = (f"frame map, steered minus unsteered\ncond branch, all {steps} steps, all layers"
+                         if exhibit.map_recipe is None else
+                         f"frame map change of {exhibit.map_recipe[2]}\n(a multi-pass call has no single map)")
+            plot_side_by_side({"unsteered": result["base_videos"][0], "steered": result["videos"][0]}, result["diff"],
                               images / f"{exhibit.recipe}.png", upscale=4,
                               title=f"{exhibit.recipe}({settings_text}) on the toy model: clip 1, prompt "
                                     f"'{clips[0].prompt}', {steps} steps",
-                              map_title=f"frame map, steered minus unsteered\ncond branch, all {steps} steps, "
-                                        "all layers")
+                              map_title=map_title)
             sections.append(f"## {exhibit.recipe}\n\n![{exhibit.recipe}](img/gallery/{exhibit.recipe}.png)\n\n"
                             f"{caption(result, len(clips))}\n")
     seconds = time.perf_counter() - started
