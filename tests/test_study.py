@@ -12,7 +12,14 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from attnsteer.cli import main
 from attnsteer.errors import ConfigError
-from attnsteer.figures.study_report import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_interval, median_index
+from attnsteer.figures.study_report import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    baseline_value,
+    bootstrap_interval,
+    median_index,
+    paired_differences,
+)
 from attnsteer.sweeps.study import CLIPS, clip_path, run_study
 from attnsteer.toy import ToyI2VPipeline
 from attnsteer.toy.model import TRANSFORMER_CONFIG, build_modules
@@ -33,6 +40,27 @@ def test_bootstrap_interval_equals_a_plain_numpy_percentile_bootstrap():
 def test_a_constant_metric_has_a_zero_width_interval():
     assert bootstrap_interval([0.1] * 16) == (0.1, 0.1, 0.1)
     assert bootstrap_interval([3.0]) == (3.0, 3.0, 3.0)
+
+
+def test_paired_differences_bootstrap_the_per_seed_differences_to_the_baseline():
+    """Seeds shared by all values: a shift of 0.05 that the spread between seeds hides in the means' intervals
+    shows in the paired interval, which is a plain percentile bootstrap of the per-seed differences."""
+    rng = np.random.default_rng(3)
+    per_seed = rng.normal(1.0, 0.3, size=16)  # what a seed's clip contributes at every value
+    noise = rng.normal(0, 0.01, size=16)
+    clips = {0.0: {i: {"speed": float(per_seed[i])} for i in range(16)},
+             1.0: {i: {"speed": float(per_seed[i] + 0.05 + noise[i])} for i in range(16)}}
+    assert baseline_value([-1.0, 0.0, 1.0]) == 0.0 and baseline_value([2, 3]) == 2 and baseline_value([True]) is True
+    (row,) = paired_differences(clips, 0.0, ["speed"])
+    stats = row["metrics"]["speed"]
+    diffs = 0.05 + noise
+    draw = np.random.default_rng(BOOTSTRAP_SEED)
+    means = np.array([diffs[draw.integers(0, 16, size=16)].mean() for _ in range(BOOTSTRAP_RESAMPLES)])
+    np.testing.assert_allclose([stats["low"], stats["high"]], np.percentile(means, [2.5, 97.5]), rtol=1e-10)
+    assert row["value"] == 1.0 and row["clips"] == 16 and stats["low"] > 0
+    _, low_1, _ = bootstrap_interval([c["speed"] for c in clips[1.0].values()])
+    _, _, high_0 = bootstrap_interval([c["speed"] for c in clips[0.0].values()])
+    assert low_1 < high_0  # the means' own intervals overlap
 
 
 def test_the_median_clip_is_the_lower_median():

@@ -7,12 +7,11 @@ import pytest
 import torch
 
 import attnsteer as at
-from attnsteer.figures import metrics
 from attnsteer.toy import ToyI2VPipeline, sample_clip
 from attnsteer.toy.evaluate import direction_correct, sprite_velocity
 from attnsteer.toy.world import FRAMES, SIZE
 
-PROMPTS = ("right fast", "left fast", "down fast", "up fast")
+PROMPTS = ("right slow", "left fast", "down slow", "up fast")
 SEEDS = (11, 22, 33, 44)
 STEPS = 12
 
@@ -62,24 +61,29 @@ def test_shipped_weights_generate_video_and_t2v(pipe):
     assert t2v.frames[0].shape == video.shape
 
 
-def test_generated_motion_follows_the_prompt_better_than_chance(pipe):
-    """The tracked sprite moves along the prompt's axis and sign; a random direction is right 1 time
-    in 4, so ask for at least 8 of 16 videos at gamma 0 (probability 0.027 under chance)."""
+def test_unsteered_videos_move_the_sprite_the_prompts_way(pipe):
+    """The tracked sprite moves along the prompt's axis and sign; a random direction is right 1 time in 4.
+    docs/toy.md reports 16 of 16 on the demo's clips; ask for at least 12 of 16 here (probability under chance
+    below 1e-4), leaving room for other CPUs' rounding."""
     correct = [direction_correct(generate(pipe, clip := sample_clip(seed, prompt), seed), clip)
                for seed in SEEDS for prompt in PROMPTS]
-    assert sum(correct) >= 8, correct
+    assert sum(correct) >= 12, correct
 
 
-def test_motion_grows_with_gamma_and_fidelity_falls(pipe):
-    """The ordering docs/toy.md reports, averaged over fixed clips and seeds: flow and frame difference
-    rise from gamma -1 to 0 to 1, and SSIM of the later frames to the reference falls."""
-    clips = [sample_clip(seed, prompt) for seed, prompt in zip(SEEDS, PROMPTS)]
+def test_sprite_speed_and_frame_difference_grow_with_gamma_and_fidelity_falls(pipe):
+    """The ordering docs/toy.md reports for the demo's settings (slow prompts, 10 steps, DyMoS on the first 30%),
+    on 8 of its clips: tracked sprite speed and frame difference rise from gamma -1 to 0 to 1, SSIM of the later
+    frames to the reference falls."""
+    from attnsteer.toy import evaluate
+
+    clips = evaluate.evaluation_clips(8)
     rows = []
     for gamma in (-1.0, 0.0, 1.0):
-        with at.steer(pipe, at.recipes.dymos(gamma=gamma, stop=0.3)):
-            scores = [metrics.evaluate(generate(pipe, clip, i), clip.video[0]) for i, clip in enumerate(clips)]
-        rows.append({key: np.mean([m[key] for m in scores]) for key in ("flow", "frame_diff", "ssim_later")})
-    for key, sign in (("flow", 1), ("frame_diff", 1), ("ssim_later", -1)):
+        with at.steer(pipe, at.recipes.dymos(gamma=gamma, stop=evaluate.STOP)):
+            videos = evaluate.generate(pipe, clips, 10)
+        per_clip = evaluate.per_clip(videos, clips)
+        rows.append({key: np.mean([m[key] for m in per_clip]) for key in ("speed", "frame_diff", "ssim_later")})
+    for key, sign in (("speed", 1), ("frame_diff", 1), ("ssim_later", -1)):
         values = [sign * row[key] for row in rows]
         assert values[0] < values[1] < values[2], (key, rows)
 

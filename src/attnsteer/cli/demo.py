@@ -1,7 +1,7 @@
 """``attnsteer demo``: DyMoS on the shipped toy image-to-video model, end to end.
 
 Runs the toy experiment as a study with fixed settings (:mod:`attnsteer.sweeps.study` on
-:mod:`attnsteer.toy.study`: fixed clips and seeds, one batch per gamma in {-2, -1, 0, 0.6, 1}, attention
+:mod:`attnsteer.toy.study`: fixed clips and seeds, one batch per gamma in {-1, -0.5, 0, 0.5, 1}, attention
 recorded) and writes the study's files (``study.json``, ``study.md``, its plot and median clips) and: a
 video per gamma (the clips tiled), the recordings, a contact sheet, frame maps, reference mass against
 step, the image-to-video minus text-to-video frame map (the paper's Figure 2 analysis), motion and
@@ -25,7 +25,8 @@ from ..sweeps.sweep import gamma_label
 from ..toy import evaluate
 
 UPSCALE = 4
-FULL = {"clips": 8, "steps": 20}
+DOCS = "docs/toy.md in the attnsteer repository"
+FULL = {"clips": 16, "steps": evaluate.STEPS}
 QUICK = {"clips": 1, "steps": 6}
 
 
@@ -90,6 +91,7 @@ def run_demo(out: Path, quick: bool = False) -> list[dict[str, Any]]:
     print(table)
     print(f"demo written to {out} in {seconds:.0f} s ({len(clips)} clips, {steps} steps, {len(results)} gammas; "
           "study.md: the same clips with bootstrap intervals)")
+    print(f"what these numbers show and do not (identity, fast prompts): {DOCS}")
     return rows
 
 

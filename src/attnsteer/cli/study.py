@@ -125,7 +125,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int_in(0, MAX_SEED, f"a seed in 0..{MAX_SEED} (2**63 - 1)"), default=0,
                         help="noise seed of seed index 0 (index i uses seed + i)")
     parser.add_argument("--steps", type=int_at_least(1, "a positive integer"),
-                        help="denoising steps (model default if omitted; toy: 20)")
+                        help="denoising steps (model default if omitted; toy: 10, as the demo)")
     parser.add_argument("--frames", type=int_in(1, MAX_FRAMES, f"a number of video frames in 1..{MAX_FRAMES}"),
                         help="video frames (model default if omitted; not with --model toy)")
     parser.add_argument("--guidance", type=finite_non_negative, help="guidance scale (model default if omitted)")
@@ -151,6 +151,7 @@ def effective_command(args: argparse.Namespace) -> str:
 
 def _subject(args: argparse.Namespace, model: Any) -> StudySubject:
     if args.model == "toy":
+        from ..toy import evaluate
         from ..toy.model import WEIGHTS
         from ..toy.study import ToyStudySubject
 
@@ -158,7 +159,7 @@ def _subject(args: argparse.Namespace, model: Any) -> StudySubject:
             if getattr(args, flag) not in (None, ""):
                 raise ConfigError(f"--{flag}: the toy study generates the evaluation clips, each with its own "
                                   "reference frame and prompt, 9 frames; leave --{flag} out".replace("{flag}", flag))
-        return ToyStudySubject(model.pipe, steps=args.steps or 20, seed=args.seed, weights=WEIGHTS,
+        return ToyStudySubject(model.pipe, steps=args.steps or evaluate.STEPS, seed=args.seed, weights=WEIGHTS,
                                guidance_scale=3.0 if args.guidance is None else args.guidance)
     from ..figures.videoio import load_image
 

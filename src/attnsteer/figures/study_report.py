@@ -62,6 +62,28 @@ def summarise(clips: Mapping[Any, Sequence[Mapping[str, float]]], metrics: Seque
             for value, rows in clips.items()]
 
 
+def baseline_value(values: Sequence[Any]) -> Any:
+    """The value the others are compared with, seed by seed: 0 (the recipe off, for most strengths) where it is
+    among them, else the first value."""
+    return next((v for v in values if not isinstance(v, bool) and isinstance(v, (int, float)) and v == 0), values[0])
+
+
+def paired_differences(clips: Mapping[Any, Mapping[int, Mapping[str, float]]], baseline: Any,
+                       metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per value other than ``baseline``: each metric's per-seed difference to the baseline's clip of the
+    same seed, summarised as its mean and bootstrap interval. Pairing removes what the seeds share (the clip, the
+    noise), so it tells apart values whose own intervals overlap."""
+    base = clips[baseline]
+    rows = []
+    for value, by_seed in clips.items():
+        if value == baseline:
+            continue
+        seeds = sorted(set(by_seed) & set(base))
+        rows.append({"value": value, "clips": len(seeds), "metrics": {
+            m: summarise_metric([by_seed[i][m] - base[i][m] for i in seeds]) for m in metrics}})
+    return rows
+
+
 def median_index(values: Sequence[float]) -> int:
     """Position of the median of ``values`` (the lower median for an even count; NaN sorts last)."""
     order = np.argsort(np.asarray(values, dtype=np.float64), kind="stable")
@@ -77,24 +99,27 @@ def value_label(value: Any) -> str:
     return str(value)
 
 
-def _cell(stats: Mapping[str, float], count_of: int | None) -> str:
+def _cell(stats: Mapping[str, float], count_of: int | None, signed: bool = False) -> str:
     if stats["n"] == 0:
         return "n/a"
     scale = count_of if count_of is not None else 1
     mean, low, high = (stats[k] * scale for k in ("mean", "low", "high"))
+    number = "{:+.3g}" if signed else "{:.3g}"
+    mean, low, high = (number.format(x) for x in (mean, low, high))
     if count_of is not None:
-        text = f"{mean:.3g} / {count_of} [{low:.3g}, {high:.3g}]"
+        text = f"{mean} / {count_of} [{low}, {high}]"
     else:
-        text = f"{mean:.3g} [{low:.3g}, {high:.3g}]"
+        text = f"{mean} [{low}, {high}]"
     return text + (f" (n={stats['n']} of {stats['of']})" if stats["n"] < stats["of"] else "")
 
 
 def markdown_table(summary: Sequence[Mapping[str, Any]], param: str, metrics: Sequence[str],
-                   counts: Sequence[str] = ()) -> str:
-    """Rows = values, columns = metrics, cells ``mean [low, high]`` (counts as ``k / N [low, high]``)."""
+                   counts: Sequence[str] = (), signed: bool = False) -> str:
+    """Rows = values, columns = metrics, cells ``mean [low, high]`` (counts as ``k / N [low, high]``; ``signed``:
+    differences, written with their sign)."""
     lines = [f"| {param} | clips | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|"]
     for row in summary:
-        cells = [_cell(row["metrics"][m], row["clips"] if m in counts else None) for m in metrics]
+        cells = [_cell(row["metrics"][m], row["clips"] if m in counts else None, signed) for m in metrics]
         lines.append(f"| {value_label(row['value'])} | {row['clips']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -142,8 +167,10 @@ def plot_study(summary: Sequence[Mapping[str, Any]], param: str, columns: Mappin
 
 
 def markdown_page(*, title: str, facts: Sequence[str], summary: Sequence[Mapping[str, Any]], param: str,
-                  columns: Mapping[str, str], counts: Sequence[str], plot: str, sheet: str, primary: str) -> str:
-    """``study.md``: what ran, the table of means and intervals, the legend, the plot and the median clips."""
+                  columns: Mapping[str, str], counts: Sequence[str], plot: str, sheet: str, primary: str,
+                  paired: Sequence[Mapping[str, Any]] = (), baseline: Any = None) -> str:
+    """``study.md``: what ran, the table of means and intervals, the paired differences to the baseline value,
+    the legend, the plot and the median clips."""
     seeds = max(row["clips"] for row in summary)
     legend = "\n".join(f"- `{m}`: {meaning}" + (" (shown as a count of clips)" if m in counts else "")
                        for m, meaning in columns.items())
@@ -153,7 +180,14 @@ def markdown_page(*, title: str, facts: Sequence[str], summary: Sequence[Mapping
         f"Per value, the mean over its clips and, in brackets, a {LEVEL:.0%} percentile-bootstrap interval of the "
         f"mean ({BOOTSTRAP_RESAMPLES} resamples of the clips, numpy seed {BOOTSTRAP_SEED}). Where a metric is "
         "not finite for some clips (the PSNR of identical frames), `n` says over how many it is taken.", "",
-        markdown_table(summary, param, list(columns), counts), "", legend, "",
+        markdown_table(summary, param, list(columns), counts), "",
+        *([f"## Change against {param} = {value_label(baseline)}, paired by seed", "",
+           f"Per value, the mean over seeds of (the value's clip minus the {param} = {value_label(baseline)} clip of "
+           "the same seed) and its bootstrap interval, resampling seeds as above. The clips of one seed share "
+           f"their reference frame, prompt and noise, so a difference whose interval excludes 0 is a change that "
+           f"{seeds} seeds support, even where the intervals of the means above overlap.", "",
+           markdown_table(paired, param, list(columns), counts, signed=True), ""] if paired else []),
+        legend, "",
         f"![metrics against {param}]({plot})", "",
         f"What to look for: {LOOK_FOR.format(param=param, n=seeds)}.", "",
         f"![median clip per value]({sheet})", "",

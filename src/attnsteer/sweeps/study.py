@@ -276,6 +276,10 @@ def write_study(study: Study, subject: StudySubject, out: Path, *, command: str 
     metrics = list(subject.columns)
     rows = {v: [c.metrics for c in study.clips[v]] for v in study.values}
     summary = study_report.summarise(rows, metrics)
+    baseline = study_report.baseline_value(list(study.values))
+    paired = study_report.paired_differences(
+        {v: {c.index: c.metrics for c in study.clips[v]} for v in study.values}, baseline, metrics
+    ) if len(study.values) > 1 else []
     fixed = ", ".join(f"{k}={study_report.value_label(v)}" for k, v in study.settings["fixed"].items())
     steered = f"{recipe}({param}=..." + (f", {fixed}" if fixed else "") + ")"
     report = {
@@ -287,6 +291,7 @@ def write_study(study: Study, subject: StudySubject, out: Path, *, command: str 
                                                                         .relative_to(out)), "metrics": c.metrics}
                   for v in study.values for c in study.clips[v]],
         "summary": summary,
+        "paired": {"baseline": baseline, "rows": paired},
     }
     paths = [out / name for name in REPORT_FILES]
     paths[0].write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -309,5 +314,6 @@ def write_study(study: Study, subject: StudySubject, out: Path, *, command: str 
              "versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
     paths[1].write_text(study_report.markdown_page(
         title=f"Study: {steered} on {model}", facts=facts, summary=summary, param=param, columns=subject.columns,
-        counts=subject.counts, plot=paths[2].name, sheet=paths[3].name, primary=subject.primary))
+        counts=subject.counts, plot=paths[2].name, sheet=paths[3].name, primary=subject.primary, paired=paired,
+        baseline=baseline))
     return paths

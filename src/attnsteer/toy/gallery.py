@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from . import evaluate
 from .world import Clip
 
-FULL = {"clips": 8, "steps": 20}
+FULL = {"clips": 16, "steps": evaluate.STEPS}
 QUICK = {"clips": 1, "steps": 4}
 VISIBLE = 0.01  # mean absolute pixel change (0..1) below which the gallery says a recipe does nothing visible
 BOX, END_BOX = "0.0,0.0,0.5,0.5", "0.5,0.5,1.0,1.0"  # the region recipes' path: top left to bottom right
@@ -81,7 +81,7 @@ EXHIBITS: tuple[Exhibit, ...] = (
             note="This toy moves its sprite at the prompt's speed without leaning on the reference frame for it, "
                  "so less attention to that frame does not speed it up; what DyMoS changes here is in "
                  "[toy.md](toy.md#what-it-shows-shipped-weights-attnsteer-demo)."),
-    Exhibit("direct_a_video", {"phrase": "fast", "box": BOX, "end_box": END_BOX, "attention": "cross"},
+    Exhibit("direct_a_video", {"phrase": "slow", "box": BOX, "end_box": END_BOX, "attention": "cross"},
             "Move an object along a box path: amplify the object's phrase inside the box, block it outside.",
             "box_distance", not_hosted=(
                 "the toy's prompt is two words that name the motion, not the sprite, and it has no start, end or "
@@ -277,7 +277,8 @@ are weight-free stand-ins, to be read as changes, never as benchmark numbers.
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("docs"), help="folder of gallery.md (figures under img/gallery)")
+    parser.add_argument("--out", type=Path, default=Path("docs"),
+                        help="folder of gallery.md (figures under img/gallery)")
     parser.add_argument("--quick", action="store_true", help="1 clip, 4 steps: a smoke run")
     args = parser.parse_args(argv)
     print(f"wrote {write_gallery(args.out, args.quick)}")

@@ -32,7 +32,7 @@ class ToyStudySubject(StudySubject):
     counts = ("dir_ok", "kept")
     primary = "speed"
 
-    def __init__(self, pipe: Any, *, steps: int = 20, guidance_scale: float = 3.0, seed: int = 0,
+    def __init__(self, pipe: Any, *, steps: int = evaluate.STEPS, guidance_scale: float = 3.0, seed: int = 0,
                  weights: Path | None = None) -> None:
         self.pipe, self.steps, self.guidance_scale, self.seed, self.weights = pipe, steps, guidance_scale, seed, weights
         self._clips: dict[int, Any] = {}
