@@ -194,3 +194,16 @@ def test_the_sd3_eps_scales_zero_norm_rows_as_the_authors_joint_processor_does()
 def test_a_bad_nag_eps_is_refused_naming_the_field_and_the_choices():
     with pytest.raises(at.ConfigError, match=r"nag_combine\(eps=...\) must be None or one of \('wan', 'sd3'\)"):
         at.nag_combine(3.0, eps="flux")
+
+
+def test_attnsteer_run_tiny_cogvideox_with_the_nag_recipe_uses_the_stand_in_negative_prompt(tmp_path):
+    """The tiny models have no text encoder: the CLI gives the negative prompt as their stand-in embeddings."""
+    import json
+
+    from attnsteer.cli.main import main
+
+    assert main(["run", "--model", "tiny-cogvideox", "--recipe", "nag", "--param", "negative_prompt=blurry",
+                 "--steps", "2", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert "negative_prompt_embeds='<tensor (1, 16, 32)>'" in record["recipe"]
+    assert record["applied"]["attention_calls_steered"] == 4  # 2 steps x 2 blocks, one batched forward per step
