@@ -1,4 +1,4 @@
-"""NAG's joint variant on tiny CogVideoX against the authors' SD3 joint processor, re-implemented here without attnsteer.
+"""NAG's joint variant on tiny CogVideoX against the authors' SD3 joint processor, re-implemented without attnsteer.
 
 The authors' SD3 pipeline appends the negative prompt's embeddings to the text batch (one row per conditional row,
 with the conditional row's timestep) and their ``NAGJointAttnProcessor2_0`` computes the image queries, keys and values
