@@ -5,7 +5,9 @@ through the same ``to_k``/``to_v``, to a negative prompt (``Zn``); before ``to_o
 ``Zt = s Zp - (s - 1) Zn``, renormalised per token where ``||Zt||_1 / ||Zp||_1`` exceeds ``tau`` (the authors' eps:
 ratio NaN -> 10, ``Zt / (||Zt|| + 1e-7) * ||Zp|| * tau``), mixed ``alpha Zt + (1 - alpha) Zp``. ``scale`` is the
 authors' ``nag_scale`` (the paper's phi + 1; 1 is off). CFG's unconditional branch keeps plain attention; on Wan I2V
-the CLIP-image attention is added unguided. Every step. The primitive: :func:`attnsteer.second_context`.
+the CLIP-image attention is added unguided. Every step. On CogVideoX (text inside the joint self-attention) it is
+the authors' SD3 joint variant: the negative prompt's text stream rides through the blocks as extra batch rows, the
+video rows of every joint attention are combined (SD3's eps). The primitive: :func:`attnsteer.second_context`.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ def nag(scale: float = 5.0, tau: float = 2.5, alpha: float = 0.25, negative_prom
     """Normalized Attention Guidance: guide the text cross-attention of the conditional branch away from a negative
     prompt, extrapolating and renormalising its output (the authors' Wan processor).
 
-    Families whose text sits in the self-attention sequence (joint attention: CogVideoX, HunyuanVideo, LTX-2...)
-    are refused: the authors' SD3-style joint variant needs the negative prompt's own text stream through the blocks.
+    On CogVideoX (text in the joint self-attention) the authors' SD3 joint variant runs instead (their SD3 alpha is
+    0.125); other joint-attention families (HunyuanVideo, LTX...) are refused.
     """
     combine = at.nag_combine(scale, tau, alpha, norm)
     transform = at.second_context(combine, negative_prompt, negative_prompt_embeds)

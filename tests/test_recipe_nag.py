@@ -176,16 +176,6 @@ def test_a_negative_prompt_string_needs_a_text_encoder(wan_t2v):
             run()
 
 
-def test_nag_on_a_joint_attention_family_is_refused_naming_the_rule():
-    from attnsteer.testing.tiny import tiny_cogvideox
-
-    pipe = tiny_cogvideox()
-    refused = r"rule .*second_context.*no separate text cross-attention modules.*joint variant.*not supported"
-    with pytest.raises(at.SteeringError, match=refused):
-        with at.steer(pipe, recipes.nag(scale=3.0, negative_prompt_embeds=torch.zeros(1, 4, 8))):
-            pass
-
-
 def test_bad_nag_settings_are_refused_naming_the_field():
     with pytest.raises(at.ConfigError, match=r"norm.*\('l1', 'l2'\)"):
         recipes.nag(norm="max")

@@ -25,6 +25,7 @@ from .arguments import (
     int_at_least,
     output_folder,
     prepare_output_folder,
+    recipe_arguments,
     recipe_from_args,
     recipes,
 )
@@ -108,6 +109,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
     prepare_output_folder("--out", args.out)
     model = _load(args)
+    if recipe is not None:  # a tiny model's negative prompt: its stand-in embeddings (it has no text encoder)
+        spec = recipes()[args.recipe]
+        recipe = recipe_from_args(args, **model.stand_in_text(spec, recipe_arguments(args, spec)))
     image = _image(args, model)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:

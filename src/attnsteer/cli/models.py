@@ -39,6 +39,20 @@ class VideoModel:
         tokenizer = getattr(self.pipe, "tokenizer", None)
         return word_tokenizer() if tokenizer is None and self.name in TINY_MODELS else tokenizer
 
+    def stand_in_text(self, spec: Any, given: dict[str, Any]) -> dict[str, Any]:
+        """A recipe's negative prompt as the model's stand-in embeddings (``prompt_embedding``, as its prompts are):
+        the built-in tiny models have no text encoder to encode it with. Empty for every other model and recipe."""
+        from ..testing.tiny import TINY_MODELS
+        from ..testing.tiny_parts import prompt_embedding
+
+        takes = {p.name for p in spec.parameters} >= {"negative_prompt", "negative_prompt_embeds"}
+        embeds = self._call_kwargs(prompt="").get("prompt_embeds") if self.name in TINY_MODELS else None
+        if not takes or embeds is None or getattr(self.pipe, "text_encoder", None) is not None \
+                or given.get("negative_prompt_embeds") is not None:
+            return {}
+        text = prompt_embedding(given.get("negative_prompt") or "", embeds.shape[1], embeds.shape[2])
+        return {"negative_prompt": None, "negative_prompt_embeds": text}
+
     @property
     def image_argument(self) -> str:
         """The name the pipeline takes its conditioning image under ("image"; VACE: "reference_images")."""

@@ -9,7 +9,9 @@ I2V's CLIP-image tokens) are left alone. How it runs: :mod:`attnsteer.runtime.se
 
 :class:`NagCombine` is Normalized Attention Guidance's combination (Chen et al. 2025, the authors' Wan processor):
 ``Zt = s Zp - (s - 1) Zn``; ``r = ||Zt||_p / ||Zp||_p`` per token over the merged hidden dim, NaN -> 10; where
-``r > tau``: ``Zt <- Zt / (||Zt|| + 1e-7) * ||Zp|| * tau``; ``Z = alpha Zt + (1 - alpha) Zp``.
+``r > tau``: ``Zt <- Zt / (||Zt|| + 1e-7) * ||Zp|| * tau``; ``Z = alpha Zt + (1 - alpha) Zp``. ``eps="sd3"`` is
+the authors' SD3 joint processor instead: ``r = ||Zt|| / (||Zp|| + 1e-7)``, ``Zt <- Zt * min(r, tau) / (r + 1e-7)``;
+None (the default) is the eps of the variant that runs (Wan's on cross-attention, SD3's on joint attention).
 """
 
 from __future__ import annotations
@@ -26,12 +28,19 @@ from .selectors import AllTokens, Text, Video
 from .transforms import Transform
 
 NORMS = ("l1", "l2")
+EPS = ("wan", "sd3")
 Combine = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _norm(value: object) -> str:
     if value not in NORMS:
         raise ConfigError(f"nag_combine(norm=...) must be one of {NORMS}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _eps(value: object) -> str | None:
+    if value is not None and value not in EPS:
+        raise ConfigError(f"nag_combine(eps=...) must be None or one of {EPS}, got {value!r}")
     return value  # type: ignore[return-value]
 
 
@@ -61,6 +70,7 @@ class NagCombine:
     tau: float = attrs.field(default=2.5, converter=_at_least(1.0, "nag_combine(tau=...)"))
     alpha: float = attrs.field(default=0.25, converter=_alpha)
     norm: str = attrs.field(default="l1", converter=_norm)
+    eps: str | None = attrs.field(default=None, converter=_eps)
 
     @property
     def neutral(self) -> bool:
@@ -72,18 +82,24 @@ class NagCombine:
         guidance = positive * self.scale - negative * (self.scale - 1.0)
         norm_positive = torch.linalg.vector_norm(positive, ord=p, dim=-1, keepdim=True)
         norm_guidance = torch.linalg.vector_norm(guidance, ord=p, dim=-1, keepdim=True)
+        if self.eps == "sd3":  # the authors' joint (SD3) processor
+            ratio = norm_guidance / (norm_positive + 1e-7)
+            guidance = guidance * torch.minimum(ratio, ratio.new_tensor(self.tau)) / (ratio + 1e-7)
+            return guidance * self.alpha + positive * (1.0 - self.alpha)
         ratio = torch.nan_to_num(norm_guidance / norm_positive, 10.0)
         clamped = guidance / (norm_guidance + 1e-7) * norm_positive * self.tau
         guidance = torch.where(ratio > self.tau, clamped, guidance)
         return guidance * self.alpha + positive * (1.0 - self.alpha)
 
     def __repr__(self) -> str:
-        return f"nag_combine(scale={self.scale:g}, tau={self.tau:g}, alpha={self.alpha:g}, norm={self.norm!r})"
+        eps = "" if self.eps is None else f", eps={self.eps!r}"
+        return f"nag_combine(scale={self.scale:g}, tau={self.tau:g}, alpha={self.alpha:g}, norm={self.norm!r}{eps})"
 
 
-def nag_combine(scale: float, tau: float = 2.5, alpha: float = 0.25, norm: str = "l1") -> NagCombine:
-    """NAG's output combination (the authors' Wan formula, eps handling included)."""
-    return NagCombine(scale, tau, alpha, norm)
+def nag_combine(scale: float, tau: float = 2.5, alpha: float = 0.25, norm: str = "l1",
+                eps: str | None = None) -> NagCombine:
+    """NAG's output combination (the authors' formula and eps handling: Wan's, or SD3's on joint attention)."""
+    return NagCombine(scale, tau, alpha, norm, eps)
 
 
 def _combine(value: object) -> Combine:
@@ -162,4 +178,4 @@ def second_context(combine: Combine, negative_prompt: str | None = None,
     return SecondContext(combine, negative_prompt, negative_prompt_embeds)
 
 
-__all__ = ["NORMS", "NagCombine", "SecondContext", "nag_combine", "second_context"]
+__all__ = ["EPS", "NORMS", "NagCombine", "SecondContext", "nag_combine", "second_context"]

@@ -21,7 +21,7 @@ from ..language.guidance import PerturbedGuidance
 from ..language.model_layers import ModelDepth
 from ..language.rules import Rule
 from ..language.schedules import StepInfo
-from . import compiled_call, dispatch_routing, flash_routing, second_context
+from . import compiled_call, dispatch_routing, flash_routing, joint_context, second_context
 from .call_cache import CallCache, class_key
 from .call_state import Client, ForwardState, LayerInfo
 from .context_parallel import context_parallel_config, head_slice
@@ -64,18 +64,13 @@ class Controller:
         self.position: LoopPosition | None = None  # set by a user's loop through .step() (stepping.LoopSteps)
         self.call_cache = CallCache()  # what calls derive once per step class (runtime.call_cache); per client set
         self.encoded_contexts: dict[tuple, torch.Tensor] = {}  # second contexts as modules receive them; per client set
+        self.joint_forward: joint_context.JointForward | None = None  # this forward's extra rows (NAG's joint variant)
         self.kept_conditional: dict[int, tuple[Any, torch.Tensor]] = {}  # STG authors-wan: id(client) -> (step, cond)
 
     # --- attaching -----------------------------------------------------------------------
     def attach(self, client: Client, pipeline: Any = None, num_steps: int | None = None) -> None:
         cross = [r for r in client.rules if r.attention == "cross"]
-        second_context.check_host(cross, self.adapter, self.model)
-        if cross and not self.adapter.cross_attention_modules(self.model):
-            raise SteeringError(
-                f"{describe_rule(cross[0], None)}: the adapter {type(self.adapter).__name__} declares no cross-attention "
-                f"modules of {type(self.model).__name__} (Adapter.cross_attention, a regex on module names); where the "
-                "text sits in the self-attention sequence, use attention='self' with at.text / at.words"
-            )
+        joint_context.check_host(cross, self.adapter, self.model)
         check_attention_kinds(client.rules, self.adapter, self.model)
         if pipeline is not None:
             self.steps.add_pipeline(pipeline)
@@ -166,7 +161,7 @@ class Controller:
     @torch.compiler.disable  # under torch.compile: run eagerly, one graph break per forward
     def _perturb_after(self, model: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         """Forward hook: perturbed guidance after each forward (``model.forward`` runs it without re-entering hooks)."""
-        return self.perturb(model.forward, args, kwargs, output)
+        return self.perturb(model.forward, args, kwargs, joint_context.trim(self, output))
 
     def perturb(self, forward: Callable, args: tuple, kwargs: dict, output: Any) -> Any:
         """After each forward while perturbed guidance is on: see :func:`attnsteer.runtime.guidance.perturb`."""
@@ -245,7 +240,7 @@ class Controller:
         self.context = name
 
     @torch.compiler.disable  # under torch.compile: run eagerly, one graph break per forward
-    def _forward_start(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def _forward_start(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if self._copied:
             self._remove_copied_hooks()
             return
@@ -269,6 +264,7 @@ class Controller:
                                   latent=_latent(batch, self.adapter.latent_grid(model, inputs)))
         self.seen_steps.add(self.state.step)
         self.seen_branches.update(branches or ("unknown",))
+        return joint_context.extend(self, model, args, kwargs)
 
     @torch.compiler.disable  # under torch.compile: run eagerly, one graph break per forward
     def _forward_end(self, model: torch.nn.Module, args: tuple, output: Any) -> None:
@@ -302,6 +298,8 @@ class Controller:
         self, layer: LayerInfo, attention: str, module: torch.nn.Module, forward: Callable, args: tuple, kwargs: dict
     ) -> Any:
         """One forward of a hooked attention module: steered and recorded through its SDPA calls."""
+        if attention == "self" and self.joint_forward is not None:
+            return joint_context.run(self, layer, module, forward, args, kwargs)
         call = self.begin_attention(layer, attention, module)
         if call is None:
             return forward(*args, **kwargs)

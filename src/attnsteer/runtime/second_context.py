@@ -31,17 +31,6 @@ def has_second_context(active: list[tuple[Any, Any]]) -> bool:
     return any(rule.transform.kind == "context" for _, rule in active)
 
 
-def check_host(rules: list[Any], adapter: Any, model: torch.nn.Module) -> None:
-    """At attach: a second-context rule needs separate cross-attention modules (text in a joint sequence is refused)."""
-    found = [r for r in rules if r.transform.kind == "context"]
-    if found and not adapter.cross_attention_modules(model):
-        raise SteeringError(
-            f"{describe_rule(found[0], None)}: {type(model).__name__} ({adapter.family}) has no separate text "
-            "cross-attention modules (its text sits in the joint self-attention sequence), so there is no context to "
-            "replace; NAG's joint variant (SD3-style: the negative prompt's own text stream through every block) is "
-            "not supported")
-
-
 def run(controller: Any, call: Any, module: torch.nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
     """One forward of a cross-attention module under ``call`` (a ModuleCall) with a second-context rule on."""
     (client, rule), *others = call.active
