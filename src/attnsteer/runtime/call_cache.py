@@ -64,10 +64,12 @@ class CallCache:
     def __init__(self) -> None:
         self.classes: dict[Hashable, CallClass] = {}
         self.calls: dict[Hashable, PreparedCall] = {}
+        self.contexts: dict[Hashable, Any] = {}  # second contexts as the modules receive them (runtime.second_context)
 
     def clear(self) -> None:
         self.classes.clear()
         self.calls.clear()
+        self.contexts.clear()
 
     def call_class(self, key: Hashable, subject: Callable[[], str], active: list[tuple[Any, Rule]]) -> CallClass:
         """The call class of ``key`` (see :func:`class_key`), built on its first use."""

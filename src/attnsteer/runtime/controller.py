@@ -63,7 +63,6 @@ class Controller:
         self.guidance_shift = GuidanceShift()  # cond - perturbed of this step, for the rows of every branch
         self.position: LoopPosition | None = None  # set by a user's loop through .step() (stepping.LoopSteps)
         self.call_cache = CallCache()  # what calls derive once per step class (runtime.call_cache); per client set
-        self.encoded_contexts: dict[tuple, torch.Tensor] = {}  # second contexts as modules receive them; per client set
         self.joint_forward: joint_context.JointForward | None = None  # this forward's extra rows (NAG's joint variant)
         self.kept_conditional: dict[int, tuple[Any, torch.Tensor]] = {}  # STG authors-wan: id(client) -> (step, cond)
 
@@ -86,13 +85,11 @@ class Controller:
             raise
         self.clients.append(client)
         self.call_cache.clear()
-        self.encoded_contexts.clear()
         compiled_call.refresh(self)
 
     def detach(self, client: Client) -> None:
         self.clients.remove(client)
         self.call_cache.clear()
-        self.encoded_contexts.clear()
         compiled_call.refresh(self)
         if not self.clients:
             self._uninstall()

@@ -193,7 +193,7 @@ def _negative(controller: Any, transform: Any, context: torch.Tensor, where: str
     """The negative prompt as the transformer's input (the text encoder's output), encoded once per session."""
     length = context.shape[1]
     key = ("joint", id(transform), length)
-    cache = controller.encoded_contexts
+    cache = controller.call_cache.contexts
     if key not in cache:
         embeds = transform.negative_prompt_embeds
         if embeds is None:

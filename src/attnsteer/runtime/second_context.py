@@ -158,7 +158,7 @@ def _first_rows(output: Any, batch: int, where: str) -> Any:
 
 def _negative_context(controller: Any, transform: SecondContext, length: int, where: str) -> torch.Tensor:
     """The alternative context as the module receives it, encoded and projected once per session and model."""
-    cache = controller.encoded_contexts
+    cache = controller.call_cache.contexts
     key = (id(transform), length)
     if key not in cache:
         embeds = transform.negative_prompt_embeds
