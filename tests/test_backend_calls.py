@@ -277,6 +277,35 @@ def test_identity_attention_keeps_the_users_backend_for_the_attention_it_keeps(w
     assert True not in log
 
 
+def seg_recipe() -> at.Recipe:
+    """SEG: the queries of layers 0 and 1 blurred at the attention call (after RoPE) in a perturbed forward."""
+    return at.recipes.seg(scale=3.0, sigma=2.0, layers="0,1")
+
+
+@pytest.fixture(scope="module")
+def native_seg(wan, native):
+    pipe, run = wan
+    use_backend(pipe.transformer, "native")
+    with at.steer(pipe, seg_recipe()):
+        return run()
+
+
+@pytest.mark.parametrize("backend", ["flex", "flash"])
+def test_query_transforms_reach_the_attention_on_a_routed_backend(wan, native, native_seg, backend):
+    """A call whose only change is its transformed queries (SEG) must not be answered by the backend's call as the
+    model made it (the given queries): it runs the transformed queries, equal to SEG on native."""
+    pipe, run = wan
+    with registered("flash", lse_backend) if backend == "flash" else contextlib.nullcontext():
+        use_backend(pipe.transformer, backend)
+        try:
+            out, summary = steered(pipe, run, seg_recipe())
+        finally:
+            use_backend(pipe.transformer, "native")
+    assert float((native_seg - native["plain"]).abs().max()) > 1e-3  # the blur acts
+    torch.testing.assert_close(out, native_seg, **TOL)
+    assert summary["steered_calls_by_route"] == {backend: {"attnsteer": summary["attention_calls_steered"]}}
+
+
 # --- real GPU backends (skipped without CUDA and the package): flash-attn, SageAttention, cuDNN ----------------------
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")

@@ -7,6 +7,7 @@ calls), holding that forward's state explicitly.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import attrs
@@ -126,8 +127,10 @@ class ModuleCall:
         else:
             try:
                 with_maps = _record_spatial_maps(recorders, plan, q, k, v, state, layer, scale, attn_mask)
-                out, mass = with_maps or run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders),
-                                                  prepared=prepared.groups)
+                # a router's own call reads the given queries: with transformed ones, the kernels compute the call
+                with contextlib.nullcontext() if q is given else flash_routing.routed(None):
+                    out, mass = with_maps or run_plan(plan, q, k, v, layout, scale, attn_mask,
+                                                      want_mass=bool(recorders), prepared=prepared.groups)
             except (KernelError, SteeringError) as exc:
                 raise type(exc)(f"{where}: {exc}") from exc
         if heads is not None and recorders and mass is not None:
