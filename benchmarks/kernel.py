@@ -8,7 +8,7 @@ call in a fresh process.
 
     python -m benchmarks.kernel            # full table (a few minutes on 2 CPU cores)
     python -m benchmarks.kernel --quick    # one small shape
-    python -m benchmarks.kernel --backend flex            # steered / unsteered on a diffusers backend (benchmarks.backend)
+    python -m benchmarks.kernel --backend flex    # steered / unsteered on one diffusers backend (benchmarks.backend)
     python -m benchmarks.kernel --backend native --dry-run
 
 On a CUDA machine the inputs are bfloat16 and the shapes are Wan's full video sizes.

@@ -306,6 +306,25 @@ def test_query_transforms_reach_the_attention_on_a_routed_backend(wan, native, n
     assert summary["steered_calls_by_route"] == {backend: {"attnsteer": summary["attention_calls_steered"]}}
 
 
+@pytest.mark.parametrize("backend", ["native", "flex"])
+def test_query_transforms_reach_every_pass_of_a_multi_pass_call(wan, native, native_seg, backend):
+    """FreeLong with a window over every frame is plain attention (both passes attend to all keys), so FreeLong(16)
+    with SEG equals SEG alone: the passes that the user's kernel would answer read the transformed queries too."""
+    pipe, run = wan
+    use_backend(pipe.transformer, "native")
+    with at.steer(pipe, at.recipes.freelong(window=16)):
+        alone = run()
+    torch.testing.assert_close(alone, native["plain"], **TOL)  # the oracle's premise
+    if backend == "flex":
+        pipe.transformer.set_attention_backend("flex")
+    try:
+        with at.steer(pipe, at.recipes.freelong(window=16), seg_recipe()):
+            out = run()
+    finally:
+        use_backend(pipe.transformer, "native")
+    torch.testing.assert_close(out, native_seg, **TOL)
+
+
 def heatmap_specs() -> list:
     return [at.maps.onto(at.frames.reference), at.maps.region(at.box(0, 0, 0.5, 0.5), frame=1), at.maps.received()]
 
