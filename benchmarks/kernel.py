@@ -8,11 +8,15 @@ call in a fresh process.
 
     python -m benchmarks.kernel            # full table (a few minutes on 2 CPU cores)
     python -m benchmarks.kernel --quick    # one small shape
+    python -m benchmarks.kernel --backend flex    # steered / unsteered on one diffusers backend (benchmarks.backend)
+    python -m benchmarks.kernel --backend native --dry-run
 
 On a CUDA machine the inputs are bfloat16 and the shapes are Wan's full video sizes.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -66,11 +70,22 @@ def build(method: str, config: dict, device: str):
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
+def backend_options(parser) -> None:
+    parser.add_argument("--backend", help="instead of the kernel table: steered / unsteered Wan forwards with their "
+                        "attention on this diffusers backend (native, _native_math, flex on CPU; flash, sage, ... "
+                        "where installed), side by side; see benchmarks/backend.py")
+    parser.add_argument("--dry-run", action="store_true", help="with --backend: tiny sizes, one round")
+
+
 def main() -> None:
-    parsed = benchmark_arguments(__doc__, "benchmarks.kernel", build, repeats=5)
+    parsed = benchmark_arguments(__doc__, "benchmarks.kernel", build, repeats=5, extra=backend_options)
     if parsed is None:
         return
     args, device = parsed
+    if args.backend:
+        from benchmarks import backend
+
+        sys.exit(backend.main(args.backend, args.repeats, args.dry_run))
 
     print(f"# grouped_attention benchmark on {machine()}")
     widths = [22, 16, 10, 10]

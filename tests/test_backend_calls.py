@@ -277,6 +277,136 @@ def test_identity_attention_keeps_the_users_backend_for_the_attention_it_keeps(w
     assert True not in log
 
 
+def seg_recipe() -> at.Recipe:
+    """SEG: the queries of layers 0 and 1 blurred at the attention call (after RoPE) in a perturbed forward."""
+    return at.recipes.seg(scale=3.0, sigma=2.0, layers="0,1")
+
+
+@pytest.fixture(scope="module")
+def native_seg(wan, native):
+    pipe, run = wan
+    use_backend(pipe.transformer, "native")
+    with at.steer(pipe, seg_recipe()):
+        return run()
+
+
+@pytest.mark.parametrize("backend", ["flex", "flash"])
+def test_query_transforms_reach_the_attention_on_a_routed_backend(wan, native, native_seg, backend):
+    """A call whose only change is its transformed queries (SEG) must not be answered by the backend's call as the
+    model made it (the given queries): it runs the transformed queries, equal to SEG on native."""
+    pipe, run = wan
+    with registered("flash", lse_backend) if backend == "flash" else contextlib.nullcontext():
+        use_backend(pipe.transformer, backend)
+        try:
+            out, summary = steered(pipe, run, seg_recipe())
+        finally:
+            use_backend(pipe.transformer, "native")
+    assert float((native_seg - native["plain"]).abs().max()) > 1e-3  # the blur acts
+    torch.testing.assert_close(out, native_seg, **TOL)
+    assert summary["steered_calls_by_route"] == {backend: {"attnsteer": summary["attention_calls_steered"]}}
+
+
+@pytest.mark.parametrize("backend", ["native", "flex"])
+def test_query_transforms_reach_every_pass_of_a_multi_pass_call(wan, native, native_seg, backend):
+    """FreeLong with a window over every frame is plain attention (both passes attend to all keys), so FreeLong(16)
+    with SEG equals SEG alone: the passes that the user's kernel would answer read the transformed queries too."""
+    pipe, run = wan
+    use_backend(pipe.transformer, "native")
+    with at.steer(pipe, at.recipes.freelong(window=16)):
+        alone = run()
+    torch.testing.assert_close(alone, native["plain"], **TOL)  # the oracle's premise
+    if backend == "flex":
+        pipe.transformer.set_attention_backend("flex")
+    try:
+        with at.steer(pipe, at.recipes.freelong(window=16), seg_recipe()):
+            out = run()
+    finally:
+        use_backend(pipe.transformer, "native")
+    torch.testing.assert_close(out, native_seg, **TOL)
+
+
+def heatmap_specs() -> list:
+    return [at.maps.onto(at.frames.reference), at.maps.region(at.box(0, 0, 0.5, 0.5), frame=1), at.maps.received()]
+
+
+def test_heatmaps_on_flex_equal_native_on_wan(wan):
+    """Onto-maps come from the per-class log-sum-exps of flex; region and received maps add attnsteer's transposed
+    pass on the same numbers: every map equals the same recording on native."""
+    pipe, run = wan
+    recordings = {}
+    for backend in ("native", "flex"):
+        use_backend(pipe.transformer, backend)
+        try:
+            with at.inspect(pipe, maps=heatmap_specs()) as rec:
+                run()
+        finally:
+            use_backend(pipe.transformer, "native")
+        recordings[backend] = rec.maps
+    for index in range(len(heatmap_specs())):
+        native_map, flex_map = (recordings[b].heatmap(index) for b in ("native", "flex"))
+        assert float(native_map.frames.abs().max()) > 0
+        torch.testing.assert_close(flex_map.frames, native_map.frames, **TOL)
+
+
+@pytest.mark.parametrize("name, make", [("flex", None), ("xformers", lse_backend)])
+def test_output_transforms_leave_the_attention_call_on_the_users_backend(wan, native, name, make):
+    """Enhance-A-Video scales the module's output by a readout of q and k: the attention itself is the backend's call
+    as made, with or without the log-sum-exp, and the result equals the recipe on native."""
+    pipe, run = wan
+    use_backend(pipe.transformer, "native")
+    with at.steer(pipe, at.recipes.enhance_a_video(weight=4.0)):
+        expected = run()
+    if make is None:
+        use_backend(pipe.transformer, name)
+        try:
+            out, summary = steered(pipe, run, at.recipes.enhance_a_video(weight=4.0))
+        finally:
+            use_backend(pipe.transformer, "native")
+    else:
+        out, summary, _ = on_standin(pipe, run, name, make, at.recipes.enhance_a_video(weight=4.0))
+    assert float((expected - native["plain"]).abs().max()) > 1e-3  # the transform acts
+    torch.testing.assert_close(out, expected, **TOL)
+    assert summary["steered_calls_by_route"] == {name: {"backend": summary["attention_calls_steered"]}}
+
+
+def test_group_constant_rules_that_block_most_logits_take_attnsteers_block_path_on_flex(wan):
+    """local_window(1): every frame sees only itself, so -inf blocks hold most logits and the block decomposition
+    (attnsteer's fused calls on SDPA, skipping the blocked blocks) computes the call instead of flex's key classes."""
+    pipe, run = wan
+    use_backend(pipe.transformer, "native")
+    with at.steer(pipe, at.recipes.local_window(window=1)):
+        expected = run()
+    pipe.transformer.set_attention_backend("flex")
+    try:
+        out, summary = steered(pipe, run, at.recipes.local_window(window=1))
+    finally:
+        use_backend(pipe.transformer, "native")
+    torch.testing.assert_close(out, expected, **TOL)
+    assert summary["steered_calls_by_route"] == {"flex": {"attnsteer": summary["attention_calls_steered"]}}
+
+
+def test_a_non_native_backend_under_compile_refuses_a_rule_naming_the_backend():
+    """Traced, the dispatcher runs flex itself (attnsteer's custom op sits at SDPA): an active rule raises instead of
+    being skipped."""
+    from attnsteer.testing.tiny import tiny_wan
+
+    model = tiny_wan(seed=0).transformer.eval()
+    gen = torch.Generator().manual_seed(1)
+    inputs = dict(hidden_states=torch.randn(1, 36, 3, 8, 8, generator=gen),
+                  encoder_hidden_states=torch.randn(1, 16, 32, generator=gen),
+                  encoder_hidden_states_image=torch.randn(1, 5, 16, generator=gen), return_dict=False)
+    torch._dynamo.reset()
+    model.set_attention_backend("flex")
+    compiled = torch.compile(model, backend="aot_eager")
+    rule = at.Rule(at.frames.generated, at.frames.reference, at.bias(-1.0))
+    try:
+        with pytest.raises(at.SteeringError, match=r"blocks\.0\.attn1.*attention backend: flex"), torch.no_grad(), \
+                at.steer(model, rule, num_steps=1):
+            compiled(timestep=torch.tensor([999.0]), **inputs)
+    finally:
+        torch._dynamo.reset()
+
+
 # --- real GPU backends (skipped without CUDA and the package): flash-attn, SageAttention, cuDNN ----------------------
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")

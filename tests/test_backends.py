@@ -207,6 +207,34 @@ def test_registered_backend_runs_every_call_no_rule_changes(wan, native):
     assert_dispatcher_restored()
 
 
+@pytest.mark.parametrize("backend", [TEST_BACKEND, LSE_BACKEND])
+@pytest.mark.parametrize("rule", ["box", "pag"])
+def test_registered_backends_take_a_box_rule_and_pag_like_native_on_wan(wan, native, backend, rule):
+    """The float64 stand-in as a backend without the log-sum-exp (xformers: attnsteer's kernel for steered calls) and
+    as one with it (flash: the box rule's key classes run on it); PAG's perturbed queries attend only to themselves
+    (attnsteer returns V, no attention to compute)."""
+    pipe, run = wan
+    with on_backend(pipe.transformer, backend) as calls:
+        plain = run()
+        out, summary = steered(pipe, run, RULES[rule]())
+        zero, _ = steered(pipe, run, at.recipes.dymos(gamma=0.0, stop=1.0))
+    assert float((native[rule] - native["plain"]).abs().max()) > 1e-3  # the rule acts
+    torch.testing.assert_close(out, native[rule], **TOL)
+    assert torch.equal(zero, plain)
+    route = "backend" if backend == LSE_BACKEND and rule == "box" else "attnsteer"
+    assert summary["steered_calls_by_route"] == {backend: {route: summary["attention_calls_steered"]}}
+    assert summary["attention_calls_steered"] > 0 and len(calls) > 0
+    assert_dispatcher_restored()
+
+
+def test_registered_backend_without_lse_records_frame_maps_like_native_on_wan(wan, native):
+    pipe, run = wan
+    with on_backend(pipe.transformer, TEST_BACKEND):
+        with at.inspect(pipe) as rec:
+            run()
+    torch.testing.assert_close(rec.frame_map(), native["frame_map"], **TOL)
+
+
 def test_dispatcher_is_put_back_after_an_exception(wan):
     pipe, run = wan
     from diffusers.models.transformers import transformer_wan
@@ -278,12 +306,13 @@ def test_no_module_keeps_the_router_after_the_session(wan):
 
 
 @contextlib.contextmanager
-def on_backend(transformer: torch.nn.Module, backend: str) -> Iterator[None]:
-    """``transformer``'s processors on ``backend`` (``flex``, or the registered float64 stand-in) inside the block."""
-    with registered_backend(backend) if backend in (TEST_BACKEND, LSE_BACKEND) else contextlib.nullcontext():
+def on_backend(transformer: torch.nn.Module, backend: str) -> Iterator[list[tuple[int, ...]]]:
+    """``transformer``'s processors on ``backend`` (``flex``, or the registered float64 stand-in) inside the block;
+    yields the query shapes the stand-in was called on (empty for ``flex``)."""
+    with registered_backend(backend) if backend in (TEST_BACKEND, LSE_BACKEND) else contextlib.nullcontext([]) as calls:
         use_backend(transformer, backend)
         try:
-            yield
+            yield calls
         finally:
             use_backend(transformer, "native")
 
@@ -322,5 +351,32 @@ def test_other_families_are_steered_and_recorded_like_native(family, backend):
     # flash refuses masks: HunyuanVideo's masked calls (padded text) run attnsteer's kernel on it
     lse_here = backend == "flex" or (backend == LSE_BACKEND and name != "tiny-hunyuan")
     route = "backend" if lse_here and expected == backend else "attnsteer"
+    assert summary["steered_calls_by_route"] == {expected: {route: summary["attention_calls_steered"]}}
+    assert_dispatcher_restored()
+
+
+@pytest.fixture(scope="module")
+def family_native(family):
+    """The box rule and PAG of RULES on ``family``'s native backend (computed once per family)."""
+    _, pipe, run, _, _ = family
+    results = {"plain": run()}
+    for rule in ("box", "pag"):
+        with at.steer(pipe, RULES[rule]()):
+            results[rule] = run()
+    return results
+
+
+@pytest.mark.parametrize("backend", ["flex", TEST_BACKEND, LSE_BACKEND])
+@pytest.mark.parametrize("rule", ["box", "pag"])
+def test_other_families_take_a_box_rule_and_pag_like_native(family, family_native, backend, rule):
+    name, pipe, run, _, _ = family
+    with on_backend(pipe.transformer, backend):
+        out, summary = steered(pipe, run, RULES[rule]())
+    assert float((family_native[rule] - family_native["plain"]).abs().max()) > 1e-3  # the rule acts
+    torch.testing.assert_close(out, family_native[rule], **TOL)
+    expected = dispatch_routing.DIRECT if name == "tiny-cogvideox" else backend
+    assert set(summary["steered_calls_by_backend"]) == {expected}
+    lse_here = backend == "flex" or (backend == LSE_BACKEND and name != "tiny-hunyuan")
+    route = "backend" if lse_here and expected == backend and rule == "box" else "attnsteer"
     assert summary["steered_calls_by_route"] == {expected: {route: summary["attention_calls_steered"]}}
     assert_dispatcher_restored()

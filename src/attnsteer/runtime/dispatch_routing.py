@@ -13,8 +13,9 @@ is built once per dispatcher function, so compiled graphs that traced it are reu
 - Any other backend (``flex``, ``flash``, ``sage``, a registered one): ``F.scaled_dot_product_attention`` on the
   same q, k, v (heads first, grouped key/value heads repeated, a [B, N] key mask broadcast as the native backend
   does), which the interceptor hands to the module's :class:`~attnsteer.runtime.module_call.ModuleCall`: steered
-  and recorded calls run attnsteer's exact kernel; a call no rule changes runs the user's backend itself
-  (:func:`attnsteer.runtime.flash_routing.unsteered`), bit-identical to an unsteered run.
+  and recorded calls run on the user's backend where it can compute them exactly, else attnsteer's exact kernels
+  (:mod:`attnsteer.runtime.backend_calls`; docs/backends.md has the table); a call no rule changes runs the
+  user's backend itself (:func:`attnsteer.runtime.flash_routing.unsteered`), bit-identical to an unsteered run.
 
 :func:`current_backend` names the backend of the call being answered, for the session's summary.
 """

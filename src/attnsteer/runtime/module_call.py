@@ -7,6 +7,7 @@ calls), holding that forward's state explicitly.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import attrs
@@ -115,8 +116,12 @@ class ModuleCall:
                                            lambda c, r: self._context(c, r, layout, rows[id(c)]), layer.qualified,
                                            *((0, None) if heads is None else (heads.offset, heads.total)))
             queried = [*queried, *self.queried]
-        out, ran = self._multi_pass(self.kind.passes, plan, q, k, v, layout, state, scale, attn_mask, rows, args,
-                                    kwargs) if self.kind.passes else (None, [])
+        if self.kind.passes:  # the user's kernel and a router's call read the given queries, not transformed ones
+            with contextlib.nullcontext() if q is given else flash_routing.routed(None):
+                out, ran = self._multi_pass(self.kind.passes, plan, q, k, v, layout, state, scale, attn_mask, rows,
+                                            (args, kwargs) if q is given else None)
+        else:
+            out, ran = None, []
         if ran:
             mass = None
         elif prepared.unchanged and q is given:  # the user's own kernel answers (a router's call reads the given q)
@@ -126,8 +131,10 @@ class ModuleCall:
         else:
             try:
                 with_maps = _record_spatial_maps(recorders, plan, q, k, v, state, layer, scale, attn_mask)
-                out, mass = with_maps or run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=bool(recorders),
-                                                  prepared=prepared.groups)
+                # a router's own call reads the given queries: with transformed ones, the kernels compute the call
+                with contextlib.nullcontext() if q is given else flash_routing.routed(None):
+                    out, mass = with_maps or run_plan(plan, q, k, v, layout, scale, attn_mask,
+                                                      want_mass=bool(recorders), prepared=prepared.groups)
             except (KernelError, SteeringError) as exc:
                 raise type(exc)(f"{where}: {exc}") from exc
         if heads is not None and recorders and mass is not None:
@@ -141,15 +148,17 @@ class ModuleCall:
         return out
 
     def _multi_pass(self, multi: tuple, plan: CallPlan, q, k, v, layout: TokenLayout, state: ForwardState,
-                    scale, attn_mask, rows: dict, args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, list]:
-        """(output, applied pairs) of a call with a multi-pass rule on (:mod:`attnsteer.runtime.multi_pass`)."""
+                    scale, attn_mask, rows: dict, given: tuple[tuple, dict] | None
+                    ) -> tuple[torch.Tensor | None, list]:
+        """(output, applied pairs) of a call with a multi-pass rule on (:mod:`attnsteer.runtime.multi_pass`);
+        ``given``: the call's SDPA arguments where the user's kernel may answer it (None: transformed queries)."""
         if self.recorders:
             raise SteeringError(f"{describe_rule(multi[0][1], self.layer.qualified)}: a multi-pass call has no single "
                                 "attention map to record; record in a run without it")
 
         def base_output() -> torch.Tensor:
-            if _changes_no_logit(plan) and not plan.identity and plan.scale_factor == 1.0:
-                return flash_routing.unsteered(args, kwargs)
+            if given is not None and _changes_no_logit(plan) and not plan.identity and plan.scale_factor == 1.0:
+                return flash_routing.unsteered(*given)
             return run_plan(plan, q, k, v, layout, scale, attn_mask, want_mass=False)[0]
 
         base = tuple((rule, self._context(client, rule, layout, rows[id(client)]))
