@@ -74,13 +74,23 @@ class Exhibit:
     note: str = ""  # what else was measured, where the figure alone would mislead
 
 
+LOCAL_ON_THE_TOY = ("On the toy, frames more than one away from frame 0 cannot see the reference frame, and the toy "
+                    "draws its sprite from that frame: from frame 2 on the picture breaks up, and the rise in frame "
+                    "difference is that breakage, not motion.")
+SPECKLE_ON_THE_TOY = ("By eye: at this scale the push away from the perturbed prediction adds speckle to the toy's "
+                      "flat background and around the sprite, which is what the fall in background PSNR measures; "
+                      "nothing on the toy needed sharpening.")
+WINDOWS_ON_THE_TOY = ("On the toy, frames outside a window cannot see the reference frame in that pass, and the "
+                      "toy draws its sprite from that frame: from frame 4 on the sprite breaks into blocks, and "
+                      "the rise in frame difference is that breakage. The method is for clips longer than a model "
+                      "was trained on; the toy's 9 frames are its training length.")
+
 EXHIBITS: tuple[Exhibit, ...] = (
     Exhibit("dymos", {"gamma": 1.0, "stop": 0.3},
             "More motion in image-to-video: a -gamma logit bias from generated frames to the reference frame, "
             "cond branch, first 30% of the steps.", "speed",
-            note="This toy moves its sprite at the prompt's speed without leaning on the reference frame for it, "
-                 "so less attention to that frame does not speed it up; what DyMoS changes here is in "
-                 "[toy.md](toy.md#what-it-shows-shipped-weights-attnsteer-demo)."),
+            "by the last frame the sprite is a pixel or two further on; paired by seed, the speed-up is real "
+            "([toy.md](toy.md#the-5-values-x-16-seeds-study-on-the-shipped-weights))"),
     Exhibit("direct_a_video", {"phrase": "slow", "box": BOX, "end_box": END_BOX, "attention": "cross"},
             "Move an object along a box path: amplify the object's phrase inside the box, block it outside.",
             "box_distance", not_hosted=(
@@ -92,25 +102,29 @@ EXHIBITS: tuple[Exhibit, ...] = (
             "the toy's 9 frames and 4 layers give a cross-frame intensity near the clamp of 1"),
     Exhibit("local_window", {"window": 3},
             "Long videos: block attention between latent frames outside each frame's window (here 3 of 9).",
-            "frame_diff"),
+            "frame_diff", note=LOCAL_ON_THE_TOY),
     Exhibit("peekaboo", {"box": BOX, "end_box": END_BOX, "frozen_steps": 2},
             "Place an object in a moving box: isolate the box's tokens from the rest for the first steps.",
             "box_distance"),
     Exhibit("pag", {"scale": 3.0},
-            "Quality guidance: a third branch whose self-attention is the identity, pushed away from.", "bg_psnr"),
+            "Quality guidance: a third branch whose self-attention is the identity, pushed away from.", "bg_psnr",
+            note=SPECKLE_ON_THE_TOY),
     Exhibit("stg", {"mode": "R", "scale": 1.0},
-            "Spatiotemporal skip guidance: a third branch that skips a block, pushed away from.", "bg_psnr"),
+            "Spatiotemporal skip guidance: a third branch that skips a block, pushed away from.", "bg_psnr",
+            note=SPECKLE_ON_THE_TOY),
     Exhibit("proportional_attention", {"train_tokens": 144},
             "Resolution extrapolation: scale logits by log(N) / log(N_train) so entropy stays as in training "
             "(here as if trained at a quarter of the toy's 576 tokens).", "ssim_later"),
     Exhibit("ultravico", {"train_frames": 5},
             "Length extrapolation: damp attention beyond the trained frame span (here as if trained on 5 frames).",
             "ssim_later"),
-    Exhibit("subject_motion", {"gamma": 1.0, "background": -1.0, "threshold": 0.85, "stop": 0.3},
+    Exhibit("subject_motion", {"gamma": 1.0, "threshold": 0.85, "stop": 0.3},
             "Motion for the subject only: DyMoS's bias on the tokens of a mask drawn from attention (here each "
-            "clip's map of its direction word, from its unsteered run), the background held to the reference.",
-            "speed", "DyMoS itself does not change this toy's speed (see dymos above), so neither does its masked "
-            "form", mask_word=True),
+            "clip's map of its direction word, from its unsteered run).",
+            "speed", "DyMoS on the whole frame moves the sprite only a pixel or two (see dymos above), and the mask "
+            "keeps part of that", mask_word=True,
+            note="With `background=-1` as well (the rest held to the reference) the sprite slows instead: "
+                 "1.20 → 1.10 px/frame on the same 16 clips."),
     Exhibit("nag", {"scale": 5.0, "negative_prompt": "still slow"},
             "Guidance in few-step or guidance-free sampling: the text cross-attention output pushed away from a "
             "negative prompt's (here 'still slow') and renormalised.", "speed"),
@@ -123,12 +137,13 @@ EXHIBITS: tuple[Exhibit, ...] = (
     Exhibit("freelong", {"window": 4},
             "Long videos: each temporal attention run globally and within a window of frames (here 4 of 9), "
             "blended in 3-D frequency space (low from global, high from local).", "frame_diff",
-            map_recipe=("local_window", {"window": 4}, "FreeLong's local pass alone (local_window, window 4)")),
+            map_recipe=("local_window", {"window": 4}, "FreeLong's local pass alone (local_window, window 4)"),
+            note=WINDOWS_ON_THE_TOY),
     Exhibit("freenoise", {"window": 5, "stride": 2, "noise": False},
             "Long videos: attention in overlapping windows of frames (here 5, every 2) fused with pyramid weights; "
             "its initial-noise shuffle is off (the toy pipeline has no prepare_latents).", "frame_diff",
             map_recipe=("local_window", {"window": 5}, "a 5-frame window about each frame (local_window, window 5), "
-                        "the span of one FreeNoise window")),
+                        "the span of one FreeNoise window"), note=WINDOWS_ON_THE_TOY),
 )
 
 
