@@ -33,6 +33,12 @@ def test_quick_demo_writes_videos_figures_and_table(tmp_path, capsys):
     out = capsys.readouterr().out
     for column in COLUMNS:  # every column of the printed table is explained under it
         assert f"\n  {column} " in out, column
+    assert "docs/toy.md" in out.splitlines()[-1]  # the last line points to what the numbers do and do not show
+    report = json.loads((tmp_path / "study.json").read_text())  # the demo is a study with fixed settings
+    assert (report["recipe"], report["param"], report["fixed"]) == ("dymos", "gamma", {"stop": 0.3})
+    for row in rows:
+        assert [c["metrics"] for c in report["clips"] if c["value"] == row["gamma"]] == row["clip_rows"]
+    assert (tmp_path / "study.md").is_file()
 
 
 def test_identity_tells_a_kept_sprite_from_a_faded_or_smeared_one():

@@ -2,10 +2,11 @@
 
 Every ```bash block line that calls ``attnsteer`` and every ```python block of README.md and
 docs/*.md is run, in a temporary folder (relative ``--out`` paths land there). The substitutions:
-``attnsteer demo`` runs with ``--quick`` (the full demo is what the README's first set-up command
-runs) and ``attnsteer study`` with 2 seeds of 2 steps. Not run: the README's two set-up commands
-(CI runs the second one itself) and blocks marked ``<!-- not-run: reason -->`` right before them
-(signatures, real checkpoints). The Python blocks of one file run in order in one namespace, as a reader would paste them.
+``attnsteer demo`` is left to ``tests/test_demo.py``, which runs it with ``--quick`` (the full demo is
+what the README's first set-up command runs), ``attnsteer study`` with 2 seeds of 2 steps, and ``run`` / ``inspect`` on the toy model with 3
+steps. Not run: the README's two set-up commands (CI runs the second one itself) and blocks marked
+``<!-- not-run: reason -->`` right before them (signatures, real checkpoints). The Python blocks of one
+file run in order in one namespace, as a reader would paste them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(?P<marker><!--\s*not-run:[^>]*-->\s*\n)?```(?P<lang>\w*)\n(?P<body>.*?)```", re.S)
 SET_UP = ("python3 -m venv",)
-QUICK = {"demo": ["--quick"], "study": ["--seeds", "2", "--steps", "2"]}  # later flags win in argparse
+QUICK = {"study": ["--seeds", "2", "--steps", "2"]}  # later flags win in argparse
+TOY_STEPS = ["--steps", "3"]  # runs and inspections of the toy model: as written, at 3 of its 20 default steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,7 +60,11 @@ def test_the_docs_document_commands_and_examples():
 @pytest.mark.parametrize("command", COMMANDS)
 def test_documented_command_runs_as_written(command, tmp_path, monkeypatch):
     argv = shlex.split(command)[1:]
+    if argv[0] == "demo":
+        pytest.skip("tests/test_demo.py runs `attnsteer demo --quick --out DIR` and checks what it writes")
     argv += QUICK.get(argv[0], [])
+    if argv[0] in ("run", "inspect") and "toy" in argv:
+        argv += TOY_STEPS
     monkeypatch.chdir(tmp_path)
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(argv) == 0, command

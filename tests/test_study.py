@@ -206,14 +206,3 @@ def test_bad_param_syntax_fails_with_one_line_naming_the_field(param, named, tmp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("attnsteer: error: ") and named in err, err
     assert not (tmp_path / "study_settings.json").exists()  # refused before anything ran
-
-
-def test_the_demo_is_a_study_with_fixed_settings(tmp_path):
-    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    report = json.loads((tmp_path / "study.json").read_text())
-    assert (report["recipe"], report["param"], report["fixed"]) == ("dymos", "gamma", {"stop": 0.3})
-    for row in summary["rows"]:
-        clips = [c["metrics"] for c in report["clips"] if c["value"] == row["gamma"]]
-        assert clips == row["clip_rows"]
-    assert (tmp_path / "study.md").is_file()

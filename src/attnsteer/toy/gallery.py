@@ -2,7 +2,7 @@
 change that explains the difference, and the number that measures it.
 
     python -m attnsteer.toy.gallery              # regenerates docs/gallery.md and docs/img/gallery/*.png
-    python -m attnsteer.toy.gallery --quick --out /tmp/gallery   # 1 clip, 4 steps: a smoke run
+    python -m attnsteer.toy.gallery --quick --out /tmp/gallery   # 1 clip, 2 steps: a smoke run
 
 Each exhibit runs the same clips and seeds twice, without and with the recipe, with attention
 recorded; the caption's numbers are means over the clips, computed by :mod:`attnsteer.toy.evaluate`.
@@ -25,7 +25,7 @@ from . import evaluate
 from .world import Clip
 
 FULL = {"clips": 16, "steps": evaluate.STEPS}
-QUICK = {"clips": 1, "steps": 4}
+QUICK = {"clips": 1, "steps": 2}
 VISIBLE = 0.01  # mean absolute pixel change (0..1) below which the gallery says a recipe does nothing visible
 BOX, END_BOX = "0.0,0.0,0.5,0.5", "0.5,0.5,1.0,1.0"  # the region recipes' path: top left to bottom right
 
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("docs"),
                         help="folder of gallery.md (figures under img/gallery)")
-    parser.add_argument("--quick", action="store_true", help="1 clip, 4 steps: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="1 clip, 2 steps: a smoke run")
     args = parser.parse_args(argv)
     print(f"wrote {write_gallery(args.out, args.quick)}")
 
