@@ -38,7 +38,7 @@ import torch
 import attnsteer as at
 from benchmarks.common import machine
 from benchmarks.guard import Row, cpu_model, load
-from benchmarks.percall import large_transformer, timed
+from benchmarks.percall import interleaved, large_transformer, timed
 
 VARIANTS = ("dymos", "score", "frame_maps", "native")
 LABELS = {"dymos": "DyMoS (group-constant bias)", "score": "score function (scale_if_positive)",
@@ -85,18 +85,6 @@ def variants(model: torch.nn.Module, kwargs: dict, backend: str, routes: dict[st
 
     return {"plain": forward, "dymos": steered("dymos"), "score": steered("score"), "frame_maps": recorded,
             "native": on_native}
-
-
-def interleaved(methods: dict[str, Callable[[], float]], rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds of each method, ``rounds`` rounds (each runs every method once, in turn) after ``warmup`` untimed."""
-    for _ in range(warmup):
-        for fn in methods.values():
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(rounds):
-        for name, fn in methods.items():
-            samples[name].append(fn())
-    return samples
 
 
 def measure(model: torch.nn.Module, kwargs: dict, shape: str, backend: str, rounds: int, warmup: int

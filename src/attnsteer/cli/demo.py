@@ -10,10 +10,8 @@ identity against gamma, and a summary table with a legend of its columns (also p
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from ..figures import viz
 from ..figures.videoio import save_video
 from ..sweeps.sweep import gamma_label
 from ..toy import evaluate
+from ..toy.threads import one_thread
 
 UPSCALE = 4
 DOCS = "docs/toy.md in the attnsteer repository"
@@ -37,20 +36,6 @@ def _tile(videos: list[np.ndarray], per_row: int = 4) -> np.ndarray:
     rows = [np.concatenate(padded[i : i + per_row], axis=2) for i in range(0, len(padded), per_row)]
     grid = np.concatenate(rows, axis=1)
     return grid.repeat(UPSCALE, axis=1).repeat(UPSCALE, axis=2)
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Torch on one thread while the demo runs: the toy's tensors are small, and a second thread
-    that waits for a busy core costs far more than it gains (measured in docs/toy.md)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_demo(out: Path, quick: bool = False) -> list[dict[str, Any]]:
