@@ -36,9 +36,9 @@ from collections.abc import Callable
 import torch
 
 import attnsteer as at
-from benchmarks.common import machine
+from benchmarks.common import machine, timed
 from benchmarks.guard import Row, cpu_model, load
-from benchmarks.percall import interleaved, large_transformer, timed
+from benchmarks.percall import interleaved, large_transformer
 
 VARIANTS = ("dymos", "score", "frame_maps", "native")
 LABELS = {"dymos": "DyMoS (group-constant bias)", "score": "score function (scale_if_positive)",

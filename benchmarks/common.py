@@ -36,14 +36,19 @@ def time_samples(methods: dict[str, Callable[[], object]], repeats: int, warmup:
     samples: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(repeats):
         for name, fn in methods.items():
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(timed(fn))
     return samples
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds of one call of ``fn``, the device synchronised before and after where it is a GPU."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def peak_memory(module: str, method: str, config: dict) -> dict[str, float] | None:

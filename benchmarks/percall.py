@@ -38,7 +38,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import attnsteer as at
-from benchmarks.common import machine
+from benchmarks.common import machine, timed
 from benchmarks.guard import Row, cpu_model, load
 
 TINY_BOUND, LARGE_BOUND, COMPILED_BOUND = 1.10, 1.02, 1.10
@@ -55,16 +55,6 @@ def interleaved(methods: dict[str, Callable[[], float]], rounds: int, warmup: in
         for name, fn in methods.items():
             samples[name].append(fn())
     return samples
-
-
-def timed(fn: Callable[[], object]) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def tiny_pipeline():

@@ -48,13 +48,18 @@ def _deprecated_family(recipe: str, family: str | None) -> None:
 def _layers(layers: str | int | None, family: str | None) -> tuple[int, ...] | at.ModelLayers:
     if layers is None:
         return AUTHORS_LAYERS if family is None else (STG_DEFAULTS[family][0],)
+    return layer_indices(layers, "layers")
+
+
+def layer_indices(layers: str | int, field: str) -> tuple[int, ...]:
+    """A recipe's ``layers`` parameter ("2", "2,5" or an int) as layer indices; ``field`` names it in errors."""
     items = [layers] if isinstance(layers, int) else [v.strip() for v in str(layers).split(",") if v.strip()]
     try:
-        out = tuple(integer(int(v), "layers", minimum=0) for v in items)
+        out = tuple(integer(int(v), field, minimum=0) for v in items)
     except ValueError:
-        raise ConfigError(f"layers must be layer indices like '2' or '2,5', got {layers!r}") from None
+        raise ConfigError(f"{field} must be layer indices like '2' or '2,5', got {layers!r}") from None
     if not out:
-        raise ConfigError(f"layers must name at least one layer index, got {layers!r}")
+        raise ConfigError(f"{field} must name at least one layer index, got {layers!r}")
     return out
 
 

@@ -24,23 +24,16 @@ from __future__ import annotations
 import attnsteer as at
 from attnsteer.errors import ConfigError
 from attnsteer.language.query_transforms import PLACEMENTS
-from attnsteer.validation import integer, real_number
+from attnsteer.validation import real_number
+
+from .perturbed import layer_indices
 
 MIDDLE_THIRD = at.layer_fraction(1 / 3, 2 / 3)
 """The default layers of seg: the middle third of the self-attention modules (the authors' SDXL mid block)."""
 
 
 def _layers(layers: str | None) -> tuple[int, ...] | at.ModelLayers:
-    if layers is None:
-        return MIDDLE_THIRD
-    items = [v.strip() for v in str(layers).split(",") if v.strip()]
-    try:
-        out = tuple(integer(int(v), "seg(layers=...)", minimum=0) for v in items)
-    except ValueError:
-        raise ConfigError(f"seg(layers=...) must be layer indices like '2' or '2,5', got {layers!r}") from None
-    if not out:
-        raise ConfigError(f"seg(layers=...) must name at least one layer index, got {layers!r}")
-    return out
+    return MIDDLE_THIRD if layers is None else layer_indices(layers, "seg(layers=...)")
 
 
 @at.recipe(help={"scale": "s in uncond + w (cond - uncond) + s (cond - seg)",
