@@ -12,9 +12,17 @@ from pathlib import Path
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / (
     f"torchinductor_attnsteer_{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}")))
 
+# Under pytest-xdist (pyproject's addopts) every worker has a core of its own: one torch thread each, for the tests
+# and for the commands they start (two threads per worker contend, and tiny models run faster on one anyway).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 import numpy as np
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/dense_reference.py
