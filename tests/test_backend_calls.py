@@ -5,8 +5,8 @@ shift for every class; backends without the log-sum-exp run attnsteer's kernel f
 summary says which did what.
 
 Stand-ins registered in diffusers' registry for the duration of a test compute in float64: kernel-level results are
-compared with a dense float64 computation (1e-10), pipeline results with the same rules on ``native`` (float32
-pipelines, 1e-5 as in tests/test_backends.py)."""
+compared with a dense float64 computation (1e-10), pipeline results with the same rules on ``native`` (float64
+pipelines, 1e-10 as in tests/test_backends.py)."""
 
 from __future__ import annotations
 
@@ -147,6 +147,28 @@ def test_sage_smoothing_keeps_one_shift_for_every_key_class(even_out_means):
         torch.testing.assert_close(mass, expected_mass.float(), atol=1e-6, rtol=1e-6)
     else:
         assert float((out - expected).abs().max()) > 1e-2
+
+
+def test_block_path_classes_on_a_sage_like_backend_equal_a_dense_float64_reference():
+    """The block decomposition's fused calls on a Sage-like backend: blocks of rows that straddle groups, two or three
+    key classes each with per-row biases (and one group blocked for one block), merged exactly."""
+    from attnsteer.kernels.blocked import KeyClass, QueryBlock, blocked_attention
+
+    q, k, v, groups, bias = grouped_inputs()
+    scale = 0.3
+    full = bias[groups][:, groups].clone()  # [Nq, Nk]
+    full[:6, 8:] = float("-inf")  # rows 0-5 see no key of group 2
+    spans = [slice(0, 4), slice(4, 8), slice(8, 12)]  # the key groups
+    blocks = []
+    for rows in (slice(0, 6), slice(6, 12)):
+        classes = tuple(KeyClass(keys, full[rows, keys.start].float()) for keys in spans
+                        if not bool(torch.isneginf(full[rows, keys.start]).all()))
+        blocks.append(QueryBlock(rows, classes, None))
+    with registered("sage", sage_like_backend) as log, class_kernel(backend_calls.dispatcher_lse(
+            dispatch.dispatch_attention_fn, "sage", k.mean(-2, keepdim=True))):
+        out = blocked_attention(q, k, v, blocks, scale=scale)
+    assert log == [True] * 5  # 2 classes for the first block, 3 for the second
+    torch.testing.assert_close(out, torch.softmax(q @ k.transpose(-1, -2) * scale + full, -1) @ v, **EXACT)
 
 
 def test_flex_in_diffusers_crashes_on_return_lse_so_steered_flex_calls_torch_directly():
@@ -369,20 +391,25 @@ def test_output_transforms_leave_the_attention_call_on_the_users_backend(wan, na
     assert summary["steered_calls_by_route"] == {name: {"backend": summary["attention_calls_steered"]}}
 
 
-def test_group_constant_rules_that_block_most_logits_take_attnsteers_block_path_on_flex(wan):
+@pytest.mark.parametrize("name, make", [("flex", None), ("flash", lse_backend), ("sage", sage_like_backend)])
+def test_group_constant_rules_that_block_most_logits_take_the_block_path_on_the_users_backend(wan, name, make):
     """local_window(1): every frame sees only itself, so -inf blocks hold most logits and the block decomposition
-    (attnsteer's fused calls on SDPA, skipping the blocked blocks) computes the call instead of flex's key classes."""
+    computes the call (one block per frame, the blocked blocks skipped), its fused calls on the user's backend."""
     pipe, run = wan
     use_backend(pipe.transformer, "native")
     with at.steer(pipe, at.recipes.local_window(window=1)):
         expected = run()
-    pipe.transformer.set_attention_backend("flex")
-    try:
-        out, summary = steered(pipe, run, at.recipes.local_window(window=1))
-    finally:
-        use_backend(pipe.transformer, "native")
+    if make is None:
+        pipe.transformer.set_attention_backend(name)
+        try:
+            out, summary = steered(pipe, run, at.recipes.local_window(window=1))
+        finally:
+            use_backend(pipe.transformer, "native")
+    else:
+        out, summary, log = on_standin(pipe, run, name, make, at.recipes.local_window(window=1))
+        assert True in log
     torch.testing.assert_close(out, expected, **TOL)
-    assert summary["steered_calls_by_route"] == {"flex": {"attnsteer": summary["attention_calls_steered"]}}
+    assert summary["steered_calls_by_route"] == {name: {"backend": summary["attention_calls_steered"]}}
 
 
 def test_a_non_native_backend_under_compile_refuses_a_rule_naming_the_backend():

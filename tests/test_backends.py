@@ -3,8 +3,8 @@ goes through ``dispatch_attention_fn`` whatever its backend (``flex`` on this CP
 diffusers' registry for the duration of a test stands in for the GPU ones); calls no rule changes run the user's
 backend itself, bit for bit; leaving the session puts the dispatcher back; what cannot be reproduced exactly raises.
 
-Steered results are compared with the same rules on the ``native`` backend (float32 pipelines, 1e-5: a few hundred
-float32 ulps of outputs of order one, far below a rule's effect)."""
+Steered results are compared with the same rules on the ``native`` backend, float64 pipelines at 1e-10 (the merge by
+log-sum-exp and the backends' own reduction orders differ by a few float64 ulps; a rule moves the latents by > 1e-3)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from attnsteer.testing.tiny import build_tiny, test_image
 
 dispatch = pytest.importorskip("diffusers.models.attention_dispatch")
 
-TOL = dict(atol=1e-5, rtol=1e-5)
+TOL = dict(atol=1e-10, rtol=1e-10)
 STEPS = 2
 RULES = {
     "dymos": lambda: at.recipes.dymos(gamma=1.0, stop=0.5),
@@ -38,7 +38,9 @@ def float64_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
                       dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
                       enable_gqa: bool = False, return_lse: bool = False, _parallel_config=None):
     """Softmax attention of [B, N, H, D] tensors computed in float64 (masks read as the native backend reads them);
-    ``return_lse`` returns (out, lse [B, N, H]) like diffusers' LSE-returning backends."""
+    ``return_lse`` returns (out, lse [B, N, H]) like diffusers' LSE-returning backends (float32, as theirs, or float64
+    for float64 inputs, which no GPU backend takes: the float64 pipelines of these tests compare at float64's
+    precision)."""
     if dropout_p or is_causal or _parallel_config is not None:
         raise NotImplementedError("the float64 test backend computes full attention without dropout only")
     groups = query.shape[2] // key.shape[2]
@@ -50,7 +52,8 @@ def float64_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask.double()
     lse = torch.logsumexp(logits, dim=-1)
     out = torch.einsum("bhqk,bkhd->bqhd", torch.exp(logits - lse[..., None]), value.double()).to(query.dtype)
-    return (out, lse.transpose(1, 2).float()) if return_lse else out
+    lse = lse.transpose(1, 2).to(torch.promote_types(query.dtype, torch.float32))
+    return (out, lse) if return_lse else out
 
 
 @contextlib.contextmanager
@@ -98,10 +101,19 @@ def active_backend_restored():
     registry.set_active_backend(before)
 
 
+def float64_pipeline(name: str) -> tuple[object, dict]:
+    """The tiny pipeline ``name`` in float64 and its call arguments (given embeddings in float64 too: the pipelines
+    take their latents' dtype from them)."""
+    pipe, call_kwargs = build_tiny(name)
+    kwargs = call_kwargs(output_type="latent", num_inference_steps=STEPS, image=test_image())
+    kwargs = {key: value.double() if torch.is_tensor(value) and value.is_floating_point() else value
+              for key, value in kwargs.items()}
+    return pipe.to(torch.float64), kwargs
+
+
 @pytest.fixture(scope="module")
 def wan():
-    pipe, call_kwargs = build_tiny("tiny-wan")
-    kwargs = call_kwargs(output_type="latent", num_inference_steps=STEPS, image=test_image())
+    pipe, kwargs = float64_pipeline("tiny-wan")
 
     def run() -> torch.Tensor:
         with torch.no_grad():
@@ -227,6 +239,25 @@ def test_registered_backends_take_a_box_rule_and_pag_like_native_on_wan(wan, nat
     assert_dispatcher_restored()
 
 
+@pytest.mark.parametrize("backend", ["flex", TEST_BACKEND, LSE_BACKEND])
+def test_nag_second_context_on_other_backends_equals_nag_on_native(wan, backend):
+    """NAG's second context (the negative prompt's keys and values for the cross-attention's queries) runs through
+    the dispatcher like the real context: on every backend the latents equal NAG on native."""
+    from attnsteer.testing.tiny_parts import prompt_embedding
+
+    pipe, run = wan
+    make = lambda: at.recipes.nag(scale=3.0, negative_prompt_embeds=prompt_embedding("blurry", 512, 32).double())
+    with at.steer(pipe, make()):
+        expected = run()
+    with on_backend(pipe.transformer, backend):
+        plain = run()
+        with at.steer(pipe, make()):
+            out = run()
+    assert float((expected - plain).abs().max()) > 1e-3  # NAG acts
+    torch.testing.assert_close(out, expected, **TOL)
+    assert_dispatcher_restored()
+
+
 def test_registered_backend_without_lse_records_frame_maps_like_native_on_wan(wan, native):
     pipe, run = wan
     with on_backend(pipe.transformer, TEST_BACKEND):
@@ -319,8 +350,7 @@ def on_backend(transformer: torch.nn.Module, backend: str) -> Iterator[list[tupl
 
 @pytest.fixture(scope="module", params=["tiny-hunyuan", "tiny-cogvideox"])
 def family(request):
-    pipe, call_kwargs = build_tiny(request.param)
-    kwargs = call_kwargs(output_type="latent", num_inference_steps=STEPS, image=test_image())
+    pipe, kwargs = float64_pipeline(request.param)
 
     def run() -> torch.Tensor:
         with torch.no_grad():

@@ -4,7 +4,8 @@ CPU/GPU kernels).
 The caller cuts the queries into blocks of rows and, per block, the keys into classes on which every rule
 is a constant logit bias (per batch row, head and, for per-query values, query row) plus, where a rule is
 not constant over the block (a position predicate's edge, a score function's pairs), a set of *mixed* keys.
-Each class runs one fused call that returns its log-sum-exp; the mixed keys run the elementwise score
+Each class runs one fused call that returns its log-sum-exp (:func:`~attnsteer.kernels.backends.class_attention`:
+attnsteer's own, or the user's backend the runtime put in place); the mixed keys run the elementwise score
 function on ``rows x mixed`` logits only; keys a rule blocks (bias ``-inf``) for the whole block are in no
 class and cost nothing. The parts are merged by log-sum-exp, as in :mod:`attnsteer.kernels.grouped`:
 
@@ -22,7 +23,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import KernelError
-from .backends import attention_with_lse
+from .backends import class_attention
 from .grouped import additive_mask
 
 BlockScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -78,7 +79,7 @@ def blocked_attention(
         parts = []
         for cls in block.classes:
             class_mask = None if mask_rows is None else mask_rows[..., cls.keys]
-            out_c, lse_c = attention_with_lse(q_rows, k[:, :, cls.keys], v[:, :, cls.keys], scale, class_mask)
+            out_c, lse_c = class_attention(q_rows, k[:, :, cls.keys], v[:, :, cls.keys], scale, class_mask)
             logit = lse_c.to(work) if cls.bias is None else lse_c.to(work) + cls.bias.to(lse_c.device, work)
             if class_mask is not None:  # the CPU kernel reports lse 0 (and any output) for rows whose keys are all masked
                 hidden = torch.isneginf(class_mask).all(-1)

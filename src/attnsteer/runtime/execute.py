@@ -8,6 +8,7 @@ video part of that layout, keys its text part."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from ..errors import SteeringError, describe_rule
 from ..kernels import grouped_attention, scored_attention
+from ..kernels.backends import class_kernel
 from ..kernels.blocked import blocked_attention
 from ..kernels.prepared import PreparedGroups, prepared_attention
 from ..language.layout import Segment, TokenLayout
@@ -51,7 +53,10 @@ def run_plan(
     if on_flex is not None:
         out = on_flex
     elif decomposition is not None:  # fused calls on the blocks where every rule is constant, the rest elementwise
-        out = blocked_attention(q, k, v, decomposition.blocks, _block_fn(plan, q, k, scale), scale, attn_mask)
+        # a grouped plan's blocks run on the user's backend where one answers the call; a score function's keep
+        # attnsteer's kernel (on it, the mixed blocks' own logits merge with the classes': Sage would shift those)
+        with contextlib.nullcontext() if plan.path == "grouped" else class_kernel(None):
+            out = blocked_attention(q, k, v, decomposition.blocks, _block_fn(plan, q, k, scale), scale, attn_mask)
     elif plan.path == "scored" or (grad and (plan.path == "grouped" or want_mass)):
         out, mass = scored_attention(
             q, k, v, _with_key_shift(plan, _score_fn(plan.scored, q.shape[0], q.shape[1], layout.seq_len, device,
