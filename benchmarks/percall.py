@@ -10,8 +10,9 @@ table gives the median and the spread, as ``benchmarks.guard`` does):
   the same rule) / the plain compiled forward, bound 1.10x. Frames compiled while timed are printed: a recompile
   in the timed rounds spoils the ratio.
 
-Sessions are entered outside the timed part: each steered sample times the pipeline call or forwards inside an open
-session (the steady state a long run lives in); the session's own enter and exit are printed apart, as information.
+Sessions are entered outside the timed part: each steered sample times the pipeline call, or the second forward,
+inside an open session (the steady state a long run lives in: a session's first forward builds its plans); the
+session's own enter and exit are printed apart, as information.
 ``--counts`` also prints, from cProfile (deterministic, no timing), the attnsteer functions that run per step of the
 tiny pipeline and the other functions they call.
 
@@ -131,6 +132,8 @@ def forward_rows(name: str, shape: str, plain_model: torch.nn.Module, steered_mo
 
     def steered_in_session() -> float:
         with at.steer(target, DYMOS, num_steps=1):
+            with torch.no_grad():  # a session's first forward builds its plans: the steady state is the next one
+                steered_model(**kwargs)
             return steered()
 
     samples = interleaved({"plain": run(plain_model, "plain"), "steered": steered_in_session}, rounds, warmup)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnsteer.kernels import grouped, grouped_attention
+from attnsteer.kernels import dense_bias, grouped, grouped_attention
 from attnsteer.kernels.grouped import grouped_attention_chunks
 from attnsteer.testing import assert_close
 from attnsteer.testing.oracle import dense_attention
@@ -69,9 +69,13 @@ def fully_blocked(p) -> bool:
     return bool((torch.isneginf(logits).all(-1) & ~hidden_by_mask).any())
 
 
-def small_query_chunks():
-    """The kernel's query chunks down to 2 rows (large calls run in chunks; these tiny ones otherwise would not)."""
-    return patch.multiple(grouped, QUERY_BLOCK=2, BLOCKS_PER_THREAD=1, WHOLE_BYTES=0)
+def small_query_chunks() -> contextlib.ExitStack:
+    """The kernel's query chunks down to 2 rows and no dense-mask call (large calls run in chunks, merging their key
+    classes; these tiny ones otherwise would not)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(patch.multiple(grouped, QUERY_BLOCK=2, BLOCKS_PER_THREAD=1, WHOLE_BYTES=0))
+    stack.enter_context(patch.object(dense_bias, "MAX_LOGITS", 0))
+    return stack
 
 
 @pytest.mark.exactness
@@ -152,6 +156,23 @@ def test_fused_classes_equal_per_group_calls():
     split, mass = grouped_attention(q, k, v, groups, groups, bias=bias, return_mass=True)
     assert_close(fused, split, ops=q.shape[-2])  # two merges of the same keys: another order of the sums
     torch.testing.assert_close(mass.sum(-1), torch.ones_like(mass.sum(-1)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.exactness
+@pytest.mark.parametrize("reference_bias, class_calls", [(-0.6, 0), (-1e4, 2)])
+def test_small_calls_with_moderate_biases_run_one_masked_sdpa_call(monkeypatch, reference_bias, class_calls):
+    """kernels.dense_bias: a small call with |bias| <= 16 runs as one SDPA call with the bias as its mask; a huge bias
+    (float32 could not hold logit + bias) merges its two key classes by log-sum-exp. Both equal float64."""
+    from attnsteer.kernels import backends
+
+    q, k, v, groups, bias = dymos_problem()
+    bias[1:, 0] = reference_bias
+    calls = []
+    monkeypatch.setattr(grouped, "class_attention", lambda *a: calls.append(1) or backends.class_attention(*a))
+    out, _ = grouped_attention(q, k, v, groups, groups, bias=bias)
+    expected, _ = dense_attention(q.double(), k.double(), v.double(), groups, groups, bias=bias.double())
+    assert len(calls) == class_calls
+    assert_close(out, expected, ops=q.shape[-2])
 
 
 @pytest.mark.exactness

@@ -35,6 +35,11 @@ def class_kernel(kernel: LseKernel | None) -> Iterator[None]:
         _CLASS_KERNEL.reset(token)
 
 
+def own_class_kernel() -> bool:
+    """Whether :func:`class_attention` runs attnsteer's own choice (no kernel put in place by :func:`class_kernel`)."""
+    return _CLASS_KERNEL.get() is None
+
+
 def class_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

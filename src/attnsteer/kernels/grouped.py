@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import KernelError
+from . import dense_bias
 from .backends import class_attention
 
 WHOLE_BYTES = 32 * 2**20  # a call whose merge buffers stay under this runs unchunked; larger ones ...
@@ -74,6 +75,9 @@ def grouped_attention(
             out = out.masked_fill(_hidden_by_mask(mask, (b, h, nq))[..., None], 0)
         return out, None
 
+    if not return_mass and mask is None and dense_bias.fits(q, nk, bias4):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=dense_bias.spread(bias4, q_groups, k_groups, q.dtype),
+                                              scale=scale), None
     classes = _key_classes(k_groups, gk, bias4, split_all=return_mass)
     row_bytes = _row_bytes(q, v, len(classes) if return_mass else 0, gk if per_query else 0)
     step = query_chunk_rows(nq, b * h, row_bytes)

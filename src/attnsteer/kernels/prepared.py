@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import KernelError
-from . import grouped
+from . import dense_bias, grouped
+from .backends import own_class_kernel
 
 
 class PreparedGroups(NamedTuple):
@@ -27,6 +28,8 @@ class PreparedGroups(NamedTuple):
     biased: bool  # some bias is non-zero: the class calls run (else one SDPA call)
     blocks: bool  # some bias is -inf: the merge guards rows that see no key
     classes: list  # grouped._key_classes of the keys (split by distinct bias column)
+    dense: torch.Tensor | None = None  # the bias spread over the tokens (float32 [B|1, H|1, Nq, Nk]) where a call
+    # runs as one SDPA call with it as mask (kernels.dense_bias: small, a moderate finite bias)
 
 
 def prepare_groups(
@@ -41,7 +44,10 @@ def prepare_groups(
     biased = bias4 is not None and bool(bias4.any())
     blocks = biased and bool(torch.isneginf(bias4).any())
     classes = grouped._key_classes(k_groups, gk, bias4, split_all=False) if biased else []
-    return PreparedGroups(q_groups, k_groups, bias4, biased, blocks, classes)
+    moderate = biased and q_groups.numel() * k_groups.numel() <= dense_bias.MAX_LOGITS \
+        and bool(bias4.abs().max() <= dense_bias.MAX_MAGNITUDE)
+    dense = dense_bias.spread(bias4, q_groups, k_groups) if moderate else None
+    return PreparedGroups(q_groups, k_groups, bias4, biased, blocks, classes, dense)
 
 
 def prepared_attention(
@@ -70,6 +76,8 @@ def prepared_attention(
         if mask is not None:
             out = out.masked_fill(grouped._hidden_by_mask(mask, (b, h, nq))[..., None], 0)
         return out
+    if prepared.dense is not None and mask is None and q.dtype in dense_bias.DTYPES and own_class_kernel():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=prepared.dense.to(q.dtype), scale=scale)
     step = grouped.query_chunk_rows(nq, b * h, grouped._row_bytes(q, v, 0, 0))
     whole = step >= nq
     out = None if whole else torch.empty(b, h, nq, v.shape[-1], dtype=q.dtype, device=q.device)
