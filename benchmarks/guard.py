@@ -19,9 +19,11 @@ What it measures (CPU, float32 unless named; ``--quick`` and ``--dry-run`` shrin
   ``benchmarks.heatmaps``): time / SDPA (bound 1.10x) and peak live tensor memory / SDPA's (bound 1.2x,
   from the profiler's allocation records, one call each round). Two rounds (each call takes ~15 s here).
 - one steered step of the tiny Wan pipeline (``attnsteer.testing.tiny.build_tiny("tiny-wan")``, DyMoS on
-  every step, one inference step per run) against the plain step, bound 1.10x.
+  every step, one inference step per run, timed inside an open session) against the plain step, bound 1.10x;
+  the session's enter and exit apart (informative). Both from ``benchmarks.percall``.
 - one steered forward of the medium Wan config of ``benchmarks.compile`` (2 blocks, 8 heads x 64, 1536
-  tokens; a -1 bias on the reference frame) against the plain forward, bound 1.02x.
+  tokens; DyMoS's -0.6 on the reference frame), a session's second forward (the steady state of a run: its
+  first builds the session's plans), against the plain forward, bound 1.02x (``benchmarks.percall``).
 - the score path at 4,096 tokens (16 frames of 256), 12 heads, head dim 64 (``benchmarks.rules``; the chunk
   step compiles outside the timed rounds): the block decomposition's rules, FreeLong's local window of 3
   frames and a ``scale_if_positive`` boost inside a box (bound 1.3x), a bias beyond a token distance (2x);
@@ -38,6 +40,7 @@ What it measures (CPU, float32 unless named; ``--quick`` and ``--dry-run`` shrin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -200,41 +203,27 @@ def measure_maps(plan: Plan, device: str, log: Callable[[str], None]) -> None:
 # --- pipeline steps --------------------------------------------------------------------------------------
 
 def measure_tiny_pipeline(plan: Plan, device: str, log: Callable[[str], None]) -> None:
-    import attnsteer as at
-    from attnsteer.testing.tiny import build_tiny, test_image
+    """``benchmarks.percall``'s tiny-pipeline step: steered inside an open session (its steady state) / plain."""
+    from benchmarks import percall
 
     log("tiny Wan pipeline step ...")
-    pipe, kw = build_tiny("tiny-wan")
-    pipe.set_progress_bar_config(disable=True)
-    args = kw(prompt="a cat", output_type="latent", num_inference_steps=1, image=test_image())
-    recipe = at.recipes.dymos(gamma=0.6, stop=1.0)
-
-    def plain():
-        pipe(generator=torch.Generator().manual_seed(0), **args)
-
-    def steered():
-        with at.steer(pipe, recipe):
-            pipe(generator=torch.Generator().manual_seed(0), **args)
-
-    samples = time_samples({"plain": plain, "steered": steered}, plan.pipeline_rounds, warmup=plan.judge)
-    plan.rows.append(Row("steered tiny-wan step (DyMoS)", "pipeline, 1 step", "time / plain",
-                         ratios_to(samples, "plain")["steered"], TINY_BOUND,
-                         f"  (plain {_seconds(statistics.median(samples['plain']))})"))
+    rows = percall.measure_tiny(plan.pipeline_rounds, 2 if plan.judge else 0)
+    plan.rows.extend(row if row.bound is None else dataclasses.replace(row, bound=TINY_BOUND) for row in rows)
 
 
 def measure_medium_step(plan: Plan, device: str, log: Callable[[str], None]) -> None:
+    """``benchmarks.percall``'s forward rows on the medium Wan config of ``benchmarks.compile``: a session's second
+    forward (its steady state; the first builds the session's plans) / the plain forward."""
     from benchmarks import compile as compile_bench
+    from benchmarks import percall
 
     log(f"{plan.medium_config} Wan forward ...")
     model, kwargs, _ = compile_bench.build(plan.medium_config, device)
-    methods = compile_bench.methods_of(model, kwargs, steps=1, always=True)
-    with torch.no_grad():
-        samples = time_samples({"plain": methods["eager"], "steered": methods["steered eager"]},
-                               plan.pipeline_rounds, warmup=plan.judge)
+    kwargs = {**kwargs, "timestep": torch.tensor([500.0], device=device)}
     shape = "2 blocks, 8x64, 1536 tokens" if plan.medium_config == "medium" else "tiny transformer"
-    plan.rows.append(Row(f"steered {plan.medium_config} Wan step (bias -1)", shape, "time / plain",
-                         ratios_to(samples, "plain")["steered"], MEDIUM_BOUND if plan.medium_config == "medium" else None,
-                         f"  (plain {_seconds(statistics.median(samples['plain']))})"))
+    plan.rows.extend(percall.forward_rows(
+        f"steered {plan.medium_config} Wan step (DyMoS)", shape, model, model, model, kwargs, plan.pipeline_rounds,
+        2 if plan.judge else 0, MEDIUM_BOUND if plan.medium_config == "medium" else None))
 
 
 # --- score path ------------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def test_benchmark_guard_dry_run():
     table = [line for line in done.stdout.splitlines() if not line.startswith("#")]
     assert table[0].split()[:3] == ["case", "shape", "measure"]
     measured = table[1:]
-    assert len(measured) == 13 and all(" dry" in line for line in measured), done.stdout
+    assert len(measured) == 14 and all(" dry" in line for line in measured), done.stdout
     for needle in ("DyMoS", "16 key groups", "frame maps", "pixel maps", "live tensors", "tiny-wan", "token-distance",
                    "frame-window rule", "box rule"):
         assert any(needle in line for line in measured), needle

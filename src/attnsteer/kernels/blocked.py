@@ -71,6 +71,8 @@ def blocked_attention(
         attn_mask = attn_mask[(None,) * (4 - attn_mask.dim())]
     mask = additive_mask(attn_mask, q.dtype, (b, h, nq, nk))
     out = torch.empty(b, h, nq, dv, dtype=q.dtype, device=q.device)
+    gathered: tuple = (None, None, None)  # (index tensor, its keys, its values): blocks that share a gathered key class
+    # (the same tensor, as runtime.block_plan hands out) copy its keys once
     for block in blocks:
         rows = block.rows
         q_rows = q[:, :, rows]
@@ -79,7 +81,13 @@ def blocked_attention(
         parts = []
         for cls in block.classes:
             class_mask = None if mask_rows is None else mask_rows[..., cls.keys]
-            out_c, lse_c = class_attention(q_rows, k[:, :, cls.keys], v[:, :, cls.keys], scale, class_mask)
+            if isinstance(cls.keys, slice):
+                k_c, v_c = k[:, :, cls.keys], v[:, :, cls.keys]
+            else:
+                if gathered[0] is not cls.keys:
+                    gathered = (cls.keys, k[:, :, cls.keys], v[:, :, cls.keys])
+                k_c, v_c = gathered[1], gathered[2]
+            out_c, lse_c = class_attention(q_rows, k_c, v_c, scale, class_mask)
             logit = lse_c.to(work) if cls.bias is None else lse_c.to(work) + cls.bias.to(lse_c.device, work)
             if class_mask is not None:  # the CPU kernel reports lse 0 (and any output) for rows whose keys are all masked
                 hidden = torch.isneginf(class_mask).all(-1)

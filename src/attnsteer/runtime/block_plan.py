@@ -83,6 +83,7 @@ def decompose(plan: CallPlan, layout: TokenLayout, batch: int, heads: int, devic
     additive = [_additive_value(s) is not None for s in selections]
     rows_heads = [(s.rows[:, None] & s.heads[None, :])[:, :, None] for s in selections]  # [B, H, 1]
     blocks, mixed_logits, skipped_logits = [], 0, 0
+    gathers: dict[bytes, torch.Tensor] = {}  # one tensor per distinct gathered key class: the kernel copies it once
     for start, stop in query_blocks(layout):
         q_index = torch.arange(start, stop)
         inside, elementwise = [], torch.zeros(n, dtype=torch.bool)
@@ -101,7 +102,8 @@ def decompose(plan: CallPlan, layout: TokenLayout, batch: int, heads: int, devic
                     skipped_logits += class_keys.numel() * (stop - start)
                     continue
                 bias = None if bias is None else bias.to(device)
-                classes.extend(KeyClass(run if isinstance(run, slice) else run.to(device), bias)
+                classes.extend(KeyClass(run if isinstance(run, slice) else
+                                        gathers.setdefault(run.numpy().tobytes(), run.to(device)), bias)
                                for run in _key_runs(class_keys))
         mixed = None
         if bool(elementwise.any()):
