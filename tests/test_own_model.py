@@ -6,6 +6,7 @@ where the loop is. Every steered call is checked against a dense float64 referen
 from __future__ import annotations
 
 import contextlib
+import gc
 import sys
 
 import pytest
@@ -184,6 +185,20 @@ def test_model_and_flash_attn_are_clean_after_the_session(backend):
     if flash is not None:
         assert flash.flash_attn_func is original
     assert registered_adapter(model) is None  # the session's adapter= was lent to nested sessions only
+
+
+def test_each_new_flash_attn_module_is_routed_even_when_it_takes_a_freed_ones_id():
+    """Stand-ins put in sys.modules one after another, each freed before the next (CPython often gives the new module
+    the freed one's id, which once made the scan skip it): every one is routed in its session."""
+    model = make_model()
+    for _ in range(20):
+        with flash_stand_in.installed() as flash:
+            original = flash.flash_attn_func
+            with at.steer(model, dymos_half_steps(), adapter=ADAPTER, num_steps=STEPS):
+                assert flash.flash_attn_func is not original
+            assert flash.flash_attn_func is original
+        del flash
+        gc.collect()
 
 
 NO_TIMESTEP = at.GenericAdapter(attention=r"blocks\.\d+\.self_attn", frames=FRAMES, grid=(ROWS, COLS))  # reads "timestep"

@@ -6,6 +6,7 @@ called directly) and :mod:`.dispatch_routing` (diffusers' attention dispatcher).
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Callable
 
 
@@ -16,7 +17,9 @@ class Rebinding:
     def __init__(self) -> None:
         self.users = 0
         self._patched: list[tuple[dict, str, Callable]] = []  # (namespace, name, original)
-        self._scanned: dict[str, int] = {}  # module name -> id of the module object whose namespace was read
+        self._scanned: dict[str, Callable[[], object]] = {}  # module name -> (a weak reference to) the module object
+        # whose namespace was read: an id could be a new module's (a stand-in put in sys.modules after the old one
+        # was freed) and the new module would go unread
         self._sites: dict[int, list[tuple[dict, str]]] = {}  # id(original) -> where loaded modules bound it
         self._known: set[int] = set()  # the originals the scans looked for
 
@@ -56,9 +59,10 @@ class Rebinding:
             self._sites.clear()
             self._known = set(routed)
         for module_name, module in list(sys.modules.items()):
-            if self._scanned.get(module_name) == id(module):
+            seen = self._scanned.get(module_name)
+            if seen is not None and seen() is module:
                 continue
-            self._scanned[module_name] = id(module)
+            self._scanned[module_name] = _reference(module)
             namespace = getattr(module, "__dict__", None)
             if not isinstance(namespace, dict):
                 continue
@@ -72,3 +76,11 @@ class Rebinding:
             namespace, name, original = self._patched.pop()
             if getattr(namespace.get(name), "_attnsteer_router", False):
                 namespace[name] = original
+
+
+def _reference(module: object) -> Callable[[], object]:
+    """A weak reference to ``module``; a strong one for the rare object in ``sys.modules`` that takes no weak reference."""
+    try:
+        return weakref.ref(module)
+    except TypeError:
+        return lambda: module
