@@ -170,10 +170,12 @@ def test_no_rule_on_a_block_gives_one_fused_call_equal_to_sdpa():
 
 def test_blocks_that_do_not_tile_the_queries_raise():
     q = torch.zeros(1, 1, 8, 4)
-    with pytest.raises(at.KernelError, match="tile the query rows"):
+    with pytest.raises(at.KernelError, match="tile the query rows.*1 are in none, 0 in several"):
         blocked_attention(q, q, q, [QueryBlock(slice(0, 4), (), None), QueryBlock(slice(5, 8), (), None)])
-    with pytest.raises(at.KernelError, match="cover 4 query rows"):
+    with pytest.raises(at.KernelError, match="4 are in none"):
         blocked_attention(q, q, q, [QueryBlock(slice(0, 4), (KeyClass(slice(0, 8), None),), None)])
+    with pytest.raises(at.KernelError, match="0 are in none, 2 in several"):
+        blocked_attention(q, q, q, [QueryBlock(slice(0, 6), (), None), QueryBlock(torch.tensor([4, 5, 6, 7]), (), None)])
 
 
 def _video(frames: int, tokens: int) -> at.TokenLayout:
@@ -195,6 +197,31 @@ def test_piecewise_constant_rules_take_the_block_path_and_stay_exact(rule, path)
                             want_mass=False)  # under autograd: the elementwise score path, in float64
     assert_close(out, reference.detach(), dtype=torch.float32, magnitude=float(reference.detach().abs().max()),
                  ops=lay.seq_len)
+
+
+def test_rows_no_rule_reads_leave_their_blocks_for_one_plain_block():
+    """A boost inside a box (a 2 x 2 corner of each 4 x 4 frame): the box's rows of every frame form one block of
+    gathered rows (the box's keys elementwise, the rest one gathered class); the other 48 rows, one block of plain
+    attention over every key. Exact against a dense float64 softmax of the definition."""
+    lay = at.TokenLayout(num_frames=4, tokens_per_frame=16, grid=(4, 4))
+    rule = at.Rule(at.box(0.0, 0.0, 0.5, 0.5), at.box(0.0, 0.0, 0.5, 0.5), at.scale_if_positive(1.5))
+    plan = build_plan(((rule, SelectionContext(lay)),), lay, None, 1, 2)
+    parts = decompose(plan, lay, 1, 2, torch.device("cpu"))
+    in_box = torch.tensor([(t % 16) // 4 < 2 and t % 4 < 2 for t in range(64)])
+    plain = [block for block in parts.blocks if block.mixed is None]
+    boxed = [block for block in parts.blocks if block.mixed is not None]
+    assert len(plain) == 1 and plain[0].classes == (KeyClass(slice(0, 64), None),)
+    assert torch.equal(plain[0].rows, (~in_box).nonzero()[:, 0])
+    assert [block.rows.tolist() for block in boxed] == [[f * 16 + t for f in range(4) for t in (0, 1, 4, 5)]]
+    assert torch.equal(boxed[0].mixed, in_box.nonzero()[:, 0])
+    assert [torch.equal(cls.keys, (~in_box).nonzero()[:, 0]) for cls in boxed[0].classes] == [True]
+    q, k, v = (torch.randn(1, 2, 64, 8, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+               for i in range(3))
+    out = blocked_attention(q, k, v, parts.blocks, block_score_fn(plan, 1, 2, q.device))
+    s = (q @ k.transpose(-1, -2)) * 8**-0.5
+    pairs = in_box[:, None] & in_box[None, :]
+    s = torch.where(pairs & (s > 0), s * 1.5, s)
+    torch.testing.assert_close(out, torch.softmax(s, -1) @ v, atol=1e-12, rtol=0)
 
 
 def test_a_fully_elementwise_score_mod_keeps_the_score_path():

@@ -38,10 +38,11 @@ class KeyClass(NamedTuple):
 
 
 class QueryBlock(NamedTuple):
-    """One block of query ``rows``: its fused key ``classes`` and its ``mixed`` keys (LongTensor, or None) that
-    run the elementwise score function. Keys in neither are blocked for every row of the block."""
+    """One block of query ``rows`` (a slice, or a sorted LongTensor of positions: gathered rows): its fused key
+    ``classes`` and its ``mixed`` keys (LongTensor, or None) that run the elementwise score function. Keys in
+    neither are blocked for every row of the block."""
 
-    rows: slice
+    rows: slice | torch.Tensor
     classes: tuple[KeyClass, ...]
     mixed: torch.Tensor | None
 
@@ -58,8 +59,9 @@ def blocked_attention(
     """``softmax(logits + attn_mask) @ v`` [B, H, Nq, Dv] in q's dtype, the logits given block by block: a class's
     are ``q k^T * scale + bias``, the mixed keys' ``score_fn(q k^T * scale, q_index, k_index)``.
 
-    ``blocks`` must tile the query rows in order. A row that ``attn_mask`` alone hides from every key gets
-    output 0 (as SDPA gives); a row the rules leave without any key raises."""
+    ``blocks`` must tile the query rows (slices in order; blocks of gathered rows cover each row once). A row that
+    ``attn_mask`` alone hides from every key gets output 0 (as SDPA gives); a row the rules leave without any key
+    raises."""
     b, h, nq, d = q.shape
     nk, dv = k.shape[-2], v.shape[-1]
     _check_tiling(blocks, nq)
@@ -95,29 +97,37 @@ def blocked_attention(
                 out_c = out_c.masked_fill(hidden[..., None], 0)
             parts.append((out_c, logit.expand(b, h, r)))
         if block.mixed is not None:
-            parts.append(_mixed_part(q_rows, k, v, rows, block.mixed, score_fn, scale, mask_rows, work))
+            q_index = torch.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
+            parts.append(_mixed_part(q_rows, k, v, q_index, block.mixed, score_fn, scale, mask_rows, work))
         out[:, :, rows] = _merge(parts, (b, h, r, dv), work, mask_rows, q.device).to(q.dtype)
     return out
 
 
 def _check_tiling(blocks: Sequence[QueryBlock], nq: int) -> None:
-    end = 0
+    """Every query row in exactly one block (blocks in any order: slices, or gathered rows)."""
+    covered = torch.zeros(nq, dtype=torch.long)
     for block in blocks:
-        if block.rows.start != end or block.rows.stop <= end or block.rows.step not in (None, 1):
-            raise KernelError(f"blocked_attention: blocks must tile the query rows in order; block rows {block.rows} "
-                              f"after row {end}")
-        end = block.rows.stop
-    if end != nq:
-        raise KernelError(f"blocked_attention: blocks cover {end} query rows, the call has {nq}")
+        rows = block.rows
+        if isinstance(rows, slice):
+            if rows.step not in (None, 1) or not 0 <= rows.start < rows.stop <= nq:
+                raise KernelError(f"blocked_attention: block rows {rows} are not a non-empty run within the call's "
+                                  f"{nq} query rows")
+        elif rows.numel() == 0 or int(rows.min()) < 0 or int(rows.max()) >= nq:
+            raise KernelError(f"blocked_attention: gathered block rows must be positions in [0, {nq}), non-empty")
+        covered[rows.cpu() if isinstance(rows, torch.Tensor) else rows] += 1
+    missing, repeated = int((covered == 0).sum()), int((covered > 1).sum())
+    if missing or repeated:
+        raise KernelError(f"blocked_attention: blocks must tile the query rows, each of the {nq} in exactly one "
+                          f"block; {missing} are in none, {repeated} in several")
 
 
-def _mixed_part(q_rows, k, v, rows: slice, keys: torch.Tensor, score_fn: BlockScoreFn, scale: float, mask_rows,
-                work: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _mixed_part(q_rows, k, v, q_index: torch.Tensor, keys: torch.Tensor, score_fn: BlockScoreFn, scale: float,
+                mask_rows, work: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(output [B, H, r, Dv], log-sum-exp [B, H, r]) of the rows' attention restricted to the mixed keys, with the
     score function applied to their logits (``-inf`` log-sum-exp and output 0 where every mixed key is blocked)."""
     keys = keys.to(q_rows.device)
     s = (q_rows.to(work) @ k[:, :, keys].to(work).transpose(-1, -2)) * scale
-    s = score_fn(s, torch.arange(rows.start, rows.stop, device=q_rows.device), keys)
+    s = score_fn(s, q_index.to(q_rows.device), keys)
     if mask_rows is not None:
         s = s + mask_rows[..., keys].to(work)
     lse = torch.logsumexp(s, dim=-1)

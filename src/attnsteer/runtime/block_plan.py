@@ -11,7 +11,9 @@ elementwise. The classification (:mod:`attnsteer.language.blocks`) is exact or c
 (a key in doubt runs elementwise); it is done once per cached plan, in blocks, O(N x block) memory.
 
 Query blocks follow the layout's groups (frames, text spans), cut every :data:`BLOCK_ROWS` rows, so that
-frame-level predicates give no mixed keys at all.
+frame-level predicates give no mixed keys at all. In a scored plan, the rows of a block that no rule chooses as
+queries (the rest of a frame around a box) leave it: they gather into one block of plain attention over every
+key, and the rows the rules read form a block of their own (gathered rows).
 """
 
 from __future__ import annotations
@@ -84,8 +86,17 @@ def decompose(plan: CallPlan, layout: TokenLayout, batch: int, heads: int, devic
     rows_heads = [(s.rows[:, None] & s.heads[None, :])[:, :, None] for s in selections]  # [B, H, 1]
     blocks, mixed_logits, skipped_logits = [], 0, 0
     gathers: dict[bytes, torch.Tensor] = {}  # one tensor per distinct gathered key class: the kernel copies it once
+    untouched = []  # rows of a scored plan that no selection chooses as queries: plain attention over every key
     for start, stop in query_blocks(layout):
         q_index = torch.arange(start, stop)
+        if plan.path == "scored":  # split off the rows no rule reads (a box's rows keep the rest of their frame plain)
+            chosen = torch.stack([s.query[q_index] for s in selections]).any(0)
+            if not bool(chosen.all()):
+                untouched.append(q_index[~chosen])
+                if not bool(chosen.any()):
+                    continue
+                q_index = q_index[chosen]
+        rows = slice(start, stop) if q_index.numel() == stop - start else q_index
         inside, elementwise = [], torch.zeros(n, dtype=torch.bool)
         for s, add in zip(selections, additive):
             all_in, any_in = selection_states(s, q_index, keys)
@@ -97,9 +108,9 @@ def decompose(plan: CallPlan, layout: TokenLayout, batch: int, heads: int, devic
             codes, which = _patterns(torch.stack(inside)[:, positions])
             for c in range(codes.shape[1]):
                 class_keys = positions[which == c]
-                bias = _class_bias(selections, codes[:, c], rows_heads, start, stop)
+                bias = _class_bias(selections, codes[:, c], rows_heads, q_index)
                 if bias is not None and bool(torch.isneginf(bias).all()):
-                    skipped_logits += class_keys.numel() * (stop - start)
+                    skipped_logits += class_keys.numel() * q_index.numel()
                     continue
                 bias = None if bias is None else bias.to(device)
                 classes.extend(KeyClass(run if isinstance(run, slice) else
@@ -108,11 +119,51 @@ def decompose(plan: CallPlan, layout: TokenLayout, batch: int, heads: int, devic
         mixed = None
         if bool(elementwise.any()):
             mixed = elementwise.nonzero()[:, 0]
-            mixed_logits += mixed.numel() * (stop - start)
+            mixed_logits += mixed.numel() * q_index.numel()
             mixed = mixed.to(device)
-        blocks.append(QueryBlock(slice(start, stop), tuple(classes), mixed))
+        blocks.append(QueryBlock(rows, tuple(classes), mixed))
+    blocks = _merge_alike(blocks)
+    if untouched:
+        blocks.append(QueryBlock(torch.cat(untouched), (KeyClass(slice(0, n), None),), None))
+    blocks = [block._replace(rows=_on(_as_slice(_positions(block.rows)), device)) for block in blocks]
     total = max(1, n * n)
     return Decomposition(tuple(blocks), mixed_logits / total, skipped_logits / total)
+
+
+def _merge_alike(blocks: list[QueryBlock]) -> list[QueryBlock]:
+    """Blocks with the same key classes (no per-row bias) and the same mixed keys, merged into blocks of gathered
+    rows of up to ``BLOCK_ROWS`` (a box's rows in every frame: one fused call instead of one per frame)."""
+    merged: list[QueryBlock] = []
+    open_by_signature: dict[tuple, int] = {}
+    for block in blocks:
+        if any(cls.bias is not None for cls in block.classes):
+            merged.append(block)
+            continue
+        signature = (tuple((c.keys.start, c.keys.stop) if isinstance(c.keys, slice) else id(c.keys)
+                           for c in block.classes),
+                     None if block.mixed is None else block.mixed.cpu().numpy().tobytes())
+        rows = _positions(block.rows)
+        at = open_by_signature.get(signature)
+        if at is not None and merged[at].rows.numel() + rows.numel() <= BLOCK_ROWS:
+            merged[at] = merged[at]._replace(rows=torch.cat([merged[at].rows, rows]))
+            continue
+        open_by_signature[signature] = len(merged)
+        merged.append(block._replace(rows=rows))
+    return merged
+
+
+def _positions(rows: slice | torch.Tensor) -> torch.Tensor:
+    return torch.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
+
+
+def _on(rows: slice | torch.Tensor, device: torch.device) -> slice | torch.Tensor:
+    return rows if isinstance(rows, slice) else rows.to(device)
+
+
+def _as_slice(rows: torch.Tensor) -> slice | torch.Tensor:
+    """Sorted row positions as a slice where they are one run (read without a copy)."""
+    first, last = int(rows[0]), int(rows[-1])
+    return slice(first, last + 1) if last - first + 1 == rows.numel() else rows
 
 
 def selection_states(s: Selection, rows: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +211,7 @@ def _additive_value(s: Selection) -> float | torch.Tensor | None:
     return t.per_query if t.kind == "per_query" else None
 
 
-def _class_bias(selections, inside: torch.Tensor, rows_heads, start: int, stop: int) -> torch.Tensor | None:
+def _class_bias(selections, inside: torch.Tensor, rows_heads, q_index: torch.Tensor) -> torch.Tensor | None:
     """float64 [B|1, H|1, rows|1] (cast to the call's work dtype by the kernel): the sum of the values of the additive selections that are in for a key class."""
     bias = None
     for s, is_in, where in zip(selections, inside.tolist(), rows_heads):
@@ -168,7 +219,7 @@ def _class_bias(selections, inside: torch.Tensor, rows_heads, start: int, stop: 
             continue
         value = _additive_value(s)
         if isinstance(value, torch.Tensor):
-            value = value[start:stop].double()[None, None, :]
+            value = value[q_index].double()[None, None, :]
         term = torch.where(where, torch.as_tensor(value, dtype=torch.float64), 0.0)
         bias = term if bias is None else bias + term
     return None if bias is None or not bool(bias.any()) else bias
