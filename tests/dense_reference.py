@@ -7,7 +7,8 @@
 It also keeps, per call, the dense per-group mass when ``groups`` is given, so frame maps can
 be checked against it. ``ForwardCounter`` counts a model's forwards with a plain torch hook;
 ``hook_state`` lists what a hook system could leave behind on a model's modules; ``to_dtype`` casts a
-pipeline to float64 (both sides of an exactness check) keeping the modules a model keeps in float32.
+pipeline to float64 (both sides of an exactness check) keeping the modules a model keeps in float32;
+``as_float64`` and the pre-hook ``float64_inputs`` cast call arguments and forward inputs to float64.
 """
 
 from __future__ import annotations
@@ -128,6 +129,16 @@ def frame_bias(num_tokens: int, video_start: int, num_frames: int, tokens_per_fr
     for b in batch_rows:
         bias[b, 0] = (rows & cols).double() * value
     return bias
+
+
+def as_float64(value):
+    """A floating tensor in float64; anything else as it is."""
+    return value.double() if torch.is_tensor(value) and value.is_floating_point() else value
+
+
+def float64_inputs(module, args, kwargs):
+    """A forward pre-hook (``with_kwargs=True``): the module's floating inputs in float64."""
+    return tuple(as_float64(a) for a in args), {k: as_float64(v) for k, v in kwargs.items()}
 
 
 def to_dtype(pipe, dtype: torch.dtype) -> None:

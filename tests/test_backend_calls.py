@@ -183,6 +183,13 @@ def test_flex_in_diffusers_crashes_on_return_lse_so_steered_flex_calls_torch_dir
     torch.testing.assert_close(out, torch.softmax(logits, -1) @ vh, **EXACT)
 
 
+def on_native(pipe, run, rules) -> torch.Tensor:
+    """The latents of ``rules`` steered on the ``native`` backend: what every other backend must equal."""
+    use_backend(pipe.transformer, "native")
+    with at.steer(pipe, rules):
+        return run()
+
+
 def on_standin(pipe, run, name: str, make, rules) -> tuple[torch.Tensor, dict, list[bool]]:
     """``rules`` steered on backend ``name``: the stand-in ``make`` registered as it, or (``make`` None) diffusers' own
     backend of that name (``flex``: nothing logged)."""
@@ -249,9 +256,7 @@ def score_rule() -> at.Rule:
 @pytest.fixture(scope="module")
 def native_score(wan, native):
     pipe, run = wan
-    use_backend(pipe.transformer, "native")
-    with at.steer(pipe, score_rule()):
-        return run()
+    return on_native(pipe, run, score_rule())
 
 
 def test_score_rules_run_on_flex_as_its_score_mod(wan, native, native_score, monkeypatch):
@@ -291,9 +296,7 @@ def test_identity_attention_keeps_the_users_backend_for_the_attention_it_keeps(w
     backend computes the call as it was made and the identity rows replace its output."""
     pipe, run = wan
     rule = at.Rule(at.frames.generated, at.tokens, at.identity(), when=at.steps(stop=1), branch="cond")
-    use_backend(pipe.transformer, "native")
-    with at.steer(pipe, rule):
-        expected = run()
+    expected = on_native(pipe, run, rule)
     out, summary, log = on_standin(pipe, run, "flash", lse_backend, rule)
     assert float((expected - native["plain"]).abs().max()) > 1e-3  # the rule acts
     torch.testing.assert_close(out, expected, **TOL)
@@ -309,9 +312,7 @@ def seg_recipe() -> at.Recipe:
 @pytest.fixture(scope="module")
 def native_seg(wan, native):
     pipe, run = wan
-    use_backend(pipe.transformer, "native")
-    with at.steer(pipe, seg_recipe()):
-        return run()
+    return on_native(pipe, run, seg_recipe())
 
 
 @pytest.mark.parametrize("backend", ["flex", "flash"])
@@ -319,12 +320,7 @@ def test_query_transforms_reach_the_attention_on_a_routed_backend(wan, native, n
     """A call whose only change is its transformed queries (SEG) must not be answered by the backend's call as the
     model made it (the given queries): it runs the transformed queries, equal to SEG on native."""
     pipe, run = wan
-    with registered("flash", lse_backend) if backend == "flash" else contextlib.nullcontext():
-        use_backend(pipe.transformer, backend)
-        try:
-            out, summary = steered(pipe, run, seg_recipe())
-        finally:
-            use_backend(pipe.transformer, "native")
+    out, summary, _ = on_standin(pipe, run, backend, lse_backend if backend == "flash" else None, seg_recipe())
     assert float((native_seg - native["plain"]).abs().max()) > 1e-3  # the blur acts
     torch.testing.assert_close(out, native_seg, **TOL)
     assert summary["steered_calls_by_route"] == {backend: {"attnsteer": summary["attention_calls_steered"]}}
@@ -335,9 +331,7 @@ def test_query_transforms_reach_every_pass_of_a_multi_pass_call(wan, native, nat
     """FreeLong with a window over every frame is plain attention (both passes attend to all keys), so FreeLong(16)
     with SEG equals SEG alone: the passes that the user's kernel would answer read the transformed queries too."""
     pipe, run = wan
-    use_backend(pipe.transformer, "native")
-    with at.steer(pipe, at.recipes.freelong(window=16)):
-        alone = run()
+    alone = on_native(pipe, run, at.recipes.freelong(window=16))
     torch.testing.assert_close(alone, native["plain"], **TOL)  # the oracle's premise
     if backend == "flex":
         pipe.transformer.set_attention_backend("flex")
@@ -377,9 +371,7 @@ def test_output_transforms_leave_the_attention_call_on_the_users_backend(wan, na
     """Enhance-A-Video scales the module's output by a readout of q and k: the attention itself is the backend's call
     as made, with or without the log-sum-exp, and the result equals the recipe on native."""
     pipe, run = wan
-    use_backend(pipe.transformer, "native")
-    with at.steer(pipe, at.recipes.enhance_a_video(weight=4.0)):
-        expected = run()
+    expected = on_native(pipe, run, at.recipes.enhance_a_video(weight=4.0))
     out, summary, _ = on_standin(pipe, run, name, make, at.recipes.enhance_a_video(weight=4.0))
     assert float((expected - native["plain"]).abs().max()) > 1e-3  # the transform acts
     torch.testing.assert_close(out, expected, **TOL)
@@ -391,9 +383,7 @@ def test_group_constant_rules_that_block_most_logits_take_the_block_path_on_the_
     """local_window(1): every frame sees only itself, so -inf blocks hold most logits and the block decomposition
     computes the call (one block per frame, the blocked blocks skipped), its fused calls on the user's backend."""
     pipe, run = wan
-    use_backend(pipe.transformer, "native")
-    with at.steer(pipe, at.recipes.local_window(window=1)):
-        expected = run()
+    expected = on_native(pipe, run, at.recipes.local_window(window=1))
     out, summary, log = on_standin(pipe, run, name, make, at.recipes.local_window(window=1))
     assert make is None or True in log  # the stand-in was asked for the log-sum-exp
     torch.testing.assert_close(out, expected, **TOL)

@@ -20,6 +20,7 @@ import attnsteer as at
 from attnsteer.runtime import dispatch_routing, flash_routing
 from attnsteer.runtime.hooks import SDPAInterceptor
 from attnsteer.testing.tiny import build_tiny, test_image
+from dense_reference import as_float64
 
 dispatch = pytest.importorskip("diffusers.models.attention_dispatch")
 
@@ -106,8 +107,7 @@ def float64_pipeline(name: str) -> tuple[object, dict]:
     take their latents' dtype from them)."""
     pipe, call_kwargs = build_tiny(name)
     kwargs = call_kwargs(output_type="latent", num_inference_steps=STEPS, image=test_image())
-    kwargs = {key: value.double() if torch.is_tensor(value) and value.is_floating_point() else value
-              for key, value in kwargs.items()}
+    kwargs = {key: as_float64(value) for key, value in kwargs.items()}
     return pipe.to(torch.float64), kwargs
 
 

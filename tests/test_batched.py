@@ -12,7 +12,7 @@ from attnsteer.errors import ConfigError, SteeringError
 from attnsteer.contract.branches import item_of_rows
 from attnsteer.testing import assert_close
 from attnsteer.testing.tiny import build_tiny, test_image
-from dense_reference import to_dtype
+from dense_reference import as_float64, to_dtype
 
 GAMMAS = [-1.0, 0.6, 1.0]
 
@@ -33,7 +33,7 @@ def test_batched_equals_sequential(name):
     pipe, call_kwargs = build_tiny(name)
     to_dtype(pipe, torch.float64)
     kwargs = call_kwargs(prompt="a cat", output_type="latent", num_inference_steps=2, image=test_image())
-    kwargs = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kwargs.items()}
+    kwargs = {k: as_float64(v) for k, v in kwargs.items()}
     recipes = [at.recipes.dymos(gamma=g, stop=0.5) for g in GAMMAS]
     sequential = _sequential(pipe, kwargs, recipes)
     calls = []

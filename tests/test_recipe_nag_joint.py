@@ -22,7 +22,7 @@ import attnsteer as at
 from attnsteer import recipes
 from attnsteer.testing.tiny import cogvideox_call_kwargs, test_image, tiny_cogvideox
 from attnsteer.testing.tiny_parts import prompt_embedding
-from dense_reference import hook_state
+from dense_reference import float64_inputs, hook_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,16 +87,11 @@ def authors_reference(pipe, run, negative, scale, tau=2.5, alpha=0.125):
             transformer.get_submodule(name).set_processor(p)
 
 
-def _float64_inputs(module, args, kwargs):
-    cast = lambda x: x.double() if torch.is_tensor(x) and x.is_floating_point() else x  # noqa: E731
-    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
-
-
 @pytest.fixture(scope="module")
 def cog():
     pipe = tiny_cogvideox()
     pipe.transformer.to(torch.float64)
-    handle = pipe.transformer.register_forward_pre_hook(_float64_inputs, with_kwargs=True)
+    handle = pipe.transformer.register_forward_pre_hook(float64_inputs, with_kwargs=True)
 
     def run(**overrides):
         kwargs = cogvideox_call_kwargs(num_inference_steps=2, output_type="latent", **overrides)

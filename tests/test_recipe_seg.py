@@ -23,7 +23,7 @@ from attnsteer import recipes
 from attnsteer.language.query_transforms import blur_frames, seg_kernel_size
 from attnsteer.testing.tiny import (cogvideox_call_kwargs, test_image, tiny_cogvideox, tiny_wan, wan_call_kwargs)
 from attnsteer.testing.tolerance import assert_close
-from dense_reference import hook_state
+from dense_reference import float64_inputs, hook_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -126,11 +126,6 @@ def reference(pipe, run, module, sigma, scale, guidance, text, grid, batched, to
             handle.remove()
 
 
-def _float64_inputs(module, args, kwargs):
-    cast = lambda x: x.double() if torch.is_tensor(x) and x.is_floating_point() else x  # noqa: E731
-    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
-
-
 @pytest.fixture(scope="module")
 def wan():
     pipe = tiny_wan()
@@ -147,7 +142,7 @@ def wan():
 def cog():
     pipe = tiny_cogvideox()
     pipe.transformer.to(torch.float64)
-    handle = pipe.transformer.register_forward_pre_hook(_float64_inputs, with_kwargs=True)
+    handle = pipe.transformer.register_forward_pre_hook(float64_inputs, with_kwargs=True)
 
     def run():
         kwargs = cogvideox_call_kwargs(num_inference_steps=2, output_type="latent")
