@@ -105,16 +105,28 @@ def blocked_attention(
 
 def _check_tiling(blocks: Sequence[QueryBlock], nq: int) -> None:
     """Every query row in exactly one block (blocks in any order: slices, or gathered rows)."""
+    runs = [block.rows for block in blocks if isinstance(block.rows, slice)]
+    for rows in runs:
+        if rows.step not in (None, 1) or not 0 <= rows.start < rows.stop <= nq:
+            raise KernelError(f"blocked_attention: block rows {rows} are not a non-empty run within the call's "
+                              f"{nq} query rows")
+    if len(runs) == len(blocks):  # slices only (the usual case): sorted runs must meet end to start, with no tensor
+        end = 0
+        for rows in sorted(runs, key=lambda r: r.start):
+            if rows.start != end:
+                break
+            end = rows.stop
+        else:
+            if end == nq:
+                return
     covered = torch.zeros(nq, dtype=torch.long)
     for block in blocks:
         rows = block.rows
-        if isinstance(rows, slice):
-            if rows.step not in (None, 1) or not 0 <= rows.start < rows.stop <= nq:
-                raise KernelError(f"blocked_attention: block rows {rows} are not a non-empty run within the call's "
-                                  f"{nq} query rows")
-        elif rows.numel() == 0 or int(rows.min()) < 0 or int(rows.max()) >= nq:
-            raise KernelError(f"blocked_attention: gathered block rows must be positions in [0, {nq}), non-empty")
-        covered[rows.cpu() if isinstance(rows, torch.Tensor) else rows] += 1
+        if not isinstance(rows, slice):
+            if rows.numel() == 0 or int(rows.min()) < 0 or int(rows.max()) >= nq:
+                raise KernelError(f"blocked_attention: gathered block rows must be positions in [0, {nq}), non-empty")
+            rows = rows.cpu()
+        covered[rows] += 1
     missing, repeated = int((covered == 0).sum()), int((covered > 1).sum())
     if missing or repeated:
         raise KernelError(f"blocked_attention: blocks must tile the query rows, each of the {nq} in exactly one "

@@ -21,10 +21,20 @@ DTYPES = (torch.float32, torch.float64)
 
 def fits(q: torch.Tensor, nk: int, bias4: torch.Tensor) -> bool:
     """Whether a biased call without mass on ``q`` [B, H, Nq, D] and ``nk`` keys runs as one SDPA call with ``bias4``
-    [B|1, H|1, Gq, Gk] spread as its mask: small, in a dtype that holds the sum, a moderate finite bias, and on
-    attnsteer's own kernel (a user's backend put in place by ``kernels.backends.class_kernel`` runs the class calls)."""
-    return (q.shape[-2] * nk <= MAX_LOGITS and q.dtype in DTYPES and own_class_kernel()
-            and bool(bias4.abs().max() <= MAX_MAGNITUDE))
+    [B|1, H|1, Gq, Gk] spread as its mask: :func:`takes` its size and bias, and :func:`runs_here`."""
+    return runs_here(q.dtype) and takes(q.shape[-2], nk, bias4)
+
+
+def takes(nq: int, nk: int, bias4: torch.Tensor) -> bool:
+    """Whether a call of ``nq`` x ``nk`` logits is small enough and ``bias4`` finite and moderate (what a prepared call
+    can tell once, before any call)."""
+    return nq * nk <= MAX_LOGITS and bool(bias4.abs().max() <= MAX_MAGNITUDE)
+
+
+def runs_here(dtype: torch.dtype) -> bool:
+    """Whether a call in ``dtype`` may run this way now: a dtype that holds ``logit + bias``, on attnsteer's own
+    kernel (a user's backend put in place by ``kernels.backends.class_kernel`` runs the class calls)."""
+    return dtype in DTYPES and own_class_kernel()
 
 
 def spread(bias4: torch.Tensor, q_groups: torch.Tensor, k_groups: torch.Tensor,

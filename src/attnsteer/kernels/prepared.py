@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from ..errors import KernelError
 from . import dense_bias, grouped
-from .backends import own_class_kernel
 
 
 class PreparedGroups(NamedTuple):
@@ -44,9 +43,8 @@ def prepare_groups(
     biased = bias4 is not None and bool(bias4.any())
     blocks = biased and bool(torch.isneginf(bias4).any())
     classes = grouped._key_classes(k_groups, gk, bias4, split_all=False) if biased else []
-    moderate = biased and q_groups.numel() * k_groups.numel() <= dense_bias.MAX_LOGITS \
-        and bool(bias4.abs().max() <= dense_bias.MAX_MAGNITUDE)
-    dense = dense_bias.spread(bias4, q_groups, k_groups) if moderate else None
+    small = biased and dense_bias.takes(q_groups.numel(), k_groups.numel(), bias4)
+    dense = dense_bias.spread(bias4, q_groups, k_groups) if small else None
     return PreparedGroups(q_groups, k_groups, bias4, biased, blocks, classes, dense)
 
 
@@ -76,7 +74,7 @@ def prepared_attention(
         if mask is not None:
             out = out.masked_fill(grouped._hidden_by_mask(mask, (b, h, nq))[..., None], 0)
         return out
-    if prepared.dense is not None and mask is None and q.dtype in dense_bias.DTYPES and own_class_kernel():
+    if prepared.dense is not None and mask is None and dense_bias.runs_here(q.dtype):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=prepared.dense.to(q.dtype), scale=scale)
     step = grouped.query_chunk_rows(nq, b * h, grouped._row_bytes(q, v, 0, 0))
     whole = step >= nq

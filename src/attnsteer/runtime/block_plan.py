@@ -125,7 +125,8 @@ def decompose(plan: CallPlan, layout: TokenLayout, batch: int, heads: int, devic
     blocks = _merge_alike(blocks)
     if untouched:
         blocks.append(QueryBlock(torch.cat(untouched), (KeyClass(slice(0, n), None),), None))
-    blocks = [block._replace(rows=_on(_as_slice(_positions(block.rows)), device)) for block in blocks]
+    blocks = [block if isinstance(block.rows, slice) else block._replace(rows=_on(_as_slice(block.rows), device))
+              for block in blocks]
     total = max(1, n * n)
     return Decomposition(tuple(blocks), mixed_logits / total, skipped_logits / total)
 
