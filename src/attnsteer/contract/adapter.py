@@ -26,7 +26,7 @@ import functools
 import inspect
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
@@ -116,19 +116,16 @@ class Adapter:
     def token_layout(self, num_frames: int, grid: tuple[int, int] | None, *, tokens_per_frame: int | None = None,
                      text: int = 0, text_name: str = "") -> TokenLayout:
         """A layout of ``num_frames`` frame-major frames of ``grid`` (rows, cols) tokens, with ``text`` text
-        tokens placed as the class's ``text`` says, and its ``reference_frames``."""
-        per_frame = grid[0] * grid[1] if grid is not None else tokens_per_frame
-        if per_frame is None:
-            raise ConfigError("token_layout needs a grid or tokens_per_frame")
+        tokens placed as the class's ``text`` says, and its ``reference_frames``. Layouts are immutable: one built
+        from the same numbers is reused (a forward's layout costs a lookup, not a validated construction)."""
         if text and self.text not in ("joint-before", "joint-after"):
             raise ConfigError(f"{type(self).__name__} declares text={self.text!r}: its self-attention has no text "
                               f"tokens, got text={text}")
-        video = num_frames * per_frame
-        before = self.text == "joint-before"
-        segments = [Segment("text", 0 if before else video, text + (0 if before else video), name=text_name)] if text else []
-        return TokenLayout(num_frames=num_frames, tokens_per_frame=per_frame, grid=grid,
-                           video_start=text if before else 0, segments=segments,
-                           reference_frames=tuple(f for f in self.reference_frames if f < num_frames))
+        key = (self.text, tuple(self.reference_frames), num_frames, grid, tokens_per_frame, text, text_name)
+        try:
+            return _token_layout(*key)
+        except TypeError:  # an unhashable number (a list for the grid): build it without the cache
+            return _token_layout.__wrapped__(*key)
 
     def text_length(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> int | None:
         """How many text tokens the cross-attention calls of one forward see as keys (None: no cross-attention)."""
@@ -257,8 +254,24 @@ def scalar_timestep(t: Any) -> float | None:
     if t is None:
         return None
     if isinstance(t, torch.Tensor):
+        if t.numel() == 1:  # the common case: one number, read without a reduction
+            return float(t.detach())
         return float(t.detach().float().max()) if t.numel() else None
     return float(t)
+
+
+@functools.lru_cache(maxsize=256)
+def _token_layout(placement: str, reference_frames: tuple[int, ...], num_frames: int, grid: tuple[int, int] | None,
+                  tokens_per_frame: int | None, text: int, text_name: str) -> TokenLayout:
+    """:meth:`Adapter.token_layout` for a class whose text is placed as ``placement``."""
+    per_frame = grid[0] * grid[1] if grid is not None else tokens_per_frame
+    if per_frame is None:
+        raise ConfigError("token_layout needs a grid or tokens_per_frame")
+    video = num_frames * per_frame
+    before = placement == "joint-before"
+    segments = [Segment("text", 0 if before else video, text + (0 if before else video), name=text_name)] if text else []
+    return TokenLayout(num_frames=num_frames, tokens_per_frame=per_frame, grid=grid, video_start=text if before else 0,
+                       segments=segments, reference_frames=tuple(f for f in reference_frames if f < num_frames))
 
 
 @functools.lru_cache(maxsize=64)
@@ -267,9 +280,37 @@ def _signature(forward: Any) -> inspect.Signature:
     return inspect.signature(forward)
 
 
+class _Parameters(NamedTuple):
+    """What binding a model class's ``forward`` arguments needs (see :func:`bind_forward_inputs`)."""
+
+    positional: tuple[str, ...]  # the names positional arguments bind to, after ``self``
+    keyword: frozenset[str]  # the names arguments may bind to by keyword
+    order: tuple[str, ...]  # every name, in signature order
+
+
+@functools.lru_cache(maxsize=64)
+def _parameters(forward: Any) -> _Parameters | None:
+    """The parameters of a model class's ``forward``; None where it takes ``*args`` or ``**kwargs`` (the general
+    binding then runs)."""
+    parameters = list(_signature(forward).parameters.values())[1:]
+    kinds = inspect.Parameter
+    if any(p.kind in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD) for p in parameters):
+        return None
+    return _Parameters(tuple(p.name for p in parameters if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)),
+                       frozenset(p.name for p in parameters if p.kind is not kinds.POSITIONAL_ONLY),
+                       tuple(p.name for p in parameters))
+
+
 def bind_forward_inputs(model: torch.nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The arguments of one ``model.forward`` call by parameter name (defaults left out)."""
-    signature = _signature(type(model).forward)
+    """The arguments of one ``model.forward`` call by parameter name (defaults left out), in signature order."""
+    forward = type(model).forward
+    known = _parameters(forward)
+    if known is not None and len(args) <= len(known.positional):  # the usual call: Signature.bind_partial's result, cheaper
+        arguments = dict(zip(known.positional, args))
+        if all(name in known.keyword and name not in arguments for name in kwargs):
+            arguments.update(kwargs)
+            return {name: arguments[name] for name in known.order if name in arguments}
+    signature = _signature(forward)
     bound = signature.bind_partial(model, *args, **kwargs)
     arguments = dict(bound.arguments)
     arguments.pop(next(iter(signature.parameters)), None)  # self

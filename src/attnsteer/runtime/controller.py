@@ -21,13 +21,13 @@ from ..language.guidance import PerturbedGuidance
 from ..language.model_layers import ModelDepth
 from ..language.rules import Rule
 from ..language.schedules import StepInfo
-from . import compiled_call, dispatch_routing, flash_routing, joint_context, second_context
+from . import compiled_call, dispatch_routing, flash_routing, interception, joint_context, second_context
 from .call_cache import CallCache, class_key
 from .call_state import Client, ForwardState, LayerInfo
 from .context_parallel import context_parallel_config, head_slice
 from .execute import clear_rule_caches
 from .guidance import BlockSkipHook, GuidanceShift, in_perturbed_forward, perturb
-from .hooks import CONTROLLER_ATTRIBUTE, AttentionHook, InstalledHook, SDPAInterceptor, refresh_registry_caches
+from .hooks import CONTROLLER_ATTRIBUTE, AttentionHook, InstalledHook, refresh_registry_caches
 from .module_call import ModuleCall, subject
 from .no_attention import why_no_attention
 from .outputs import OutputStage, split_output_rules
@@ -65,6 +65,7 @@ class Controller:
         self.call_cache = CallCache()  # what calls derive once per step class (runtime.call_cache); per client set
         self.joint_forward: joint_context.JointForward | None = None  # this forward's extra rows (NAG's joint variant)
         self.kept_conditional: dict[int, tuple[Any, torch.Tensor]] = {}  # STG authors-wan: id(client) -> (step, cond)
+        self.dispatched_only: interception.Learned = {}  # modules answered at diffusers' dispatcher (interception)
 
     # --- attaching -----------------------------------------------------------------------
     def attach(self, client: Client, pipeline: Any = None, num_steps: int | None = None) -> None:
@@ -302,7 +303,7 @@ class Controller:
             return forward(*args, **kwargs)
         if second_context.has_second_context(call.active):
             return second_context.run(self, call, module, forward, args, kwargs)
-        with SDPAInterceptor(call), flash_routing.steered_forward(call.subject), to_q_hooks(call, module):
+        with interception.catching(call, module, self.dispatched_only), flash_routing.steered_forward(call.subject), to_q_hooks(call, module):
             output = forward(*args, **kwargs)
         return self.end_attention(call, module, output)
 

@@ -9,7 +9,9 @@ import dispatch_attention_fn``), and put back when the last session ends, also a
 is built once per dispatcher function, so compiled graphs that traced it are reused by later sessions.
 
 - Outside a steered module forward, and while dynamo traces: the dispatcher itself.
-- Native family: the dispatcher itself (it reaches SDPA, which the module's interceptor answers).
+- Native family: the dispatcher itself (it reaches SDPA, which the module's interceptor answers: around the whole
+  module forward, or around this call alone once the module is known to call SDPA only through the dispatcher,
+  see :mod:`attnsteer.runtime.interception`).
 - Any other backend (``flex``, ``flash``, ``sage``, a registered one): ``F.scaled_dot_product_attention`` on the
   same q, k, v (heads first, grouped key/value heads repeated, a [B, N] key mask broadcast as the native backend
   does), which the interceptor hands to the module's :class:`~attnsteer.runtime.module_call.ModuleCall`: steered
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 
 from ..errors import SteeringError
 from ..kernels.backends import class_kernel
-from . import backend_calls, flash_routing
+from . import backend_calls, flash_routing, interception
 from .rebinding import Rebinding
 
 DISPATCH_MODULE = "diffusers.models.attention_dispatch"
@@ -85,21 +87,28 @@ def router_of(original: Callable) -> Callable:
         name = backend_name(original, kwargs.get("backend"))  # keyword-only in diffusers' signature
         token = _BACKEND.set(name)
         try:
-            if name in NATIVE_FAMILY:
-                with backend_calls.answering(backend_calls.BackendCall(name, None, native=True)):
-                    return original(*args, **kwargs)
-            values = signature.bind(*args, **kwargs)  # only here: binding costs more than a tiny call
-            values.apply_defaults()
-            call = _backend_call(original, name, values.arguments)
-            with backend_calls.answering(call), class_kernel(call.lse), \
-                    flash_routing.routed(lambda: original(*args, **kwargs).transpose(1, 2)):
-                return _as_sdpa(where, name, values.arguments)
+            with interception.at_dispatcher():
+                return _answer(original, signature, where, name, args, kwargs)
         finally:
             _BACKEND.reset(token)
 
     route._attnsteer_router = True  # type: ignore[attr-defined]
     ROUTING.known[id(original)] = (original, route)
     return route
+
+
+def _answer(original: Callable, signature: inspect.Signature, where: str, name: str, args: tuple, kwargs: dict) -> Any:
+    """One dispatcher call inside a steered module forward, on backend ``name``: the dispatcher itself for the native
+    family (its SDPA call is answered by the module's handler), else SDPA on the same q, k, v."""
+    if name in NATIVE_FAMILY:
+        with backend_calls.answering(backend_calls.BackendCall(name, None, native=True)):
+            return original(*args, **kwargs)
+    values = signature.bind(*args, **kwargs)  # only here: binding costs more than a tiny call
+    values.apply_defaults()
+    call = _backend_call(original, name, values.arguments)
+    with backend_calls.answering(call), class_kernel(call.lse), \
+            flash_routing.routed(lambda: original(*args, **kwargs).transpose(1, 2)):
+        return _as_sdpa(where, name, values.arguments)
 
 
 def backend_name(dispatcher: Callable, backend: Any) -> str:

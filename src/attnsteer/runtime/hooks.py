@@ -114,8 +114,10 @@ class InstalledHook:
 
     def outer_hooks(self) -> list[str]:
         """Names of the diffusers hooks registered on this module after attnsteer's (they run first)."""
-        order = list(getattr(getattr(self.module, "_diffusers_hook", None), "_hook_order", []))
-        return order[order.index(HOOK_NAME) + 1 :] if HOOK_NAME in order else []
+        order = getattr(getattr(self.module, "_diffusers_hook", None), "_hook_order", ())
+        if len(order) < 2 or order[-1] == HOOK_NAME:  # ours alone, or the outermost (every forward checks)
+            return []
+        return list(order[order.index(HOOK_NAME) + 1 :]) if HOOK_NAME in order else []
 
     def remove(self) -> None:
         registry = self.module._diffusers_hook

@@ -48,6 +48,7 @@ class ModuleCall:
     stage: OutputStage | None = None
     module: torch.nn.Module | None = None
     calls: int = 0  # SDPA calls answered so far (steered or recorded)
+    dispatched: int = 0  # diffusers dispatcher calls made so far in the module's forward (runtime.interception)
     queried: list[tuple[Client, Rule]] = attrs.field(factory=list)  # query rules applied on to_q's output (query_call)
     kind: CallClass | None = None  # what this module's calls share while these rules are on (runtime.call_cache)
     cache: CallCache | None = None  # the controller's prepared calls

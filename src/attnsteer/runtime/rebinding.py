@@ -22,6 +22,7 @@ class Rebinding:
         # was freed) and the new module would go unread
         self._sites: dict[int, list[tuple[dict, str]]] = {}  # id(original) -> where loaded modules bound it
         self._known: set[int] = set()  # the originals the scans looked for
+        self._modules: dict[str, object] = {}  # sys.modules as the last scan saw it
 
     def routers(self) -> dict[int, tuple[Callable, Callable]]:
         """The functions to route now, by id: (original, router)."""
@@ -57,7 +58,11 @@ class Rebinding:
         if not set(routed) <= self._known:
             self._scanned.clear()
             self._sites.clear()
+            self._modules = {}
             self._known = set(routed)
+        if _same_modules(self._modules, sys.modules):  # nothing loaded or replaced since (one C-level comparison)
+            return
+        self._modules = dict(sys.modules)
         for module_name, module in list(sys.modules.items()):
             seen = self._scanned.get(module_name)
             if seen is not None and seen() is module:
@@ -76,6 +81,16 @@ class Rebinding:
             namespace, name, original = self._patched.pop()
             if getattr(namespace.get(name), "_attnsteer_router", False):
                 namespace[name] = original
+
+
+def _same_modules(seen: dict[str, object], modules: dict[str, object]) -> bool:
+    """Whether ``modules`` holds the same objects under the same names as ``seen`` (dict equality, which takes
+    identical values as equal before comparing them; a module object equals only itself). A comparison that fails
+    counts as a change."""
+    try:
+        return bool(seen == modules)
+    except Exception:  # an object in sys.modules whose == raises, or sys.modules changed while it was read
+        return False
 
 
 def _reference(module: object) -> Callable[[], object]:

@@ -123,7 +123,7 @@ class StepTracker:
         if timestep is not None and isinstance(scheduled, torch.Tensor) and scheduled.numel():
             order = max(1, int(getattr(scheduler, "order", 1) or 1))
             index = getattr(scheduler, "step_index", None)
-            grid = scheduled.detach().float().cpu()
+            grid = None if isinstance(index, int) and frame_timesteps is None else scheduled.detach().float().cpu()
             if not isinstance(index, int):
                 index = _first_index(scheduler, grid, timestep)
             frames = None if frame_timesteps is None else tuple(own_step(grid, t, order) for t in frame_timesteps)
