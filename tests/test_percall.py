@@ -159,3 +159,46 @@ def test_a_change_of_step_class_builds_once_and_a_return_builds_nothing():
     assert rebuilt == [built[0], built[1], built[1], built[0]]
     for a, b in zip(cached, uncached, strict=True):
         assert torch.equal(a, b)
+
+
+class _Forwards(torch.nn.Module):
+    """forward signatures of every kind, for the binding of forward inputs."""
+
+    def forward(self, hidden_states, timestep=None, /, encoder_hidden_states=None, *, attention_kwargs=None):
+        return hidden_states
+
+
+class _Kwargs(torch.nn.Module):
+    def forward(self, hidden_states, timestep=None, **extra):
+        return hidden_states
+
+
+@pytest.mark.parametrize("model", [_Forwards(), _Kwargs()], ids=["named", "var-keyword"])
+@pytest.mark.parametrize("args, kwargs", [
+    ((1,), {}), ((1, 2), {}), ((1, 2, 3), {}), ((1,), {"encoder_hidden_states": 3, "attention_kwargs": {}}),
+    ((), {"attention_kwargs": 4}), ((1, 2), {"extra_name": 5}),
+])
+def test_forward_inputs_bind_as_the_signature_binds_them(model, args, kwargs):
+    import inspect
+
+    from attnsteer.contract.adapter import bind_forward_inputs
+
+    signature = inspect.signature(type(model).forward)
+    try:
+        expected = dict(signature.bind_partial(model, *args, **kwargs).arguments)
+    except TypeError as exc:
+        with pytest.raises(TypeError, match=str(exc).split("'")[0]):
+            bind_forward_inputs(model, args, kwargs)
+        return
+    expected.pop("self")
+    got = bind_forward_inputs(model, args, kwargs)
+    assert got == expected and list(got) == list(expected)  # the same names, values and order
+
+
+def test_token_layouts_from_the_same_numbers_are_one_object_and_unhashable_grids_still_build():
+    from attnsteer.plugins.wan import WanAdapter
+
+    adapter = WanAdapter()
+    first, again = adapter.token_layout(3, (4, 5)), adapter.token_layout(3, (4, 5))
+    assert first is again and first == at.TokenLayout(num_frames=3, tokens_per_frame=20, grid=(4, 5))
+    assert adapter.token_layout(3, [4, 5]) == first
