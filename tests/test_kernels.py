@@ -319,3 +319,61 @@ def test_cuda_each_sdpa_backend_equals_dense_oracle(monkeypatch, backend, masked
     torch.testing.assert_close(out.float().cpu(), ref.float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(mass.cpu(), ref_mass.float(), atol=2e-2, rtol=2e-2)
     assert set(chosen) <= {getattr(SDPBackend, backend), SDPBackend.ERROR}  # SDPA's own choice, or none possible
+
+
+def query_runs_problem(batch=1, heads_bias=False, dtype=torch.float64, groups=48, keys=40, lengths=(64, 96)):
+    """Many small key classes (``groups`` of ``keys`` keys) and queries in runs of ``lengths`` (alternating), whose
+    groups come in shuffled order; a moderate random bias per (query group, key group)."""
+    g = torch.Generator().manual_seed(3)
+    order = torch.randperm(groups, generator=g)
+    q_groups = torch.cat([torch.full((lengths[i % len(lengths)],), int(group)) for i, group in enumerate(order)])
+    k_groups = torch.arange(groups).repeat_interleave(keys)
+    heads = 2
+    q = torch.randn(batch, heads, q_groups.numel(), 16, generator=g, dtype=dtype)
+    k, v = (torch.randn(batch, heads, k_groups.numel(), 16, generator=g, dtype=dtype) for _ in range(2))
+    shape = (batch, heads, groups, groups) if heads_bias else (batch, groups, groups)
+    bias = (torch.randn(shape, generator=g) * 4).clamp(-16, 16)
+    return q, k, v, q_groups, k_groups, bias
+
+
+@pytest.mark.exactness
+@pytest.mark.parametrize("batch, heads_bias, dtype", [(1, False, torch.float64), (2, True, torch.float32),
+                                                      (2, False, torch.float64)])
+def test_many_small_key_classes_run_as_masked_calls_over_query_runs(monkeypatch, batch, heads_bias, dtype):
+    """kernels.query_runs: 48 key groups of 40 keys, the queries in runs of two lengths in shuffled group order, a
+    bias per batch row (and head): no class call, one masked SDPA call per run length and batch row, and the output
+    equals a dense float64 computation; a prepared call gives the same output bit for bit."""
+    from attnsteer.kernels import backends, query_runs
+    from attnsteer.kernels.prepared import prepare_groups, prepared_attention
+
+    q, k, v, q_groups, k_groups, bias = query_runs_problem(batch, heads_bias, dtype)
+    calls, sdpa_calls = [], []
+    monkeypatch.setattr(grouped, "class_attention", lambda *a: calls.append(1) or backends.class_attention(*a))
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(query_runs.F, "scaled_dot_product_attention", lambda *a, **kw: sdpa_calls.append(1) or sdpa(*a, **kw))
+    out, _ = grouped_attention(q, k, v, q_groups, k_groups, bias=bias)
+    expected, _ = dense_attention(q.double(), k.double(), v.double(), q_groups, k_groups, bias=bias.double())
+    assert not calls and len(sdpa_calls) == 2 * batch
+    assert_close(out, expected, ops=k.shape[-2])
+    prepared = prepare_groups(q_groups, k_groups, bias, batch, q.shape[1])
+    assert prepared.runs is not None
+    assert torch.equal(prepared_attention(q, k, v, prepared), out)
+
+
+@pytest.mark.parametrize("change", ["few classes", "short run", "many lengths", "large bias", "-inf bias"])
+def test_query_runs_are_planned_only_where_they_pay_and_stay_exact(change):
+    """Calls with few or large key classes, short query runs, many run lengths, or a bias an additive mask cannot
+    hold exactly keep the class calls."""
+    from attnsteer.kernels import query_runs
+
+    kwargs = {"few classes": dict(groups=16, keys=40), "short run": dict(lengths=(64, 32)),
+              "many lengths": dict(lengths=(64, 72, 80, 88, 96)), "large bias": {}, "-inf bias": {}}[change]
+    _, _, _, q_groups, k_groups, bias = query_runs_problem(**kwargs)
+    bias4 = bias[:, None]
+    planned = query_runs.plan(q_groups, k_groups.numel(), bias.shape[-1], bias4)
+    if change in ("large bias", "-inf bias"):
+        assert planned is not None  # the same call with a moderate bias runs over the query runs
+        bias4 = bias4.clone()
+        bias4[..., 0, 0] = 17.0 if change == "large bias" else float("-inf")
+        planned = query_runs.plan(q_groups, k_groups.numel(), bias.shape[-1], bias4)
+    assert planned is None

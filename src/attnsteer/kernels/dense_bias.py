@@ -28,7 +28,13 @@ def fits(q: torch.Tensor, nk: int, bias4: torch.Tensor) -> bool:
 def takes(nq: int, nk: int, bias4: torch.Tensor) -> bool:
     """Whether a call of ``nq`` x ``nk`` logits is small enough and ``bias4`` finite and moderate (what a prepared call
     can tell once, before any call)."""
-    return nq * nk <= MAX_LOGITS and bool(bias4.abs().max() <= MAX_MAGNITUDE)
+    return nq * nk <= MAX_LOGITS and moderate(bias4)
+
+
+def moderate(bias4: torch.Tensor) -> bool:
+    """Whether every bias is finite and at most ``MAX_MAGNITUDE`` in magnitude: an additive mask then holds
+    ``logit + bias`` as precisely as the logit."""
+    return bool(bias4.abs().max() <= MAX_MAGNITUDE)
 
 
 def runs_here(dtype: torch.dtype) -> bool:
