@@ -51,14 +51,16 @@ class CompiledRouting:
 
     def hook_of(self, marker: torch.Tensor) -> Any:
         """The installed hook of the module whose first parameter is ``marker`` (None if no hook is installed); the
-        index is rebuilt when a parameter moved (``module.to(...)``) or a hook came or went."""
+        index is rebuilt when a parameter moved (``module.to(...)``), was replaced, or a hook came or went. Each hook
+        keeps the parameter it was indexed by, so a call checks it without walking the module's parameters."""
         key = _key(marker)
         hook = self.by_marker.get(key)
-        if hook is not None and hook in self.hooks and hook.module is not None and _key(_marker(hook.module)) == key:
+        if hook is not None and hook in self.hooks and hook.module is not None and hook.marker is not None \
+                and _key(hook.marker) == key:  # its module's first parameter, as found at the last rebuild, still it
             return hook
         self.by_marker.clear()
         for hook in list(self.hooks):
-            param = None if hook.module is None else _marker(hook.module)
+            hook.marker = param = None if hook.module is None else _marker(hook.module)
             if param is not None:
                 self.by_marker[_key(param)] = hook
         return self.by_marker.get(key)

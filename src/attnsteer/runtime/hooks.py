@@ -70,6 +70,7 @@ class AttentionHook(ModelHook):
         self.stable = False  # whether module.forward is compiled_call's stable forward (ours is its only hook)
         self.chain: Callable | None = None  # the diffusers hook chain behind the stable forward (compiled_call)
         self.current: Any = None  # the ModuleCall (None: plain attention) of the module's current compiled forward
+        self.marker: torch.Tensor | None = None  # the module's first parameter when compiled_call last indexed it
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
         self.module = module
@@ -83,7 +84,7 @@ class AttentionHook(ModelHook):
 
     def __getstate__(self) -> dict:
         """A deep copy (of a hooked model) answers no compiled call: its controller removes it before it runs."""
-        return {**self.__dict__, "stable": False, "chain": None, "current": None}
+        return {**self.__dict__, "stable": False, "chain": None, "current": None, "marker": None}
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         run = functools.partial(self.controller.run_attention, self.layer, self.attention, module)
