@@ -196,3 +196,22 @@ def test_compiled_model_is_freed_after_del_and_dynamo_reset(inputs, how):
     torch._dynamo.reset()
     gc.collect()
     assert [r() for r in refs] == [None, None, None]
+
+
+def test_a_compiled_call_finds_its_module_after_the_parameters_move_or_are_replaced(inputs):
+    """The custom op finds its module by the module's first parameter (compiled_call.hook_of): after the parameters'
+    storage moves (what ``module.to`` does) and after a first parameter is replaced by a new one, steered compiled
+    runs still equal steered eager ones."""
+    torch._dynamo.reset()
+    model = tiny_wan(seed=0).transformer.eval()
+    compiled = torch.compile(model, backend="aot_eager")
+    first, _ = session(compiled, model, inputs, RULE)
+    assert_equal_runs(first, session(model, model, inputs, RULE)[0])
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.data = parameter.data.clone()  # new storage, the same Parameter objects
+        block = model.blocks[0].attn1.to_q
+        block.weight = torch.nn.Parameter(block.weight.detach() * 1.5)  # a new first parameter of attn1
+    moved, _ = session(compiled, model, inputs, RULE)
+    assert_equal_runs(moved, session(model, model, inputs, RULE)[0])
+    assert float((moved[0] - first[0]).abs().max()) > 1e-4  # the new weight is the one used
