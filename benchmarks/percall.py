@@ -13,6 +13,8 @@ table gives the median and the spread, as ``benchmarks.guard`` does):
 Sessions are entered outside the timed part: each steered sample times the second pipeline call, or the second
 forward, inside an open session (the steady state a long run lives in: a session's first forward builds its plans);
 the session's own enter and exit are printed apart, as information.
+``--runs`` instead times whole 6-step runs of the tiny pipeline (what ``../shared/tools/quick_guard.py`` times) in an
+open session with a rule never on, with DyMoS on, and entering their own session, each over the plain run.
 ``--counts`` also prints, from cProfile (deterministic, no timing), the attnsteer functions that run per step of the
 tiny pipeline and the other functions they call.
 
@@ -20,6 +22,7 @@ tiny pipeline and the other functions they call.
     python -m benchmarks.percall --threads 1   # steadier on a shared machine
     python -m benchmarks.percall --dry-run     # tiny sizes, one round, compile with dynamo's eager backend
     python -m benchmarks.percall --counts      # and the per-step call counts
+    python -m benchmarks.percall --runs        # instead: a whole 6-step run's overhead, by where it goes
 """
 
 from __future__ import annotations
@@ -93,6 +96,40 @@ def measure_tiny(rounds: int, warmup: int) -> list[Row]:
                 [s / p for s, p in zip(samples["steered"], samples["plain"])], TINY_BOUND, f"  (plain {base * 1e3:.1f} ms)"),
             Row("session enter + exit (tiny-wan)", "at.steer(pipe, dymos)", "time / plain step",
                 [e / base for e in entered[-rounds:]], None)]
+
+
+def measure_runs(rounds: int, warmup: int, steps: int = 6) -> list[Row]:
+    """Where a whole steered run's overhead goes (what ``../shared/tools/quick_guard.py`` times: a ``steps``-step
+    tiny-wan run that opens its own session): the run in an open session with a rule that is never on (the hooks),
+    with DyMoS on (its steered calls), and the run with its session entered and left around it (the session's
+    enter, exit and first forwards), each over the plain run of the same round."""
+    pipe, arguments, recipe = tiny_pipeline()
+    args = arguments(steps)
+    never = at.Rule(at.frames.generated, at.frames.reference, at.bias(-0.6), when=at.steps(start=10**6))
+
+    def run() -> float:
+        return timed(lambda: pipe(generator=torch.Generator().manual_seed(0), **args))
+
+    def in_session(rule) -> Callable[[], float]:
+        def fn() -> float:
+            with at.steer(pipe, rule):
+                run()  # the session's first run builds its plans: time the next
+                return run()
+        return fn
+
+    def session_run() -> None:
+        with at.steer(pipe, recipe):
+            pipe(generator=torch.Generator().manual_seed(0), **args)
+
+    samples = interleaved({"plain": run, "never": in_session(never), "dymos": in_session(recipe),
+                           "session": lambda: timed(session_run)}, rounds, warmup)
+    base = statistics.median(samples["plain"])
+    shape = f"pipeline, {steps} steps, guidance"
+    ratio = lambda name: [s / p for s, p in zip(samples[name], samples["plain"])]  # noqa: E731
+    return [Row("run in a session, rule never on", shape, "time / plain", ratio("never"), None,
+                f"  (plain {base * 1e3:.1f} ms)"),
+            Row("run in a session, DyMoS on", shape, "time / plain", ratio("dymos"), None),
+            Row("run entering its own session, DyMoS on", shape, "time / plain", ratio("session"), None)]
 
 
 def large_transformer(dry: bool, device: str) -> tuple[torch.nn.Module, dict, str]:
@@ -199,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a shared machine)")
     parser.add_argument("--counts", action="store_true", help="also print the per-step call counts (cProfile)")
+    parser.add_argument("--runs", action="store_true", help="instead: where a whole 6-step steered run's overhead "
+                        "goes (hooks, steered calls, the session's own enter, exit and first forwards)")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     if args.threads:
@@ -208,8 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     started, load_before = time.perf_counter(), load()
     print(f"# attnsteer per-call overhead{' (dry run)' if args.dry_run else ''} on {machine()}; {cpu_model()}; "
           f"{datetime.date.today().isoformat()}")
-    rows = [*measure_tiny(rounds, warmup), *measure_large(rounds, warmup, args.dry_run, device),
-            *measure_compiled(rounds, warmup + 2, args.dry_run, device)]  # compiles, and settles its guards
+    if args.runs:
+        rows = measure_runs(rounds * 3, warmup, steps=2 if args.dry_run else 6)  # short runs: more rounds
+    else:
+        rows = [*measure_tiny(rounds, warmup), *measure_large(rounds, warmup, args.dry_run, device),
+                *measure_compiled(rounds, warmup + 2, args.dry_run, device)]  # compiles, and settles its guards
     print("| case | shape | measure | median | spread | bound | verdict |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:

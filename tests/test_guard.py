@@ -96,3 +96,14 @@ def test_benchmark_guard_dry_run():
     for needle in ("DyMoS", "16 key groups", "frame maps", "pixel maps", "live tensors", "tiny-wan", "token-distance",
                    "frame-window rule", "box rule"):
         assert any(needle in line for line in measured), needle
+
+
+def test_per_call_benchmark_runs_breakdown_dry_run():
+    """``python -m benchmarks.percall --runs`` (where a whole steered run's overhead goes) runs and prints its rows."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.percall", "--runs", "--dry-run"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    measured = [line for line in done.stdout.splitlines() if line.startswith("| run ")]
+    assert [line.split(" | ")[0] for line in measured] == [
+        "| run in a session, rule never on", "| run in a session, DyMoS on", "| run entering its own session, DyMoS on"]
+    assert all(" dry" in line for line in measured)
