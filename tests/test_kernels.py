@@ -361,7 +361,7 @@ def test_many_small_key_classes_run_as_masked_calls_over_query_runs(monkeypatch,
 
 
 @pytest.mark.parametrize("change", ["few classes", "short run", "many lengths", "large bias", "-inf bias"])
-def test_query_runs_are_planned_only_where_they_pay_and_stay_exact(change):
+def test_query_runs_are_planned_only_where_they_pay_and_an_additive_mask_is_exact(change):
     """Calls with few or large key classes, short query runs, many run lengths, or a bias an additive mask cannot
     hold exactly keep the class calls."""
     from attnsteer.kernels import query_runs

@@ -7,9 +7,10 @@ merges pass over the output once per class: 1.5-2.5x plain SDPA. Here a run of q
 frame, a query group) sees one additive mask row over all keys; the runs of one length go as the batch of one SDPA
 call, with k and v broadcast to them (no copy), so the keys are read in full blocks and there is no merge. Runs
 shorter than the kernel's 768-query threshold run with its smaller query blocks, so this pays only where classes
-are many: measured side by side on a 2-core CPU (docs/performance.md), 64 groups at 4,096 tokens: 1.28x / 1.57x
-plain SDPA (1 head x 128 / 8 heads x 64) against the class calls' 1.54x / 1.77x; 16 groups of 256 keys and 64
-groups of 512 keys stay on the class calls, which read 1.12x and 1.05x there.
+are many. Measured side by side on a 2-core CPU (``python -m benchmarks.guard``, docs/performance.md), 64 groups
+at 4,096 tokens: 1.23x / 1.24-1.32x plain SDPA (1 head x 128 / 8 heads x 64) against the class calls' 1.75-1.95x /
+1.66-1.87x; 16 groups of 256 keys and 64 groups of 512 keys stay on the class calls, which read 1.12x and 1.05x
+there against 1.23x and 1.29x over query runs.
 
 Exact where the additive mask holds ``logit + bias`` as precisely as the logit (``kernels.dense_bias``: float32 or
 float64 and a finite bias of at most 16 in magnitude).
@@ -46,11 +47,10 @@ def plan(q_groups: torch.Tensor, nk: int, classes: int, bias4: torch.Tensor) -> 
     n = q_groups.numel()
     if n == 0:
         return None
-    change = torch.ones(n, dtype=torch.bool, device=q_groups.device)
-    if n > 1:
-        rows = bias4.movedim(-2, 0)[q_groups]  # [Nq, B|1, H|1, Gk]: each query's bias row
-        change[1:] = (rows[1:] != rows[:-1]).flatten(1).any(1)
-    starts = torch.nonzero(change).flatten()
+    turns = torch.nonzero(q_groups[1:] != q_groups[:-1]).flatten() + 1  # where the query group changes
+    rows = bias4.movedim(-2, 0)  # [Gq, B|1, H|1, Gk]: each query group's bias row
+    differs = (rows[q_groups[turns - 1]] != rows[q_groups[turns]]).flatten(1).any(1)  # and with it the bias row
+    starts = torch.cat([turns.new_zeros(1), turns[differs]])
     lengths = torch.diff(starts, append=torch.tensor([n], device=starts.device))
     distinct = torch.unique(lengths)
     if int(lengths.min()) < MIN_RUN or distinct.numel() > MAX_LENGTHS:

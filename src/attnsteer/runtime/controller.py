@@ -269,9 +269,8 @@ class Controller:
         self.state = None
 
     # --- per attention call --------------------------------------------------------------
-    def _active_rules(
-        self, layer: LayerInfo, state: ForwardState, attention: str
-    ) -> tuple[list[tuple[Client, Rule]], dict[int, frozenset[int]]]:
+    def _active_rules(self, layer: LayerInfo, state: ForwardState, attention: str
+                      ) -> tuple[list[tuple[Client, Rule]], dict[int, frozenset[int]]]:
         """The (client, rule) pairs on in this module at this step, and the query frames of those whose
         per-frame schedule is on for some frames only (by ``id(rule)``)."""
         active, frame_limits = [], {}
@@ -303,7 +302,8 @@ class Controller:
             return forward(*args, **kwargs)
         if second_context.has_second_context(call.active):
             return second_context.run(self, call, module, forward, args, kwargs)
-        with interception.catching(call, module, self.dispatched_only), flash_routing.steered_forward(call.subject), to_q_hooks(call, module):
+        with interception.catching(call, module, self.dispatched_only), \
+                flash_routing.steered_forward(call.subject), to_q_hooks(call, module):
             output = forward(*args, **kwargs)
         return self.end_attention(call, module, output)
 

@@ -22,7 +22,8 @@ class Rebinding:
         # was freed) and the new module would go unread
         self._sites: dict[int, list[tuple[dict, str]]] = {}  # id(original) -> where loaded modules bound it
         self._known: set[int] = set()  # the originals the scans looked for
-        self._modules: dict[str, object] = {}  # sys.modules as the last scan saw it
+        self._modules: dict[str, object] = {}  # sys.modules as the last scan saw it (a copy: it keeps a module taken
+        # out of sys.modules alive until the next scan, whose copy replaces it)
 
     def routers(self) -> dict[int, tuple[Callable, Callable]]:
         """The functions to route now, by id: (original, router)."""
