@@ -370,10 +370,10 @@ def test_query_runs_are_planned_only_where_they_pay_and_an_additive_mask_is_exac
               "many lengths": dict(lengths=(64, 72, 80, 88, 96)), "large bias": {}, "-inf bias": {}}[change]
     _, _, _, q_groups, k_groups, bias = query_runs_problem(**kwargs)
     bias4 = bias[:, None]
-    planned = query_runs.plan(q_groups, k_groups.numel(), bias.shape[-1], bias4)
+    planned = query_runs.plan(q_groups, k_groups, bias.shape[-1], bias4)
     if change in ("large bias", "-inf bias"):
         assert planned is not None  # the same call with a moderate bias runs over the query runs
         bias4 = bias4.clone()
         bias4[..., 0, 0] = 17.0 if change == "large bias" else float("-inf")
-        planned = query_runs.plan(q_groups, k_groups.numel(), bias.shape[-1], bias4)
+        planned = query_runs.plan(q_groups, k_groups, bias.shape[-1], bias4)
     assert planned is None

@@ -80,9 +80,9 @@ def grouped_attention(
                                               scale=scale), None
     classes = _key_classes(k_groups, gk, bias4, split_all=return_mass)
     if not return_mass and mask is None and dense_bias.runs_here(q.dtype):
-        runs = query_runs.plan(q_groups, nk, len(classes), bias4)
+        runs = query_runs.plan(q_groups, k_groups, len(classes), bias4)
         if runs is not None:
-            return query_runs.attention(q, k, v, k_groups, bias4, runs, scale), None
+            return query_runs.attention(q, k, v, runs, scale), None
     row_bytes = _row_bytes(q, v, len(classes) if return_mass else 0, gk if per_query else 0)
     step = query_chunk_rows(nq, b * h, row_bytes)
     whole = step >= nq  # one chunk: its merged rows become the output (no copy into a separate tensor)

@@ -29,8 +29,8 @@ class PreparedGroups(NamedTuple):
     classes: list  # grouped._key_classes of the keys (split by distinct bias column)
     dense: torch.Tensor | None = None  # the bias spread over the tokens (float32 [B|1, H|1, Nq, Nk]) where a call
     # runs as one SDPA call with it as mask (kernels.dense_bias: small, a moderate finite bias)
-    runs: query_runs.QueryRuns | None = None  # the query runs where a call runs as masked calls over them
-    # (kernels.query_runs: many small key classes, a moderate finite bias)
+    runs: query_runs.QueryRuns | None = None  # the query runs, with their masks, where a call runs as masked calls
+    # over them (kernels.query_runs: many small key classes, a moderate finite bias)
 
 
 def prepare_groups(
@@ -47,7 +47,7 @@ def prepare_groups(
     classes = grouped._key_classes(k_groups, gk, bias4, split_all=False) if biased else []
     small = biased and dense_bias.takes(q_groups.numel(), k_groups.numel(), bias4)
     dense = dense_bias.spread(bias4, q_groups, k_groups) if small else None
-    runs = query_runs.plan(q_groups, k_groups.numel(), len(classes), bias4) if biased and not small else None
+    runs = query_runs.plan(q_groups, k_groups, len(classes), bias4) if biased and not small else None
     return PreparedGroups(q_groups, k_groups, bias4, biased, blocks, classes, dense, runs)
 
 
@@ -80,7 +80,7 @@ def prepared_attention(
     if prepared.dense is not None and mask is None and dense_bias.runs_here(q.dtype):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=prepared.dense.to(q.dtype), scale=scale)
     if prepared.runs is not None and mask is None and dense_bias.runs_here(q.dtype):
-        return query_runs.attention(q, k, v, prepared.k_groups, bias4, prepared.runs, scale)
+        return query_runs.attention(q, k, v, prepared.runs, scale)
     step = grouped.query_chunk_rows(nq, b * h, grouped._row_bytes(q, v, 0, 0))
     whole = step >= nq
     out = None if whole else torch.empty(b, h, nq, v.shape[-1], dtype=q.dtype, device=q.device)

@@ -33,43 +33,47 @@ MAX_MASK_BYTES = 64 * 2**20  # the masks of all runs, float32
 
 
 class QueryRuns(NamedTuple):
-    """The runs of a call's queries, by length: for each length, (first query of each run, its bias row's query
-    group) as LongTensors."""
+    """The runs of a call's queries, by length: for each length, (the queries of its runs, run after run, as a
+    LongTensor; each run's bias row spread over the keys, float32 [B|1, H|1, runs, Nk])."""
 
     by_length: dict[int, tuple[torch.Tensor, torch.Tensor]]
 
 
-def plan(q_groups: torch.Tensor, nk: int, classes: int, bias4: torch.Tensor) -> QueryRuns | None:
-    """The runs of queries sharing a bias row where a call of ``nk`` keys in ``classes`` key classes with bias
-    ``bias4`` [B|1, H|1, Gq, Gk] runs faster as masked calls over them (see the module docstring); else None."""
+def plan(q_groups: torch.Tensor, k_groups: torch.Tensor, classes: int, bias4: torch.Tensor) -> QueryRuns | None:
+    """The runs of queries sharing a bias row where a call whose keys fall in ``k_groups`` and ``classes`` key
+    classes, with bias ``bias4`` [B|1, H|1, Gq, Gk], runs faster as masked calls over them (see the module
+    docstring); else None. Derived once per prepared call: the runs' query positions and masks."""
+    nk = k_groups.numel()
     if classes < MIN_CLASSES or nk > classes * MAX_KEYS_PER_CLASS or not dense_bias.moderate(bias4):
         return None
     n = q_groups.numel()
     if n == 0:
         return None
     turns = torch.nonzero(q_groups[1:] != q_groups[:-1]).flatten() + 1  # where the query group changes
-    rows = bias4.movedim(-2, 0)  # [Gq, B|1, H|1, Gk]: each query group's bias row
-    differs = (rows[q_groups[turns - 1]] != rows[q_groups[turns]]).flatten(1).any(1)  # and with it the bias row
+    bias_rows = bias4.movedim(-2, 0)  # [Gq, B|1, H|1, Gk]: each query group's bias row
+    differs = (bias_rows[q_groups[turns - 1]] != bias_rows[q_groups[turns]]).flatten(1).any(1)  # and with it the row
     starts = torch.cat([turns.new_zeros(1), turns[differs]])
     lengths = torch.diff(starts, append=torch.tensor([n], device=starts.device))
     distinct = torch.unique(lengths)
     if int(lengths.min()) < MIN_RUN or distinct.numel() > MAX_LENGTHS:
         return None
-    if starts.numel() * bias4.shape[1] * nk * 4 > MAX_MASK_BYTES:
+    if starts.numel() * bias4.shape[0] * bias4.shape[1] * nk * 4 > MAX_MASK_BYTES:  # the masks [B|1, H|1, runs, Nk]
         return None
-    groups = q_groups[starts]
-    return QueryRuns({int(length): (starts[lengths == length], groups[lengths == length]) for length in distinct})
+    by_length = {}
+    for length in distinct.tolist():
+        first = starts[lengths == length]
+        rows = (first[:, None] + torch.arange(length, device=first.device)).flatten()  # the runs' queries, in order
+        by_length[length] = (rows, dense_bias.spread(bias4, q_groups[first], k_groups))
+    return QueryRuns(by_length)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_groups: torch.Tensor, bias4: torch.Tensor,
-              runs: QueryRuns, scale: float) -> torch.Tensor:
-    """``softmax(q k^T * scale + bias4[q's group][:, k_groups]) @ v`` over the runs of :func:`plan`."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, runs: QueryRuns, scale: float) -> torch.Tensor:
+    """``softmax(q k^T * scale + bias) @ v`` with each query's bias row over the keys, over the runs of :func:`plan`."""
     b, h, nq, d = q.shape
     out = torch.empty(b, h, nq, v.shape[-1], dtype=q.dtype, device=q.device)
-    for length, (starts, groups) in runs.by_length.items():
-        rows = (starts[:, None] + torch.arange(length, device=starts.device)).flatten()  # the runs' queries, in order
-        mask = bias4[:, :, groups][..., k_groups].to(q.dtype)  # [B|1, H|1, R, Nk]
-        count = starts.numel()
+    for length, (rows, runs_mask) in runs.by_length.items():
+        mask = runs_mask.to(q.dtype)  # [B|1, H|1, R, Nk]
+        count = mask.shape[-2]
         for i in range(b):
             runs_q = q[i][:, rows].view(h, count, length, d).transpose(0, 1)  # [R, H, L, D]
             mask_i = mask[i if mask.shape[0] > 1 else 0].transpose(0, 1)[:, :, None]  # [R, H|1, 1, Nk]
