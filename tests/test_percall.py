@@ -129,6 +129,31 @@ def test_after_the_first_step_a_steered_pipeline_call_derives_nothing():
     assert session.summary()["rules"][0]["steps"] == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("branch", ["cond", "all"])
+def test_a_rule_of_one_guidance_branch_leaves_the_other_branchs_forwards_unhandled(branch):
+    """DyMoS on the cond branch only (the recipe's): the uncond forwards' attention modules run as they would
+    unsteered, with no module call made (so nothing prepared) for them; with branch="all" both branches' are
+    handled. Either way the rule applies at every step."""
+    pipe, kw = build_tiny("tiny-wan")
+    pipe.set_progress_bar_config(disable=True)
+    args = kw(prompt="a cat", output_type="latent", num_inference_steps=2, image=test_image())
+    rule = at.Rule(at.frames.generated, at.frames.reference, at.bias(-0.6), branch=branch,
+                   when=at.steps(0, 2))
+    handled = collections.Counter()
+    made = controller.ModuleCall
+
+    def counting(*a, **k):
+        call = made(*a, **k)
+        handled[call.state.branches] += 1
+        return call
+
+    with patch.object(controller, "ModuleCall", counting), at.steer(pipe, rule) as session:
+        pipe(generator=torch.Generator().manual_seed(0), **args)
+    calls = 2 * 2  # two self-attention layers, two steps
+    assert handled == ({("cond",): calls} if branch == "cond" else {("cond",): calls, ("uncond",): calls})
+    assert session.summary()["rules"][0]["steps"] == [0, 1]
+
+
 def test_a_change_of_step_class_builds_once_and_a_return_builds_nothing():
     """Two rules, one at every step and one at steps 1 and 2 only, on a bare transformer: prepared calls are built at
     the first forward of each set of active rules (steps 0 and 1) and none at steps 2 and 3, which meet a set seen

@@ -96,9 +96,8 @@ class Controller:
             self._uninstall()
 
     def __deepcopy__(self, memo: dict) -> Controller:
-        """``copy.deepcopy`` of a hooked model copies its hooks and so this controller. The copy is
-        never steered: its controller has no clients and, at the copy's first forward, removes the
-        copied hooks, so the copy runs (and stays) exactly like an unsteered model."""
+        """``copy.deepcopy`` of a hooked model copies its hooks and so this controller. The copy is never steered: its
+        controller has no clients and, at its first forward, removes the copied hooks: it runs as an unsteered one."""
         clone = Controller.__new__(Controller)
         memo[id(self)] = clone  # the copied hooks refer to the clone, not to this controller
         clone.__init__(copy.deepcopy(self.model, memo), self.component, copy.deepcopy(self.adapter, memo))
@@ -195,9 +194,8 @@ class Controller:
             raise errors[0]
 
     def _check_outer_hooks(self) -> None:
-        """A diffusers hook enabled on an attention module after the session began runs before attnsteer
-        and may return without computing attention (a cache, a layer skip): where a rule or a recording
-        needs that module, the two cannot both hold, so say which."""
+        """A diffusers hook enabled on an attention module after the session began runs before attnsteer and may return
+        without computing attention (a cache, a layer skip): where a rule or recording needs the module, say which."""
         recording = any(c.wants_mass for c in self.clients)
         for item in self._installed:
             hook = item.hook
@@ -285,10 +283,12 @@ class Controller:
                     on = rule.when.active(state.step) if frames is None else any(frames)
                 except ConfigError as exc:
                     raise type(exc)(f"{describe_rule(rule, layer.qualified)}: {exc}") from exc
-                if on and frames is not None and not all(frames):
+                if not on or (rule.branch != "all" and state.branches is not None
+                              and rule.branch not in state.branches):
+                    continue  # off, or no row of this forward is in the rule's branch (plan.rule_rows would find none)
+                if frames is not None and not all(frames):
                     frame_limits[id(rule)] = _frame_limit(rule, layer, attention, frames)
-                if on:
-                    active.append((client, rule))
+                active.append((client, rule))
         return active, frame_limits
 
     def run_attention(
