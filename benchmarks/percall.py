@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# attnsteer per-call overhead{' (dry run)' if args.dry_run else ''} on {machine()}; {cpu_model()}; "
           f"{datetime.date.today().isoformat()}")
     if args.runs:
-        rows = measure_runs(rounds * 3, warmup, steps=2 if args.dry_run else 6)  # short runs: more rounds
+        rounds, steps = (1, 2) if args.dry_run else (rounds * 3, 6)  # short runs: more rounds
+        rows = measure_runs(rounds, warmup, steps=steps)
     else:
         rows = [*measure_tiny(rounds, warmup), *measure_large(rounds, warmup, args.dry_run, device),
                 *measure_compiled(rounds, warmup + 2, args.dry_run, device)]  # compiles, and settles its guards

@@ -13,7 +13,7 @@ from attnsteer.testing.profiling import peak_memory_growth_mb
 from diffusers import WanTransformer3DModel
 
 torch.manual_seed(0)
-model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=16,
+model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=16, in_channels=16,
                               out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1,
                               qk_norm="rms_norm_across_heads", rope_max_seq_len=64).eval()
 x = torch.randn(1, 16, 21, 60, 104)  # 21 latent frames of 30 x 52 = 1560 tokens: 32760 tokens
