@@ -141,6 +141,12 @@ def float64_inputs(module, args, kwargs):
     return tuple(as_float64(a) for a in args), {k: as_float64(v) for k, v in kwargs.items()}
 
 
+def float64_arguments(kwargs: dict) -> dict:
+    """A pipeline call's arguments with its floating tensors (prompt embeddings) in float64, for a pipeline that
+    :func:`to_dtype` made float64 (a float32 embedding would cast the image and latents back to float32)."""
+    return {k: v.to(torch.float64) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kwargs.items()}
+
+
 def to_dtype(pipe, dtype: torch.dtype) -> None:
     """Casts every component to ``dtype`` except the modules a model keeps in float32 (diffusers'
     ``_keep_in_fp32_modules``: Kandinsky 5's time embeddings make float32 inputs for them)."""

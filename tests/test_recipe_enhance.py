@@ -26,7 +26,7 @@ from attnsteer.testing import tiny
 from attnsteer.testing.tiny import (cogvideox_call_kwargs, hunyuan_call_kwargs, tiny_cogvideox, tiny_hunyuan, tiny_wan,
                             wan_call_kwargs)
 from attnsteer.testing.tolerance import assert_close
-from dense_reference import hook_state, to_dtype
+from dense_reference import float64_arguments, hook_state, to_dtype
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -166,8 +166,8 @@ def close(got, expected):
 
 
 def run_latents(pipe, family, **overrides):
-    kwargs = FAMILIES[family][1](**{"output_type": "latent", "num_inference_steps": STEPS, **overrides})
-    kwargs = {k: v.to(torch.float64) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kwargs.items()}
+    kwargs = float64_arguments(FAMILIES[family][1](**{"output_type": "latent", "num_inference_steps": STEPS,
+                                                        **overrides}))
     out = pipe(image=tiny.test_image(), generator=torch.Generator().manual_seed(0), **kwargs).frames[0]
     return out.detach().clone()
 

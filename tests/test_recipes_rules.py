@@ -18,7 +18,7 @@ import torch
 
 import attnsteer as at
 from attnsteer import recipes
-from dense_reference import EditedAttention, sdpa_arguments, to_dtype
+from dense_reference import EditedAttention, float64_arguments, sdpa_arguments, to_dtype
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -66,11 +66,6 @@ def matrix(geo, predicate) -> torch.Tensor:
     return torch.tensor([[predicate(i, j, table[i], table[j]) for j in range(len(table))] for i in range(len(table))])
 
 
-def float64(kwargs: dict) -> dict:
-    """A pipeline call's arguments with its floating tensors (prompt embeddings) in float64."""
-    return {k: v.to(torch.float64) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kwargs.items()}
-
-
 @pytest.fixture(scope="module")
 def wan_pipe():
     """The tiny Wan I2V pipeline in float64 (this module's own): whole float32 runs compared with each other differ
@@ -87,7 +82,7 @@ def wan_run(wan_pipe, image):
     from attnsteer.testing.tiny import wan_call_kwargs
 
     def run(**overrides):
-        kwargs = float64(wan_call_kwargs(num_inference_steps=STEPS, output_type="latent", **overrides))
+        kwargs = float64_arguments(wan_call_kwargs(num_inference_steps=STEPS, output_type="latent", **overrides))
         return np.asarray(wan_pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs).frames[0])
 
     return run
@@ -101,7 +96,7 @@ def cog():
     to_dtype(pipe, torch.float64)
 
     def run(**overrides):
-        kwargs = float64(cogvideox_call_kwargs(num_inference_steps=STEPS, output_type="latent", **overrides))
+        kwargs = float64_arguments(cogvideox_call_kwargs(num_inference_steps=STEPS, output_type="latent", **overrides))
         return np.asarray(pipe(image=test_image(), generator=torch.Generator().manual_seed(0), **kwargs).frames[0])
 
     return pipe, run
@@ -306,7 +301,7 @@ def test_direct_a_video_on_wans_cross_attention(wan_pipe, image):
     from attnsteer.testing.tiny import wan_call_kwargs, word_tokenizer
 
     prompt, box, lam = "a dog on grass", (0.5, 0.0, 1.0, 1.0), 25.0
-    kwargs = float64(wan_call_kwargs(prompt=prompt, num_inference_steps=STEPS, output_type="latent"))
+    kwargs = float64_arguments(wan_call_kwargs(prompt=prompt, num_inference_steps=STEPS, output_type="latent"))
 
     def run():
         return np.asarray(wan_pipe(image=image, generator=torch.Generator().manual_seed(0), **kwargs).frames[0])
