@@ -31,6 +31,7 @@ from .hooks import CONTROLLER_ATTRIBUTE, AttentionHook, InstalledHook, refresh_r
 from .module_call import ModuleCall, subject
 from .no_attention import why_no_attention
 from .outputs import OutputStage, split_output_rules
+from .plan import rule_rows
 from .query_call import acts_outside_sdpa, to_q_hooks
 from .stepping import LoopPosition, StepTracker
 
@@ -283,9 +284,8 @@ class Controller:
                     on = rule.when.active(state.step) if frames is None else any(frames)
                 except ConfigError as exc:
                     raise type(exc)(f"{describe_rule(rule, layer.qualified)}: {exc}") from exc
-                if not on or (rule.branch != "all" and state.branches is not None
-                              and rule.branch not in state.branches):
-                    continue  # off, or no row of this forward is in the rule's branch (plan.rule_rows would find none)
+                if not on or (state.branches is not None and not rule_rows(rule, state.branches, len(state.branches))):
+                    continue  # off, or no row of this forward in its branch (branches unknown: its call says why)
                 if frames is not None and not all(frames):
                     frame_limits[id(rule)] = _frame_limit(rule, layer, attention, frames)
                 active.append((client, rule))
